@@ -1,0 +1,49 @@
+"""lmrs: train small GPT-style language models end to end.
+
+A Rust byte-pair-encoding engine (``lmrs._lmrs``) behind :class:`Tokenizer`, and a
+PyTorch decoder-only transformer with data batching, training, evaluation and sampling.
+
+Model and training names are imported lazily so that tokenizer-only use does not pay
+for importing PyTorch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from lmrs.corpus import add_to_corpus
+from lmrs.tokenizer import Tokenizer, TokenizerError
+
+__version__ = "0.1.0"
+
+# name -> module that defines it (imported on first access)
+_LAZY = {
+    "ModelConfig": "lmrs.model",
+    "GPT": "lmrs.model",
+    "create_model": "lmrs.model",
+    "create_small_model": "lmrs.model",
+    "generate": "lmrs.generate",
+    "prepare_training_data": "lmrs.data",
+    "TokenDataset": "lmrs.data",
+    "TrainConfig": "lmrs.train",
+    "train": "lmrs.train",
+    "evaluate": "lmrs.evaluate",
+    "save_checkpoint": "lmrs.checkpoint",
+    "load_checkpoint": "lmrs.checkpoint",
+}
+
+__all__ = ["Tokenizer", "TokenizerError", "add_to_corpus", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lmrs' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,6 @@
+"""`python -m lmrs ...` (used by torchrun: `torchrun ... -m lmrs train ...`)."""
+
+from lmrs.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+//! lmrs core: a byte-level BPE engine.
+//!
+//! Data flows one way: files → [`corpus`] scan → word counts → [`train`] merges →
+//! [`vocab::Vocab`] → [`encode`] token ids → [`token_file`]. Nothing in this crate root
+//! or the pure-Rust modules depends on PyO3; the Python glue lives in `py.rs` behind the
+//! `python` feature so that `cargo test` runs without a Python interpreter.
+
+pub mod corpus;
+pub mod encode;
+pub mod error;
+pub mod pretokenize;
+pub mod token_file;
+pub mod train;
+pub mod vocab;
+
+#[cfg(feature = "python")]
+mod py;
+
+pub use error::{Error, Result};

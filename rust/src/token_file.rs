@@ -1,0 +1,1 @@
+//! TODO: token_file
