@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from lmrs.cli_corpus import register_corpus_commands
 from lmrs.cli_model import register_model_commands
 from lmrs.cli_tokenizer import register_tokenizer_commands
 
@@ -14,6 +15,7 @@ def cli() -> None:
     """Train small GPT-style language models: corpus → vocab → train → sample."""
 
 
+register_corpus_commands(cli)
 register_tokenizer_commands(cli)
 register_model_commands(cli)
 

@@ -1,5 +1,153 @@
-"""add_to_corpus (placeholder)."""
+"""Building a training corpus: copy the text files of a source tree into a corpus folder.
+
+The corpus folder is what `lmrs vocab`, `lmrs encode` and `lmrs train` read. Copying keeps
+relative paths, so adding the same tree twice changes nothing (idempotent), and adding a
+second tree puts it beside the first.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+# A file whose invalid UTF-8 bytes exceed this fraction is "beyond repair" (binary or
+# another encoding); below it, the few bad bytes become U+FFFD and the file is kept.
+MAX_INVALID_FRACTION = 0.01
 
 
-def add_to_corpus(*args, **kwargs):  # type: ignore[no-untyped-def]
-    raise NotImplementedError
+@dataclass
+class AddResult:
+    """What `add_to_corpus` did."""
+
+    added: int = 0
+    unchanged: int = 0
+    repaired: int = 0
+    skipped_binary: int = 0
+    skipped_invalid: int = 0
+    bytes_added: int = 0
+
+    @property
+    def skipped(self) -> int:
+        return self.skipped_binary + self.skipped_invalid
+
+    def summary(self, corpus_dir: str | os.PathLike[str]) -> str:
+        mb = self.bytes_added / 1e6
+        parts = [f"added {self.added} files ({mb:.1f} MB)", f"{self.unchanged} unchanged"]
+        if self.repaired:
+            parts.append(f"{self.repaired} repaired (bad UTF-8 bytes replaced)")
+        parts.append(f"{self.skipped} skipped (not text)")
+        return ", ".join(parts) + f" -> {corpus_dir}"
+
+
+def normalize_extensions(extensions: Sequence[str] | None) -> set[str] | None:
+    """Accept '.py', 'py' or '*.py'; None or empty means every file."""
+    if not extensions:
+        return None
+    return {"." + ext.lstrip("*").lstrip(".").lower() for ext in extensions}
+
+
+def iter_source_files(
+    src: Path, extensions: set[str] | None, exclude: Path | None = None
+) -> Iterator[Path]:
+    """Files under `src` in sorted order, skipping hidden folders and `exclude`."""
+    if src.is_file():
+        yield src
+        return
+    for root, dirs, files in os.walk(src):
+        root_path = Path(root)
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if not d.startswith(".")
+            and d != "__pycache__"
+            and (exclude is None or (root_path / d).resolve() != exclude)
+        )
+        for name in sorted(files):
+            path = root_path / name
+            if extensions is not None and path.suffix.lower() not in extensions:
+                continue
+            if path.is_file():
+                yield path
+
+
+def to_text(data: bytes) -> tuple[str | None, str]:
+    """The file as UTF-8 text and why: ("...", "ok" | "repaired") or (None, "binary" | "invalid").
+
+    A few bad bytes are repaired (replaced by U+FFFD); NUL bytes mean binary.
+    """
+    if b"\x00" in data:
+        return None, "binary"
+    try:
+        return data.decode("utf-8"), "ok"
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", errors="replace")
+        # Each invalid byte sequence becomes one U+FFFD; count them against the size.
+        bad = text.count("\ufffd") - data.count("\ufffd".encode())
+        if bad > MAX_INVALID_FRACTION * max(len(data), 1):
+            return None, "invalid"
+        return text, "repaired"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary file beside `path`, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def add_to_corpus(
+    src: str | os.PathLike[str],
+    corpus_dir: str | os.PathLike[str],
+    extensions: Sequence[str] | None = None,
+    *,
+    show_progress: bool = True,
+) -> AddResult:
+    """Copy the text files under `src` (matching `extensions`) into `corpus_dir`.
+
+    Relative paths are kept (a single file lands at the top of the corpus). Files with NUL
+    bytes, or with more than 1% invalid UTF-8, are skipped and counted; files with a few
+    bad bytes are copied with those bytes replaced by U+FFFD, so every corpus file is valid
+    UTF-8. A file already present with the same content is left alone.
+    """
+    src_path = Path(src)
+    if not src_path.exists():
+        raise FileNotFoundError(f"{src_path}: no such file or directory")
+    corpus_path = Path(corpus_dir)
+    if corpus_path.exists() and not corpus_path.is_dir():
+        raise NotADirectoryError(f"{corpus_path}: exists and is not a directory")
+    corpus_path.mkdir(parents=True, exist_ok=True)
+    exts = normalize_extensions(extensions)
+    base = src_path.parent if src_path.is_file() else src_path
+    files = list(iter_source_files(src_path, exts, exclude=corpus_path.resolve()))
+
+    result = AddResult()
+    for path in tqdm(files, desc="corpus", unit="file", disable=not show_progress):
+        text, kind = to_text(path.read_bytes())
+        if text is None:
+            if kind == "binary":
+                result.skipped_binary += 1
+            else:
+                result.skipped_invalid += 1
+            continue
+        data = text.encode("utf-8")
+        if kind == "repaired":
+            result.repaired += 1
+        dest = corpus_path / path.relative_to(base)
+        if dest.is_file() and dest.read_bytes() == data:
+            result.unchanged += 1
+            continue
+        write_atomic(dest, data)
+        result.added += 1
+        result.bytes_added += len(data)
+    return result
