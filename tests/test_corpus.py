@@ -18,7 +18,7 @@ def make_tree(root: Path) -> None:
     (root / "pkg" / "sub" / "b.md").write_text("# Title\n\ntext\n", encoding="utf-8")
     (root / "pkg" / "c.txt").write_text("not selected\n", encoding="utf-8")
     (root / "pkg" / "image.py").write_bytes(b"\x89PNG\x00\x00binary")
-    (root / "pkg" / "latin1.py").write_bytes("caf\xe9 " .encode("latin-1") * 3)
+    (root / "pkg" / "latin1.py").write_bytes("caf\xe9 ".encode("latin-1") * 3)
     (root / "pkg" / "mostly_ok.md").write_bytes(b"x" * 500 + b"\xff" + b"y" * 500)
     (root / ".git" / "config.py").write_text("hidden = True\n")
 
