@@ -1,0 +1,454 @@
+"""torch.distributed setup and teardown for data-parallel training.
+
+One process per device, launched by ``torchrun`` (or ``lmrs train --nproc N``, which
+re-runs itself under torchrun through :func:`launch_local`). :func:`init_distributed` reads
+torchrun's environment and returns a :class:`DistContext`; with no torchrun environment (or
+a world of one) no process group is created and every helper here is a cheap no-op, so the
+training loop has a single code path.
+
+Failure behaviour: the process group is created with a timeout, so a collective whose peer
+died or hangs raises after ``timeout_s`` instead of blocking forever; :func:`collective_guard`
+turns such failures into a :class:`DistributedError` with a one-line message. torchrun stops
+the remaining ranks as soon as one rank exits with an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Optional, Union
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+STRATEGIES = ("ddp", "fsdp")
+
+# prefixes that wrappers add to parameter names: DDP / FSDP1 (`module.`), torch.compile
+# (`_orig_mod.`); checkpoints use the plain names of the bare model
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "_fsdp_wrapped_module.")
+
+
+class DistributedError(RuntimeError):
+    """A collective failed: another rank stopped, hung past the timeout, or is unreachable."""
+
+
+@dataclass
+class DistContext:
+    """Where this process sits in the job. ``enabled`` is True when a process group exists."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    is_main: bool = True
+    enabled: bool = False
+    backend: Optional[str] = None
+    timeout_s: float = 300.0
+
+
+def resolve_device(
+    device: str = "auto", local_rank: int = 0, distributed: bool = False
+) -> torch.device:
+    """``"auto"`` → CUDA (``cuda:local_rank``) → MPS (single process only) → CPU."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        # MPS has no collective backend: a multi-process job falls back to the CPU (gloo)
+        if not distributed and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"unknown device {device!r}: {error}") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available")
+        if resolved.index is None:
+            resolved = torch.device("cuda", local_rank % torch.cuda.device_count())
+    elif resolved.type == "mps" and distributed:
+        raise ValueError("multi-process training is not supported on MPS (no collective backend)")
+    return resolved
+
+
+def _env_int(name: str, default: Optional[int] = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        if default is None:
+            raise ValueError(f"environment variable {name} is not set (launch with torchrun)")
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+def init_distributed(device: str = "auto", timeout_s: float = 300.0) -> DistContext:
+    """Create the process group described by torchrun's environment variables.
+
+    ``WORLD_SIZE`` absent or 1 → a single-process context (no process group). Otherwise
+    ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` must be set (torchrun does).
+    NCCL on CUDA (each rank on ``cuda:LOCAL_RANK``), gloo on CPU.
+    """
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+    world_size = _env_int("WORLD_SIZE", 1)
+    if world_size < 1:
+        raise ValueError(f"environment variable WORLD_SIZE={world_size} must be at least 1")
+    if world_size == 1:
+        local_rank = _env_int("LOCAL_RANK", 0)
+        return DistContext(
+            device=resolve_device(device, local_rank),
+            local_rank=local_rank,
+            timeout_s=timeout_s,
+        )
+
+    rank = _env_int("RANK")
+    local_rank = _env_int("LOCAL_RANK", rank)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"RANK={rank} is outside the world of {world_size} processes")
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if not os.environ.get(name):
+            raise ValueError(f"environment variable {name} is not set (launch with torchrun)")
+
+    resolved = resolve_device(device, local_rank, distributed=True)
+    if resolved.type == "cuda":
+        backend = "nccl"
+        torch.cuda.set_device(resolved)
+        # make NCCL honour the timeout: a stuck collective aborts the communicator and
+        # raises instead of blocking the process forever
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    else:
+        backend = "gloo"
+
+    if not dist.is_initialized():
+        kwargs: dict[str, Any] = {}
+        if backend == "nccl":
+            kwargs["device_id"] = resolved
+        dist.init_process_group(
+            backend=backend,
+            init_method="env://",
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(seconds=timeout_s),
+            **kwargs,
+        )
+    return DistContext(
+        rank=rank,
+        world_size=world_size,
+        local_rank=local_rank,
+        device=resolved,
+        is_main=rank == 0,
+        enabled=True,
+        backend=backend,
+        timeout_s=timeout_s,
+    )
+
+
+def cleanup(ctx: DistContext) -> None:
+    """Destroy the process group (safe to call twice, or with no group)."""
+    if ctx.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def collective_guard(ctx: DistContext, what: str = "collective") -> Iterator[None]:
+    """Turn a failed collective into a one-line :class:`DistributedError`.
+
+    Wrap anything that communicates (a DDP backward, an eval reduction, a barrier): a dead
+    or hung peer then reads as "rank 0: all_reduce failed: another rank stopped ... (timeout
+    300 s)" rather than a backend stack trace.
+    """
+    if not ctx.enabled:
+        yield
+        return
+    try:
+        yield
+    except DistributedError:
+        raise
+    except (RuntimeError, dist.DistError) as error:
+        if not _looks_like_comm_failure(error):
+            raise
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DistributedError(
+            f"rank {ctx.rank}: {what} failed: another rank stopped or is unreachable "
+            f"(timeout {ctx.timeout_s:g} s): {detail}"
+        ) from error
+
+
+def _looks_like_comm_failure(error: BaseException) -> bool:
+    if isinstance(error, dist.DistError):
+        return True
+    text = str(error).lower()
+    markers = ("gloo", "nccl", "connection", "timed out", "timeout", "peer", "socket", "closed")
+    return any(marker in text for marker in markers)
+
+
+def _as_tensor(value: Union[float, int, torch.Tensor], ctx: DistContext) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().to(device=ctx.device, dtype=torch.float64)
+    else:
+        tensor = torch.tensor(float(value), dtype=torch.float64, device=ctx.device)
+    return tensor.clone()
+
+
+def all_reduce_sum(value: Union[float, int, torch.Tensor], ctx: DistContext) -> float:
+    """Sum of ``value`` over all ranks, as a Python float (the value itself with no group)."""
+    tensor = _as_tensor(value, ctx)
+    if ctx.enabled:
+        with collective_guard(ctx, "all_reduce"):
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return float(tensor.sum().item())
+
+
+def all_reduce_mean(value: Union[float, int, torch.Tensor], ctx: DistContext) -> float:
+    """Mean of ``value`` over all ranks, as a Python float (float64 reduction)."""
+    return all_reduce_sum(value, ctx) / ctx.world_size
+
+
+def barrier(ctx: DistContext) -> None:
+    """Wait for every rank. On gloo a monitored barrier names the rank that did not arrive."""
+    if not ctx.enabled:
+        return
+    with collective_guard(ctx, "barrier"):
+        if ctx.backend == "gloo":
+            dist.monitored_barrier(timeout=timedelta(seconds=ctx.timeout_s))
+        elif ctx.device.type == "cuda":
+            dist.barrier(device_ids=[ctx.device.index])
+        else:
+            dist.barrier()
+
+
+def broadcast_object(obj: Any, ctx: DistContext, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` (picklable) on every rank."""
+    if not ctx.enabled:
+        return obj
+    holder = [obj]
+    with collective_guard(ctx, "broadcast"):
+        dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
+# --- model wrapping ---------------------------------------------------------------------
+
+
+def _fsdp_units(model: nn.Module) -> list[nn.Module]:
+    """Submodules to shard one by one: the transformer blocks when the model has them."""
+    for name in ("blocks", "layers", "h"):
+        container = getattr(model, name, None)
+        if isinstance(container, (nn.ModuleList, nn.Sequential)) and len(container) > 0:
+            return list(container)
+    transformer = getattr(model, "transformer", None)
+    if isinstance(transformer, nn.Module) and transformer is not model:
+        return _fsdp_units(transformer)
+    return []
+
+
+def wrap_model(model: nn.Module, ctx: DistContext, strategy: str = "ddp") -> nn.Module:
+    """Move ``model`` to ``ctx.device`` and wrap it for data-parallel training.
+
+    ``"ddp"``: DistributedDataParallel (every rank holds the whole model and optimizer state;
+    gradients are averaged in backward). ``"fsdp"``: FSDP2 ``fully_shard`` on each transformer
+    block and on the root, so parameters, gradients and optimizer state are split across
+    ranks; build the optimizer *after* wrapping. With no process group the model is only moved.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    model = model.to(ctx.device)
+    if not ctx.enabled:
+        return model
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids)
+
+    from torch.distributed.fsdp import fully_shard
+
+    # tied weights (lm head = token embedding) must live in the same FSDP unit: the root
+    # owns everything outside the blocks, so sharding only the blocks keeps the tie intact
+    for unit in _fsdp_units(model):
+        fully_shard(unit)
+    fully_shard(model)
+    return model
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare model under DDP / FSDP1 / torch.compile wrappers (FSDP2 wraps in place)."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        elif type(model).__name__ == "FullyShardedDataParallel" and isinstance(
+            getattr(model, "module", None), nn.Module
+        ):
+            model = model.module
+        else:
+            return model
+
+
+def is_fsdp(model: nn.Module) -> bool:
+    """True when ``model`` (or what it wraps) is sharded with FSDP2 ``fully_shard``."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(unwrap_model(model), FSDPModule)
+
+
+def _plain_key(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+                changed = True
+        key = key.replace("._fsdp_wrapped_module.", ".").replace("._orig_mod.", ".")
+    return key
+
+
+def full_state_dict(model: nn.Module, ctx: DistContext) -> dict[str, torch.Tensor]:
+    """The whole model's weights with plain keys, on CPU, for a checkpoint.
+
+    Collective under FSDP: every rank must call it; rank 0 gets the gathered tensors and
+    the other ranks an empty dict. Under DDP (or one process) every rank gets its own
+    (identical) copy. The result loads into a bare model on any number of processes.
+    """
+    if ctx.enabled and is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        with collective_guard(ctx, "state_dict gather"):
+            state = get_model_state_dict(
+                unwrap_model(model),
+                options=StateDictOptions(full_state_dict=True, cpu_offload=True),
+            )
+    else:
+        state = unwrap_model(model).state_dict()
+    return {_plain_key(k): v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def full_optimizer_state_dict(
+    model: nn.Module, optimizer: torch.optim.Optimizer, ctx: DistContext
+) -> dict[str, Any]:
+    """The optimizer state in a form that loads on any world size.
+
+    DDP / one process: ``optimizer.state_dict()`` (replicated on every rank). FSDP: the
+    gathered full state keyed by parameter name (rank 0; others get an empty dict) —
+    load it back with :func:`load_full_optimizer_state_dict`.
+    """
+    if ctx.enabled and is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
+
+        with collective_guard(ctx, "optimizer state gather"):
+            return get_optimizer_state_dict(
+                unwrap_model(model),
+                optimizer,
+                options=StateDictOptions(full_state_dict=True, cpu_offload=True),
+            )
+    return optimizer.state_dict()
+
+
+def load_full_state_dict(
+    model: nn.Module, state: dict[str, torch.Tensor], ctx: DistContext
+) -> None:
+    """Load plain-key weights (from :func:`full_state_dict`) into a possibly wrapped model.
+
+    Under FSDP every rank must call it; only rank 0's ``state`` is read (it is broadcast).
+    Under DDP load before wrapping, or on every rank (DDP also broadcasts rank 0 at wrap).
+    """
+    if ctx.enabled and is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        with collective_guard(ctx, "state_dict broadcast"):
+            set_model_state_dict(
+                unwrap_model(model),
+                state,
+                options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
+            )
+        return
+    unwrap_model(model).load_state_dict(state)
+
+
+def load_full_optimizer_state_dict(
+    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], ctx: DistContext
+) -> None:
+    """Inverse of :func:`full_optimizer_state_dict` (collective under FSDP)."""
+    if ctx.enabled and is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
+
+        with collective_guard(ctx, "optimizer state broadcast"):
+            set_optimizer_state_dict(
+                unwrap_model(model),
+                optimizer,
+                state,
+                options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
+            )
+        return
+    optimizer.load_state_dict(state)
+
+
+# --- launching --------------------------------------------------------------------------
+
+
+def strip_nproc(argv: list[str]) -> list[str]:
+    """``argv`` without ``--nproc N`` / ``--nproc=N`` (the re-run must not re-launch)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        if arg.startswith("--nproc="):
+            continue
+        out.append(arg)
+    return out
+
+
+def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
+    """The command :func:`launch_local` runs: torchrun, standalone, ``-m lmrs ARGV``."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--standalone",
+        "-m",
+        "lmrs",
+        *strip_nproc(argv),
+    ]
+
+
+def launch_local(nproc: int, argv: list[str]) -> int:
+    """Re-run ``lmrs ARGV`` as ``nproc`` processes on this machine; returns torchrun's exit code.
+
+    ``argv`` is the lmrs command line after the program name (``sys.argv[1:]``, e.g.
+    ``["train", "--corpus", "data", "--nproc", "2"]``); ``--nproc`` is removed from it.
+    On CPU each process gets an equal share of the cores (``OMP_NUM_THREADS``) unless set.
+    """
+    if nproc < 1:
+        raise ValueError(f"--nproc must be at least 1, got {nproc}")
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise ValueError("--nproc cannot be used inside torchrun (the job is already distributed)")
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env and not torch.cuda.is_available():
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    try:
+        return subprocess.run(torchrun_command(nproc, argv), env=env, check=False).returncode
+    except KeyboardInterrupt:
+        return 130
