@@ -1,1 +1,403 @@
-//! TODO: encode
+//! The encoder: text → pieces (pre-tokenizer) → token ids (BPE merges), and back.
+//!
+//! Merging follows tiktoken exactly: within a piece, repeatedly merge the adjacent pair
+//! whose concatenation is the token with the lowest id (the leftmost on ties), until no
+//! adjacent pair forms a token. With merges in creation order (ids == ranks) this is the
+//! same as applying the merge list in order, and it makes our ids identical to tiktoken's
+//! when it is given our ranks (`Tokenizer.to_tiktoken`).
+//!
+//! The pair table therefore maps every (left, right) whose concatenation is a token, not
+//! only the trained merge pairs; building it costs one lookup per byte of the vocab.
+//!
+//! Decoding of invalid UTF-8 (a sequence cut inside a character) follows tiktoken's
+//! `errors="replace"`: each invalid sequence becomes U+FFFD.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use ahash::AHashMap;
+use rayon::prelude::*;
+
+use crate::pretokenize::Pretokenizer;
+use crate::vocab::Vocab;
+use crate::{Error, Result};
+
+/// Pieces at least this long are merged with a heap and a linked list (O(n log n));
+/// shorter ones with a linear scan, which is faster for the short pieces of real text.
+const LONG_PIECE: usize = 128;
+
+const NO_RANK: u32 = u32::MAX;
+
+/// Which special tokens `encode` recognises in the text; the others are plain text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AllowedSpecial {
+    All,
+    None,
+    /// These special token ids only.
+    Some(Vec<u32>),
+}
+
+pub struct Encoder {
+    vocab: Vocab,
+    hash: String,
+    pretokenizer: Pretokenizer,
+    /// (left id << 32 | right id) → id of the concatenation; that id is also its rank.
+    pairs: AHashMap<u64, u32>,
+    /// Bytes of every token, specials included (their UTF-8 text), indexed by id.
+    token_bytes: Vec<Vec<u8>>,
+    /// Bytes → id for ordinary tokens (the lowest id if two merges made the same bytes).
+    bytes_to_id: AHashMap<Vec<u8>, u32>,
+    special_matcher: Option<AhoCorasick>,
+    /// Special ids in the matcher's pattern order.
+    special_ids: Vec<u32>,
+}
+
+#[inline]
+fn pair_key(a: u32, b: u32) -> u64 {
+    ((a as u64) << 32) | b as u64
+}
+
+impl Encoder {
+    pub fn new(vocab: Vocab) -> Result<Self> {
+        let pretokenizer = Pretokenizer::new(vocab.pattern())?;
+        let mut token_bytes = vocab.token_bytes();
+        let mut bytes_to_id: AHashMap<Vec<u8>, u32> = AHashMap::with_capacity(token_bytes.len());
+        for (id, bytes) in token_bytes.iter().enumerate() {
+            bytes_to_id.entry(bytes.clone()).or_insert(id as u32);
+        }
+        let mut pairs = AHashMap::with_capacity(token_bytes.len() * 2);
+        for bytes in token_bytes.iter().skip(256) {
+            let id = bytes_to_id[bytes];
+            for split in 1..bytes.len() {
+                if let (Some(&left), Some(&right)) =
+                    (bytes_to_id.get(&bytes[..split]), bytes_to_id.get(&bytes[split..]))
+                {
+                    pairs.insert(pair_key(left, right), id);
+                }
+            }
+        }
+        let names: Vec<&str> = vocab.special_tokens().iter().map(|(n, _)| n.as_str()).collect();
+        let special_ids = vocab.special_tokens().iter().map(|&(_, id)| id).collect();
+        let special_matcher = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&names)
+            .map_err(|e| Error::Invalid(format!("special tokens: {e}")))?;
+        token_bytes.extend(names.iter().map(|n| n.as_bytes().to_vec()));
+        let hash = vocab.hash();
+        Ok(Self {
+            vocab,
+            hash,
+            pretokenizer,
+            pairs,
+            token_bytes,
+            bytes_to_id,
+            special_matcher: Some(special_matcher),
+            special_ids,
+        })
+    }
+
+    pub fn vocab(&self) -> &Vocab {
+        &self.vocab
+    }
+
+    /// The vocab's hash (computed once).
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.token_bytes.len()
+    }
+
+    pub fn eot_id(&self) -> u32 {
+        self.vocab.eot_id()
+    }
+
+    /// Bytes of a token (a special token's bytes are its UTF-8 text).
+    pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
+        self.token_bytes.get(id as usize).map(Vec::as_slice)
+    }
+
+    /// The id of an ordinary token with exactly these bytes, or of the special token
+    /// with this text.
+    pub fn token_to_id(&self, bytes: &[u8]) -> Option<u32> {
+        if let Some(&id) = self.bytes_to_id.get(bytes) {
+            return Some(id);
+        }
+        self.vocab.special_tokens().iter().find(|(n, _)| n.as_bytes() == bytes).map(|&(_, id)| id)
+    }
+
+    /// Encodes text with special tokens treated as plain text.
+    pub fn encode_ordinary(&self, text: &str) -> Vec<u32> {
+        let mut out = Vec::with_capacity(text.len() / 3 + 1);
+        self.encode_ordinary_into(text, &mut out);
+        out
+    }
+
+    /// Appends the ids of `text` (special tokens as plain text) to `out`.
+    pub fn encode_ordinary_into(&self, text: &str, out: &mut Vec<u32>) {
+        let mut scratch = Scratch::default();
+        self.pretokenizer.for_each_piece(text, |piece| {
+            self.encode_piece(piece.as_bytes(), out, &mut scratch);
+        });
+    }
+
+    /// Encodes text; the `allowed` special tokens found in it become their ids.
+    pub fn encode(&self, text: &str, allowed: &AllowedSpecial) -> Vec<u32> {
+        let matcher = match (allowed, &self.special_matcher) {
+            (AllowedSpecial::None, _) | (_, None) => return self.encode_ordinary(text),
+            (_, Some(m)) => m,
+        };
+        let mut out = Vec::with_capacity(text.len() / 3 + 1);
+        let mut start = 0;
+        for m in matcher.find_iter(text) {
+            let id = self.special_ids[m.pattern().as_usize()];
+            if let AllowedSpecial::Some(ids) = allowed {
+                if !ids.contains(&id) {
+                    continue;
+                }
+            }
+            self.encode_ordinary_into(&text[start..m.start()], &mut out);
+            out.push(id);
+            start = m.end();
+        }
+        self.encode_ordinary_into(&text[start..], &mut out);
+        out
+    }
+
+    /// Encodes many texts in parallel (rayon), in order.
+    pub fn encode_batch<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+        allowed: &AllowedSpecial,
+    ) -> Vec<Vec<u32>> {
+        texts.par_iter().map(|t| self.encode(t.as_ref(), allowed)).collect()
+    }
+
+    pub fn decode_bytes(&self, ids: &[u32]) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(ids.len() * 4);
+        for &id in ids {
+            let bytes = self.token_bytes(id).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "token id {id} is out of range (vocab size {})",
+                    self.vocab_size()
+                ))
+            })?;
+            out.extend_from_slice(bytes);
+        }
+        Ok(out)
+    }
+
+    /// Decodes to text; invalid UTF-8 sequences become U+FFFD (like errors="replace").
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        let bytes = self.decode_bytes(ids)?;
+        Ok(match String::from_utf8(bytes) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        })
+    }
+
+    #[inline]
+    fn rank(&self, left: u32, right: u32) -> u32 {
+        self.pairs.get(&pair_key(left, right)).copied().unwrap_or(NO_RANK)
+    }
+
+    #[inline]
+    fn encode_piece(&self, piece: &[u8], out: &mut Vec<u32>, scratch: &mut Scratch) {
+        if piece.len() == 1 {
+            out.push(piece[0] as u32);
+        } else if let Some(&id) = self.bytes_to_id.get(piece) {
+            out.push(id);
+        } else if piece.len() < LONG_PIECE {
+            self.merge_short(piece, out, scratch);
+        } else {
+            self.merge_long(piece, out);
+        }
+    }
+
+    /// Linear scan for the lowest-rank pair; each merge updates only its neighbours.
+    fn merge_short(&self, piece: &[u8], out: &mut Vec<u32>, scratch: &mut Scratch) {
+        let ids = &mut scratch.ids;
+        let ranks = &mut scratch.ranks;
+        ids.clear();
+        ids.extend(piece.iter().map(|&b| b as u32));
+        ranks.clear();
+        ranks.extend(ids.windows(2).map(|w| self.rank(w[0], w[1])));
+        loop {
+            let mut best = NO_RANK;
+            let mut at = 0;
+            for (i, &r) in ranks.iter().enumerate() {
+                if r < best {
+                    best = r;
+                    at = i;
+                }
+            }
+            if best == NO_RANK {
+                break;
+            }
+            ids[at] = best;
+            ids.remove(at + 1);
+            ranks.remove(at);
+            if at + 1 < ids.len() {
+                ranks[at] = self.rank(ids[at], ids[at + 1]);
+            }
+            if at > 0 {
+                ranks[at - 1] = self.rank(ids[at - 1], ids[at]);
+            }
+        }
+        out.extend_from_slice(ids);
+    }
+
+    /// Heap of (rank, position) over a linked list of parts: O(n log n) for long pieces
+    /// (a 40,000-character run of one letter). Stale heap entries are skipped on pop.
+    fn merge_long(&self, piece: &[u8], out: &mut Vec<u32>) {
+        const NONE: u32 = u32::MAX;
+        let n = piece.len();
+        let mut ids: Vec<u32> = piece.iter().map(|&b| b as u32).collect();
+        let mut next: Vec<u32> = (1..=n as u32).collect();
+        next[n - 1] = NONE;
+        let mut prev: Vec<u32> = (0..n as u32).map(|i| i.wrapping_sub(1)).collect();
+        prev[0] = NONE;
+        let mut alive = vec![true; n];
+        let mut heap: BinaryHeap<Reverse<(u32, u32)>> = (0..n - 1)
+            .filter_map(|i| {
+                let r = self.rank(ids[i], ids[i + 1]);
+                (r != NO_RANK).then_some(Reverse((r, i as u32)))
+            })
+            .collect();
+        while let Some(Reverse((rank, pos))) = heap.pop() {
+            let p = pos as usize;
+            if !alive[p] || next[p] == NONE {
+                continue;
+            }
+            let r = next[p] as usize;
+            if self.rank(ids[p], ids[r]) != rank {
+                continue;
+            }
+            ids[p] = rank;
+            alive[r] = false;
+            next[p] = next[r];
+            if next[r] != NONE {
+                prev[next[r] as usize] = pos;
+                let nr = self.rank(ids[p], ids[next[r] as usize]);
+                if nr != NO_RANK {
+                    heap.push(Reverse((nr, pos)));
+                }
+            }
+            if prev[p] != NONE {
+                let l = prev[p];
+                let lr = self.rank(ids[l as usize], ids[p]);
+                if lr != NO_RANK {
+                    heap.push(Reverse((lr, l)));
+                }
+            }
+        }
+        let mut i = 0u32;
+        while i != NONE {
+            out.push(ids[i as usize]);
+            i = next[i as usize];
+        }
+    }
+}
+
+/// Buffers reused across the pieces of one text.
+#[derive(Default)]
+struct Scratch {
+    ids: Vec<u32>,
+    ranks: Vec<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pretokenize::GPT4_PATTERN;
+
+    /// Plain reference: apply the merge list in order to each piece (minbpe style).
+    fn reference_encode(vocab: &Vocab, text: &str) -> Vec<u32> {
+        let pre = Pretokenizer::new(vocab.pattern()).unwrap();
+        let mut out = Vec::new();
+        for piece in pre.pieces(text) {
+            let mut ids: Vec<u32> = piece.bytes().map(u32::from).collect();
+            for (i, &(a, b)) in vocab.merges().iter().enumerate() {
+                let mut j = 0;
+                let mut merged = Vec::with_capacity(ids.len());
+                while j < ids.len() {
+                    if j + 1 < ids.len() && ids[j] == a && ids[j + 1] == b {
+                        merged.push(256 + i as u32);
+                        j += 2;
+                    } else {
+                        merged.push(ids[j]);
+                        j += 1;
+                    }
+                }
+                ids = merged;
+            }
+            out.extend(ids);
+        }
+        out
+    }
+
+    fn vocab() -> Vocab {
+        // 256 "th", 257 "the", 258 " the", 259 "aa", 260 "aaaa" (an order BPE training
+        // could produce: with it, tiktoken's rule and the merge list agree)
+        let merges = vec![(116, 104), (256, 101), (32, 257), (97, 97), (259, 259)];
+        Vocab::new(GPT4_PATTERN, merges, &["<|pad|>".to_string()]).unwrap()
+    }
+
+    #[test]
+    fn matches_reference_and_round_trips() {
+        let enc = Encoder::new(vocab()).unwrap();
+        for text in ["the theme then", "aaaaaaaaa the", "", "héllo wörld 123", "   the\n\n"] {
+            let ids = enc.encode_ordinary(text);
+            assert_eq!(ids, reference_encode(enc.vocab(), text), "{text:?}");
+            assert_eq!(enc.decode(&ids).unwrap(), text);
+        }
+    }
+
+    #[test]
+    fn long_pieces_use_the_heap_and_agree_with_the_scan() {
+        let enc = Encoder::new(vocab()).unwrap();
+        for n in [LONG_PIECE - 1, LONG_PIECE, LONG_PIECE + 3, 40_000] {
+            let text = "a".repeat(n);
+            let ids = enc.encode_ordinary(&text);
+            assert_eq!(ids, reference_encode(enc.vocab(), &text), "n={n}");
+            assert_eq!(ids.len(), n / 4 + (n % 4) / 2 + n % 2);
+        }
+    }
+
+    #[test]
+    fn special_tokens_only_when_allowed() {
+        let enc = Encoder::new(vocab()).unwrap();
+        let eot = enc.eot_id();
+        let pad = enc.vocab().special_id("<|pad|>").unwrap();
+        let text = "the<|endoftext|>aa<|pad|>";
+        let all = enc.encode(text, &AllowedSpecial::All);
+        assert_eq!(all, vec![257, eot, 259, pad]);
+        let only_pad = enc.encode(text, &AllowedSpecial::Some(vec![pad]));
+        assert_eq!(only_pad.last(), Some(&pad));
+        assert!(!only_pad.contains(&eot));
+        let none = enc.encode(text, &AllowedSpecial::None);
+        assert_eq!(none, enc.encode_ordinary(text));
+        assert_eq!(enc.decode(&all).unwrap(), text);
+    }
+
+    #[test]
+    fn decode_replaces_invalid_utf8_and_rejects_unknown_ids() {
+        let enc = Encoder::new(vocab()).unwrap();
+        let ids = enc.encode_ordinary("é");
+        assert_eq!(ids.len(), 2);
+        assert_eq!(enc.decode(&ids[..1]).unwrap(), "\u{FFFD}");
+        assert!(enc.decode(&[99_999]).is_err());
+    }
+
+    #[test]
+    fn batch_matches_single() {
+        let enc = Encoder::new(vocab()).unwrap();
+        let texts = ["the a", "aaaa<|pad|>", "x"];
+        let batch = enc.encode_batch(&texts, &AllowedSpecial::All);
+        for (t, ids) in texts.iter().zip(batch) {
+            assert_eq!(ids, enc.encode(t, &AllowedSpecial::All));
+        }
+    }
+}
