@@ -1,0 +1,397 @@
+"""A GPT-style decoder-only transformer (nanoGPT-shaped, readable).
+
+Token embedding (+ learned positions, or rotary positions inside attention), a stack of
+pre-LayerNorm blocks (causal self-attention through ``F.scaled_dot_product_attention``,
+then a GELU feed-forward), a final LayerNorm and a language-model head tied to the token
+embedding. Everything the model needs to know lives in :class:`ModelConfig`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+POSITIONS = ("learned", "rope")
+
+
+@dataclass
+class ModelConfig:
+    """Shape and options of a :class:`GPT`. Saved as ``model_config.json`` in checkpoints."""
+
+    vocab_size: int
+    max_seq_len: int = 512
+    embed_dim: int = 256
+    num_heads: int = 8
+    num_layers: int = 6
+    ff_dim: int = 1024
+    dropout_rate: float = 0.1
+    position: str = "learned"  # "learned" absolute embeddings or "rope" rotary
+    num_kv_heads: Optional[int] = None  # None: = num_heads; fewer: GQA; 1: MQA
+    gradient_checkpointing: bool = False
+    bias: bool = True  # biases in linear layers and LayerNorms
+    tie_weights: bool = True  # lm head shares the token embedding matrix
+    attention_dropout: bool = False  # dropout on attention weights (off: faster SDPA kernel)
+    rope_base: float = 10000.0
+    seed: int = 0  # seeds the weight initialisation (global RNG is left untouched)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+    def validate(self) -> None:
+        """Raise ValueError with a one-line message for an impossible configuration."""
+        for name in ("vocab_size", "max_seq_len", "embed_dim", "num_heads", "num_layers", "ff_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"ModelConfig.embed_dim ({self.embed_dim}) must be divisible by "
+                f"num_heads ({self.num_heads})"
+            )
+        if self.num_kv_heads is not None:
+            if not isinstance(self.num_kv_heads, int) or self.num_kv_heads <= 0:
+                raise ValueError(
+                    f"ModelConfig.num_kv_heads must be a positive integer or None, "
+                    f"got {self.num_kv_heads!r}"
+                )
+            if self.num_heads % self.num_kv_heads:
+                raise ValueError(
+                    f"ModelConfig.num_heads ({self.num_heads}) must be divisible by "
+                    f"num_kv_heads ({self.num_kv_heads})"
+                )
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"ModelConfig.dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        if self.position not in POSITIONS:
+            raise ValueError(
+                f"ModelConfig.position must be one of {POSITIONS}, got {self.position!r}"
+            )
+        if self.position == "rope" and self.head_dim % 2:
+            raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig field(s): {', '.join(unknown)}")
+        if "vocab_size" not in data:
+            raise ValueError("ModelConfig needs 'vocab_size'")
+        return cls(**data)
+
+
+class KVCache:
+    """Preallocated keys and values for every layer, filled left to right during generation.
+
+    ``keys[i]``/``values[i]`` have shape (batch, kv_heads, max_len, head_dim); ``length`` is
+    how many positions are filled (the position of the next token).
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        batch_size: int,
+        max_len: Optional[int] = None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.max_len = config.max_seq_len if max_len is None else max_len
+        shape = (batch_size, config.kv_heads, self.max_len, config.head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_layers)]
+        self.length = 0
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k/v (B, kv_heads, T, hd) for the current step; return all keys/values so far."""
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache is full: {end} positions > max_len {self.max_len}")
+        self.keys[layer][:, :, self.length : end] = k
+        self.values[layer][:, :, self.length : end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_index: int) -> None:
+        super().__init__()
+        self.layer_index = layer_index
+        self.num_heads = config.num_heads
+        self.kv_heads = config.kv_heads
+        self.head_dim = config.head_dim
+        # one fused projection for queries, keys and values: one matmul instead of three
+        qkv_dim = (config.num_heads + 2 * config.kv_heads) * config.head_dim
+        self.qkv = nn.Linear(config.embed_dim, qkv_dim, bias=config.bias)
+        self.out_proj = nn.Linear(config.embed_dim, config.embed_dim, bias=config.bias)
+        self.out_proj.residual_projection = True  # type: ignore[assignment]
+        self.attn_dropout = config.dropout_rate if config.attention_dropout else 0.0
+        self.resid_dropout = nn.Dropout(config.dropout_rate)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: Optional[tuple[torch.Tensor, torch.Tensor]],
+        kv_cache: Optional[KVCache],
+    ) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        q_size = self.num_heads * self.head_dim
+        kv_size = self.kv_heads * self.head_dim
+        q, k, v = self.qkv(x).split([q_size, kv_size, kv_size], dim=-1)
+        q = q.view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            cos, sin = rope  # (seq, head_dim), already offset by the cache length
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+
+        offset = 0
+        if kv_cache is not None:
+            offset = kv_cache.length
+            k, v = kv_cache.update(self.layer_index, k, v)
+        # causal mask: with no cached prefix SDPA's is_causal does it; one new token sees all;
+        # several new tokens after a prefix need an explicit (seq, offset + seq) mask
+        mask = None
+        is_causal = seq > 1 and offset == 0
+        if seq > 1 and offset > 0:
+            mask = torch.ones(seq, offset + seq, dtype=torch.bool, device=x.device).tril(offset)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.attn_dropout if self.training else 0.0,
+            is_causal=is_causal,
+            enable_gqa=self.kv_heads != self.num_heads,
+        )
+        y = y.transpose(1, 2).reshape(batch, seq, q_size)
+        return self.resid_dropout(self.out_proj(y))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(config.embed_dim, config.ff_dim, bias=config.bias)
+        self.down = nn.Linear(config.ff_dim, config.embed_dim, bias=config.bias)
+        self.down.residual_projection = True  # type: ignore[assignment]
+        self.dropout = nn.Dropout(config.dropout_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the tanh approximation is GPT-2's GELU, fused into one kernel here
+        return self.dropout(self.down(F.gelu(self.up(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + ffn(ln(x))."""
+
+    def __init__(self, config: ModelConfig, layer_index: int) -> None:
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(config.embed_dim, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer_index)
+        self.ln_ffn = nn.LayerNorm(config.embed_dim, bias=config.bias)
+        self.ffn = FeedForward(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        kv_cache: Optional[KVCache] = None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_attn(x), rope, kv_cache)
+        return x + self.ffn(self.ln_ffn(x))
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer language model."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        # build and initialise under a forked RNG so the caller's global RNG stream is unchanged
+        with torch.random.fork_rng(devices=[]):
+            self.token_embedding = nn.Embedding(config.vocab_size, config.embed_dim)
+            self.position_embedding = (
+                nn.Embedding(config.max_seq_len, config.embed_dim)
+                if config.position == "learned"
+                else None
+            )
+            self.dropout = nn.Dropout(config.dropout_rate)
+            self.blocks = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
+            self.ln_final = nn.LayerNorm(config.embed_dim, bias=config.bias)
+            self.lm_head = nn.Linear(config.embed_dim, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.lm_head.weight = self.token_embedding.weight
+        if config.position == "rope":
+            cos, sin = _rope_tables(config)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self._init_weights(torch.Generator().manual_seed(config.seed))
+
+    def _init_weights(self, generator: torch.Generator) -> None:
+        """GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2 * num_layers)."""
+        residual_std = 0.02 / math.sqrt(2 * self.config.num_layers)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                if module is self.lm_head and self.config.tie_weights:
+                    continue  # it is the token embedding, initialised below
+                std = residual_std if getattr(module, "residual_projection", False) else 0.02
+                nn.init.normal_(module.weight, 0.0, std, generator=generator)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, 0.0, 0.02, generator=generator)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Number of distinct parameters (tied weights counted once).
+
+        With ``exclude_embeddings`` the token and position embeddings are left out (the
+        tied lm head is the token embedding, so it goes too; an untied head stays).
+        """
+        total = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            total -= self.token_embedding.weight.numel()
+            if self.position_embedding is not None:
+                total -= self.position_embedding.weight.numel()
+        return total
+
+    def estimate_flops_per_token(self, seq_len: Optional[int] = None) -> float:
+        """Training FLOPs per token (forward + backward): 6 per matmul weight plus attention.
+
+        Matmul weights are every weight used in a matrix product: the blocks and the lm head
+        (the embedding lookups are free). Attention scores and the weighted sum cost
+        12 * layers * seq_len * embed_dim per token (PaLM appendix B convention).
+        """
+        cfg = self.config
+        seq_len = cfg.max_seq_len if seq_len is None else seq_len
+        matmul = sum(p.numel() for p in self.blocks.parameters() if p.dim() == 2)
+        matmul += self.lm_head.weight.numel()
+        return 6.0 * matmul + 12.0 * cfg.num_layers * seq_len * cfg.embed_dim
+
+    def hidden_states(
+        self, ids: torch.Tensor, *, kv_cache: Optional[KVCache] = None
+    ) -> torch.Tensor:
+        """Final-LayerNorm outputs (B, T, embed_dim) for token ids (B, T)."""
+        _, seq = ids.shape
+        offset = 0 if kv_cache is None else kv_cache.length
+        if offset + seq > self.config.max_seq_len:
+            raise ValueError(
+                f"sequence of {offset + seq} tokens is longer than max_seq_len "
+                f"{self.config.max_seq_len}"
+            )
+        x = self.token_embedding(ids)
+        rope = None
+        if self.position_embedding is not None:
+            positions = torch.arange(offset, offset + seq, device=ids.device)
+            x = x + self.position_embedding(positions)
+        else:
+            rope = (self.rope_cos[offset : offset + seq], self.rope_sin[offset : offset + seq])
+        x = self.dropout(x)
+        use_checkpoint = (
+            self.config.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        )
+        for block in self.blocks:
+            if use_checkpoint and kv_cache is None:
+                x = checkpoint(block, x, rope, None, use_reentrant=False)
+            else:
+                x = block(x, rope, kv_cache)
+        if kv_cache is not None:
+            kv_cache.length += seq
+        return self.ln_final(x)
+
+    def forward(self, ids: torch.Tensor, *, kv_cache: Optional[KVCache] = None) -> torch.Tensor:
+        """Logits (B, T, vocab_size) for token ids (B, T); with a cache, T new positions."""
+        return self.lm_head(self.hidden_states(ids, kv_cache=kv_cache))
+
+    def compute_loss(
+        self, ids: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100
+    ) -> torch.Tensor:
+        """Mean next-token cross-entropy (nats) of ``targets`` (B, T) given ``ids`` (B, T)."""
+        logits = self(ids)
+        return F.cross_entropy(
+            logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index
+        )
+
+    def new_kv_cache(self, batch_size: int, max_len: Optional[int] = None) -> KVCache:
+        """An empty cache on this model's device and dtype."""
+        weight = self.token_embedding.weight
+        return KVCache(self.config, batch_size, max_len, device=weight.device, dtype=weight.dtype)
+
+
+def _rope_tables(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables (max_seq_len, head_dim) for rotary positions (rotate-half layout)."""
+    half = config.head_dim // 2
+    inv_freq = 1.0 / (config.rope_base ** (torch.arange(half, dtype=torch.float64) / half))
+    angles = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float64), inv_freq)
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos().float(), angles.sin().float()
+
+
+def create_model(
+    vocab_size: int,
+    max_seq_len: int = 512,
+    embed_dim: int = 256,
+    num_heads: int = 8,
+    num_layers: int = 6,
+    ff_dim: int = 1024,
+    dropout_rate: float = 0.1,
+    **options: Any,
+) -> GPT:
+    """A GPT of the given shape; ``options`` are any other :class:`ModelConfig` fields."""
+    config = ModelConfig(
+        vocab_size=vocab_size,
+        max_seq_len=max_seq_len,
+        embed_dim=embed_dim,
+        num_heads=num_heads,
+        num_layers=num_layers,
+        ff_dim=ff_dim,
+        dropout_rate=dropout_rate,
+        **options,
+    )
+    return GPT(config)
+
+
+# named shapes for `lmrs train --size`; any ModelConfig field can be overridden
+PRESETS: dict[str, dict[str, Any]] = {
+    "small": {"embed_dim": 128, "num_heads": 4, "num_layers": 2, "ff_dim": 512},
+    "full": {"embed_dim": 256, "num_heads": 8, "num_layers": 6, "ff_dim": 1024},
+}
+
+
+def model_from_preset(name: str, vocab_size: int, **overrides: Any) -> GPT:
+    """A GPT with the shape of ``PRESETS[name]``, any field overridden by keyword."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model size {name!r}; choose one of {sorted(PRESETS)}")
+    return create_model(vocab_size, **{**PRESETS[name], **overrides})
+
+
+def create_small_model(vocab_size: int, **overrides: Any) -> GPT:
+    """The "small" preset: 128 dim, 4 heads, 2 layers, FFN 512."""
+    return model_from_preset("small", vocab_size, **overrides)
