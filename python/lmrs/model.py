@@ -114,8 +114,12 @@ class KVCache:
     ) -> None:
         self.max_len = config.max_seq_len if max_len is None else max_len
         shape = (batch_size, config.kv_heads, self.max_len, config.head_dim)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_layers)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_layers)]
+        self.keys = [
+            torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_layers)
+        ]
+        self.values = [
+            torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_layers)
+        ]
         self.length = 0
 
     def update(
@@ -335,9 +339,7 @@ class GPT(nn.Module):
     ) -> torch.Tensor:
         """Mean next-token cross-entropy (nats) of ``targets`` (B, T) given ``ids`` (B, T)."""
         logits = self(ids)
-        return F.cross_entropy(
-            logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index
-        )
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
 
     def new_kv_cache(self, batch_size: int, max_len: Optional[int] = None) -> KVCache:
         """An empty cache on this model's device and dtype."""
