@@ -4,23 +4,72 @@
 //! INTERFACE (shared by corpus.rs, train.rs, encode.rs; keep it stable):
 //!   `Pretokenizer::new(pattern)`, `Pretokenizer::gpt4()`, `.pattern()`,
 //!   `.for_each_piece(text, |piece: &str| ...)`, `.pieces(text) -> Vec<&str>`.
+//!
+//! The GPT-4 pattern (and tiktoken's spelling of it, [`CL100K_PATTERN`]) is split by a
+//! hand-written scanner that yields exactly the regex's pieces, several times faster
+//! than the backtracking regex engine. Its character classes (`\p{L}`, `\p{N}`, `\s`)
+//! come from `regex-syntax`, the same Unicode tables the regex engine uses, so the
+//! two cannot drift apart. Any other pattern runs through `fancy-regex`.
+
+use std::sync::OnceLock;
 
 use crate::{Error, Result};
 
-/// The GPT-4 (cl100k_base) split pattern, as used by tiktoken, minbpe and rustbpe.
+/// The GPT-4 (cl100k_base) split pattern, as used by minbpe and rustbpe.
 pub const GPT4_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
+
+/// tiktoken's cl100k_base pattern. It differs from [`GPT4_PATTERN`] in one place: a run
+/// of whitespace that reaches the end of the text is one piece (`\s++$`), where
+/// GPT4_PATTERN cuts it after its last newline ("a\n  " → "a", "\n  " here, but
+/// "a", "\n", "  " with GPT4_PATTERN). Use it to reproduce tiktoken's ids exactly.
+pub const CL100K_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s";
 
 #[derive(Clone)]
 pub struct Pretokenizer {
     pattern: String,
-    regex: fancy_regex::Regex,
+    splitter: Splitter,
+}
+
+#[derive(Clone)]
+enum Splitter {
+    /// The hand-written GPT-4 scanner. `whole_trailing_space` selects the cl100k
+    /// spelling (`\s++$`).
+    Gpt4 {
+        classes: &'static CharClasses,
+        whole_trailing_space: bool,
+    },
+    Regex(fancy_regex::Regex),
 }
 
 impl Pretokenizer {
+    /// Compiles `pattern`; the GPT-4 pattern (either spelling) picks the fast scanner.
     pub fn new(pattern: &str) -> Result<Self> {
-        let regex = fancy_regex::Regex::new(pattern)
-            .map_err(|e| Error::Invalid(format!("invalid pre-tokenization pattern: {e}")))?;
-        Ok(Self { pattern: pattern.to_string(), regex })
+        let splitter = if pattern == GPT4_PATTERN || pattern == CL100K_PATTERN {
+            Splitter::Gpt4 {
+                classes: CharClasses::get(),
+                whole_trailing_space: pattern == CL100K_PATTERN,
+            }
+        } else {
+            Splitter::Regex(Self::compile_regex(pattern)?)
+        };
+        Ok(Self {
+            pattern: pattern.to_string(),
+            splitter,
+        })
+    }
+
+    /// Always the regex engine, even for the GPT-4 pattern (the reference for tests
+    /// and benchmarks of the fast scanner).
+    pub fn new_regex(pattern: &str) -> Result<Self> {
+        Ok(Self {
+            pattern: pattern.to_string(),
+            splitter: Splitter::Regex(Self::compile_regex(pattern)?),
+        })
+    }
+
+    fn compile_regex(pattern: &str) -> Result<fancy_regex::Regex> {
+        fancy_regex::Regex::new(pattern)
+            .map_err(|e| Error::Invalid(format!("invalid pre-tokenization pattern: {e}")))
     }
 
     pub fn gpt4() -> Self {
@@ -31,11 +80,41 @@ impl Pretokenizer {
         &self.pattern
     }
 
+    /// True when the hand-written scanner (not the regex engine) splits the text.
+    pub fn is_fast(&self) -> bool {
+        matches!(self.splitter, Splitter::Gpt4 { .. })
+    }
+
     /// Calls `f` on each piece of `text`, in order. Pieces cover the text exactly
     /// where the pattern matches everywhere (the GPT-4 pattern does).
     pub fn for_each_piece<'t>(&self, text: &'t str, mut f: impl FnMut(&'t str)) {
-        for m in self.regex.find_iter(text).flatten() {
-            f(m.as_str());
+        match &self.splitter {
+            Splitter::Gpt4 {
+                classes,
+                whole_trailing_space,
+            } => {
+                let scanner = Gpt4Scanner {
+                    text: text.as_bytes(),
+                    classes,
+                    whole_trailing_space: *whole_trailing_space,
+                };
+                let mut start = 0;
+                while start < text.len() {
+                    let end = scanner.piece_end(start);
+                    f(&text[start..end]);
+                    start = end;
+                }
+            }
+            Splitter::Regex(regex) => {
+                // A regex error here is the backtrack limit on pathological input;
+                // stopping at it (as tiktoken and rustbpe do) keeps the text before it.
+                for m in regex.find_iter(text) {
+                    match m {
+                        Ok(m) => f(m.as_str()),
+                        Err(_) => break,
+                    }
+                }
+            }
         }
     }
 
@@ -46,6 +125,269 @@ impl Pretokenizer {
     }
 }
 
+/// The four character kinds the GPT-4 pattern distinguishes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+enum Kind {
+    /// `\p{L}`
+    Letter = 0,
+    /// `\p{N}`
+    Number = 1,
+    /// `\s` (Unicode White_Space)
+    Space = 2,
+    /// everything else (punctuation, symbols, marks, controls...)
+    Other = 3,
+}
+
+const KINDS: [Kind; 4] = [Kind::Letter, Kind::Number, Kind::Space, Kind::Other];
+
+/// Kind of every code point: a two-level table (256-entry blocks, deduplicated) plus a
+/// direct table for ASCII. About 20 KB, built once from regex-syntax's Unicode data.
+struct CharClasses {
+    ascii: [Kind; 128],
+    block_of: Vec<u16>,
+    blocks: Vec<[u8; 256]>,
+}
+
+impl CharClasses {
+    fn get() -> &'static CharClasses {
+        static TABLE: OnceLock<CharClasses> = OnceLock::new();
+        TABLE.get_or_init(CharClasses::build)
+    }
+
+    fn build() -> CharClasses {
+        let mut kinds = vec![Kind::Other as u8; 0x11_0000];
+        // Later classes win; the three are disjoint in Unicode anyway.
+        for (class, kind) in [
+            (r"\s", Kind::Space),
+            (r"\p{N}", Kind::Number),
+            (r"\p{L}", Kind::Letter),
+        ] {
+            for (start, end) in unicode_class_ranges(class) {
+                for cp in start..=end {
+                    kinds[cp as usize] = kind as u8;
+                }
+            }
+        }
+        let mut block_of = Vec::with_capacity(0x1100);
+        let mut blocks: Vec<[u8; 256]> = Vec::new();
+        for chunk in kinds.chunks_exact(256) {
+            let mut block = [0u8; 256];
+            block.copy_from_slice(chunk);
+            let index = match blocks.iter().position(|b| *b == block) {
+                Some(i) => i,
+                None => {
+                    blocks.push(block);
+                    blocks.len() - 1
+                }
+            };
+            block_of.push(index as u16);
+        }
+        let mut ascii = [Kind::Other; 128];
+        for (cp, slot) in ascii.iter_mut().enumerate() {
+            *slot = KINDS[kinds[cp] as usize];
+        }
+        CharClasses {
+            ascii,
+            block_of,
+            blocks,
+        }
+    }
+
+    #[inline]
+    fn kind(&self, cp: u32) -> Kind {
+        if cp < 128 {
+            return self.ascii[cp as usize];
+        }
+        let block = self.block_of[(cp >> 8) as usize] as usize;
+        KINDS[self.blocks[block][(cp & 0xff) as usize] as usize]
+    }
+}
+
+/// The code point ranges of a one-class regex such as `\p{L}`, as the regex engine sees them.
+fn unicode_class_ranges(class: &str) -> Vec<(u32, u32)> {
+    use regex_syntax::hir::{Class, HirKind};
+    let hir = regex_syntax::parse(class).expect("built-in Unicode class parses");
+    match hir.kind() {
+        HirKind::Class(Class::Unicode(c)) => c
+            .ranges()
+            .iter()
+            .map(|r| (r.start() as u32, r.end() as u32))
+            .collect(),
+        _ => unreachable!("{class} is a Unicode class"),
+    }
+}
+
+/// Finds the end of the GPT-4 piece starting at each position. Each branch below is one
+/// alternative of the pattern, tried in the pattern's order:
+///   1 `'(?i:[sdmt]|ll|ve|re)`        2 `[^\r\n\p{L}\p{N}]?+\p{L}+`    3 `\p{N}{1,3}`
+///   4 ` ?[^\s\p{L}\p{N}]++[\r\n]*`   5 `\s*[\r\n]`   6 `\s+(?!\S)`   7 `\s+`
+struct Gpt4Scanner<'a> {
+    text: &'a [u8],
+    classes: &'a CharClasses,
+    whole_trailing_space: bool,
+}
+
+impl Gpt4Scanner<'_> {
+    /// The code point at byte `i` (a char boundary) and its length in bytes.
+    #[inline(always)]
+    fn decode(&self, i: usize) -> (u32, usize) {
+        let t = self.text;
+        let b0 = t[i] as u32;
+        if b0 < 0x80 {
+            (b0, 1)
+        } else if b0 < 0xE0 {
+            (((b0 & 0x1F) << 6) | (t[i + 1] as u32 & 0x3F), 2)
+        } else if b0 < 0xF0 {
+            (
+                ((b0 & 0x0F) << 12) | ((t[i + 1] as u32 & 0x3F) << 6) | (t[i + 2] as u32 & 0x3F),
+                3,
+            )
+        } else {
+            let cp = ((b0 & 0x07) << 18)
+                | ((t[i + 1] as u32 & 0x3F) << 12)
+                | ((t[i + 2] as u32 & 0x3F) << 6)
+                | (t[i + 3] as u32 & 0x3F);
+            (cp, 4)
+        }
+    }
+
+    /// Code point, kind and byte length at `i`, or None at the end of the text.
+    #[inline(always)]
+    fn at(&self, i: usize) -> Option<(u32, Kind, usize)> {
+        if i >= self.text.len() {
+            return None;
+        }
+        let b = self.text[i];
+        if b < 0x80 {
+            return Some((b as u32, self.classes.ascii[b as usize], 1));
+        }
+        let (cp, len) = self.decode(i);
+        Some((cp, self.classes.kind(cp), len))
+    }
+
+    /// End of the run of characters of `kind` starting at `i`.
+    #[inline(always)]
+    fn skip_kind(&self, mut i: usize, kind: Kind) -> usize {
+        let t = self.text;
+        while i < t.len() {
+            let b = t[i];
+            if b < 0x80 {
+                if self.classes.ascii[b as usize] != kind {
+                    break;
+                }
+                i += 1;
+            } else {
+                let (cp, len) = self.decode(i);
+                if self.classes.kind(cp) != kind {
+                    break;
+                }
+                i += len;
+            }
+        }
+        i
+    }
+
+    /// `[\r\n]*` from `i`.
+    #[inline(always)]
+    fn skip_newlines(&self, mut i: usize) -> usize {
+        while i < self.text.len() && matches!(self.text[i], b'\r' | b'\n') {
+            i += 1;
+        }
+        i
+    }
+
+    /// End of `(?i:[sdmt]|ll|ve|re)` at `i` (just after an apostrophe), if it matches.
+    /// Case-insensitive matching in the regex engine uses Unicode simple case folding,
+    /// under which U+017F (long s) equals 's'; no other letter here has a non-ASCII fold.
+    fn contraction_end(&self, i: usize) -> Option<usize> {
+        let (c1, _, l1) = self.at(i)?;
+        let second = |expected: u8| match self.at(i + l1) {
+            Some((c2, _, l2)) if c2 | 0x20 == expected as u32 => Some(i + l1 + l2),
+            _ => None,
+        };
+        match c1 {
+            0x17F => Some(i + l1),
+            c if c < 0x80 => match (c as u8) | 0x20 {
+                b's' | b'd' | b'm' | b't' => Some(i + l1),
+                b'l' => second(b'l'),
+                b'v' | b'r' => second(b'e'),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// End (exclusive byte offset) of the piece starting at `start` (< text length).
+    fn piece_end(&self, start: usize) -> usize {
+        let Some((c0, kind0, l0)) = self.at(start) else {
+            return start;
+        };
+        let next = start + l0;
+        match kind0 {
+            // 2, with an empty prefix.
+            Kind::Letter => self.skip_kind(next, Kind::Letter),
+            // 3: at most three numbers.
+            Kind::Number => {
+                let mut end = next;
+                for _ in 0..2 {
+                    match self.at(end) {
+                        Some((_, Kind::Number, len)) => end += len,
+                        _ => break,
+                    }
+                }
+                end
+            }
+            Kind::Other => {
+                if c0 == '\'' as u32 {
+                    if let Some(end) = self.contraction_end(next) {
+                        return end; // 1
+                    }
+                }
+                if let Some((_, Kind::Letter, l1)) = self.at(next) {
+                    return self.skip_kind(next + l1, Kind::Letter); // 2
+                }
+                self.skip_newlines(self.skip_kind(next, Kind::Other)) // 4
+            }
+            Kind::Space => {
+                let is_newline = |c: u32| c == '\r' as u32 || c == '\n' as u32;
+                match self.at(next) {
+                    Some((_, Kind::Letter, l1)) if !is_newline(c0) => {
+                        return self.skip_kind(next + l1, Kind::Letter); // 2
+                    }
+                    Some((_, Kind::Other, l1)) if c0 == ' ' as u32 => {
+                        return self.skip_newlines(self.skip_kind(next + l1, Kind::Other));
+                        // 4
+                    }
+                    _ => {}
+                }
+                // The maximal whitespace run [start, end), its last newline and the
+                // start of its last character (for backing off one character).
+                let mut after_last_newline = if is_newline(c0) { Some(next) } else { None };
+                let mut last_char_start = start;
+                let mut end = next;
+                while let Some((c, Kind::Space, len)) = self.at(end) {
+                    if is_newline(c) {
+                        after_last_newline = Some(end + len);
+                    }
+                    last_char_start = end;
+                    end += len;
+                }
+                if self.whole_trailing_space && end == self.text.len() {
+                    return end; // cl100k's `\s++$`
+                }
+                if let Some(e) = after_last_newline {
+                    return e; // 5
+                }
+                if end == self.text.len() || last_char_start == start {
+                    return end; // 6 up to the end of the text, or 7 for a single character
+                }
+                last_char_start // 6: leave one space to prefix the next word
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,9 +395,263 @@ mod tests {
     #[test]
     fn splits_words_numbers_and_spaces() {
         let p = Pretokenizer::gpt4();
+        assert!(p.is_fast());
         assert_eq!(
             p.pieces("Hello world's 12345  !!\n"),
             vec!["Hello", " world", "'s", " ", "123", "45", " ", " !!\n"]
         );
+    }
+
+    #[test]
+    fn other_patterns_use_the_regex_engine() {
+        let p = Pretokenizer::new(r"\w+|\s+").unwrap();
+        assert!(!p.is_fast());
+        assert_eq!(p.pieces("ab  cd"), vec!["ab", "  ", "cd"]);
+        assert!(Pretokenizer::new("(unclosed").is_err());
+    }
+
+    /// A tiny deterministic generator (xorshift64*), so failures reproduce.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Characters chosen to hit every branch of the pattern and every class boundary.
+    const ALPHABET: &[&str] = &[
+        "a",
+        "b",
+        "Z",
+        "s",
+        "S",
+        "t",
+        "T",
+        "d",
+        "m",
+        "l",
+        "L",
+        "v",
+        "e",
+        "E",
+        "r",
+        "R",
+        "'",
+        "'",
+        "\u{17F}",
+        "\u{212A}",
+        " ",
+        " ",
+        " ",
+        "\t",
+        "\n",
+        "\n",
+        "\r",
+        "\r\n",
+        "\u{a0}",
+        "\u{2028}",
+        "\u{2029}",
+        "\u{85}",
+        "\u{3000}",
+        "\u{1680}",
+        "\u{b}",
+        "\u{c}",
+        "0",
+        "7",
+        "9",
+        "\u{660}",
+        "\u{b2}",
+        "\u{bd}",
+        "\u{2167}",
+        ".",
+        ",",
+        "!",
+        "?",
+        "-",
+        "(",
+        "\"",
+        "#",
+        "_",
+        "\u{2019}",
+        "é",
+        "e\u{301}",
+        "\u{301}",
+        "ß",
+        "ǅ",
+        "ʰ",
+        "中",
+        "文",
+        "日本",
+        "한",
+        "\u{1F600}",
+        "\u{1F44D}\u{1F3FD}",
+        "\u{200D}",
+        "\u{FEFF}",
+        "\u{0}",
+        "\u{7f}",
+        "\u{10FFFF}",
+        "\u{E000}",
+        "Ωμέγα",
+        "мир",
+        "١٢٣",
+        "\u{1D400}",
+        "\u{1D7CE}",
+        "\u{10400}",
+        "ab",
+        "the",
+        " the",
+        "'ll",
+        "'VE",
+        "'re",
+        "123456",
+    ];
+
+    fn random_text(rng: &mut Rng) -> String {
+        let len = rng.below(24);
+        (0..len)
+            .map(|_| ALPHABET[rng.below(ALPHABET.len())])
+            .collect()
+    }
+
+    fn assert_same_as_regex(pattern: &str, texts: impl Iterator<Item = String>) {
+        let fast = Pretokenizer::new(pattern).unwrap();
+        let slow = Pretokenizer::new_regex(pattern).unwrap();
+        assert!(fast.is_fast() && !slow.is_fast());
+        for text in texts {
+            assert_eq!(
+                fast.pieces(&text),
+                slow.pieces(&text),
+                "pattern {pattern:?} on text {text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn fast_scanner_equals_regex_on_generated_text() {
+        for pattern in [GPT4_PATTERN, CL100K_PATTERN] {
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+            assert_same_as_regex(pattern, (0..20_000).map(|_| random_text(&mut rng)));
+        }
+    }
+
+    #[test]
+    fn fast_scanner_equals_regex_on_random_code_points() {
+        // Any code point at all (valid chars only), in short strings.
+        let mut rng = Rng(42);
+        let texts = (0..5_000).map(|_| {
+            let len = rng.below(12);
+            (0..len)
+                .map(|_| {
+                    let cp = if rng.below(2) == 0 {
+                        rng.below(0x800)
+                    } else {
+                        rng.below(0x11_0000)
+                    };
+                    char::from_u32(cp as u32).unwrap_or(' ')
+                })
+                .collect::<String>()
+        });
+        assert_same_as_regex(GPT4_PATTERN, texts);
+    }
+
+    #[test]
+    fn edge_cases() {
+        let cases = [
+            "",
+            " ",
+            "  ",
+            "\n",
+            "\n\n",
+            " \n ",
+            "a\n  ",
+            "a \n\n  b",
+            "  a",
+            "\t\tb",
+            "\u{a0}word",
+            "\r\nx",
+            "x\r\n",
+            "'s",
+            "'S",
+            "'\u{17F}",
+            "'ll",
+            "'lL",
+            "'l",
+            "'ve",
+            "'v",
+            "'re",
+            "'r",
+            "'x",
+            "'",
+            "''s",
+            "don't",
+            "I'M",
+            "it's.",
+            "1234567",
+            "a1b2",
+            " 1",
+            " !",
+            "  !",
+            "!!\n\n",
+            "! \n",
+            "\u{301}abc",
+            " \u{301}",
+            "(hello",
+            " (hello",
+            "\u{1F600}\u{1F600}x",
+            "中文 text",
+            "   \n",
+            "x   ",
+            "x \u{2028} y",
+        ];
+        for pattern in [GPT4_PATTERN, CL100K_PATTERN] {
+            assert_same_as_regex(pattern, cases.iter().map(|s| s.to_string()));
+        }
+        let p = Pretokenizer::gpt4();
+        assert_eq!(p.pieces("a\n  "), vec!["a", "\n", "  "]);
+        assert_eq!(
+            Pretokenizer::new(CL100K_PATTERN).unwrap().pieces("a\n  "),
+            vec!["a", "\n  "]
+        );
+        assert_eq!(p.pieces("'\u{17F}x"), vec!["'\u{17F}", "x"]);
+        assert_eq!(p.pieces("  hi"), vec![" ", " hi"]);
+    }
+
+    #[test]
+    fn contraction_case_folds_are_as_hardcoded() {
+        // contraction_end assumes the only non-ASCII simple case fold of these letters
+        // is U+017F for 's'; check that against the regex engine's own tables.
+        for (class, extra) in [("(?i)[sdmt]", vec![0x17F]), ("(?i)[lver]", vec![])] {
+            let mut expected: Vec<u32> = class[5..class.len() - 1]
+                .bytes()
+                .flat_map(|b| [b as u32, (b as char).to_ascii_uppercase() as u32])
+                .chain(extra)
+                .collect();
+            expected.sort();
+            let got: Vec<u32> = unicode_class_ranges(class)
+                .into_iter()
+                .flat_map(|(a, b)| a..=b)
+                .collect();
+            assert_eq!(got, expected, "{class}");
+        }
+    }
+
+    #[test]
+    fn char_classes_match_the_regex_engine() {
+        let classes = CharClasses::get();
+        // The table is built from the regex engine's ranges; spot-check the kinds that matter.
+        assert_eq!(classes.kind('a' as u32), Kind::Letter);
+        assert_eq!(classes.kind('中' as u32), Kind::Letter);
+        assert_eq!(classes.kind('\u{b2}' as u32), Kind::Number);
+        assert_eq!(classes.kind('\u{a0}' as u32), Kind::Space);
+        assert_eq!(classes.kind('\u{85}' as u32), Kind::Space);
+        assert_eq!(classes.kind('\u{200B}' as u32), Kind::Other); // zero-width space is not White_Space
+        assert_eq!(classes.kind('\u{301}' as u32), Kind::Other);
+        assert_eq!(classes.kind(0x10FFFF), Kind::Other);
     }
 }
