@@ -1,1 +1,817 @@
-//! TODO: token_file
+//! Token files: documents → token ids on disk, per the contract in DESIGN.md.
+//!
+//! `NAME.bin` holds raw little-endian ids (`uint16` when the vocab has at most 65536
+//! tokens, else `uint32`); `NAME.bin.json` is the sidecar. Each document is followed by
+//! one `eot_id`. Documents are encoded in parallel, a chunk of documents at a time, and
+//! written in their given order, so memory stays bounded by one chunk.
+//!
+//! Shards: with `shard_tokens` (or `num_parts > 1`) the output is a directory of token
+//! files plus `manifest.json`. A shard holds exactly `shard_tokens` ids (the last one
+//! fewer); a document may continue in the next shard, and it counts (documents, bytes) in
+//! the shard that holds its `eot_id`. With `num_parts = N`, part `i` encodes a contiguous
+//! run of the documents (split by size), so that N processes or machines can each write
+//! their own shards (`shard-PPPPP-KKKKK.bin`) into one directory; concatenating all shards
+//! in name order gives the same ids as a single run. Each part rebuilds the manifest from
+//! the shards present when it finishes; `build_manifest` does it again once all are
+//! there (two parts finishing at the same moment can race; the manifest lists
+//! `missing_parts`, and rebuilding it is cheap).
+
+use std::borrow::Cow;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::encode::Encoder;
+use crate::vocab::{temp_path, write_atomic};
+use crate::{Error, Result};
+
+pub const FORMAT: &str = "lmrs-tokens";
+pub const MANIFEST_FORMAT: &str = "lmrs-shards";
+pub const VERSION: u64 = 1;
+pub const MANIFEST_NAME: &str = "manifest.json";
+
+/// Documents read and encoded together before being written (bounds memory).
+const CHUNK_BYTES: u64 = 32 << 20;
+const CHUNK_DOCS: usize = 4096;
+
+#[derive(Clone, Debug)]
+pub struct TokenFileOptions {
+    /// Maximum ids per shard; `Some` writes a shard directory.
+    pub shard_tokens: Option<u64>,
+    pub num_parts: usize,
+    pub part_index: usize,
+}
+
+impl Default for TokenFileOptions {
+    fn default() -> Self {
+        Self {
+            shard_tokens: None,
+            num_parts: 1,
+            part_index: 0,
+        }
+    }
+}
+
+/// The sidecar of one token file (`NAME.bin.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenFileInfo {
+    pub format: String,
+    pub version: u64,
+    pub dtype: String,
+    pub num_tokens: u64,
+    pub num_documents: u64,
+    pub num_bytes: u64,
+    pub vocab_size: u64,
+    pub tokenizer_hash: String,
+    pub eot_id: u32,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub part_index: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub num_parts: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub shard_index: Option<usize>,
+}
+
+/// `manifest.json` of a shard directory: the sidecar fields summed over the shards.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub version: u64,
+    pub shards: Vec<String>,
+    pub dtype: String,
+    pub num_tokens: u64,
+    pub num_documents: u64,
+    pub num_bytes: u64,
+    pub vocab_size: u64,
+    pub tokenizer_hash: String,
+    pub eot_id: u32,
+    pub num_parts: usize,
+    /// Parts with no shard yet (a multi-part run still going, or a part not copied in).
+    pub missing_parts: Vec<usize>,
+}
+
+/// What was written: a single token file's sidecar or a shard directory's manifest.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Written {
+    File(TokenFileInfo),
+    Shards(Manifest),
+}
+
+impl Written {
+    pub fn to_json(&self) -> String {
+        match self {
+            Written::File(info) => serde_json::to_string_pretty(info),
+            Written::Shards(manifest) => serde_json::to_string_pretty(manifest),
+        }
+        .expect("plain data serializes")
+    }
+
+    pub fn num_tokens(&self) -> u64 {
+        match self {
+            Written::File(info) => info.num_tokens,
+            Written::Shards(manifest) => manifest.num_tokens,
+        }
+    }
+}
+
+pub fn dtype_for(vocab_size: usize) -> &'static str {
+    if vocab_size <= 1 << 16 {
+        "uint16"
+    } else {
+        "uint32"
+    }
+}
+
+/// Encodes files (one document each, in the given order) into `out`.
+/// `progress(bytes)` is called after each chunk with the bytes just encoded; returning
+/// false stops the run (nothing is left at `out`).
+pub fn encode_files(
+    encoder: &Encoder,
+    files: &[PathBuf],
+    out: &Path,
+    options: &TokenFileOptions,
+    progress: &(dyn Fn(u64) -> bool + Sync),
+) -> Result<Written> {
+    let sizes: Vec<u64> = files
+        .iter()
+        .map(|f| {
+            std::fs::metadata(f)
+                .map(|m| m.len())
+                .map_err(|e| Error::io(f, e))
+        })
+        .collect::<Result<_>>()?;
+    let load = |i: usize| -> Result<Cow<'_, str>> {
+        let bytes = std::fs::read(&files[i]).map_err(|e| Error::io(&files[i], e))?;
+        // Corpus files are UTF-8 (`lmrs corpus add` repairs them); a stray bad byte
+        // becomes U+FFFD rather than stopping a long run.
+        Ok(Cow::Owned(match String::from_utf8(bytes) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        }))
+    };
+    write_documents(encoder, &sizes, &load, out, options, progress)
+}
+
+/// Encodes in-memory texts (one document each) into `out`.
+pub fn encode_texts<S: AsRef<str> + Sync>(
+    encoder: &Encoder,
+    texts: &[S],
+    out: &Path,
+    options: &TokenFileOptions,
+    progress: &(dyn Fn(u64) -> bool + Sync),
+) -> Result<Written> {
+    let sizes: Vec<u64> = texts.iter().map(|t| t.as_ref().len() as u64).collect();
+    let load = |i: usize| -> Result<Cow<'_, str>> { Ok(Cow::Borrowed(texts[i].as_ref())) };
+    write_documents(encoder, &sizes, &load, out, options, progress)
+}
+
+/// The documents of part `part_index` of `num_parts`: a contiguous range, split so that
+/// each part gets about the same number of bytes.
+pub fn part_range(sizes: &[u64], num_parts: usize, part_index: usize) -> std::ops::Range<usize> {
+    let total: u128 = sizes.iter().map(|&s| s as u128).sum();
+    let n = num_parts as u128;
+    let part_of = |i: usize, before: u128| -> usize {
+        if total == 0 {
+            (i as u128 * n / sizes.len().max(1) as u128) as usize
+        } else {
+            ((before * n / total) as usize).min(num_parts - 1)
+        }
+    };
+    let mut start = sizes.len();
+    let mut end = sizes.len();
+    let mut before = 0u128;
+    for (i, &size) in sizes.iter().enumerate() {
+        let p = part_of(i, before);
+        if p >= part_index && start == sizes.len() {
+            start = i;
+        }
+        if p > part_index {
+            end = i;
+            break;
+        }
+        before += size as u128;
+    }
+    start.min(end)..end
+}
+
+fn write_documents<'a>(
+    encoder: &Encoder,
+    sizes: &[u64],
+    load: &(dyn Fn(usize) -> Result<Cow<'a, str>> + Sync),
+    out: &Path,
+    options: &TokenFileOptions,
+    progress: &(dyn Fn(u64) -> bool + Sync),
+) -> Result<Written> {
+    if options.num_parts == 0 || options.part_index >= options.num_parts {
+        return Err(Error::Invalid(format!(
+            "part_index {} is out of range for num_parts {}",
+            options.part_index, options.num_parts
+        )));
+    }
+    if options.shard_tokens == Some(0) {
+        return Err(Error::Invalid("shard_tokens must be positive".into()));
+    }
+    let range = part_range(sizes, options.num_parts, options.part_index);
+    let sharded = options.shard_tokens.is_some() || options.num_parts > 1;
+    if !sharded {
+        let mut sink = ShardSink::new(encoder, Layout::Single(out.to_path_buf()), options);
+        let result = encode_range(encoder, sizes, load, range, &mut sink, progress)
+            .and_then(|_| sink.finish());
+        return match result {
+            Ok(mut infos) => Ok(Written::File(infos.remove(0).1)),
+            Err(e) => {
+                sink.abandon();
+                Err(e)
+            }
+        };
+    }
+    if out.exists() && !out.is_dir() {
+        return Err(Error::Invalid(format!(
+            "{}: exists and is not a shard directory",
+            out.display()
+        )));
+    }
+    if options.num_parts == 1 {
+        write_single_part_dir(encoder, sizes, load, range, out, options, progress)
+    } else {
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        let mut sink = ShardSink::new(encoder, Layout::Dir(out.to_path_buf()), options);
+        let result = encode_range(encoder, sizes, load, range, &mut sink, progress)
+            .and_then(|_| sink.finish());
+        let written = match result {
+            Ok(written) => written,
+            Err(e) => {
+                sink.abandon();
+                return Err(e);
+            }
+        };
+        remove_stale_shards(out, options.part_index, &written)?;
+        Ok(Written::Shards(build_manifest(out)?))
+    }
+}
+
+/// One process writes the whole directory: build it beside `out`, then swap it in.
+fn write_single_part_dir<'a>(
+    encoder: &Encoder,
+    sizes: &[u64],
+    load: &(dyn Fn(usize) -> Result<Cow<'a, str>> + Sync),
+    range: std::ops::Range<usize>,
+    out: &Path,
+    options: &TokenFileOptions,
+    progress: &(dyn Fn(u64) -> bool + Sync),
+) -> Result<Written> {
+    if out.is_dir() && !out.join(MANIFEST_NAME).is_file() {
+        let empty = std::fs::read_dir(out)
+            .map_err(|e| Error::io(out, e))?
+            .next()
+            .is_none();
+        if !empty {
+            return Err(Error::Invalid(format!(
+                "{}: directory exists and is not a shard directory (no {MANIFEST_NAME}); \
+                 not overwriting it",
+                out.display()
+            )));
+        }
+    }
+    let tmp_dir = temp_path(out);
+    std::fs::create_dir_all(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
+    let result = (|| {
+        let mut sink = ShardSink::new(encoder, Layout::Dir(tmp_dir.clone()), options);
+        encode_range(encoder, sizes, load, range, &mut sink, progress)?;
+        sink.finish()?;
+        let manifest = build_manifest(&tmp_dir)?;
+        replace_dir(&tmp_dir, out)?;
+        Ok(Written::Shards(manifest))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp_dir);
+    }
+    result
+}
+
+fn replace_dir(new: &Path, out: &Path) -> Result<()> {
+    if out.exists() {
+        let old = temp_path(out);
+        std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
+        std::fs::rename(new, out).map_err(|e| Error::io(out, e))?;
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        std::fs::rename(new, out).map_err(|e| Error::io(out, e))?;
+    }
+    Ok(())
+}
+
+fn encode_range<'a>(
+    encoder: &Encoder,
+    sizes: &[u64],
+    load: &(dyn Fn(usize) -> Result<Cow<'a, str>> + Sync),
+    range: std::ops::Range<usize>,
+    sink: &mut ShardSink,
+    progress: &(dyn Fn(u64) -> bool + Sync),
+) -> Result<()> {
+    let eot = encoder.eot_id();
+    let mut start = range.start;
+    while start < range.end {
+        let mut end = start;
+        let mut chunk_bytes = 0;
+        while end < range.end && (end == start || chunk_bytes + sizes[end] <= CHUNK_BYTES) {
+            chunk_bytes += sizes[end];
+            end += 1;
+            if end - start >= CHUNK_DOCS {
+                break;
+            }
+        }
+        let encoded: Vec<Result<(Vec<u32>, u64)>> = (start..end)
+            .into_par_iter()
+            .map(|i| {
+                let text = load(i)?;
+                let mut ids = encoder.encode_ordinary(&text);
+                ids.push(eot);
+                Ok((ids, text.len() as u64))
+            })
+            .collect();
+        let mut done = 0;
+        for doc in encoded {
+            let (ids, num_bytes) = doc?;
+            sink.write_document(&ids, num_bytes)?;
+            done += num_bytes;
+        }
+        if !progress(done) {
+            return Err(Error::Invalid("interrupted".into()));
+        }
+        start = end;
+    }
+    Ok(())
+}
+
+enum Layout {
+    /// One token file at this path (no shards).
+    Single(PathBuf),
+    /// Shards in this directory.
+    Dir(PathBuf),
+}
+
+struct OpenShard {
+    writer: BufWriter<std::fs::File>,
+    tmp: PathBuf,
+    path: PathBuf,
+    info: TokenFileInfo,
+}
+
+/// Writes ids into shard files (or one file), starting a new shard when one is full.
+struct ShardSink {
+    layout: Layout,
+    limit: u64,
+    wide: bool,
+    template: TokenFileInfo,
+    current: Option<OpenShard>,
+    /// Finished shards, still under their temporary names: (final path, temp path, info).
+    closed: Vec<(PathBuf, PathBuf, TokenFileInfo)>,
+    buffer: Vec<u8>,
+}
+
+impl ShardSink {
+    fn new(encoder: &Encoder, layout: Layout, options: &TokenFileOptions) -> Self {
+        let sharded = matches!(layout, Layout::Dir(_));
+        let vocab_size = encoder.vocab_size();
+        let template = TokenFileInfo {
+            format: FORMAT.into(),
+            version: VERSION,
+            dtype: dtype_for(vocab_size).into(),
+            num_tokens: 0,
+            num_documents: 0,
+            num_bytes: 0,
+            vocab_size: vocab_size as u64,
+            tokenizer_hash: encoder.hash().to_string(),
+            eot_id: encoder.eot_id(),
+            part_index: sharded.then_some(options.part_index),
+            num_parts: sharded.then_some(options.num_parts),
+            shard_index: None,
+        };
+        Self {
+            layout,
+            limit: if sharded {
+                options.shard_tokens.unwrap_or(u64::MAX)
+            } else {
+                u64::MAX
+            },
+            wide: vocab_size > 1 << 16,
+            template,
+            current: None,
+            closed: Vec::new(),
+            buffer: Vec::new(),
+        }
+    }
+
+    fn shard_path(&self, index: usize) -> PathBuf {
+        match &self.layout {
+            Layout::Single(path) => path.clone(),
+            Layout::Dir(dir) => {
+                let name = match self.template.num_parts {
+                    Some(n) if n > 1 => {
+                        format!(
+                            "shard-{:05}-{index:05}.bin",
+                            self.template.part_index.unwrap_or(0)
+                        )
+                    }
+                    _ => format!("shard-{index:05}.bin"),
+                };
+                dir.join(name)
+            }
+        }
+    }
+
+    fn open(&mut self) -> Result<&mut OpenShard> {
+        if self.current.is_none() {
+            let index = self.closed.len();
+            let path = self.shard_path(index);
+            let tmp = temp_path(&path);
+            let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&path, e))?;
+            let mut info = self.template.clone();
+            if matches!(self.layout, Layout::Dir(_)) {
+                info.shard_index = Some(index);
+            }
+            self.current = Some(OpenShard {
+                writer: BufWriter::with_capacity(1 << 20, file),
+                tmp,
+                path,
+                info,
+            });
+        }
+        Ok(self.current.as_mut().expect("just opened"))
+    }
+
+    fn write_document(&mut self, ids: &[u32], num_bytes: u64) -> Result<()> {
+        let mut rest = ids;
+        let mut buffer = std::mem::take(&mut self.buffer);
+        let (limit, wide) = (self.limit, self.wide);
+        let result = loop {
+            let shard = match self.open() {
+                Ok(shard) => shard,
+                Err(e) => break Err(e),
+            };
+            let room = (limit - shard.info.num_tokens).min(rest.len() as u64) as usize;
+            let (now, later) = rest.split_at(room);
+            buffer.clear();
+            if wide {
+                buffer.extend(now.iter().flat_map(|id| id.to_le_bytes()));
+            } else {
+                // ids < vocab_size <= 65536 here, so the cast keeps every bit.
+                buffer.extend(now.iter().flat_map(|&id| (id as u16).to_le_bytes()));
+            }
+            if let Err(e) = shard.writer.write_all(&buffer) {
+                break Err(Error::io(&shard.path, e));
+            }
+            shard.info.num_tokens += room as u64;
+            if later.is_empty() {
+                shard.info.num_documents += 1;
+                shard.info.num_bytes += num_bytes;
+                let full = shard.info.num_tokens == limit;
+                break if full { self.close() } else { Ok(()) };
+            }
+            if let Err(e) = self.close() {
+                break Err(e);
+            }
+            rest = later;
+        };
+        self.buffer = buffer;
+        result
+    }
+
+    fn close(&mut self) -> Result<()> {
+        if let Some(shard) = self.current.take() {
+            let OpenShard {
+                writer,
+                tmp,
+                path,
+                info,
+            } = shard;
+            let file = writer
+                .into_inner()
+                .map_err(|e| Error::io(&path, e.into_error()))?;
+            file.sync_all().map_err(|e| Error::io(&path, e))?;
+            self.closed.push((path, tmp, info));
+        }
+        Ok(())
+    }
+
+    /// Closes the last shard, then renames every shard (and writes its sidecar) into
+    /// place. The sidecar goes last, so a sidecar always describes a complete file.
+    fn finish(&mut self) -> Result<Vec<(PathBuf, TokenFileInfo)>> {
+        if self.current.is_none() && self.closed.is_empty() {
+            self.open()?; // an empty part still writes one (empty) file
+        }
+        self.close()?;
+        let mut done = Vec::new();
+        for (path, tmp, info) in std::mem::take(&mut self.closed) {
+            let sidecar = sidecar_path(&path);
+            // An old sidecar must not describe the new file, even for a moment.
+            match std::fs::remove_file(&sidecar) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(&sidecar, e))
+                }
+                _ => {}
+            }
+            std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+            let json = serde_json::to_string_pretty(&info).expect("plain data serializes");
+            write_atomic(&sidecar, json.as_bytes())?;
+            done.push((path, info));
+        }
+        Ok(done)
+    }
+
+    /// Removes the temporary files after an error.
+    fn abandon(&mut self) {
+        if let Some(shard) = self.current.take() {
+            drop(shard.writer);
+            let _ = std::fs::remove_file(&shard.tmp);
+        }
+        for (_, tmp, _) in self.closed.drain(..) {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+pub fn sidecar_path(bin: &Path) -> PathBuf {
+    let mut name = bin.as_os_str().to_owned();
+    name.push(".json");
+    PathBuf::from(name)
+}
+
+/// Removes shards of `part` left by an earlier run that this run did not write.
+fn remove_stale_shards(
+    dir: &Path,
+    part: usize,
+    written: &[(PathBuf, TokenFileInfo)],
+) -> Result<()> {
+    let prefix = format!("shard-{part:05}-");
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.starts_with(&prefix)
+            && name.ends_with(".bin")
+            && !written.iter().any(|(p, _)| *p == path)
+        {
+            let _ = std::fs::remove_file(sidecar_path(&path));
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    Ok(())
+}
+
+pub fn read_info(sidecar: &Path) -> Result<TokenFileInfo> {
+    let content = std::fs::read(sidecar).map_err(|e| Error::io(sidecar, e))?;
+    let info: TokenFileInfo = serde_json::from_slice(&content).map_err(|e| Error::Format {
+        path: sidecar.display().to_string(),
+        message: format!("not a valid token file sidecar ({e})"),
+    })?;
+    if info.format != FORMAT || info.version != VERSION {
+        return Err(Error::Format {
+            path: sidecar.display().to_string(),
+            message: format!(
+                "format {:?} version {}, expected {FORMAT:?} version {VERSION}",
+                info.format, info.version
+            ),
+        });
+    }
+    Ok(info)
+}
+
+/// (Re)writes `DIR/manifest.json` from the shards (`*.bin` with a sidecar) in `dir`.
+pub fn build_manifest(dir: &Path) -> Result<Manifest> {
+    let mut shards: Vec<PathBuf> = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.starts_with("shard-") && name.ends_with(".bin") && sidecar_path(&path).is_file() {
+            shards.push(path);
+        }
+    }
+    shards.sort();
+    let first = shards.first().ok_or_else(|| Error::Format {
+        path: dir.display().to_string(),
+        message: "no shards (shard-*.bin with a sidecar) in this directory".into(),
+    })?;
+    let base = read_info(&sidecar_path(first))?;
+    let num_parts = base.num_parts.unwrap_or(1);
+    let mut manifest = Manifest {
+        format: MANIFEST_FORMAT.into(),
+        version: VERSION,
+        shards: Vec::new(),
+        dtype: base.dtype.clone(),
+        num_tokens: 0,
+        num_documents: 0,
+        num_bytes: 0,
+        vocab_size: base.vocab_size,
+        tokenizer_hash: base.tokenizer_hash.clone(),
+        eot_id: base.eot_id,
+        num_parts,
+        missing_parts: Vec::new(),
+    };
+    let mut present = vec![false; num_parts];
+    for shard in &shards {
+        let sidecar = sidecar_path(shard);
+        let info = read_info(&sidecar)?;
+        let same = info.tokenizer_hash == base.tokenizer_hash
+            && info.dtype == base.dtype
+            && info.vocab_size == base.vocab_size
+            && info.eot_id == base.eot_id
+            && info.num_parts.unwrap_or(1) == num_parts;
+        if !same {
+            return Err(Error::Format {
+                path: sidecar.display().to_string(),
+                message: format!(
+                    "shard does not match {} (different tokenizer, dtype or num_parts)",
+                    first.display()
+                ),
+            });
+        }
+        let size = std::fs::metadata(shard)
+            .map_err(|e| Error::io(shard, e))?
+            .len();
+        let width = if info.dtype == "uint32" { 4 } else { 2 };
+        if size != info.num_tokens * width {
+            return Err(Error::Format {
+                path: shard.display().to_string(),
+                message: format!(
+                    "{size} bytes but the sidecar says {} {} tokens",
+                    info.num_tokens, info.dtype
+                ),
+            });
+        }
+        if let Some(p) = info.part_index.filter(|&p| p < num_parts) {
+            present[p] = true;
+        }
+        manifest.num_tokens += info.num_tokens;
+        manifest.num_documents += info.num_documents;
+        manifest.num_bytes += info.num_bytes;
+        let name = shard
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        manifest.shards.push(name);
+    }
+    manifest.missing_parts = (0..num_parts).filter(|&p| !present[p]).collect();
+    let json = serde_json::to_string_pretty(&manifest).expect("plain data serializes");
+    write_atomic(&dir.join(MANIFEST_NAME), json.as_bytes())?;
+    Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pretokenize::GPT4_PATTERN;
+    use crate::vocab::Vocab;
+
+    fn encoder() -> Encoder {
+        Encoder::new(Vocab::new(GPT4_PATTERN, vec![(116, 104), (256, 101)], &[]).unwrap()).unwrap()
+    }
+
+    fn tmp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("lmrs-tf-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn read_u16(path: &Path) -> Vec<u32> {
+        std::fs::read(path)
+            .unwrap()
+            .chunks(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]) as u32)
+            .collect()
+    }
+
+    fn expected(enc: &Encoder, texts: &[&str]) -> Vec<u32> {
+        texts
+            .iter()
+            .flat_map(|t| {
+                let mut ids = enc.encode_ordinary(t);
+                ids.push(enc.eot_id());
+                ids
+            })
+            .collect()
+    }
+
+    const TEXTS: [&str; 4] = ["the cat", "", "then the <|endoftext|> end", "x"];
+    const ALWAYS: &(dyn Fn(u64) -> bool + Sync) = &|_| true;
+
+    #[test]
+    fn single_file_with_sidecar() {
+        let enc = encoder();
+        let dir = tmp_dir("single");
+        let out = dir.join("t.bin");
+        let written =
+            encode_texts(&enc, &TEXTS, &out, &TokenFileOptions::default(), ALWAYS).unwrap();
+        let Written::File(info) = written else {
+            panic!("expected a file")
+        };
+        assert_eq!(read_u16(&out), expected(&enc, &TEXTS));
+        assert_eq!(info.num_documents, 4);
+        assert_eq!(
+            info.num_bytes,
+            TEXTS.iter().map(|t| t.len() as u64).sum::<u64>()
+        );
+        assert_eq!(read_info(&sidecar_path(&out)).unwrap(), info);
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            2,
+            "no temporary files left"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn shards_split_at_the_limit_and_concatenate_to_the_stream() {
+        let enc = encoder();
+        let dir = tmp_dir("shards");
+        let out = dir.join("shards");
+        let options = TokenFileOptions {
+            shard_tokens: Some(5),
+            ..Default::default()
+        };
+        let Written::Shards(m) = encode_texts(&enc, &TEXTS, &out, &options, ALWAYS).unwrap() else {
+            panic!("expected shards")
+        };
+        let all: Vec<u32> = m
+            .shards
+            .iter()
+            .flat_map(|s| read_u16(&out.join(s)))
+            .collect();
+        assert_eq!(all, expected(&enc, &TEXTS));
+        assert_eq!(m.num_tokens as usize, all.len());
+        assert_eq!(m.num_documents, 4);
+        assert!(m.shards.len() >= 2 && m.missing_parts.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn parts_are_disjoint_and_together_equal_one_run() {
+        let enc = encoder();
+        let dir = tmp_dir("parts");
+        let out = dir.join("parts");
+        for part in [2, 0] {
+            let options = TokenFileOptions {
+                shard_tokens: None,
+                num_parts: 3,
+                part_index: part,
+            };
+            let Written::Shards(m) = encode_texts(&enc, &TEXTS, &out, &options, ALWAYS).unwrap()
+            else {
+                panic!()
+            };
+            assert!(m.missing_parts.contains(&1));
+        }
+        let options = TokenFileOptions {
+            shard_tokens: None,
+            num_parts: 3,
+            part_index: 1,
+        };
+        encode_texts(&enc, &TEXTS, &out, &options, ALWAYS).unwrap();
+        let m = build_manifest(&out).unwrap();
+        assert!(m.missing_parts.is_empty());
+        let all: Vec<u32> = m
+            .shards
+            .iter()
+            .flat_map(|s| read_u16(&out.join(s)))
+            .collect();
+        assert_eq!(all, expected(&enc, &TEXTS));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn part_ranges_cover_everything_once() {
+        let sizes = [5, 0, 100, 1, 1, 1, 50];
+        for n in 1..10 {
+            let mut next = 0;
+            for p in 0..n {
+                let r = part_range(&sizes, n, p);
+                assert_eq!(r.start, next, "n={n} p={p}");
+                next = r.end;
+            }
+            assert_eq!(next, sizes.len());
+        }
+    }
+
+    #[test]
+    fn refuses_to_replace_a_foreign_directory() {
+        let enc = encoder();
+        let dir = tmp_dir("foreign");
+        std::fs::write(dir.join("keep.txt"), "mine").unwrap();
+        let options = TokenFileOptions {
+            shard_tokens: Some(5),
+            ..Default::default()
+        };
+        assert!(encode_texts(&enc, &TEXTS, &dir, &options, ALWAYS).is_err());
+        assert!(dir.join("keep.txt").is_file());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
