@@ -15,8 +15,8 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use aho_corasick::{AhoCorasick, MatchKind};
 use ahash::AHashMap;
+use aho_corasick::{AhoCorasick, MatchKind};
 use rayon::prelude::*;
 
 use crate::pretokenize::Pretokenizer;
@@ -70,14 +70,19 @@ impl Encoder {
         for bytes in token_bytes.iter().skip(256) {
             let id = bytes_to_id[bytes];
             for split in 1..bytes.len() {
-                if let (Some(&left), Some(&right)) =
-                    (bytes_to_id.get(&bytes[..split]), bytes_to_id.get(&bytes[split..]))
-                {
+                if let (Some(&left), Some(&right)) = (
+                    bytes_to_id.get(&bytes[..split]),
+                    bytes_to_id.get(&bytes[split..]),
+                ) {
                     pairs.insert(pair_key(left, right), id);
                 }
             }
         }
-        let names: Vec<&str> = vocab.special_tokens().iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<&str> = vocab
+            .special_tokens()
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
         let special_ids = vocab.special_tokens().iter().map(|&(_, id)| id).collect();
         let special_matcher = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
@@ -125,7 +130,11 @@ impl Encoder {
         if let Some(&id) = self.bytes_to_id.get(bytes) {
             return Some(id);
         }
-        self.vocab.special_tokens().iter().find(|(n, _)| n.as_bytes() == bytes).map(|&(_, id)| id)
+        self.vocab
+            .special_tokens()
+            .iter()
+            .find(|(n, _)| n.as_bytes() == bytes)
+            .map(|&(_, id)| id)
     }
 
     /// Encodes text with special tokens treated as plain text.
@@ -172,7 +181,10 @@ impl Encoder {
         texts: &[S],
         allowed: &AllowedSpecial,
     ) -> Vec<Vec<u32>> {
-        texts.par_iter().map(|t| self.encode(t.as_ref(), allowed)).collect()
+        texts
+            .par_iter()
+            .map(|t| self.encode(t.as_ref(), allowed))
+            .collect()
     }
 
     pub fn decode_bytes(&self, ids: &[u32]) -> Result<Vec<u8>> {
@@ -200,7 +212,10 @@ impl Encoder {
 
     #[inline]
     fn rank(&self, left: u32, right: u32) -> u32 {
-        self.pairs.get(&pair_key(left, right)).copied().unwrap_or(NO_RANK)
+        self.pairs
+            .get(&pair_key(left, right))
+            .copied()
+            .unwrap_or(NO_RANK)
     }
 
     #[inline]
@@ -348,7 +363,13 @@ mod tests {
     #[test]
     fn matches_reference_and_round_trips() {
         let enc = Encoder::new(vocab()).unwrap();
-        for text in ["the theme then", "aaaaaaaaa the", "", "héllo wörld 123", "   the\n\n"] {
+        for text in [
+            "the theme then",
+            "aaaaaaaaa the",
+            "",
+            "héllo wörld 123",
+            "   the\n\n",
+        ] {
             let ids = enc.encode_ordinary(text);
             assert_eq!(ids, reference_encode(enc.vocab(), text), "{text:?}");
             assert_eq!(enc.decode(&ids).unwrap(), text);

@@ -68,8 +68,11 @@ impl Vocab {
             }
         }
         let first = 256 + merges.len() as u32;
-        let special_tokens =
-            names.iter().enumerate().map(|(i, n)| (n.to_string(), first + i as u32)).collect();
+        let special_tokens = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.to_string(), first + i as u32))
+            .collect();
         Self::from_parts(pattern, merges, special_tokens)
     }
 
@@ -83,7 +86,11 @@ impl Vocab {
         special_tokens.sort_by_key(|&(_, id)| id);
         check_special_tokens(merges.len(), &special_tokens).map_err(Error::Invalid)?;
         crate::pretokenize::Pretokenizer::new(pattern)?;
-        Ok(Self { pattern: pattern.to_string(), merges, special_tokens })
+        Ok(Self {
+            pattern: pattern.to_string(),
+            merges,
+            special_tokens,
+        })
     }
 
     pub fn pattern(&self) -> &str {
@@ -104,11 +111,15 @@ impl Vocab {
     }
 
     pub fn eot_id(&self) -> u32 {
-        self.special_id(EOT).expect("<|endoftext|> is always present")
+        self.special_id(EOT)
+            .expect("<|endoftext|> is always present")
     }
 
     pub fn special_id(&self, name: &str) -> Option<u32> {
-        self.special_tokens.iter().find(|(n, _)| n == name).map(|&(_, id)| id)
+        self.special_tokens
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|&(_, id)| id)
     }
 
     /// The bytes of every non-special token, indexed by id (`256 + merges.len()` entries).
@@ -129,7 +140,11 @@ impl Vocab {
             version: VERSION,
             pattern: &self.pattern,
             merges: &self.merges,
-            special_tokens: self.special_tokens.iter().map(|(n, id)| (n.as_str(), *id)).collect(),
+            special_tokens: self
+                .special_tokens
+                .iter()
+                .map(|(n, id)| (n.as_str(), *id))
+                .collect(),
         };
         let json = serde_json::to_vec(&canonical).expect("serializing plain data cannot fail");
         hex(&Sha256::digest(&json))
@@ -139,8 +154,14 @@ impl Vocab {
     pub fn to_json(&self) -> String {
         let q = |s: &str| serde_json::to_string(s).expect("strings serialize");
         let mut out = String::with_capacity(32 + self.merges.len() * 14 + self.pattern.len());
-        out.push_str(&format!("{{\n  \"format\": {},\n  \"version\": {VERSION},\n", q(FORMAT)));
-        out.push_str(&format!("  \"pattern\": {},\n  \"special_tokens\": {{", q(&self.pattern)));
+        out.push_str(&format!(
+            "{{\n  \"format\": {},\n  \"version\": {VERSION},\n",
+            q(FORMAT)
+        ));
+        out.push_str(&format!(
+            "  \"pattern\": {},\n  \"special_tokens\": {{",
+            q(&self.pattern)
+        ));
         for (i, (name, id)) in self.special_tokens.iter().enumerate() {
             let sep = if i == 0 { "" } else { "," };
             out.push_str(&format!("{sep}\n    {}: {id}", q(name)));
@@ -156,7 +177,10 @@ impl Vocab {
 
     /// Parses a file's content; `path` only names the file in errors.
     pub fn from_json(content: &[u8], path: &str) -> Result<Self> {
-        let format_err = |message: String| Error::Format { path: path.to_string(), message };
+        let format_err = |message: String| Error::Format {
+            path: path.to_string(),
+            message,
+        };
         if content.iter().all(u8::is_ascii_whitespace) {
             return Err(format_err("empty file, not an lmrs tokenizer".into()));
         }
@@ -169,8 +193,16 @@ impl Vocab {
         })?;
         match file.format.as_deref() {
             Some(FORMAT) => {}
-            Some(other) => return Err(format_err(format!("format is {other:?}, expected {FORMAT:?}"))),
-            None => return Err(format_err(format!("no \"format\" field, not an {FORMAT} file"))),
+            Some(other) => {
+                return Err(format_err(format!(
+                    "format is {other:?}, expected {FORMAT:?}"
+                )))
+            }
+            None => {
+                return Err(format_err(format!(
+                    "no \"format\" field, not an {FORMAT} file"
+                )))
+            }
         }
         match &file.version {
             Some(v) if v.as_u64() == Some(VERSION) => {}
@@ -184,7 +216,9 @@ impl Vocab {
         let missing = |field: &str| format_err(format!("missing field {field:?}"));
         let pattern = file.pattern.ok_or_else(|| missing("pattern"))?;
         let merges = file.merges.ok_or_else(|| missing("merges"))?;
-        let special_tokens = file.special_tokens.ok_or_else(|| missing("special_tokens"))?;
+        let special_tokens = file
+            .special_tokens
+            .ok_or_else(|| missing("special_tokens"))?;
         let stored_hash = file.hash.ok_or_else(|| missing("hash"))?;
         let vocab = Self::from_parts(&pattern, merges, special_tokens.into_iter().collect())
             .map_err(|e| format_err(e.to_string()))?;
@@ -254,7 +288,10 @@ fn hex(bytes: &[u8]) -> String {
 
 /// A temporary path in the same directory as `path` (so the rename stays on one filesystem).
 pub(crate) fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let unique = format!(
         ".{name}.tmp-{}-{:?}",
         std::process::id(),
@@ -288,7 +325,12 @@ mod tests {
     use crate::pretokenize::GPT4_PATTERN;
 
     fn sample() -> Vocab {
-        Vocab::new(GPT4_PATTERN, vec![(104, 105), (256, 33)], &["<|pad|>".to_string()]).unwrap()
+        Vocab::new(
+            GPT4_PATTERN,
+            vec![(104, 105), (256, 33)],
+            &["<|pad|>".to_string()],
+        )
+        .unwrap()
     }
 
     #[test]
@@ -322,7 +364,9 @@ mod tests {
     }
 
     fn load_err(content: &str) -> String {
-        Vocab::from_json(content.as_bytes(), "bad.json").unwrap_err().to_string()
+        Vocab::from_json(content.as_bytes(), "bad.json")
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
