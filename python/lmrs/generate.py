@@ -1,0 +1,263 @@
+"""Sampling from a :class:`~lmrs.model.GPT`: greedy, temperature, top-k, top-p, with a KV cache.
+
+The prompt is run through the model in one pass that fills the KV cache; after that each
+step feeds only the newest token. Every prompt row draws from its own seeded
+``torch.Generator`` (row ``i`` of a batch uses ``seed + i``), so a prompt's continuation
+does not depend on what else is in the batch, and ``generate(model, [p0, p1], seed=s)``
+equals ``[generate(model, p0, seed=s), generate(model, p1, seed=s + 1)]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+
+from lmrs.model import GPT
+
+PromptIds = Union[Sequence[int], Sequence[Sequence[int]]]
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How the next token is picked from the logits.
+
+    temperature 0 is greedy (argmax); top_k None or 0 keeps every token; top_p None or 1.0
+    keeps every token (otherwise the smallest set of most likely tokens whose probability
+    reaches top_p).
+    """
+
+    temperature: float = 0.8
+    top_k: Optional[int] = 50
+    top_p: Optional[float] = None
+
+    def validate(self) -> None:
+        if math.isnan(self.temperature) or self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k is not None and (isinstance(self.top_k, bool) or self.top_k < 0):
+            raise ValueError(f"top_k must be >= 0 (0 or None = no limit), got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def filter_logits(logits: torch.Tensor, options: SamplingOptions) -> torch.Tensor:
+    """Temperature-scaled logits (B, V) with tokens outside top-k / top-p set to -inf."""
+    logits = logits.float() / options.temperature
+    vocab = logits.shape[-1]
+    if options.top_k and options.top_k < vocab:
+        kth_largest = torch.topk(logits, options.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    if options.top_p is not None and options.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        sorted_probs = sorted_logits.softmax(dim=-1)
+        # drop a token when the more likely ones before it already reach top_p;
+        # the most likely token is always kept
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        drop_sorted = mass_before >= options.top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def _pick_next(
+    logits: torch.Tensor, options: SamplingOptions, generators: list[torch.Generator]
+) -> torch.Tensor:
+    """Next token per row (B,) from last-position logits (B, V)."""
+    if options.greedy:
+        return logits.argmax(dim=-1)
+    probs = filter_logits(logits, options).softmax(dim=-1)
+    # one draw per row from that row's own generator: rows stay independent of each other
+    return torch.cat(
+        [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)]
+    )
+
+
+def _as_prompts(prompt_ids: PromptIds) -> tuple[list[list[int]], bool]:
+    """(list of prompts, whether a batch was given)."""
+    if isinstance(prompt_ids, torch.Tensor):
+        prompt_ids = prompt_ids.tolist()
+    if not isinstance(prompt_ids, Sequence) or isinstance(prompt_ids, (str, bytes)):
+        raise ValueError("prompt_ids must be a list of token ids or a list of such lists")
+    if len(prompt_ids) == 0:
+        raise ValueError("prompt_ids is empty: give at least one token")
+    if all(isinstance(p, Sequence) for p in prompt_ids):
+        return [list(p) for p in prompt_ids], True  # type: ignore[arg-type]
+    return [list(prompt_ids)], False  # type: ignore[arg-type]
+
+
+def _check_request(
+    model: GPT, prompts: list[list[int]], max_length: int, options: SamplingOptions
+) -> None:
+    options.validate()
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 0:
+        raise ValueError(f"max_length must be a non-negative integer, got {max_length!r}")
+    vocab, limit = model.config.vocab_size, model.config.max_seq_len
+    for index, prompt in enumerate(prompts):
+        if not prompt:
+            raise ValueError(f"prompt {index} is empty: give at least one token")
+        for token in prompt:
+            if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < vocab:
+                raise ValueError(
+                    f"prompt {index} has token {token!r} outside the vocabulary [0, {vocab})"
+                )
+        if len(prompt) + max_length > limit:
+            raise ValueError(
+                f"prompt of {len(prompt)} tokens + max_length {max_length} = "
+                f"{len(prompt) + max_length} exceeds the model's max_seq_len {limit}"
+            )
+
+
+def _model_device(model: GPT, device: Union[str, torch.device, None]) -> torch.device:
+    """The device to run on; the model is moved there if it is elsewhere."""
+    current = next(model.parameters()).device
+    if device is None:
+        return current
+    target = torch.device(device)
+    if target != current:
+        model.to(target)
+    return next(model.parameters()).device
+
+
+def _new_tokens(
+    model: GPT,
+    prompts: list[list[int]],
+    max_length: int,
+    options: SamplingOptions,
+    seeds: list[int],
+    device: torch.device,
+    use_cache: bool,
+) -> Iterator[torch.Tensor]:
+    """Yield the next token of every row (B,), ``max_length`` times. Prompts share a length.
+
+    Each step's computation runs under inference mode; the caller's code between steps
+    does not. The model is in eval mode while this iterator is alive.
+    """
+    generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            tokens = torch.tensor(prompts, dtype=torch.long, device=device)
+            cache = model.new_kv_cache(len(prompts), tokens.shape[1] + max_length)
+            cache = cache if use_cache else None
+            step_input = tokens
+        for _ in range(max_length):
+            with torch.inference_mode():
+                # only the last position's logits are needed: skip the lm head elsewhere
+                hidden = model.hidden_states(step_input, kv_cache=cache)[:, -1]
+                next_token = _pick_next(model.lm_head(hidden), options, generators)
+                tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+                step_input = next_token[:, None] if use_cache else tokens
+            yield next_token
+    finally:
+        model.train(was_training)
+
+
+def _base_seed(seed: Optional[int]) -> int:
+    # no seed: draw one from torch's global RNG, so torch.manual_seed still reproduces runs
+    if seed is None:
+        return int(torch.randint(0, 2**62, (1,)).item())
+    return int(seed)
+
+
+def generate(
+    model: GPT,
+    prompt_ids: PromptIds,
+    max_length: int = 100,
+    temperature: float = 0.8,
+    top_k: Optional[int] = 50,
+    top_p: Optional[float] = None,
+    stop_tokens: Optional[Iterable[int]] = None,
+    seed: Optional[int] = None,
+    device: Union[str, torch.device, None] = None,
+    use_cache: bool = True,
+) -> Union[list[int], list[list[int]]]:
+    """New token ids continuing ``prompt_ids`` (a list of ids, or a list of such lists).
+
+    Returns a list of at most ``max_length`` new ids (a list of lists for a batch). A row
+    stops at the first token in ``stop_tokens``, which is NOT included in its output.
+    Prompts of different lengths are run as separate same-length groups (no padding), so
+    every row gets exactly what it would get alone (row ``i`` seeded with ``seed + i``).
+    Raises ValueError for an empty prompt, ids outside the vocabulary, temperature < 0,
+    top_k < 0, top_p outside (0, 1], or prompt + max_length over ``max_seq_len``.
+    """
+    prompts, is_batch = _as_prompts(prompt_ids)
+    options = SamplingOptions(temperature, top_k, top_p)
+    _check_request(model, prompts, max_length, options)
+    stops = set(stop_tokens or ())
+    base_seed = _base_seed(seed)
+    run_device = _model_device(model, device)
+
+    outputs: list[list[int]] = [[] for _ in prompts]
+    by_length: dict[int, list[int]] = {}
+    for index, prompt in enumerate(prompts):
+        by_length.setdefault(len(prompt), []).append(index)
+    for rows in by_length.values():
+        finished = [False] * len(rows)
+        steps = _new_tokens(
+            model,
+            [prompts[i] for i in rows],
+            max_length,
+            options,
+            [base_seed + i for i in rows],
+            run_device,
+            use_cache,
+        )
+        for next_tokens in steps:
+            for slot, token in enumerate(next_tokens.tolist()):
+                if finished[slot]:
+                    continue
+                if token in stops:
+                    finished[slot] = True
+                else:
+                    outputs[rows[slot]].append(token)
+            if all(finished):
+                steps.close()  # type: ignore[attr-defined]
+                break
+    return outputs if is_batch else outputs[0]
+
+
+def stream_generate(
+    model: GPT,
+    prompt_ids: Sequence[int],
+    max_length: int = 100,
+    temperature: float = 0.8,
+    top_k: Optional[int] = 50,
+    top_p: Optional[float] = None,
+    stop_tokens: Optional[Iterable[int]] = None,
+    seed: Optional[int] = None,
+    device: Union[str, torch.device, None] = None,
+    use_cache: bool = True,
+) -> Iterator[int]:
+    """Yield new token ids one at a time for ONE prompt; same options and ids as
+    :func:`generate` (the stop token is not yielded). Arguments are checked at the call,
+    before the first token is asked for.
+    """
+    prompts, is_batch = _as_prompts(prompt_ids)
+    if is_batch:
+        raise ValueError("stream_generate takes one prompt (a list of ids), not a batch")
+    options = SamplingOptions(temperature, top_k, top_p)
+    _check_request(model, prompts, max_length, options)
+    stops = set(stop_tokens or ())
+    seeds = [_base_seed(seed)]
+    run_device = _model_device(model, device)
+    steps = _new_tokens(model, prompts, max_length, options, seeds, run_device, use_cache)
+    return _until_stop(steps, stops)
+
+
+def _until_stop(steps: Iterator[torch.Tensor], stops: set[int]) -> Iterator[int]:
+    try:
+        for next_token in steps:
+            token = int(next_token[0])
+            if token in stops:
+                return
+            yield token
+    finally:
+        steps.close()  # type: ignore[attr-defined]  # restores the model's train/eval mode
