@@ -15,6 +15,7 @@ the remaining ranks as soon as one rank exits with an error.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import subprocess
 import sys
@@ -31,7 +32,7 @@ STRATEGIES = ("ddp", "fsdp")
 
 # prefixes that wrappers add to parameter names: DDP / FSDP1 (`module.`), torch.compile
 # (`_orig_mod.`); checkpoints use the plain names of the bare model
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "_fsdp_wrapped_module.")
+_WRAPPER_PREFIXES = ("module.model.", "module.", "_orig_mod.", "_fsdp_wrapped_module.")
 
 
 class DistributedError(RuntimeError):
@@ -250,13 +251,47 @@ def _fsdp_units(model: nn.Module) -> list[nn.Module]:
     return []
 
 
+class _LossForward(nn.Module):
+    """Routes ``compute_loss`` through ``forward``.
+
+    DDP synchronises gradients only for what runs through ``DDP.forward``; the model's own
+    ``compute_loss`` calls the bare model and would skip the all-reduce silently.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, ids: torch.Tensor, targets: Optional[torch.Tensor] = None, **kwargs: Any
+    ) -> Any:
+        if targets is None:
+            return self.model(ids, **kwargs)
+        return self.model.compute_loss(ids, targets, **kwargs)
+
+
+class DataParallel(nn.parallel.DistributedDataParallel):
+    """DistributedDataParallel with the model's ``compute_loss(ids, targets)`` kept usable.
+
+    ``wrapped(ids)`` gives logits and ``wrapped.compute_loss(ids, targets)`` the loss, both
+    through DDP's forward, so gradients are averaged across ranks in backward.
+    """
+
+    def compute_loss(self, ids: torch.Tensor, targets: torch.Tensor, **kwargs: Any) -> Any:
+        return self(ids, targets, **kwargs)
+
+
 def wrap_model(model: nn.Module, ctx: DistContext, strategy: str = "ddp") -> nn.Module:
     """Move ``model`` to ``ctx.device`` and wrap it for data-parallel training.
 
-    ``"ddp"``: DistributedDataParallel (every rank holds the whole model and optimizer state;
-    gradients are averaged in backward). ``"fsdp"``: FSDP2 ``fully_shard`` on each transformer
-    block and on the root, so parameters, gradients and optimizer state are split across
-    ranks; build the optimizer *after* wrapping. With no process group the model is only moved.
+    ``"ddp"``: :class:`DataParallel` (DistributedDataParallel: every rank holds the whole
+    model and optimizer state; gradients are averaged in backward). ``"fsdp"``: FSDP2
+    ``fully_shard`` on each transformer block and on the root, so parameters, gradients and
+    optimizer state are split across ranks; build the optimizer *after* wrapping. With no
+    process group the model is only moved. In every case the result keeps ``model(ids)``
+    and ``model.compute_loss(ids, targets)``; call those on the wrapped model (not on
+    :func:`unwrap_model`'s result) while training, and use ``no_sync()`` under DDP for
+    accumulation micro-steps.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
@@ -264,15 +299,14 @@ def wrap_model(model: nn.Module, ctx: DistContext, strategy: str = "ddp") -> nn.
     if not ctx.enabled:
         return model
     if strategy == "ddp":
-        from torch.nn.parallel import DistributedDataParallel
-
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=device_ids)
+        return DataParallel(_LossForward(model), device_ids=device_ids)
 
     from torch.distributed.fsdp import fully_shard
 
     # tied weights (lm head = token embedding) must live in the same FSDP unit: the root
-    # owns everything outside the blocks, so sharding only the blocks keeps the tie intact
+    # owns everything outside the blocks, so sharding only the blocks keeps the tie intact.
+    # FSDP2 hooks the root's forward, which compute_loss calls, so both stay usable.
     for unit in _fsdp_units(model):
         fully_shard(unit)
     fully_shard(model)
@@ -284,6 +318,8 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     while True:
         if isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module
+        elif isinstance(model, _LossForward):
+            model = model.model
         elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
             model = model._orig_mod
         elif type(model).__name__ == "FullyShardedDataParallel" and isinstance(
@@ -369,9 +405,10 @@ def load_full_state_dict(
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
         with collective_guard(ctx, "state_dict broadcast"):
+            # a copy: set_model_state_dict replaces the dict's tensors with shards in place
             set_model_state_dict(
                 unwrap_model(model),
-                state,
+                dict(state),
                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
             )
         return
@@ -392,7 +429,7 @@ def load_full_optimizer_state_dict(
             set_optimizer_state_dict(
                 unwrap_model(model),
                 optimizer,
-                state,
+                copy.deepcopy(state) if state else state,
                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
             )
         return
