@@ -1,1 +1,489 @@
-//! TODO: corpus
+//! Walking folders, reading files in parallel and counting pre-tokenized words.
+//!
+//! Memory is bounded by the distinct words plus the files in flight (one per rayon
+//! thread; files over [`CHUNK_BYTES`] are read in newline-aligned chunks), never by the
+//! size of the corpus.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use ahash::AHashMap;
+use rayon::prelude::*;
+
+use crate::pretokenize::Pretokenizer;
+use crate::{Error, Result};
+
+/// Files larger than this are read and counted chunk by chunk.
+pub const CHUNK_BYTES: usize = 8 << 20;
+
+/// Every file under `root` (or `root` itself when it is a file), sorted by path so the
+/// order is the same on every machine. Hidden files and folders (names starting with
+/// '.', such as `.git`) are skipped below `root`. `extensions` keeps only files with one
+/// of the given extensions, written "py" or ".py" (case-insensitive); empty keeps all.
+pub fn collect_files(root: &Path, extensions: &[String]) -> Result<Vec<PathBuf>> {
+    let meta = std::fs::metadata(root).map_err(|e| Error::io(root, e))?;
+    if meta.is_file() {
+        return Ok(vec![root.to_path_buf()]);
+    }
+    let wanted: Vec<String> = extensions
+        .iter()
+        .map(|e| e.trim_start_matches('.').to_ascii_lowercase())
+        .filter(|e| !e.is_empty())
+        .collect();
+    let mut files = Vec::new();
+    let walker = walkdir::WalkDir::new(root)
+        .follow_links(true)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|entry| {
+            entry.depth() == 0 || !entry.file_name().to_string_lossy().starts_with('.')
+        });
+    for entry in walker {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(root).to_path_buf();
+            Error::Invalid(format!("{}: {e}", path.display()))
+        })?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let keep = wanted.is_empty()
+            || entry
+                .path()
+                .extension()
+                .map(|ext| {
+                    wanted
+                        .iter()
+                        .any(|w| ext.to_string_lossy().eq_ignore_ascii_case(w))
+                })
+                .unwrap_or(false);
+        if keep {
+            files.push(entry.into_path());
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Counts of distinct pre-tokenized words (their UTF-8 bytes → occurrences).
+#[derive(Default, Clone, Debug)]
+pub struct WordCounts {
+    counts: AHashMap<Box<[u8]>, u64>,
+}
+
+impl WordCounts {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of distinct words.
+    pub fn len(&self) -> usize {
+        self.counts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    /// Total occurrences of all words.
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+
+    pub fn get(&self, word: &[u8]) -> u64 {
+        self.counts.get(word).copied().unwrap_or(0)
+    }
+
+    /// (word bytes, count) in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], u64)> + '_ {
+        self.counts.iter().map(|(word, &count)| (&**word, count))
+    }
+
+    /// Adds `count` occurrences of `word`; allocates only for a word not seen before.
+    #[inline]
+    pub fn add(&mut self, word: &[u8], count: u64) {
+        if let Some(c) = self.counts.get_mut(word) {
+            *c += count;
+        } else {
+            self.counts.insert(word.into(), count);
+        }
+    }
+
+    /// Splits `text` into words and counts them.
+    pub fn add_text(&mut self, text: &str, pretokenizer: &Pretokenizer) {
+        pretokenizer.for_each_piece(text, |piece| self.add(piece.as_bytes(), 1));
+    }
+
+    /// Counts the words of many texts in parallel (each text is one document).
+    pub fn add_texts(&mut self, texts: &[&str], pretokenizer: &Pretokenizer) {
+        let batch = texts
+            .par_iter()
+            .fold(WordCounts::new, |mut acc, text| {
+                acc.add_text(text, pretokenizer);
+                acc
+            })
+            .reduce(WordCounts::new, WordCounts::merged);
+        self.merge(batch);
+    }
+
+    /// Adds all counts of `other` into `self`.
+    pub fn merge(&mut self, other: WordCounts) {
+        if other.counts.len() > self.counts.len() {
+            let smaller = std::mem::replace(self, other);
+            return self.merge(smaller);
+        }
+        self.counts.reserve(other.counts.len() / 4);
+        for (word, count) in other.counts {
+            *self.counts.entry(word).or_insert(0) += count;
+        }
+    }
+
+    fn merged(mut self, other: WordCounts) -> WordCounts {
+        self.merge(other);
+        self
+    }
+}
+
+impl<'a> FromIterator<(&'a [u8], u64)> for WordCounts {
+    fn from_iter<I: IntoIterator<Item = (&'a [u8], u64)>>(iter: I) -> Self {
+        let mut counts = WordCounts::new();
+        for (word, count) in iter {
+            counts.add(word, count);
+        }
+        counts
+    }
+}
+
+/// The result of counting the words of a list of files.
+#[derive(Default, Debug)]
+pub struct CorpusCounts {
+    pub words: WordCounts,
+    /// Bytes of the files that were counted (skipped files not included).
+    pub bytes_read: u64,
+    pub files_read: u64,
+    /// Files that are not text: not valid UTF-8, or containing NUL bytes.
+    pub files_skipped: u64,
+    /// Their paths, sorted.
+    pub skipped_paths: Vec<PathBuf>,
+}
+
+impl CorpusCounts {
+    fn merged(mut self, other: CorpusCounts) -> CorpusCounts {
+        self.words.merge(other.words);
+        self.bytes_read += other.bytes_read;
+        self.files_read += other.files_read;
+        self.files_skipped += other.files_skipped;
+        self.skipped_paths.extend(other.skipped_paths);
+        self
+    }
+}
+
+/// Reads `paths` in parallel and counts their words. `progress` is called from the
+/// worker threads with the number of bytes just processed (keep it cheap, e.g. an
+/// `AtomicU64::fetch_add`). A file that cannot be read is an error naming it; a file
+/// that is not text is skipped and listed in the result.
+pub fn count_words_in_files(
+    paths: &[PathBuf],
+    pretokenizer: &Pretokenizer,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<CorpusCounts> {
+    let mut result = paths
+        .par_iter()
+        .try_fold(CorpusCounts::default, |mut acc, path| {
+            count_file(path, pretokenizer, progress, CHUNK_BYTES, &mut acc)?;
+            Ok::<_, Error>(acc)
+        })
+        .try_reduce(CorpusCounts::default, |a, b| Ok(a.merged(b)))?;
+    result.skipped_paths.sort();
+    Ok(result)
+}
+
+/// Counts one file into `acc`, or records it as skipped.
+fn count_file(
+    path: &Path,
+    pretokenizer: &Pretokenizer,
+    progress: &(dyn Fn(u64) + Sync),
+    chunk_bytes: usize,
+    acc: &mut CorpusCounts,
+) -> Result<()> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    // Chunk boundaries are exact only for the hand-written GPT-4 scanner (see
+    // `chunk_split_point`); other patterns read the whole file.
+    let counted = if size > chunk_bytes as u64 && pretokenizer.is_fast() {
+        count_large_file(path, &mut file, size, chunk_bytes, pretokenizer, progress)?.map(
+            |(bytes, words)| {
+                acc.words.merge(words);
+                bytes
+            },
+        )
+    } else {
+        let mut bytes = Vec::with_capacity(size as usize + 1);
+        file.read_to_end(&mut bytes)
+            .map_err(|e| Error::io(path, e))?;
+        match as_text(&bytes) {
+            Some(text) => {
+                acc.words.add_text(text, pretokenizer);
+                progress(bytes.len() as u64);
+                Some(bytes.len() as u64)
+            }
+            None => {
+                progress(bytes.len() as u64);
+                None
+            }
+        }
+    };
+    match counted {
+        Some(bytes) => {
+            acc.bytes_read += bytes;
+            acc.files_read += 1;
+        }
+        None => {
+            acc.files_skipped += 1;
+            acc.skipped_paths.push(path.to_path_buf());
+        }
+    }
+    Ok(())
+}
+
+/// `bytes` as text, or None for binary data (NUL bytes) and invalid UTF-8.
+fn as_text(bytes: &[u8]) -> Option<&str> {
+    if memchr::memchr(0, bytes).is_some() {
+        return None;
+    }
+    std::str::from_utf8(bytes).ok()
+}
+
+/// Counts a large file chunk by chunk into its own map, so that a file found not to be
+/// text halfway through leaves nothing behind. Returns None when it is not text.
+fn count_large_file(
+    path: &Path,
+    file: &mut File,
+    size: u64,
+    chunk_bytes: usize,
+    pretokenizer: &Pretokenizer,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Option<(u64, WordCounts)>> {
+    let mut words = WordCounts::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(chunk_bytes + chunk_bytes / 8);
+    let mut done = 0u64;
+    loop {
+        let read = file
+            .by_ref()
+            .take(chunk_bytes as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io(path, e))?;
+        let at_end = read == 0;
+        // Without a safe split point (one huge line) keep reading: the buffer grows.
+        let split = if at_end {
+            Some(buf.len())
+        } else {
+            chunk_split_point(&buf)
+        };
+        let Some(split) = split else { continue };
+        let Some(text) = as_text(&buf[..split]) else {
+            progress(size.saturating_sub(done));
+            return Ok(None);
+        };
+        words.add_text(text, pretokenizer);
+        progress(split as u64);
+        done += split as u64;
+        buf.drain(..split);
+        if at_end {
+            return Ok(Some((done, words)));
+        }
+    }
+}
+
+/// Where a chunk may end without changing the GPT-4 pieces: just after a '\n' that is
+/// followed by a printable ASCII character. No piece spans such a point (a piece with a
+/// newline in it ends at the newline run or whitespace run, and neither continues into
+/// a non-space character), and every piece before it is decided by text before it.
+fn chunk_split_point(bytes: &[u8]) -> Option<usize> {
+    let mut end = bytes.len();
+    while let Some(nl) = memchr::memrchr(b'\n', &bytes[..end]) {
+        if let Some(&next) = bytes.get(nl + 1) {
+            if next.is_ascii_graphic() {
+                return Some(nl + 1);
+            }
+        }
+        end = nl;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("lmrs-corpus-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn counts_of(text: &str) -> WordCounts {
+        let mut counts = WordCounts::new();
+        counts.add_text(text, &Pretokenizer::gpt4());
+        counts
+    }
+
+    fn sorted(counts: &WordCounts) -> Vec<(Vec<u8>, u64)> {
+        let mut v: Vec<_> = counts.iter().map(|(w, c)| (w.to_vec(), c)).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn collects_sorted_files_skipping_hidden_and_filtering_extensions() {
+        let dir = temp_dir("collect");
+        for path in [
+            "b.py",
+            "a.txt",
+            "sub/c.PY",
+            ".hidden.py",
+            ".git/x.py",
+            "sub/.cache/y.py",
+            "sub/d",
+        ] {
+            let path = dir.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, "x").unwrap();
+        }
+        let names = |files: Vec<PathBuf>| -> Vec<String> {
+            files
+                .iter()
+                .map(|p| p.strip_prefix(&dir).unwrap().to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            names(collect_files(&dir, &[]).unwrap()),
+            ["a.txt", "b.py", "sub/c.PY", "sub/d"]
+        );
+        assert_eq!(
+            names(collect_files(&dir, &[".py".into()]).unwrap()),
+            ["b.py", "sub/c.PY"]
+        );
+        assert_eq!(
+            names(collect_files(&dir, &["txt".into(), "py".into()]).unwrap()),
+            ["a.txt", "b.py", "sub/c.PY"]
+        );
+        // A single file is taken as is.
+        assert_eq!(
+            collect_files(&dir.join("a.txt"), &["py".into()]).unwrap(),
+            [dir.join("a.txt")]
+        );
+        let err = collect_files(&dir.join("missing"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn counts_words_in_files_and_skips_binary_files() {
+        let dir = temp_dir("count");
+        std::fs::write(dir.join("a.txt"), "hello world hello").unwrap();
+        std::fs::write(dir.join("b.txt"), "world\n").unwrap();
+        std::fs::write(dir.join("c.bin"), b"abc\0def").unwrap();
+        std::fs::write(dir.join("d.txt"), b"caf\xe9").unwrap(); // Latin-1, not UTF-8
+        let files = collect_files(&dir, &[]).unwrap();
+        let progress = AtomicU64::new(0);
+        let result = count_words_in_files(&files, &Pretokenizer::gpt4(), &|n| {
+            progress.fetch_add(n, Ordering::Relaxed);
+        })
+        .unwrap();
+        assert_eq!(result.files_read, 2);
+        assert_eq!(result.files_skipped, 2);
+        assert_eq!(result.skipped_paths, [dir.join("c.bin"), dir.join("d.txt")]);
+        assert_eq!(result.bytes_read, 17 + 6);
+        assert_eq!(progress.load(Ordering::Relaxed), 17 + 6 + 7 + 4);
+        // Each file is its own document: "world" starts b.txt without a space.
+        let mut expected = counts_of("hello world hello");
+        expected.merge(counts_of("world\n"));
+        assert_eq!(sorted(&result.words), sorted(&expected));
+        assert_eq!(result.words.get(b"hello"), 1);
+        assert_eq!(result.words.get(b" hello"), 1);
+        assert_eq!(result.words.get(b" world"), 1);
+        assert_eq!(result.words.get(b"world"), 1);
+        assert_eq!(result.words.total(), 5);
+
+        std::fs::remove_file(dir.join("a.txt")).unwrap();
+        let err = count_words_in_files(&files, &Pretokenizer::gpt4(), &|_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a.txt"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn chunked_reading_counts_the_same_words() {
+        let dir = temp_dir("chunks");
+        let mut text = String::new();
+        let lines = [
+            "def f(x):\n",
+            "    return x  \n",
+            "\n",
+            "\n\n  # comment\n",
+            "x = 'it''s' + \"ok\"\n",
+            "\t\n",
+            "é中\n",
+        ];
+        for i in 0..400 {
+            text.push_str(lines[i % lines.len()]);
+            text.push_str(&"word ".repeat(i % 7));
+        }
+        let path = dir.join("big.txt");
+        std::fs::write(&path, &text).unwrap();
+        for chunk in [16, 64, 1000] {
+            let mut acc = CorpusCounts::default();
+            let progress = AtomicU64::new(0);
+            let report = |n| {
+                progress.fetch_add(n, Ordering::Relaxed);
+            };
+            count_file(&path, &Pretokenizer::gpt4(), &report, chunk, &mut acc).unwrap();
+            assert_eq!(
+                sorted(&acc.words),
+                sorted(&counts_of(&text)),
+                "chunk size {chunk}"
+            );
+            assert_eq!(acc.bytes_read, text.len() as u64);
+            assert_eq!(progress.load(Ordering::Relaxed), text.len() as u64);
+        }
+        // Not text halfway through: skipped, with nothing counted.
+        let mut bad = text.clone().into_bytes();
+        bad.extend_from_slice(b"\xff\n");
+        std::fs::write(&path, &bad).unwrap();
+        let mut acc = CorpusCounts::default();
+        count_file(&path, &Pretokenizer::gpt4(), &|_| {}, 64, &mut acc).unwrap();
+        assert!(acc.words.is_empty());
+        assert_eq!(acc.files_skipped, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn add_texts_equals_sequential_counting() {
+        let texts: Vec<String> = (0..200)
+            .map(|i| format!("doc {i}: the cat's {} hat\n", "big ".repeat(i % 5)))
+            .collect();
+        let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
+        let mut parallel = WordCounts::new();
+        parallel.add_texts(&refs[..100], &Pretokenizer::gpt4());
+        parallel.add_texts(&refs[100..], &Pretokenizer::gpt4());
+        let mut sequential = WordCounts::new();
+        for t in &refs {
+            sequential.add_text(t, &Pretokenizer::gpt4());
+        }
+        assert_eq!(sorted(&parallel), sorted(&sequential));
+        assert_eq!(parallel.get(b" cat"), 200);
+    }
+
+    #[test]
+    fn split_point_is_after_a_newline_before_a_printable_character() {
+        assert_eq!(chunk_split_point(b"ab\ncd\n\nef"), Some(7));
+        assert_eq!(chunk_split_point(b"ab\n cd\n\n"), None);
+        assert_eq!(chunk_split_point(b"no newline"), None);
+    }
+}
