@@ -32,7 +32,7 @@ STRATEGIES = ("ddp", "fsdp")
 
 # prefixes that wrappers add to parameter names: DDP / FSDP1 (`module.`), torch.compile
 # (`_orig_mod.`); checkpoints use the plain names of the bare model
-_WRAPPER_PREFIXES = ("module.model.", "module.", "_orig_mod.", "_fsdp_wrapped_module.")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "_fsdp_wrapped_module.")
 
 
 class DistributedError(RuntimeError):
@@ -260,14 +260,14 @@ class _LossForward(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model = model
+        self.module = model  # `.module`, like DDP, so generic unwrapping loops reach the model
 
     def forward(
         self, ids: torch.Tensor, targets: Optional[torch.Tensor] = None, **kwargs: Any
     ) -> Any:
         if targets is None:
-            return self.model(ids, **kwargs)
-        return self.model.compute_loss(ids, targets, **kwargs)
+            return self.module(ids, **kwargs)
+        return self.module.compute_loss(ids, targets, **kwargs)
 
 
 class DataParallel(nn.parallel.DistributedDataParallel):
@@ -319,7 +319,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         if isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module
         elif isinstance(model, _LossForward):
-            model = model.model
+            model = model.module
         elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
             model = model._orig_mod
         elif type(model).__name__ == "FullyShardedDataParallel" and isinstance(
