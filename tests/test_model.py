@@ -44,16 +44,12 @@ def test_logits_shape_and_loss_is_cross_entropy():
 def test_parameter_count_matches_hand_count():
     d, ff, layers, seq = 32, 64, 2, 16
     block = (
-        2 * d  # ln before attention (weight, bias)
-        + d * 3 * d
-        + 3 * d  # fused qkv
-        + d * d
-        + d  # attention output projection
-        + 2 * d  # ln before ffn
-        + d * ff
-        + ff  # ffn up
-        + ff * d
-        + d  # ffn down
+        (2 * d)  # ln before attention (weight, bias)
+        + (d * 3 * d + 3 * d)  # fused qkv
+        + (d * d + d)  # attention output projection
+        + (2 * d)  # ln before ffn
+        + (d * ff + ff)  # ffn up
+        + (ff * d + d)  # ffn down
     )
     embeddings = VOCAB * d + seq * d
     expected = embeddings + layers * block + 2 * d  # + final ln; lm head is tied

@@ -107,6 +107,7 @@ def _check_request(
                 raise ValueError(
                     f"prompt {index} has token {token!r} outside the vocabulary [0, {vocab})"
                 )
+    for prompt in prompts:
         if len(prompt) + max_length > limit:
             raise ValueError(
                 f"prompt of {len(prompt)} tokens + max_length {max_length} = "
