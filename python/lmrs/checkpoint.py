@@ -1,0 +1,377 @@
+"""Checkpoints: everything a resume or a sample needs, written atomically.
+
+A checkpoint is a directory (DESIGN.md):
+
+    model.safetensors   weights (a plain, unwrapped state dict; tied weights stored once)
+    optimizer.pt        optimizer state (torch.save of a plain state dict)
+    state.json          step, epoch, tokens seen, RNG states, metrics so far
+    model_config.json   ModelConfig.to_dict()
+    train_config.json   the TrainConfig as a dict
+    tokenizer.json      the tokenizer the model was trained with (when known)
+
+It is written into ``DIR.tmp-XXXX`` (each file fsynced) and renamed into place; an existing
+``DIR`` is first renamed to ``DIR.old-XXXX`` and removed after the new one is in place, so a
+crash at any point leaves either the old or the new checkpoint complete (after a crash
+between the two renames, :func:`resolve_checkpoint_dir` finds the ``.old`` one).
+
+A training run directory holds its latest checkpoint in ``RUN/checkpoint``; every loader
+accepts the run directory or the checkpoint directory.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lmrs.distributed import unwrap_model
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+STATE_FILE = "state.json"
+MODEL_CONFIG_FILE = "model_config.json"
+TRAIN_CONFIG_FILE = "train_config.json"
+TOKENIZER_FILE = "tokenizer.json"
+RUN_CHECKPOINT_NAME = "checkpoint"
+
+# Model config fields that do not change the weights: a checkpoint loads across them.
+CONFIG_FIELDS_NOT_IN_WEIGHTS = {"dropout_rate", "gradient_checkpointing", "seed"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete or does not fit; the message names the file."""
+
+
+@dataclass
+class Checkpoint:
+    """What :func:`load_checkpoint` read (weights and optimizer state go into the objects)."""
+
+    path: Path
+    state: dict[str, Any]
+    model_config: dict[str, Any]
+    train_config: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return int(self.state.get("step", 0))
+
+    @property
+    def tokenizer_path(self) -> Optional[Path]:
+        path = self.path / TOKENIZER_FILE
+        return path if path.is_file() else None
+
+
+# ---------------------------------------------------------------------------------------
+# Saving
+# ---------------------------------------------------------------------------------------
+
+
+def _as_dict(config: Any) -> dict[str, Any]:
+    if config is None:
+        return {}
+    if isinstance(config, Mapping):
+        return dict(config)
+    if hasattr(config, "to_dict"):
+        return dict(config.to_dict())
+    if is_dataclass(config) and not isinstance(config, type):
+        return asdict(config)
+    raise TypeError(f"cannot turn {type(config).__name__} into a config dict")
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems do not fsync directories
+    finally:
+        os.close(fd)
+
+
+def _json_bytes(value: Any) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def save_model_weights(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Write a state dict as safetensors; tensors sharing memory (tied weights) stored once."""
+    seen: dict[tuple[int, int, tuple[int, ...], tuple[int, ...]], str] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    for name, tensor in state_dict.items():
+        key = (
+            tensor.untyped_storage().data_ptr(),
+            tensor.storage_offset(),
+            tuple(tensor.shape),
+            tuple(tensor.stride()),
+        )
+        if key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = tensor.detach().to("cpu").contiguous()
+    save_file(tensors, str(path), metadata={"format": "pt", "aliases": json.dumps(aliases)})
+
+
+def load_model_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Read weights written by :func:`save_model_weights`, tied names restored."""
+    try:
+        tensors = load_file(str(path))
+        with open(path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(header_len))
+    except (OSError, SafetensorError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read weights: {e}") from e
+    aliases = json.loads(header.get("__metadata__", {}).get("aliases", "{}"))
+    for alias, target in aliases.items():
+        tensors[alias] = tensors[target]
+    return tensors
+
+
+def encode_rng_state(state: torch.Tensor) -> str:
+    return base64.b64encode(state.cpu().numpy().tobytes()).decode("ascii")
+
+
+def decode_rng_state(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Torch RNG states (CPU and every CUDA device) as JSON-friendly strings."""
+    state: dict[str, Any] = {"torch": encode_rng_state(torch.get_rng_state())}
+    if torch.cuda.is_available():
+        state["cuda"] = [encode_rng_state(s) for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state` (CUDA states only where CUDA is present)."""
+    if "torch" in state:
+        torch.set_rng_state(decode_rng_state(state["torch"]))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = [decode_rng_state(s) for s in state["cuda"]]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+def save_checkpoint(
+    directory: PathLike,
+    model: Optional[nn.Module],
+    optimizer: Optional[torch.optim.Optimizer],
+    state: Mapping[str, Any],
+    model_config: Any,
+    train_config: Any = None,
+    tokenizer: Any = None,
+    *,
+    model_state: Optional[Mapping[str, torch.Tensor]] = None,
+    optimizer_state: Optional[Mapping[str, Any]] = None,
+) -> Path:
+    """Write a checkpoint directory atomically; returns its path.
+
+    ``model_state`` / ``optimizer_state`` override the state dicts taken from ``model`` /
+    ``optimizer`` (for distributed runs that gather full state dicts first). ``tokenizer`` is
+    anything with ``save(path)`` (an ``lmrs.Tokenizer``) or a path to a tokenizer file.
+    """
+    final = Path(directory)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f"{final.name}.tmp-{secrets.token_hex(4)}")
+    tmp.mkdir()
+    try:
+        if model_state is None:
+            if model is None:
+                raise ValueError("save_checkpoint needs a model or a model_state")
+            model_state = unwrap_model(model).state_dict()
+        save_model_weights(model_state, tmp / MODEL_FILE)
+        _fsync_file(tmp / MODEL_FILE)
+        if optimizer_state is None and optimizer is not None:
+            optimizer_state = optimizer.state_dict()
+        if optimizer_state is not None:
+            torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
+            _fsync_file(tmp / OPTIMIZER_FILE)
+        _fsync_write(tmp / STATE_FILE, _json_bytes(dict(state)))
+        _fsync_write(tmp / MODEL_CONFIG_FILE, _json_bytes(_as_dict(model_config)))
+        _fsync_write(tmp / TRAIN_CONFIG_FILE, _json_bytes(_as_dict(train_config)))
+        if tokenizer is not None:
+            if isinstance(tokenizer, (str, os.PathLike)):
+                shutil.copyfile(tokenizer, tmp / TOKENIZER_FILE)
+            else:
+                tokenizer.save(str(tmp / TOKENIZER_FILE))
+            _fsync_file(tmp / TOKENIZER_FILE)
+        _fsync_dir(tmp)
+        _replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final``; an existing ``final`` is kept until the rename is done."""
+    if final.exists():
+        old = final.with_name(f"{final.name}.old-{secrets.token_hex(4)}")
+        os.rename(final, old)
+        os.rename(tmp, final)
+        _fsync_dir(final.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+        _fsync_dir(final.parent)
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------
+
+
+def resolve_checkpoint_dir(path: PathLike) -> Path:
+    """The checkpoint directory for ``path``: itself, or a run directory's ``checkpoint/``."""
+    path = Path(path)
+    for candidate in (path, path / RUN_CHECKPOINT_NAME):
+        if (candidate / MODEL_FILE).is_file():
+            return candidate
+        # A crash between the two renames of a save leaves only DIR.old-XXXX: use it.
+        leftovers = sorted(candidate.parent.glob(f"{candidate.name}.old-*"))
+        if not candidate.exists() and leftovers and (leftovers[-1] / MODEL_FILE).is_file():
+            return leftovers[-1]
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint directory not found")
+    raise CheckpointError(f"{path}: not a checkpoint ({MODEL_FILE} missing)")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing from the checkpoint")
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot read: {e}") from e
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    return value
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Fields that change the weights and differ, as 'name saved != current'."""
+    keys = sorted((set(saved) | set(current)) - CONFIG_FIELDS_NOT_IN_WEIGHTS)
+    return [
+        f"{key} {saved.get(key)!r} != {current.get(key)!r}"
+        for key in keys
+        if saved.get(key) != current.get(key)
+    ]
+
+
+def check_tokenizer(directory: Path, model_config: Mapping[str, Any], tokenizer: Any) -> None:
+    """The checkpoint's tokenizer must be ``tokenizer`` (same hash, same vocab size)."""
+    vocab_size = model_config.get("vocab_size")
+    if vocab_size is not None and vocab_size != tokenizer.vocab_size:
+        raise CheckpointError(
+            f"{directory / MODEL_CONFIG_FILE}: model has vocab_size {vocab_size} but the "
+            f"tokenizer has {tokenizer.vocab_size}"
+        )
+    saved_path = directory / TOKENIZER_FILE
+    if saved_path.is_file():
+        saved_hash = _read_json(saved_path).get("hash")
+        if saved_hash is not None and saved_hash != tokenizer.hash:
+            raise CheckpointError(
+                f"{saved_path}: the checkpoint was trained with another tokenizer "
+                f"(hash {str(saved_hash)[:12]}…, given {tokenizer.hash[:12]}…)"
+            )
+
+
+def load_checkpoint(
+    directory: PathLike,
+    model: Optional[nn.Module] = None,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    *,
+    tokenizer: Any = None,
+    map_location: Union[str, torch.device] = "cpu",
+) -> Checkpoint:
+    """Read a checkpoint, loading weights into ``model`` and state into ``optimizer``.
+
+    Checks, each failing with a :class:`CheckpointError` naming the file: required files
+    present, the model's config equal to the saved one (fields that change weights), the
+    tokenizer's hash and vocab size equal to the checkpoint's, weights matching the model.
+    """
+    path = resolve_checkpoint_dir(directory)
+    model_config = _read_json(path / MODEL_CONFIG_FILE)
+    train_config = _read_json(path / TRAIN_CONFIG_FILE)
+    state = _read_json(path / STATE_FILE)
+    if tokenizer is not None:
+        check_tokenizer(path, model_config, tokenizer)
+    if model is not None:
+        plain = unwrap_model(model)
+        current = _as_dict(getattr(plain, "config", None))
+        if current:
+            differences = config_differences(model_config, current)
+            if differences:
+                raise CheckpointError(
+                    f"{path / MODEL_CONFIG_FILE}: saved for a different model: "
+                    + ", ".join(differences)
+                )
+        weights = load_model_weights(path / MODEL_FILE)
+        try:
+            plain.load_state_dict(weights, strict=True)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()
+            raise CheckpointError(
+                f"{path / MODEL_FILE}: weights do not fit the model: "
+                f"{' '.join(line.strip() for line in first[:3])}"
+            ) from e
+    if optimizer is not None:
+        optimizer_path = path / OPTIMIZER_FILE
+        if not optimizer_path.is_file():
+            raise CheckpointError(f"{optimizer_path}: missing from the checkpoint")
+        try:
+            optimizer_state = torch.load(
+                optimizer_path, map_location=map_location, weights_only=True
+            )
+            optimizer.load_state_dict(optimizer_state)
+        except (OSError, RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{optimizer_path}: cannot restore optimizer: {e}") from e
+    return Checkpoint(path=path, state=state, model_config=model_config, train_config=train_config)
+
+
+def load_model(
+    directory: PathLike, *, device: Union[str, torch.device] = "cpu"
+) -> tuple[nn.Module, Checkpoint]:
+    """A GPT built from the checkpoint's model config, weights loaded, in eval mode."""
+    from lmrs.model import GPT, ModelConfig
+
+    path = resolve_checkpoint_dir(directory)
+    config_dict = _read_json(path / MODEL_CONFIG_FILE)
+    try:
+        config = ModelConfig.from_dict(config_dict)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / MODEL_CONFIG_FILE}: invalid model config: {e}") from e
+    model = GPT(config)
+    checkpoint = load_checkpoint(path, model)
+    model.to(device).eval()
+    return model, checkpoint

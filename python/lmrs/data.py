@@ -1,0 +1,591 @@
+"""Training data: in-memory batches, memory-mapped token files, splits and batch sampling.
+
+Two ways to feed the trainer:
+
+* :func:`prepare_training_data` turns a few token sequences held in memory into a list of
+  ``(inputs, targets)`` batches — handy for notebooks and tests.
+* :class:`TokenDataset` opens a token file (``NAME.bin`` + ``NAME.bin.json`` sidecar) or a
+  shard directory (``manifest.json``) written by ``Tokenizer.encode_files``, through
+  ``np.memmap`` so the corpus is never loaded into memory. ``split()`` holds out whole
+  documents for validation; :meth:`TokenSplit.micro_batch` draws training batches as a pure
+  function of ``(seed, step)`` so that runs resume exactly and so that 1 process with 4
+  accumulation steps and 2 processes with 2 see the same global batch.
+
+Window sampling, for a split of ``L`` tokens and sequence length ``T``: an epoch is a random
+offset ``o`` in ``[0, T)`` plus the ``(L - T) // T`` non-overlapping windows of ``T + 1``
+tokens starting at ``o + k*T`` (input = first ``T``, target = last ``T``), visited in a
+random order. Both the offset and the order are seeded by ``(seed, epoch)`` only, so any
+global step maps to its batch with no state carried between steps.
+
+Global batch → micro-batches: the global batch of ``G`` windows is cut into ``W * A`` equal
+micro-batches (``W`` processes, ``A`` accumulation steps); rank ``r`` at micro-step ``a``
+takes micro-batch ``r * A + a`` (each rank a contiguous block).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Protocol
+
+import numpy as np
+import torch
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+# Tokens read per chunk while scanning a token file for document boundaries.
+SCAN_CHUNK_TOKENS = 1 << 24
+
+
+class DataError(ValueError):
+    """A token file, sidecar or data argument is wrong; the message names the file."""
+
+
+class TokenizerLike(Protocol):
+    """What data.py needs from a tokenizer (lmrs.Tokenizer provides it)."""
+
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def eot_id(self) -> int: ...
+    @property
+    def hash(self) -> str: ...
+    @property
+    def special_tokens(self) -> dict[str, int]: ...
+    def id_to_token(self, id: int) -> bytes: ...
+
+
+# ---------------------------------------------------------------------------------------
+# In-memory batches
+# ---------------------------------------------------------------------------------------
+
+
+def prepare_training_data(
+    token_sequences: Sequence[Sequence[int]] | Sequence[int] | np.ndarray,
+    batch_size: int = 32,
+    seq_len: int = 128,
+    shuffle: bool = True,
+    seed: int = 0,
+    eot_id: Optional[int] = None,
+    drop_last: bool = False,
+) -> list[Batch]:
+    """Cut token sequences into shuffled ``(inputs, targets)`` batches of LongTensors.
+
+    ``token_sequences`` is a list of documents (each a list of ids) or one flat list of ids.
+    Documents are joined into one stream, each followed by ``eot_id`` when given. The stream
+    is cut into non-overlapping windows of ``seq_len + 1`` tokens (stride ``seq_len``, so no
+    target is skipped); a window's inputs are its first ``seq_len`` tokens and its targets
+    the same tokens shifted by one. Windows are shuffled with ``seed`` (when ``shuffle``) and
+    grouped into batches of ``batch_size``; the last batch may be smaller unless
+    ``drop_last``. Raises ValueError if the stream is shorter than one window.
+    """
+    if batch_size < 1 or seq_len < 1:
+        raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
+    stream = _join_documents(token_sequences, eot_id)
+    num_windows = (len(stream) - 1) // seq_len
+    if num_windows < 1:
+        raise ValueError(
+            f"need at least seq_len + 1 = {seq_len + 1} tokens for one window, got {len(stream)}"
+        )
+    starts = np.arange(num_windows, dtype=np.int64) * seq_len
+    if shuffle:
+        starts = np.random.default_rng(seed).permutation(starts)
+    offsets = np.arange(seq_len + 1, dtype=np.int64)
+    batches: list[Batch] = []
+    for first in range(0, num_windows, batch_size):
+        chunk = starts[first : first + batch_size]
+        if drop_last and len(chunk) < batch_size:
+            break
+        windows = torch.from_numpy(stream[chunk[:, None] + offsets[None, :]])
+        batches.append((windows[:, :-1].contiguous(), windows[:, 1:].contiguous()))
+    return batches
+
+
+def _join_documents(
+    token_sequences: Sequence[Sequence[int]] | Sequence[int] | np.ndarray, eot_id: Optional[int]
+) -> np.ndarray:
+    if isinstance(token_sequences, np.ndarray) and token_sequences.ndim == 1:
+        docs: list[Any] = [token_sequences]
+    elif len(token_sequences) > 0 and isinstance(token_sequences[0], (int, np.integer)):
+        docs = [token_sequences]
+    else:
+        docs = list(token_sequences)
+    parts: list[np.ndarray] = []
+    for doc in docs:
+        parts.append(np.asarray(doc, dtype=np.int64).reshape(-1))
+        if eot_id is not None:
+            parts.append(np.array([eot_id], dtype=np.int64))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------
+# Token files
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenFileInfo:
+    """The validated sidecar (or manifest) of a token file or shard directory."""
+
+    path: Path
+    dtype: str
+    num_tokens: int
+    num_documents: int
+    vocab_size: int
+    tokenizer_hash: str
+    eot_id: int
+    num_bytes: int
+
+
+_SIDECAR_FIELDS = ("dtype", "num_tokens", "vocab_size", "tokenizer_hash", "eot_id", "num_bytes")
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: cannot read {what}: {e}") from e
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: {what} is not a JSON object")
+    return value
+
+
+def _info_from_json(meta: dict[str, Any], path: Path, fmt: str) -> TokenFileInfo:
+    if meta.get("format") != fmt:
+        raise DataError(f"{path}: format is {meta.get('format')!r}, expected {fmt!r}")
+    if meta.get("version") != 1:
+        raise DataError(f"{path}: unsupported version {meta.get('version')!r} (expected 1)")
+    missing = [k for k in _SIDECAR_FIELDS if k not in meta]
+    if missing:
+        raise DataError(f"{path}: missing field(s) {', '.join(missing)}")
+    if meta["dtype"] not in ("uint16", "uint32"):
+        raise DataError(f"{path}: dtype {meta['dtype']!r} is not uint16 or uint32")
+    try:
+        return TokenFileInfo(
+            path=path,
+            dtype=str(meta["dtype"]),
+            num_tokens=int(meta["num_tokens"]),
+            num_documents=int(meta.get("num_documents", 0)),
+            vocab_size=int(meta["vocab_size"]),
+            tokenizer_hash=str(meta["tokenizer_hash"]),
+            eot_id=int(meta["eot_id"]),
+            num_bytes=int(meta["num_bytes"]),
+        )
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{path}: bad field value: {e}") from e
+
+
+def _open_bin(bin_path: Path) -> tuple[TokenFileInfo, np.ndarray]:
+    sidecar = Path(str(bin_path) + ".json")
+    if not bin_path.is_file():
+        raise DataError(f"{bin_path}: token file not found")
+    info = _info_from_json(_read_json(sidecar, "sidecar"), sidecar, "lmrs-tokens")
+    itemsize = np.dtype(info.dtype).itemsize
+    size = bin_path.stat().st_size
+    if size != info.num_tokens * itemsize:
+        raise DataError(
+            f"{bin_path}: size {size} bytes does not match the sidecar "
+            f"({info.num_tokens} tokens of {info.dtype})"
+        )
+    if info.num_tokens == 0:
+        tokens = np.zeros(0, dtype=info.dtype)
+    else:
+        tokens = np.memmap(bin_path, dtype=np.dtype(info.dtype).newbyteorder("<"), mode="r")
+    return info, tokens
+
+
+class TokenStream:
+    """One or more memory-mapped token files read as one stream of ids."""
+
+    def __init__(self, parts: list[np.ndarray]) -> None:
+        self.parts = [p for p in parts if len(p) > 0]
+        self.part_starts = np.cumsum([0] + [len(p) for p in self.parts], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self.part_starts[-1])
+
+    def read(self, start: int, length: int) -> np.ndarray:
+        """Tokens ``[start, start + length)`` as int64 (may span files)."""
+        out = np.empty(length, dtype=np.int64)
+        filled = 0
+        part = int(np.searchsorted(self.part_starts, start, side="right")) - 1
+        while filled < length:
+            offset = start + filled - int(self.part_starts[part])
+            piece = self.parts[part][offset : offset + length - filled]
+            out[filled : filled + len(piece)] = piece
+            filled += len(piece)
+            part += 1
+        return out
+
+    def chunks(self, chunk_tokens: int = SCAN_CHUNK_TOKENS) -> Iterable[tuple[int, np.ndarray]]:
+        """(global start, tokens) chunks covering the stream, for linear scans."""
+        for part, tokens in zip(self.part_starts[:-1], self.parts):
+            for first in range(0, len(tokens), chunk_tokens):
+                yield int(part) + first, np.asarray(tokens[first : first + chunk_tokens])
+
+
+def token_byte_lengths(tokenizer: TokenizerLike) -> np.ndarray:
+    """UTF-8 bytes each token id stands for in the source text (0 for special tokens)."""
+    lengths = np.array(
+        [len(tokenizer.id_to_token(i)) for i in range(tokenizer.vocab_size)], dtype=np.int64
+    )
+    for special_id in tokenizer.special_tokens.values():
+        lengths[special_id] = 0
+    return lengths
+
+
+class TokenDataset:
+    """A token file or shard directory, memory-mapped, with its document boundaries.
+
+    ``TokenDataset(path, tokenizer=None)``: ``path`` is a ``NAME.bin`` (sidecar beside it) or
+    a directory holding ``manifest.json`` and its shards. When a tokenizer is given its
+    vocab size, hash and eot id must match the sidecar (else :class:`DataError` naming the
+    file), and byte counts per document are computed exactly from the tokens (bits per byte
+    are then exact for every split); without it, bytes per split are the sidecar's total
+    scaled by the split's share of tokens (an approximation, flagged by ``bytes_exact``).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], tokenizer: TokenizerLike | None = None):
+        self.path = Path(path)
+        if self.path.is_dir():
+            self.info, parts = self._open_shards(self.path)
+        else:
+            self.info, tokens = _open_bin(self.path)
+            parts = [tokens]
+        self.stream = TokenStream(parts)
+        if tokenizer is not None:
+            self._check_tokenizer(tokenizer)
+        self.token_bytes = token_byte_lengths(tokenizer) if tokenizer is not None else None
+        self._scan()
+
+    # -- opening -----------------------------------------------------------------------
+
+    @staticmethod
+    def _open_shards(directory: Path) -> tuple[TokenFileInfo, list[np.ndarray]]:
+        manifest_path = directory / "manifest.json"
+        meta = _read_json(manifest_path, "shard manifest")
+        info = _info_from_json(meta, manifest_path, "lmrs-shards")
+        shards = meta.get("shards")
+        if not isinstance(shards, list) or not shards:
+            raise DataError(f"{manifest_path}: 'shards' must be a non-empty list of file names")
+        parts: list[np.ndarray] = []
+        total = 0
+        for name in shards:
+            shard_info, tokens = _open_bin(directory / str(name))
+            for field in ("dtype", "vocab_size", "tokenizer_hash", "eot_id"):
+                if getattr(shard_info, field) != getattr(info, field):
+                    raise DataError(
+                        f"{directory / str(name)}: {field} {getattr(shard_info, field)!r} "
+                        f"differs from the manifest's {getattr(info, field)!r}"
+                    )
+            parts.append(tokens)
+            total += shard_info.num_tokens
+        if total != info.num_tokens:
+            raise DataError(
+                f"{manifest_path}: num_tokens {info.num_tokens} but the shards hold {total}"
+            )
+        return info, parts
+
+    def _check_tokenizer(self, tokenizer: TokenizerLike) -> None:
+        where = self.path / "manifest.json" if self.path.is_dir() else f"{self.path}.json"
+        if self.info.tokenizer_hash != tokenizer.hash:
+            raise DataError(
+                f"{where}: written by another tokenizer (hash {self.info.tokenizer_hash[:12]}…, "
+                f"the given tokenizer's is {tokenizer.hash[:12]}…)"
+            )
+        if self.info.vocab_size != tokenizer.vocab_size:
+            raise DataError(
+                f"{where}: vocab_size {self.info.vocab_size} but the tokenizer has "
+                f"{tokenizer.vocab_size}"
+            )
+        if self.info.eot_id != tokenizer.eot_id:
+            raise DataError(
+                f"{where}: eot_id {self.info.eot_id} but the tokenizer's is {tokenizer.eot_id}"
+            )
+
+    def _scan(self) -> None:
+        """One pass over the tokens: document ends (eot positions), byte counts, id range."""
+        ends: list[np.ndarray] = []
+        doc_bytes: list[np.ndarray] = []
+        bytes_so_far = 0
+        max_id = -1
+        for start, chunk in self.stream.chunks():
+            if len(chunk):
+                max_id = max(max_id, int(chunk.max()))
+            if max_id >= self.info.vocab_size:
+                raise DataError(
+                    f"{self.path}: token id {max_id} is outside the vocabulary "
+                    f"(vocab_size {self.info.vocab_size})"
+                )
+            eot_at = np.flatnonzero(chunk == self.info.eot_id)
+            ends.append(eot_at + start + 1)
+            if self.token_bytes is not None:
+                cumulative = np.cumsum(self.token_bytes[chunk]) + bytes_so_far
+                doc_bytes.append(cumulative[eot_at])
+                bytes_so_far = int(cumulative[-1]) if len(cumulative) else bytes_so_far
+        doc_ends = np.concatenate(ends) if ends else np.zeros(0, dtype=np.int64)
+        if len(doc_ends) == 0 or doc_ends[-1] != len(self.stream):
+            # Tokens after the last eot form one more (unterminated) document.
+            doc_ends = np.append(doc_ends, len(self.stream)) if len(self.stream) else doc_ends
+            if self.token_bytes is not None:
+                doc_bytes.append(np.array([bytes_so_far], dtype=np.int64))
+        self.doc_ends = doc_ends.astype(np.int64)
+        self.doc_starts = np.concatenate([[0], self.doc_ends[:-1]]).astype(np.int64)
+        if self.token_bytes is not None:
+            cumulative_bytes = np.concatenate(doc_bytes) if doc_bytes else np.zeros(0, np.int64)
+            self.doc_bytes: np.ndarray | None = np.diff(
+                np.concatenate([[0], cumulative_bytes])
+            ).astype(np.int64)
+        else:
+            self.doc_bytes = None
+
+    # -- views -------------------------------------------------------------------------
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.stream)
+
+    @property
+    def num_documents(self) -> int:
+        return len(self.doc_ends)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.info.vocab_size
+
+    @property
+    def eot_id(self) -> int:
+        return self.info.eot_id
+
+    def full(self) -> TokenSplit:
+        """All documents as one split."""
+        return self._split_of(np.arange(self.num_documents), "all")
+
+    def split(self, val_fraction: float = 0.1, seed: int = 0) -> tuple[TokenSplit, TokenSplit]:
+        """(train, val) by whole documents, ``val_fraction`` of the tokens held out.
+
+        Documents are visited in a seeded random order and moved to validation until it
+        holds at least ``val_fraction`` of the tokens (at least one document, never all).
+        With a single document there is nothing to split by, so its last ``val_fraction``
+        of tokens is held out instead (documented fallback).
+        """
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        if self.num_documents == 0:
+            raise DataError(f"{self.path}: token file is empty")
+        if self.num_documents == 1:
+            return self._split_single_document(val_fraction)
+        order = np.random.default_rng(seed).permutation(self.num_documents)
+        sizes = (self.doc_ends - self.doc_starts)[order]
+        target = val_fraction * self.num_tokens
+        count = int(np.searchsorted(np.cumsum(sizes), target, side="left")) + 1
+        count = min(max(count, 1), self.num_documents - 1)
+        val_docs = np.sort(order[:count])
+        train_docs = np.sort(order[count:])
+        return self._split_of(train_docs, "train"), self._split_of(val_docs, "val")
+
+    def _split_of(self, docs: np.ndarray, name: str) -> TokenSplit:
+        starts = self.doc_starts[docs]
+        ends = self.doc_ends[docs]
+        tokens = int((ends - starts).sum())
+        if self.doc_bytes is not None:
+            num_bytes, exact = int(self.doc_bytes[docs].sum()), True
+        else:
+            num_bytes = round(self.info.num_bytes * tokens / max(self.num_tokens, 1))
+            exact = False
+        return TokenSplit(self, _merge_runs(starts, ends), num_bytes, exact, name)
+
+    def _split_single_document(self, val_fraction: float) -> tuple[TokenSplit, TokenSplit]:
+        cut = int(round(self.num_tokens * (1.0 - val_fraction)))
+        pieces = []
+        for name, lo, hi in (("train", 0, cut), ("val", cut, self.num_tokens)):
+            runs = np.array([[lo, hi]], dtype=np.int64)
+            if self.token_bytes is not None:
+                num_bytes = int(self.token_bytes[self.stream.read(lo, hi - lo)].sum())
+                exact = True
+            else:
+                num_bytes = round(self.info.num_bytes * (hi - lo) / self.num_tokens)
+                exact = False
+            pieces.append(TokenSplit(self, runs, num_bytes, exact, name))
+        return pieces[0], pieces[1]
+
+
+def _merge_runs(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Sorted [start, end) ranges with touching neighbours merged: an (n, 2) array."""
+    if len(starts) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    breaks = np.flatnonzero(starts[1:] != ends[:-1]) + 1
+    run_starts = starts[np.concatenate([[0], breaks])]
+    run_ends = ends[np.concatenate([breaks - 1, [len(ends) - 1]])]
+    return np.stack([run_starts, run_ends], axis=1).astype(np.int64)
+
+
+class TokenSplit:
+    """A subset of a TokenDataset's documents, read as one virtual stream.
+
+    The documents of a split are concatenated (each still ends with its eot token), so a
+    window may run from one document into the next, as it does in an unsplit token file.
+    """
+
+    def __init__(
+        self, dataset: TokenDataset, runs: np.ndarray, num_bytes: int, bytes_exact: bool, name: str
+    ) -> None:
+        self.dataset = dataset
+        self.runs = runs
+        self.run_offsets = np.concatenate([[0], np.cumsum(runs[:, 1] - runs[:, 0])]).astype(
+            np.int64
+        )
+        self.num_bytes = num_bytes
+        self.bytes_exact = bytes_exact
+        self.name = name
+
+    def __len__(self) -> int:
+        return int(self.run_offsets[-1])
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self)
+
+    @property
+    def token_bytes(self) -> np.ndarray | None:
+        return self.dataset.token_bytes
+
+    def __repr__(self) -> str:
+        return (
+            f"TokenSplit({self.name!r}, {len(self)} tokens, {len(self.runs)} runs, "
+            f"{self.num_bytes} bytes)"
+        )
+
+    def read(self, start: int, length: int) -> np.ndarray:
+        """Tokens ``[start, start + length)`` of this split's virtual stream."""
+        out = np.empty(length, dtype=np.int64)
+        filled = 0
+        run = int(np.searchsorted(self.run_offsets, start, side="right")) - 1
+        while filled < length:
+            offset = start + filled - int(self.run_offsets[run])
+            run_start, run_end = int(self.runs[run, 0]), int(self.runs[run, 1])
+            take = min(length - filled, run_end - run_start - offset)
+            out[filled : filled + take] = self.dataset.stream.read(run_start + offset, take)
+            filled += take
+            run += 1
+        return out
+
+    def windows(self, starts: Sequence[int] | np.ndarray, seq_len: int) -> Batch:
+        """(inputs, targets) LongTensors for windows of ``seq_len + 1`` tokens at ``starts``."""
+        rows = np.stack([self.read(int(s), seq_len + 1) for s in starts])
+        tensor = torch.from_numpy(rows)
+        return tensor[:, :-1].contiguous(), tensor[:, 1:].contiguous()
+
+    # -- training batches ---------------------------------------------------------------
+
+    def windows_per_epoch(self, seq_len: int) -> int:
+        """Non-overlapping windows of ``seq_len + 1`` tokens an epoch visits."""
+        count = (len(self) - seq_len) // seq_len
+        if count < 1:
+            raise DataError(
+                f"{self.dataset.path}: the {self.name} split has {len(self)} tokens, too few "
+                f"for one window of seq_len + 1 = {seq_len + 1}"
+            )
+        return count
+
+    def steps_per_epoch(self, seq_len: int, global_batch_size: int) -> int:
+        """Optimizer steps per pass over the split (at least 1)."""
+        return max(1, self.windows_per_epoch(seq_len) // global_batch_size)
+
+    def global_batch_starts(
+        self, step: int, seq_len: int, global_batch_size: int, seed: int
+    ) -> np.ndarray:
+        """Start positions of the global batch of ``step``: a pure function of its arguments."""
+        count = self.windows_per_epoch(seq_len)
+        per_epoch = max(1, count // global_batch_size)
+        epoch, index = divmod(step, per_epoch)
+        rng = np.random.default_rng([seed, epoch])
+        offset = int(rng.integers(0, seq_len))
+        order = rng.permutation(count)
+        # With fewer windows than one batch, the permutation wraps around.
+        picks = order[(index * global_batch_size + np.arange(global_batch_size)) % count]
+        return offset + picks.astype(np.int64) * seq_len
+
+    def micro_batch(
+        self,
+        step: int,
+        micro_step: int,
+        *,
+        seq_len: int,
+        global_batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        accum_steps: int = 1,
+    ) -> Batch:
+        """Micro-batch ``rank * accum_steps + micro_step`` of the global batch of ``step``."""
+        size = micro_batch_size(global_batch_size, world_size, accum_steps)
+        starts = self.global_batch_starts(step, seq_len, global_batch_size, seed)
+        index = rank * accum_steps + micro_step
+        return self.windows(starts[index * size : (index + 1) * size], seq_len)
+
+    # -- validation batches -------------------------------------------------------------
+
+    def eval_windows(self, seq_len: int, max_windows: int | None = None) -> np.ndarray:
+        """Fixed window starts covering the split (evenly spaced when capped)."""
+        count = (len(self) - 1) // seq_len
+        if count < 1:
+            raise DataError(
+                f"{self.dataset.path}: the {self.name} split has {len(self)} tokens, too few "
+                f"for one window of seq_len + 1 = {seq_len + 1}"
+            )
+        starts = np.arange(count, dtype=np.int64) * seq_len
+        if max_windows is not None and max_windows < count:
+            starts = starts[np.linspace(0, count - 1, max_windows).round().astype(np.int64)]
+        return starts
+
+    def eval_batches(
+        self,
+        seq_len: int,
+        batch_size: int,
+        max_batches: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> list[Batch]:
+        """Deterministic validation batches; rank ``r`` of ``W`` takes batches ``r::W``."""
+        cap = None if max_batches is None else max_batches * batch_size
+        starts = self.eval_windows(seq_len, cap)
+        groups = [starts[i : i + batch_size] for i in range(0, len(starts), batch_size)]
+        return [self.windows(g, seq_len) for g in groups[rank::world_size]]
+
+
+def micro_batch_size(global_batch_size: int, world_size: int, accum_steps: int) -> int:
+    """Sequences per micro-batch; the global batch must split evenly."""
+    parts = world_size * accum_steps
+    if global_batch_size % parts != 0:
+        raise ValueError(
+            f"batch size {global_batch_size} does not split into {world_size} process(es) x "
+            f"{accum_steps} accumulation step(s); use a multiple of {parts}"
+        )
+    return global_batch_size // parts
+
+
+def bytes_of(targets: torch.Tensor, token_bytes: np.ndarray | None) -> int | None:
+    """Source-text bytes the target tokens stand for (None when unknown)."""
+    if token_bytes is None:
+        return None
+    return int(token_bytes[targets.reshape(-1).cpu().numpy()].sum())
+
+
+__all__ = [
+    "Batch",
+    "DataError",
+    "TokenDataset",
+    "TokenSplit",
+    "TokenStream",
+    "bytes_of",
+    "micro_batch_size",
+    "prepare_training_data",
+    "token_byte_lengths",
+]

@@ -1,0 +1,758 @@
+"""The training loop: optimiser, learning-rate schedule, accumulation, eval, logs, checkpoints.
+
+``train(model, data, config)`` runs AdamW (weight decay on matrices only) with linear
+warmup and cosine decay, gradient clipping and accumulation, bf16 autocast where the device
+supports it, optional ``torch.compile``, and data parallelism across processes launched by
+torchrun (:mod:`lmrs.distributed`). Rank 0 alone draws the progress bar, appends to
+``OUT/metrics.jsonl``, writes ``OUT/checkpoint`` and ``OUT/loss.png``.
+
+Every batch is a pure function of ``(seed, step)`` (see :mod:`lmrs.data`), and a checkpoint
+holds the RNG states, so a resumed run continues exactly where an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from lmrs import distributed as dist_utils
+from lmrs.checkpoint import (
+    MODEL_CONFIG_FILE,
+    MODEL_FILE,
+    OPTIMIZER_FILE,
+    RUN_CHECKPOINT_NAME,
+    CheckpointError,
+    capture_rng_state,
+    config_differences,
+    load_checkpoint,
+    load_model_weights,
+    restore_rng_state,
+    save_checkpoint,
+)
+from lmrs.data import Batch, TokenDataset, TokenSplit, micro_batch_size, token_byte_lengths
+from lmrs.evaluate import EvalResult, EvalSums, evaluation_sums
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+DTYPES = ("auto", "float32", "bfloat16")
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that shapes a training run (saved as the checkpoint's train_config.json)."""
+
+    batch_size: int = 32  # global batch, in sequences per optimizer step (all processes)
+    seq_len: int = 128
+    # length of the run: the first of these that is set decides the schedule; max_steps and
+    # time_budget_s both stop the run (whichever comes first); none set → 1 epoch
+    max_steps: Optional[int] = None
+    epochs: Optional[float] = None
+    time_budget_s: Optional[float] = None
+    stop_at_step: Optional[int] = None  # end this session early; the schedule is unchanged
+    learning_rate: float = 1e-4
+    min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.1  # AdamW / SGD, only on parameters with >= 2 dimensions
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    momentum: float = 0.9  # sgd only
+    grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
+    grad_accum_steps: int = 1
+    optimizer: str = "adamw"
+    eval_every: int = 200  # steps between evaluations (0: only at the end)
+    eval_batches: int = 20
+    eval_batch_size: Optional[int] = None  # default: the micro-batch size
+    log_every: int = 10
+    checkpoint_every: int = 0  # steps between checkpoints (0: only at the end)
+    out_dir: Optional[str] = None
+    device: str = "auto"  # auto: CUDA → MPS → CPU
+    dtype: str = "auto"  # auto: bf16 autocast on CUDA with bf16, else float32
+    compile: bool = False
+    seed: int = 0
+    val_fraction: float = 0.1  # held out by document when data is a whole TokenDataset
+    strategy: str = "ddp"  # "ddp" or "fsdp" when launched with several processes
+    dist_timeout_s: float = 300.0
+    show_progress: bool = True
+
+    def validate(self) -> None:
+        positive = {
+            "batch_size": self.batch_size,
+            "seq_len": self.seq_len,
+            "grad_accum_steps": self.grad_accum_steps,
+            "eval_batches": self.eval_batches,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ValueError(f"time_budget_s must be > 0, got {self.time_budget_s}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("warmup_steps, weight_decay and grad_clip must be >= 0")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.strategy not in dist_utils.STRATEGIES:
+            raise ValueError(f"strategy must be one of {dist_utils.STRATEGIES}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class TrainResult:
+    """What a run did; ``losses[i]`` is the training loss of step ``start_step + i + 1``."""
+
+    steps: int
+    start_step: int
+    losses: list[float]
+    tokens: int
+    elapsed_s: float
+    tokens_per_s: float
+    evals: list[tuple[int, EvalResult]] = field(default_factory=list)
+    out_dir: Optional[Path] = None
+    checkpoint: Optional[Path] = None
+
+    @property
+    def final_eval(self) -> Optional[EvalResult]:
+        return self.evals[-1][1] if self.evals else None
+
+    def summary(self) -> str:
+        text = (
+            f"trained {self.steps - self.start_step} steps (to step {self.steps}, "
+            f"{self.tokens:,} tokens) in {self.elapsed_s:.1f} s, {self.tokens_per_s:,.0f} tokens/s"
+        )
+        if self.losses:
+            text += f"; train loss {self.losses[-1]:.4f}"
+        final = self.final_eval
+        if final is not None:
+            text += f"; val loss {final.loss:.4f}"
+            if final.bits_per_byte is not None:
+                text += f", bits per byte {final.bits_per_byte:.4f}"
+        return text
+
+
+# ---------------------------------------------------------------------------------------
+# Schedule and optimiser
+# ---------------------------------------------------------------------------------------
+
+
+def learning_rate_at(
+    step: int, config: TrainConfig, total_steps: Optional[int], progress: Optional[float] = None
+) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warmup, cosine decay.
+
+    Warmup raises the rate linearly over ``warmup_steps`` steps to ``learning_rate``; then
+    a cosine takes it down to ``learning_rate * min_lr_ratio`` over the rest of the run.
+    ``progress`` (0..1), when given, replaces the step-based position in the decay (used for
+    time-budgeted runs, whose number of steps is not known in advance).
+    """
+    peak = config.learning_rate
+    floor = peak * config.min_lr_ratio
+    if step < config.warmup_steps:
+        return peak * (step + 1) / config.warmup_steps
+    if progress is None:
+        if total_steps is None:
+            return peak
+        decay_steps = max(1, total_steps - config.warmup_steps)
+        progress = (step - config.warmup_steps) / decay_steps
+    progress = min(max(progress, 0.0), 1.0)
+    return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - floor)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two groups: matrices (embeddings, linear weights) decay; biases and norms do not."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if not parameter.requires_grad:
+            continue
+        (decay if parameter.dim() >= 2 else no_decay).append(parameter)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def create_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> Any:
+    groups = parameter_groups(model, config.weight_decay)
+    lr = config.learning_rate
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum)
+    betas = (config.beta1, config.beta2)
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if config.optimizer == "adam":
+        for group in groups:
+            group["weight_decay"] = 0.0  # plain Adam: no decay (use adamw for decoupled decay)
+        return torch.optim.Adam(groups, lr=lr, betas=betas, eps=config.eps, **fused)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=config.eps, **fused)
+
+
+def autocast_context(device: torch.device, dtype: str) -> Callable[[], Any]:
+    """A factory of autocast contexts for the configured precision."""
+    use_bf16 = dtype == "bfloat16" or (
+        dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    )
+    if not use_bf16:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+# ---------------------------------------------------------------------------------------
+# Data sources: the micro-batch of (step, micro step, rank) as a pure function
+# ---------------------------------------------------------------------------------------
+
+
+class SplitSource:
+    """Training windows from a TokenSplit (global batch sampler of lmrs.data)."""
+
+    def __init__(self, split: TokenSplit, config: TrainConfig) -> None:
+        self.split = split
+        self.config = config
+
+    def steps_per_epoch(self, world_size: int) -> int:
+        return self.split.steps_per_epoch(self.config.seq_len, self.config.batch_size)
+
+    def tokens_per_step(self, world_size: int) -> int:
+        return self.config.batch_size * self.config.seq_len
+
+    def micro_batch(self, step: int, micro: int, rank: int, world_size: int) -> Batch:
+        return self.split.micro_batch(
+            step,
+            micro,
+            seq_len=self.config.seq_len,
+            global_batch_size=self.config.batch_size,
+            seed=self.config.seed,
+            rank=rank,
+            world_size=world_size,
+            accum_steps=self.config.grad_accum_steps,
+        )
+
+
+class BatchListSource:
+    """Training batches from a list (prepare_training_data); each is one micro-batch.
+
+    One optimizer step takes ``world_size * grad_accum_steps`` consecutive batches (rank
+    ``r`` micro-step ``a`` takes number ``r * A + a``); epoch 0 keeps the list's order, later
+    epochs shuffle it with ``(seed, epoch)``.
+    """
+
+    def __init__(self, batches: Sequence[Batch], config: TrainConfig) -> None:
+        if not batches:
+            raise ValueError("no training batches given")
+        self.batches = list(batches)
+        self.config = config
+
+    def steps_per_epoch(self, world_size: int) -> int:
+        return max(1, len(self.batches) // (world_size * self.config.grad_accum_steps))
+
+    def tokens_per_step(self, world_size: int) -> int:
+        per_batch = self.batches[0][1].numel()
+        return per_batch * world_size * self.config.grad_accum_steps
+
+    def micro_batch(self, step: int, micro: int, rank: int, world_size: int) -> Batch:
+        per_step = world_size * self.config.grad_accum_steps
+        epoch, index = divmod(step, self.steps_per_epoch(world_size))
+        position = (index * per_step + rank * self.config.grad_accum_steps + micro) % len(
+            self.batches
+        )
+        if epoch > 0:
+            order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.batches))
+            position = int(order[position])
+        return self.batches[position]
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics log
+# ---------------------------------------------------------------------------------------
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep only the records up to ``step`` (a resumed run rewrites what came after)."""
+    if not path.is_file():
+        return
+    kept = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            with contextlib.suppress(json.JSONDecodeError):
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+    _write_atomic(path, "".join(kept))
+
+
+class MetricsLog:
+    """Appends one JSON object per line to OUT/metrics.jsonl (rank 0 only)."""
+
+    def __init__(self, path: Optional[Path]) -> None:
+        self.path = path
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+# ---------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """The pieces of a run shared by the helpers below."""
+
+    config: TrainConfig
+    ctx: dist_utils.DistContext
+    model: nn.Module  # wrapped (DDP / FSDP) — train and eval through this
+    raw_model: nn.Module
+    optimizer: Any
+    autocast: Callable[[], Any]
+    val_batches: list[Batch]
+    token_bytes: Optional[np.ndarray]
+    tokenizer: Any
+    out_dir: Optional[Path]
+
+
+def _resolve_data(
+    data: Any, val_data: Any, config: TrainConfig
+) -> tuple[Union[SplitSource, BatchListSource], Any]:
+    if isinstance(data, TokenDataset):
+        if val_data is None:
+            train_split, val_split = data.split(config.val_fraction, config.seed)
+            return SplitSource(train_split, config), val_split
+        return SplitSource(data.full(), config), val_data
+    if isinstance(data, TokenSplit):
+        return SplitSource(data, config), val_data
+    return BatchListSource(data, config), val_data
+
+
+def _val_batches(val: Any, config: TrainConfig, ctx: dist_utils.DistContext) -> list[Batch]:
+    """This rank's share of the fixed validation batches (equal counts on every rank)."""
+    if val is None:
+        return []
+    if isinstance(val, TokenDataset):
+        val = val.full()
+    if isinstance(val, TokenSplit):
+        size = config.eval_batch_size or micro_batch_size(
+            config.batch_size, ctx.world_size, config.grad_accum_steps
+        )
+        total = val.eval_batches(config.seq_len, size, config.eval_batches)
+    else:
+        total = list(val)[: config.eval_batches]
+    if ctx.enabled and total:
+        # every rank must run the same number of forward passes (FSDP gathers in forward)
+        if len(total) < ctx.world_size:
+            total = (total * ctx.world_size)[: ctx.world_size]
+        total = total[: len(total) - len(total) % ctx.world_size]
+    return total[ctx.rank :: ctx.world_size]
+
+
+def _evaluate(run: _Run) -> Optional[EvalResult]:
+    if not run.val_batches:
+        return None
+    with dist_utils.collective_guard(run.ctx, "evaluation"):
+        sums = evaluation_sums(
+            run.model,
+            run.val_batches,
+            token_bytes=run.token_bytes,
+            device=run.ctx.device,
+            autocast=run.autocast(),
+        )
+    nats = dist_utils.all_reduce_sum(sums.nats, run.ctx)
+    tokens = int(round(dist_utils.all_reduce_sum(sums.tokens, run.ctx)))
+    num_bytes = None
+    if sums.bytes is not None:
+        num_bytes = dist_utils.all_reduce_sum(sums.bytes, run.ctx)
+    return EvalResult.from_sums(nats, tokens, num_bytes)
+
+
+def _save(run: _Run, state: dict[str, Any]) -> Optional[Path]:
+    """Gather full state dicts (collective under FSDP) and write the checkpoint on rank 0."""
+    model_state = dist_utils.full_state_dict(run.model, run.ctx)
+    optimizer_state = dist_utils.full_optimizer_state_dict(run.model, run.optimizer, run.ctx)
+    path = None
+    if run.ctx.is_main and run.out_dir is not None:
+        path = save_checkpoint(
+            run.out_dir / RUN_CHECKPOINT_NAME,
+            None,
+            None,
+            state,
+            run.raw_model.config if hasattr(run.raw_model, "config") else {},
+            run.config,
+            run.tokenizer,
+            model_state=model_state,
+            optimizer_state=optimizer_state,
+        )
+    dist_utils.barrier(run.ctx)
+    return path
+
+
+def _resume(run: _Run, resume_from: Union[str, os.PathLike[str]]) -> dict[str, Any]:
+    """Load weights and optimizer state on every rank; returns the checkpoint's state."""
+    checkpoint = load_checkpoint(resume_from, tokenizer=run.tokenizer)
+    current = run.raw_model.config.to_dict() if hasattr(run.raw_model, "config") else {}
+    differences = config_differences(checkpoint.model_config, current) if current else []
+    if differences:
+        raise CheckpointError(
+            f"{checkpoint.path / MODEL_CONFIG_FILE}: saved for a different model: "
+            + ", ".join(differences)
+        )
+    weights = load_model_weights(checkpoint.path / MODEL_FILE)
+    dist_utils.load_full_state_dict(run.model, weights, run.ctx)
+    optimizer_path = checkpoint.path / OPTIMIZER_FILE
+    if not optimizer_path.is_file():
+        raise CheckpointError(f"{optimizer_path}: missing, cannot resume the optimizer")
+    optimizer_state = torch.load(optimizer_path, map_location="cpu", weights_only=True)
+    try:
+        dist_utils.load_full_optimizer_state_dict(
+            run.model, run.optimizer, optimizer_state, run.ctx
+        )
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{optimizer_path}: does not fit this optimizer: {e}") from e
+    return checkpoint.state
+
+
+def train(
+    model: nn.Module,
+    data: Union[Sequence[Batch], TokenDataset, TokenSplit],
+    config: Optional[TrainConfig] = None,
+    *,
+    val_data: Union[Sequence[Batch], TokenSplit, TokenDataset, None] = None,
+    tokenizer: Any = None,
+    resume_from: Union[str, os.PathLike[str], None] = None,
+    **overrides: Any,
+) -> TrainResult:
+    """Train ``model`` on ``data``; keyword overrides replace :class:`TrainConfig` fields.
+
+    ``data``: a list of ``(inputs, targets)`` batches (:func:`lmrs.prepare_training_data`),
+    a :class:`TokenDataset` (split into train/val by document, ``val_fraction``) or a
+    :class:`TokenSplit`. ``val_data``: batches or a split to evaluate on. ``tokenizer``:
+    saved with checkpoints and used for exact bits per byte. ``resume_from``: a checkpoint
+    or run directory to continue from (weights, optimizer, step, RNG states).
+    Example: ``train(model, batches, epochs=3, learning_rate=1e-3)``.
+    """
+    config = replace(config or TrainConfig(), **overrides)
+    config.validate()
+    ctx = dist_utils.init_distributed(config.device, config.dist_timeout_s)
+    try:
+        return _train(model, data, config, ctx, val_data, tokenizer, resume_from)
+    finally:
+        dist_utils.cleanup(ctx)
+
+
+def _train(
+    model: nn.Module,
+    data: Any,
+    config: TrainConfig,
+    ctx: dist_utils.DistContext,
+    val_data: Any,
+    tokenizer: Any,
+    resume_from: Union[str, os.PathLike[str], None],
+) -> TrainResult:
+    device = ctx.device
+    source, val = _resolve_data(data, val_data, config)
+    if isinstance(source, SplitSource):
+        micro_batch_size(config.batch_size, ctx.world_size, config.grad_accum_steps)
+        model_len = getattr(getattr(model, "config", None), "max_seq_len", None)
+        if model_len is not None and config.seq_len > model_len:
+            raise ValueError(
+                f"seq_len {config.seq_len} is longer than the model's context ({model_len})"
+            )
+    token_bytes = None
+    if isinstance(val, (TokenSplit, TokenDataset)):
+        token_bytes = val.dataset.token_bytes if isinstance(val, TokenSplit) else val.token_bytes
+    elif tokenizer is not None:
+        token_bytes = token_byte_lengths(tokenizer)
+
+    out_dir = Path(config.out_dir) if config.out_dir else None
+    if out_dir is not None and ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(config.seed + ctx.rank)  # dropout; every batch is chosen by (seed, step)
+    raw_model = dist_utils.unwrap_model(model)
+    wrapped = dist_utils.wrap_model(raw_model, ctx, config.strategy)
+    optimizer = create_optimizer(raw_model, config, device)
+    run = _Run(
+        config=config,
+        ctx=ctx,
+        model=wrapped,
+        raw_model=raw_model,
+        optimizer=optimizer,
+        autocast=autocast_context(device, config.dtype),
+        val_batches=_val_batches(val, config, ctx),
+        token_bytes=token_bytes,
+        tokenizer=tokenizer,
+        out_dir=out_dir,
+    )
+
+    start_step, elapsed_before, tokens_before = 0, 0.0, 0
+    if resume_from is not None:
+        state = _resume(run, resume_from)
+        start_step = int(state.get("step", 0))
+        elapsed_before = float(state.get("elapsed_s", 0.0))
+        tokens_before = int(state.get("tokens", 0))
+        # The checkpoint holds rank 0's RNG state; other ranks draw fresh dropout streams,
+        # so only single-process (and rank 0) dropout continues bit for bit.
+        restore_rng_state(state.get("rng", {}))
+        if ctx.rank > 0:
+            torch.manual_seed(config.seed + ctx.rank + 1_000_003 * start_step)
+
+    steps_per_epoch = source.steps_per_epoch(ctx.world_size)
+    total_steps = config.max_steps
+    if total_steps is None and config.epochs is not None:
+        total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
+    if total_steps is None and config.time_budget_s is None:
+        total_steps = steps_per_epoch  # default: one epoch
+    last_step = total_steps
+    if config.stop_at_step is not None:
+        last_step = min(last_step or config.stop_at_step, config.stop_at_step)
+
+    metrics_path = out_dir / METRICS_FILE if out_dir is not None else None
+    if ctx.is_main and metrics_path is not None:
+        if start_step > 0:
+            truncate_metrics(metrics_path, start_step)
+        elif metrics_path.exists():
+            metrics_path.unlink()
+    metrics = MetricsLog(metrics_path if ctx.is_main else None)
+
+    step_loss = wrapped.compute_loss
+    if config.compile:
+        step_loss = torch.compile(step_loss)
+
+    tokens_per_step = source.tokens_per_step(ctx.world_size)
+    losses: list[float] = []
+    evals: list[tuple[int, EvalResult]] = []
+    train_time = 0.0
+    session_start = time.perf_counter()
+    step = start_step
+    checkpoint_path: Optional[Path] = None
+    bar = tqdm(
+        total=last_step,
+        initial=start_step,
+        desc="train",
+        unit="step",
+        disable=not (ctx.is_main and config.show_progress),
+        dynamic_ncols=True,
+    )
+    wrapped.train()
+    try:
+        while last_step is None or step < last_step:
+            elapsed = elapsed_before + time.perf_counter() - session_start
+            if config.time_budget_s is not None:
+                elapsed = dist_utils.all_reduce_mean(elapsed, ctx) if ctx.enabled else elapsed
+                if elapsed >= config.time_budget_s:
+                    break
+            progress = None
+            if config.time_budget_s is not None:
+                progress = elapsed / config.time_budget_s
+                if total_steps is not None:
+                    progress = max(
+                        progress,
+                        (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps),
+                    )
+            lr = learning_rate_at(step, config, total_steps, progress)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+            started = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            accum = config.grad_accum_steps
+            with dist_utils.collective_guard(ctx, f"training step {step + 1}"):
+                for micro in range(accum):
+                    inputs, targets = source.micro_batch(step, micro, ctx.rank, ctx.world_size)
+                    inputs = inputs.to(device, non_blocking=True)
+                    targets = targets.to(device, non_blocking=True)
+                    no_sync = (
+                        wrapped.no_sync()
+                        if ctx.enabled and micro < accum - 1 and hasattr(wrapped, "no_sync")
+                        else contextlib.nullcontext()
+                    )
+                    with no_sync:
+                        with run.autocast():
+                            loss = step_loss(inputs, targets)
+                        (loss / accum).backward()
+                    loss_sum += loss.detach().float()
+                grad_norm = None
+                if config.grad_clip > 0:
+                    grad_norm = float(
+                        torch.nn.utils.clip_grad_norm_(wrapped.parameters(), config.grad_clip)
+                    )
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step_loss_value = dist_utils.all_reduce_mean(loss_sum / accum, ctx)
+            if not math.isfinite(step_loss_value):
+                raise FloatingPointError(
+                    f"training loss became {step_loss_value} at step {step + 1}; "
+                    f"try a lower learning rate (now {lr:.3g})"
+                )
+            step_time = time.perf_counter() - started
+            train_time += step_time
+            step += 1
+            losses.append(step_loss_value)
+            tokens_per_s = tokens_per_step / max(step_time, 1e-9)
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{step_loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}"
+            )
+            if step % config.log_every == 0 or step == start_step + 1:
+                record: dict[str, Any] = {
+                    "step": step,
+                    "train_loss": step_loss_value,
+                    "lr": lr,
+                    "tokens_per_s": tokens_per_s,
+                    "tokens": tokens_before + (step - start_step) * tokens_per_step,
+                    "elapsed_s": elapsed_before + time.perf_counter() - session_start,
+                }
+                if grad_norm is not None:
+                    record["grad_norm"] = grad_norm
+                metrics.write(record)
+            finishing = last_step is not None and step >= last_step
+            if config.eval_every and step % config.eval_every == 0 and not finishing:
+                result = _evaluate(run)
+                if result is not None:
+                    evals.append((step, result))
+                    metrics.write(_eval_record(step, result))
+                    bar.write(f"step {step}: val {result.summary()}")
+                wrapped.train()
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and not finishing:
+                checkpoint_path = _save(
+                    run,
+                    _state(
+                        run,
+                        step,
+                        steps_per_epoch,
+                        evals,
+                        elapsed_before + time.perf_counter() - session_start,
+                        tokens_before + (step - start_step) * tokens_per_step,
+                    ),
+                )
+    except KeyboardInterrupt:
+        bar.close()
+        if not ctx.enabled and out_dir is not None and step > start_step:
+            path = _save(
+                run,
+                _state(
+                    run,
+                    step,
+                    steps_per_epoch,
+                    evals,
+                    elapsed_before + time.perf_counter() - session_start,
+                    tokens_before + (step - start_step) * tokens_per_step,
+                ),
+            )
+            print(f"interrupted at step {step}; checkpoint saved to {path}")
+        raise
+    bar.close()
+
+    result = _evaluate(run)
+    if result is not None:
+        evals.append((step, result))
+        metrics.write(_eval_record(step, result))
+    elapsed_total = elapsed_before + time.perf_counter() - session_start
+    tokens_total = tokens_before + (step - start_step) * tokens_per_step
+    if out_dir is not None and step > start_step:
+        checkpoint_path = _save(
+            run, _state(run, step, steps_per_epoch, evals, elapsed_total, tokens_total)
+        )
+        if ctx.is_main and metrics_path is not None and metrics_path.exists():
+            from lmrs.plot import plot_metrics
+
+            with contextlib.suppress(ValueError):
+                plot_metrics(out_dir)
+    session_tokens = (step - start_step) * tokens_per_step
+    outcome = TrainResult(
+        steps=step,
+        start_step=start_step,
+        losses=losses,
+        tokens=session_tokens,
+        elapsed_s=time.perf_counter() - session_start,
+        tokens_per_s=session_tokens / train_time if train_time > 0 else 0.0,
+        evals=evals,
+        out_dir=out_dir,
+        checkpoint=checkpoint_path,
+    )
+    if ctx.is_main and config.show_progress:
+        print(outcome.summary())
+    return outcome
+
+
+def _eval_record(step: int, result: EvalResult) -> dict[str, Any]:
+    return {
+        "step": step,
+        "val_loss": result.loss,
+        "val_perplexity": result.perplexity,
+        "val_bpb": result.bits_per_byte,
+    }
+
+
+def _state(
+    run: _Run,
+    step: int,
+    steps_per_epoch: int,
+    evals: list[tuple[int, EvalResult]],
+    elapsed_s: float,
+    tokens: int,
+) -> dict[str, Any]:
+    last = evals[-1] if evals else None
+    return {
+        "step": step,
+        "epoch": step / steps_per_epoch,
+        "tokens": tokens,
+        "elapsed_s": elapsed_s,
+        "data": {"seed": run.config.seed, "steps_per_epoch": steps_per_epoch},
+        "rng": capture_rng_state(),
+        "metrics": {} if last is None else {"step": last[0], **asdict(last[1])},
+        "world_size": run.ctx.world_size,
+    }
+
+
+__all__ = [
+    "EvalSums",
+    "TrainConfig",
+    "TrainResult",
+    "create_optimizer",
+    "learning_rate_at",
+    "parameter_groups",
+    "train",
+]
