@@ -124,7 +124,8 @@ pub fn dtype_for(vocab_size: usize) -> &'static str {
     }
 }
 
-/// Encodes files (one document each, in the given order) into `out`.
+/// Encodes files (one document each, in the given order) into `out`; returns what was
+/// written and the files skipped as not text (NUL bytes or invalid UTF-8).
 /// `progress(bytes)` is called after each chunk with the bytes just encoded; returning
 /// false stops the run (nothing is left at `out`).
 pub fn encode_files(
@@ -133,7 +134,7 @@ pub fn encode_files(
     out: &Path,
     options: &TokenFileOptions,
     progress: &(dyn Fn(u64) -> bool + Sync),
-) -> Result<Written> {
+) -> Result<(Written, Vec<PathBuf>)> {
     let sizes: Vec<u64> = files
         .iter()
         .map(|f| {
@@ -142,16 +143,20 @@ pub fn encode_files(
                 .map_err(|e| Error::io(f, e))
         })
         .collect::<Result<_>>()?;
-    let load = |i: usize| -> Result<Cow<'_, str>> {
+    let load = |i: usize| -> Result<Option<Cow<'_, str>>> {
         let bytes = std::fs::read(&files[i]).map_err(|e| Error::io(&files[i], e))?;
-        // Corpus files are UTF-8 (`lmrs corpus add` repairs them); a stray bad byte
-        // becomes U+FFFD rather than stopping a long run.
-        Ok(Cow::Owned(match String::from_utf8(bytes) {
-            Ok(s) => s,
-            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-        }))
+        // Like the trainer (corpus.rs): files with NUL bytes or invalid UTF-8 are not
+        // text and are skipped (`lmrs corpus add` repairs or drops them beforehand).
+        if memchr::memchr(0, &bytes).is_some() {
+            return Ok(None);
+        }
+        Ok(String::from_utf8(bytes).ok().map(Cow::Owned))
     };
-    write_documents(encoder, &sizes, &load, out, options, progress)
+    let (written, skipped) = write_documents(encoder, &sizes, &load, out, options, progress)?;
+    Ok((
+        written,
+        skipped.into_iter().map(|i| files[i].clone()).collect(),
+    ))
 }
 
 /// Encodes in-memory texts (one document each) into `out`.
@@ -163,8 +168,9 @@ pub fn encode_texts<S: AsRef<str> + Sync>(
     progress: &(dyn Fn(u64) -> bool + Sync),
 ) -> Result<Written> {
     let sizes: Vec<u64> = texts.iter().map(|t| t.as_ref().len() as u64).collect();
-    let load = |i: usize| -> Result<Cow<'_, str>> { Ok(Cow::Borrowed(texts[i].as_ref())) };
-    write_documents(encoder, &sizes, &load, out, options, progress)
+    let load =
+        |i: usize| -> Result<Option<Cow<'_, str>>> { Ok(Some(Cow::Borrowed(texts[i].as_ref()))) };
+    Ok(write_documents(encoder, &sizes, &load, out, options, progress)?.0)
 }
 
 /// The documents of part `part_index` of `num_parts`: a contiguous range, split so that
@@ -199,11 +205,11 @@ pub fn part_range(sizes: &[u64], num_parts: usize, part_index: usize) -> std::op
 fn write_documents<'a>(
     encoder: &Encoder,
     sizes: &[u64],
-    load: &(dyn Fn(usize) -> Result<Cow<'a, str>> + Sync),
+    load: &(dyn Fn(usize) -> Result<Option<Cow<'a, str>>> + Sync),
     out: &Path,
     options: &TokenFileOptions,
     progress: &(dyn Fn(u64) -> bool + Sync),
-) -> Result<Written> {
+) -> Result<(Written, Vec<usize>)> {
     if options.num_parts == 0 || options.part_index >= options.num_parts {
         return Err(Error::Invalid(format!(
             "part_index {} is out of range for num_parts {}",
@@ -214,13 +220,22 @@ fn write_documents<'a>(
         return Err(Error::Invalid("shard_tokens must be positive".into()));
     }
     let range = part_range(sizes, options.num_parts, options.part_index);
+    let mut skipped = Vec::new();
     let sharded = options.shard_tokens.is_some() || options.num_parts > 1;
     if !sharded {
         let mut sink = ShardSink::new(encoder, Layout::Single(out.to_path_buf()), options);
-        let result = encode_range(encoder, sizes, load, range, &mut sink, progress)
-            .and_then(|_| sink.finish());
+        let result = encode_range(
+            encoder,
+            sizes,
+            load,
+            range,
+            &mut sink,
+            progress,
+            &mut skipped,
+        )
+        .and_then(|_| sink.finish());
         return match result {
-            Ok(mut infos) => Ok(Written::File(infos.remove(0).1)),
+            Ok(mut infos) => Ok((Written::File(infos.remove(0).1), skipped)),
             Err(e) => {
                 sink.abandon();
                 Err(e)
@@ -234,12 +249,30 @@ fn write_documents<'a>(
         )));
     }
     if options.num_parts == 1 {
-        write_single_part_dir(encoder, sizes, load, range, out, options, progress)
+        let written = write_single_part_dir(
+            encoder,
+            sizes,
+            load,
+            range,
+            out,
+            options,
+            progress,
+            &mut skipped,
+        )?;
+        Ok((written, skipped))
     } else {
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
         let mut sink = ShardSink::new(encoder, Layout::Dir(out.to_path_buf()), options);
-        let result = encode_range(encoder, sizes, load, range, &mut sink, progress)
-            .and_then(|_| sink.finish());
+        let result = encode_range(
+            encoder,
+            sizes,
+            load,
+            range,
+            &mut sink,
+            progress,
+            &mut skipped,
+        )
+        .and_then(|_| sink.finish());
         let written = match result {
             Ok(written) => written,
             Err(e) => {
@@ -248,19 +281,21 @@ fn write_documents<'a>(
             }
         };
         remove_stale_shards(out, options.part_index, &written)?;
-        Ok(Written::Shards(build_manifest(out)?))
+        Ok((Written::Shards(build_manifest(out)?), skipped))
     }
 }
 
 /// One process writes the whole directory: build it beside `out`, then swap it in.
+#[allow(clippy::too_many_arguments)]
 fn write_single_part_dir<'a>(
     encoder: &Encoder,
     sizes: &[u64],
-    load: &(dyn Fn(usize) -> Result<Cow<'a, str>> + Sync),
+    load: &(dyn Fn(usize) -> Result<Option<Cow<'a, str>>> + Sync),
     range: std::ops::Range<usize>,
     out: &Path,
     options: &TokenFileOptions,
     progress: &(dyn Fn(u64) -> bool + Sync),
+    skipped: &mut Vec<usize>,
 ) -> Result<Written> {
     if out.is_dir() && !out.join(MANIFEST_NAME).is_file() {
         let empty = std::fs::read_dir(out)
@@ -279,7 +314,7 @@ fn write_single_part_dir<'a>(
     std::fs::create_dir_all(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
     let result = (|| {
         let mut sink = ShardSink::new(encoder, Layout::Dir(tmp_dir.clone()), options);
-        encode_range(encoder, sizes, load, range, &mut sink, progress)?;
+        encode_range(encoder, sizes, load, range, &mut sink, progress, skipped)?;
         sink.finish()?;
         let manifest = build_manifest(&tmp_dir)?;
         replace_dir(&tmp_dir, out)?;
@@ -306,10 +341,11 @@ fn replace_dir(new: &Path, out: &Path) -> Result<()> {
 fn encode_range<'a>(
     encoder: &Encoder,
     sizes: &[u64],
-    load: &(dyn Fn(usize) -> Result<Cow<'a, str>> + Sync),
+    load: &(dyn Fn(usize) -> Result<Option<Cow<'a, str>>> + Sync),
     range: std::ops::Range<usize>,
     sink: &mut ShardSink,
     progress: &(dyn Fn(u64) -> bool + Sync),
+    skipped: &mut Vec<usize>,
 ) -> Result<()> {
     let eot = encoder.eot_id();
     let mut start = range.start;
@@ -323,21 +359,25 @@ fn encode_range<'a>(
                 break;
             }
         }
-        let encoded: Vec<Result<(Vec<u32>, u64)>> = (start..end)
+        let encoded: Vec<Result<Option<(Vec<u32>, u64)>>> = (start..end)
             .into_par_iter()
             .map(|i| {
-                let text = load(i)?;
+                let Some(text) = load(i)? else {
+                    return Ok(None);
+                };
                 let mut ids = encoder.encode_ordinary(&text);
                 ids.push(eot);
-                Ok((ids, text.len() as u64))
+                Ok(Some((ids, text.len() as u64)))
             })
             .collect();
         let mut done = 0;
-        for doc in encoded {
-            let (ids, num_bytes) = doc?;
-            sink.write_document(&ids, num_bytes)?;
-            done += num_bytes;
+        for (i, doc) in (start..end).zip(encoded) {
+            match doc? {
+                Some((ids, num_bytes)) => sink.write_document(&ids, num_bytes)?,
+                None => skipped.push(i),
+            }
         }
+        done += sizes[start..end].iter().sum::<u64>();
         if !progress(done) {
             return Err(Error::Invalid("interrupted".into()));
         }
