@@ -653,7 +653,8 @@ def _train(
                 if result is not None:
                     evals.append((step, result))
                     metrics.write(_eval_record(step, result))
-                    bar.write(f"step {step}: val {result.summary()}")
+                    if ctx.is_main and config.show_progress:
+                        bar.write(f"step {step}: val {result.summary()}")
                 wrapped.train()
             if config.checkpoint_every and step % config.checkpoint_every == 0 and not finishing:
                 checkpoint_path = _save(

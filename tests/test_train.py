@@ -1,0 +1,182 @@
+"""train.py: schedule, weight-decay groups, accumulation, learning, resume, logs; evaluate.py."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from test_data import FakeTokenizer, make_docs, write_token_file
+from torch import nn
+
+from lmrs.data import TokenDataset, prepare_training_data
+from lmrs.evaluate import evaluate
+from lmrs.model import create_small_model
+from lmrs.train import TrainConfig, learning_rate_at, parameter_groups, train
+
+VOCAB = 100
+QUIET = dict(show_progress=False, device="cpu")
+
+
+def tiny_model(dropout: float = 0.0, seed: int = 0) -> nn.Module:
+    return create_small_model(
+        VOCAB,
+        max_seq_len=32,
+        embed_dim=32,
+        num_heads=2,
+        num_layers=1,
+        ff_dim=64,
+        dropout_rate=dropout,
+        seed=seed,
+    )
+
+
+def pattern_docs(count: int = 12) -> list[list[int]]:
+    """Easy-to-learn documents: counting sequences."""
+    return [[(k + i) % 50 for i in range(120)] for k in range(count)]
+
+
+def test_warmup_then_cosine() -> None:
+    config = TrainConfig(learning_rate=1e-3, warmup_steps=10, min_lr_ratio=0.1)
+    assert learning_rate_at(0, config, 110) == pytest.approx(1e-4)
+    assert learning_rate_at(4, config, 110) == pytest.approx(5e-4)
+    assert learning_rate_at(9, config, 110) == pytest.approx(1e-3)  # warmup ends at the peak
+    assert learning_rate_at(10, config, 110) == pytest.approx(1e-3)
+    assert learning_rate_at(60, config, 110) == pytest.approx(0.55e-3)  # halfway: mean
+    assert learning_rate_at(110, config, 110) == pytest.approx(1e-4)  # floor at the end
+    rates = [learning_rate_at(s, config, 110) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    # time-based progress replaces the step position
+    assert learning_rate_at(50, config, None, progress=0.5) == pytest.approx(0.55e-3)
+
+
+def test_weight_decay_only_on_matrices() -> None:
+    model = tiny_model()
+    decay, no_decay = parameter_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and decay["params"]
+    assert all(p.dim() < 2 for p in no_decay["params"]) and no_decay["params"]
+    counted = sum(p.numel() for p in decay["params"] + no_decay["params"])
+    assert counted == sum(p.numel() for p in model.parameters())
+
+
+def test_gradient_accumulation_equals_one_big_batch() -> None:
+    stream = [i % 50 for i in range(400)]
+    big = prepare_training_data(stream, batch_size=4, seq_len=16, shuffle=False)[:1]
+    small = [(x[i : i + 1], y[i : i + 1]) for x, y in big for i in range(4)]
+    one = tiny_model()
+    four = tiny_model()
+    settings = dict(max_steps=1, learning_rate=1e-2, warmup_steps=0, **QUIET)
+    train(one, big, **settings)
+    train(four, small, grad_accum_steps=4, **settings)
+    for a, b in zip(one.parameters(), four.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    # and it did move the weights
+    assert not torch.allclose(next(tiny_model().parameters()), next(one.parameters()))
+
+
+def test_loss_decreases_and_logs_are_written(tmp_path: Path) -> None:
+    batches = prepare_training_data(pattern_docs(), batch_size=8, seq_len=16, eot_id=99)
+    result = train(
+        tiny_model(),
+        batches,
+        val_data=batches[:2],
+        tokenizer=FakeTokenizer(),
+        max_steps=60,
+        learning_rate=5e-3,
+        warmup_steps=5,
+        eval_every=30,
+        log_every=10,
+        out_dir=str(tmp_path / "run"),
+        **QUIET,
+    )
+    assert result.steps == 60 and len(result.losses) == 60
+    assert sum(result.losses[-5:]) / 5 < 0.6 * sum(result.losses[:5]) / 5
+    final = result.final_eval
+    assert final is not None and final.bits_per_byte is not None
+    records = [
+        json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in records if "val_loss" in r] == [30, 60]
+    assert [r["step"] for r in records if "train_loss" in r] == [1, 10, 20, 30, 40, 50, 60]
+    assert (tmp_path / "run/loss.png").stat().st_size > 1000
+    assert (tmp_path / "run/checkpoint/model.safetensors").is_file()
+    assert "val loss" in result.summary()
+
+
+def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    batches = prepare_training_data(pattern_docs(), batch_size=4, seq_len=16, eot_id=99)
+    settings = dict(max_steps=20, learning_rate=3e-3, warmup_steps=4, log_every=1, **QUIET)
+    straight = train(tiny_model(dropout=0.1), batches, out_dir=str(tmp_path / "a"), **settings)
+    first = train(
+        tiny_model(dropout=0.1), batches, out_dir=str(tmp_path / "b"), stop_at_step=10, **settings
+    )
+    assert first.steps == 10
+    resumed_model = tiny_model(dropout=0.1, seed=123)  # weights come from the checkpoint
+    resumed = train(
+        resumed_model,
+        batches,
+        out_dir=str(tmp_path / "b"),
+        resume_from=str(tmp_path / "b"),
+        **settings,
+    )
+    assert resumed.start_step == 10 and resumed.steps == 20
+    assert first.losses == pytest.approx(straight.losses[:10], abs=1e-6)
+    assert resumed.losses == pytest.approx(straight.losses[10:], abs=1e-6)
+    steps = [
+        json.loads(line)["step"] for line in (tmp_path / "b/metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == list(range(1, 21))  # no duplicates after resuming
+
+
+def test_train_on_token_dataset_reports_bits_per_byte(tmp_path: Path) -> None:
+    write_token_file(tmp_path / "t.bin", make_docs(40, low=40, high=80))
+    dataset = TokenDataset(tmp_path / "t.bin", tokenizer=FakeTokenizer())
+    result = train(
+        tiny_model(),
+        dataset,
+        batch_size=8,
+        seq_len=16,
+        epochs=1,
+        val_fraction=0.2,
+        learning_rate=3e-3,
+        warmup_steps=2,
+        **QUIET,
+    )
+    assert result.steps == dataset.split(0.2)[0].steps_per_epoch(16, 8)
+    final = result.final_eval
+    assert final is not None and final.bits_per_byte is not None and final.bits_per_byte > 0
+
+
+def test_bad_config_is_rejected() -> None:
+    batches = prepare_training_data(pattern_docs(2), batch_size=2, seq_len=8)
+    with pytest.raises(ValueError, match="optimizer"):
+        train(tiny_model(), batches, optimizer="lion", **QUIET)
+    with pytest.raises(ValueError, match="learning_rate"):
+        train(tiny_model(), batches, learning_rate=-1.0, **QUIET)
+
+
+class Uniform(nn.Module):
+    """Predicts every token with equal probability: loss is exactly ln(vocab)."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.vocab = vocab
+        self.anchor = nn.Parameter(torch.zeros(()))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(*ids.shape, self.vocab) + self.anchor
+
+
+def test_evaluate_bits_per_byte_formula() -> None:
+    batches = prepare_training_data(list(range(200)), batch_size=4, seq_len=10)
+    tokens = sum(t.numel() for _, t in batches)
+    result = evaluate(Uniform(256), batches, num_bytes=3 * tokens)
+    assert result.loss == pytest.approx(math.log(256))
+    assert result.perplexity == pytest.approx(256)
+    assert result.tokens == tokens
+    # total nats / (ln 2 * bytes) = tokens * 8 ln 2 / (ln 2 * 3 tokens) = 8/3
+    assert result.bits_per_byte == pytest.approx(8 / 3)
+    assert evaluate(Uniform(256), batches).bits_per_byte is None
