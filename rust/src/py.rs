@@ -1,9 +1,475 @@
 //! PyO3 glue only: argument conversion, GIL release, errors → exceptions.
+//!
+//! Long work runs with the GIL released. Work that reports progress runs on a scoped
+//! worker thread that bumps an `AtomicU64`; the calling thread (holding the GIL between
+//! waits) polls it and calls the Python callback with the running total, and turns
+//! Ctrl-C into a stop request for the worker.
 
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use numpy::{IntoPyArray, PyArray1};
+use pyo3::create_exception;
+use pyo3::exceptions::{PyKeyboardInterrupt, PyValueError};
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedStr;
+use pyo3::types::{PyBytes, PyDict};
+
+use crate::corpus::{collect_files as collect, count_words_in_files, WordCounts};
+use crate::encode::{AllowedSpecial, Encoder};
+use crate::pretokenize::{Pretokenizer, GPT4_PATTERN};
+use crate::token_file::{self, TokenFileOptions};
+use crate::train::{train_bpe, TrainOptions};
+use crate::vocab::Vocab;
+use crate::Error;
+
+create_exception!(
+    _lmrs,
+    TokenizerError,
+    PyValueError,
+    "A tokenizer or token file is missing, unreadable, malformed or of the wrong version; \
+     the message names the file and the problem."
+);
+
+/// Texts at least this long are encoded with the GIL released.
+const DETACH_BYTES: usize = 1 << 14;
+
+fn to_py_err(e: Error) -> PyErr {
+    match e {
+        Error::Io { .. } | Error::Format { .. } => TokenizerError::new_err(e.to_string()),
+        Error::Invalid(message) if message == "interrupted" => {
+            PyKeyboardInterrupt::new_err(message)
+        }
+        Error::Invalid(message) => PyValueError::new_err(message),
+    }
+}
+
+/// Runs `work` on a worker thread; while it runs, calls `callback(total)` with the
+/// counter's value every 100 ms (and once at the end). Ctrl-C or an exception from the
+/// callback sets the stop flag, waits for the worker, and is raised.
+fn run_with_progress<T: Send>(
+    py: Python<'_>,
+    callback: Option<&Bound<'_, PyAny>>,
+    work: impl FnOnce(&AtomicU64, &AtomicBool) -> crate::Result<T> + Send,
+) -> PyResult<T> {
+    let counter = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::channel();
+        let (counter, stop) = (&counter, &stop);
+        scope.spawn(move || {
+            let _ = tx.send(work(counter, stop));
+        });
+        let mut rx = rx;
+        let mut reported = u64::MAX;
+        let mut pending_err: Option<PyErr> = None;
+        loop {
+            let (received, back) = py.detach(move || {
+                let r = rx.recv_timeout(Duration::from_millis(100));
+                (r, rx)
+            });
+            rx = back;
+            let finished = match received {
+                Ok(result) => Some(result),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    Some(Err(Error::Invalid("worker thread panicked".into())))
+                }
+            };
+            if pending_err.is_none() {
+                let now = counter.load(Ordering::Relaxed);
+                if let (Some(cb), true) = (callback, now != reported) {
+                    reported = now;
+                    if let Err(e) = cb.call1((now,)) {
+                        pending_err = Some(e);
+                    }
+                }
+                if pending_err.is_none() {
+                    if let Err(e) = py.check_signals() {
+                        pending_err = Some(e);
+                    }
+                }
+                if pending_err.is_some() {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+            if let Some(result) = finished {
+                return match pending_err {
+                    Some(e) => Err(e),
+                    None => result.map_err(to_py_err),
+                };
+            }
+        }
+    })
+}
+
+fn allowed_from(allowed: Option<Vec<u32>>) -> AllowedSpecial {
+    match allowed {
+        None => AllowedSpecial::All,
+        Some(ids) => AllowedSpecial::Some(ids),
+    }
+}
+
+/// The Rust tokenizer: a vocab and its encoder. Immutable, so threads share it freely.
+#[pyclass(frozen, module = "lmrs._lmrs")]
+struct CoreTokenizer {
+    encoder: Arc<Encoder>,
+}
+
+impl CoreTokenizer {
+    fn from_vocab_obj(vocab: Vocab) -> PyResult<Self> {
+        Ok(Self {
+            encoder: Arc::new(Encoder::new(vocab).map_err(to_py_err)?),
+        })
+    }
+}
+
+#[pymethods]
+impl CoreTokenizer {
+    /// A tokenizer from merges and special token names (`<|endoftext|>` is added first
+    /// when missing; ids follow the merges).
+    #[staticmethod]
+    #[pyo3(signature = (merges, pattern=None, special_tokens=Vec::new()))]
+    fn from_merges(
+        merges: Vec<(u32, u32)>,
+        pattern: Option<String>,
+        special_tokens: Vec<String>,
+    ) -> PyResult<Self> {
+        let pattern = pattern.unwrap_or_else(|| GPT4_PATTERN.to_string());
+        Self::from_vocab_obj(Vocab::new(&pattern, merges, &special_tokens).map_err(to_py_err)?)
+    }
+
+    /// A tokenizer with explicit special token ids (validated: they follow the merges).
+    #[staticmethod]
+    fn from_parts(
+        merges: Vec<(u32, u32)>,
+        pattern: String,
+        special_tokens: Vec<(String, u32)>,
+    ) -> PyResult<Self> {
+        Self::from_vocab_obj(
+            Vocab::from_parts(&pattern, merges, special_tokens).map_err(to_py_err)?,
+        )
+    }
+
+    #[staticmethod]
+    fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        let vocab = py.detach(|| Vocab::load(&path)).map_err(to_py_err)?;
+        Self::from_vocab_obj(vocab)
+    }
+
+    /// Writes the tokenizer JSON atomically.
+    fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        py.detach(|| self.encoder.vocab().save(&path))
+            .map_err(to_py_err)
+    }
+
+    fn to_json(&self) -> String {
+        self.encoder.vocab().to_json()
+    }
+
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.encoder.vocab_size()
+    }
+
+    #[getter]
+    fn eot_id(&self) -> u32 {
+        self.encoder.eot_id()
+    }
+
+    #[getter]
+    fn pattern(&self) -> String {
+        self.encoder.vocab().pattern().to_string()
+    }
+
+    #[getter]
+    fn merges(&self) -> Vec<(u32, u32)> {
+        self.encoder.vocab().merges().to_vec()
+    }
+
+    /// (token, id) sorted by id.
+    #[getter]
+    fn special_tokens(&self) -> Vec<(String, u32)> {
+        self.encoder.vocab().special_tokens().to_vec()
+    }
+
+    #[getter]
+    fn hash(&self) -> String {
+        self.encoder.hash().to_string()
+    }
+
+    /// Encodes with special tokens as plain text.
+    fn encode_ordinary(&self, py: Python<'_>, text: PyBackedStr) -> Vec<u32> {
+        if text.len() >= DETACH_BYTES {
+            py.detach(|| self.encoder.encode_ordinary(&text))
+        } else {
+            self.encoder.encode_ordinary(&text)
+        }
+    }
+
+    /// Encodes; `allowed` lists the special ids recognised in the text (None: all).
+    #[pyo3(signature = (text, allowed=None))]
+    fn encode(&self, py: Python<'_>, text: PyBackedStr, allowed: Option<Vec<u32>>) -> Vec<u32> {
+        let allowed = allowed_from(allowed);
+        if text.len() >= DETACH_BYTES {
+            py.detach(|| self.encoder.encode(&text, &allowed))
+        } else {
+            self.encoder.encode(&text, &allowed)
+        }
+    }
+
+    /// Encodes to a numpy uint32 array (no Python list in between).
+    #[pyo3(signature = (text, allowed=None, ordinary=false))]
+    fn encode_to_numpy<'py>(
+        &self,
+        py: Python<'py>,
+        text: PyBackedStr,
+        allowed: Option<Vec<u32>>,
+        ordinary: bool,
+    ) -> Bound<'py, PyArray1<u32>> {
+        let allowed = if ordinary {
+            AllowedSpecial::None
+        } else {
+            allowed_from(allowed)
+        };
+        py.detach(|| self.encoder.encode(&text, &allowed))
+            .into_pyarray(py)
+    }
+
+    /// Encodes many texts in parallel with the GIL released.
+    #[pyo3(signature = (texts, allowed=None, ordinary=false))]
+    fn encode_batch(
+        &self,
+        py: Python<'_>,
+        texts: Vec<PyBackedStr>,
+        allowed: Option<Vec<u32>>,
+        ordinary: bool,
+    ) -> Vec<Vec<u32>> {
+        let allowed = if ordinary {
+            AllowedSpecial::None
+        } else {
+            allowed_from(allowed)
+        };
+        py.detach(|| self.encoder.encode_batch(&texts, &allowed))
+    }
+
+    fn decode_bytes<'py>(&self, py: Python<'py>, ids: Vec<u32>) -> PyResult<Bound<'py, PyBytes>> {
+        let bytes = self.encoder.decode_bytes(&ids).map_err(to_py_err)?;
+        Ok(PyBytes::new(py, &bytes))
+    }
+
+    /// Decodes to str; invalid UTF-8 becomes U+FFFD (like errors="replace").
+    fn decode(&self, ids: Vec<u32>) -> PyResult<String> {
+        self.encoder.decode(&ids).map_err(to_py_err)
+    }
+
+    fn decode_batch(&self, py: Python<'_>, batch: Vec<Vec<u32>>) -> PyResult<Vec<String>> {
+        use rayon::prelude::*;
+        py.detach(|| {
+            batch
+                .par_iter()
+                .map(|ids| self.encoder.decode(ids))
+                .collect::<crate::Result<Vec<String>>>()
+        })
+        .map_err(to_py_err)
+    }
+
+    fn token_to_id(&self, token: &[u8]) -> Option<u32> {
+        self.encoder.token_to_id(token)
+    }
+
+    fn id_to_token<'py>(&self, py: Python<'py>, id: u32) -> PyResult<Bound<'py, PyBytes>> {
+        let bytes = self.encoder.token_bytes(id).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "token id {id} is out of range (vocab size {})",
+                self.encoder.vocab_size()
+            ))
+        })?;
+        Ok(PyBytes::new(py, bytes))
+    }
+
+    /// The bytes of every token (specials included), indexed by id.
+    fn all_token_bytes<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
+        (0..self.encoder.vocab_size() as u32)
+            .filter_map(|id| self.encoder.token_bytes(id))
+            .map(|b| PyBytes::new(py, b))
+            .collect()
+    }
+
+    /// Encodes files (one document each) into a token file or shard directory; returns
+    /// (sidecar or manifest JSON, skipped file paths). `progress(bytes_done)`.
+    #[pyo3(signature = (paths, out, shard_tokens=None, num_parts=1, part_index=0, progress=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn encode_files(
+        &self,
+        py: Python<'_>,
+        paths: Vec<PathBuf>,
+        out: PathBuf,
+        shard_tokens: Option<u64>,
+        num_parts: usize,
+        part_index: usize,
+        progress: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<(String, Vec<PathBuf>)> {
+        let options = TokenFileOptions {
+            shard_tokens,
+            num_parts,
+            part_index,
+        };
+        let encoder = &self.encoder;
+        let (written, skipped) = run_with_progress(py, progress.as_ref(), |counter, stop| {
+            let report = |n: u64| {
+                counter.fetch_add(n, Ordering::Relaxed);
+                !stop.load(Ordering::Relaxed)
+            };
+            token_file::encode_files(encoder, &paths, &out, &options, &report)
+        })?;
+        Ok((written.to_json(), skipped))
+    }
+
+    /// Encodes texts (one document each) into a token file or shard directory.
+    #[pyo3(signature = (texts, out, shard_tokens=None, num_parts=1, part_index=0))]
+    fn encode_texts(
+        &self,
+        py: Python<'_>,
+        texts: Vec<PyBackedStr>,
+        out: PathBuf,
+        shard_tokens: Option<u64>,
+        num_parts: usize,
+        part_index: usize,
+    ) -> PyResult<String> {
+        let options = TokenFileOptions {
+            shard_tokens,
+            num_parts,
+            part_index,
+        };
+        let written = py
+            .detach(|| token_file::encode_texts(&self.encoder, &texts, &out, &options, &|_| true))
+            .map_err(to_py_err)?;
+        Ok(written.to_json())
+    }
+}
+
+/// Word counts gathered from files and texts, then trained into a tokenizer.
+#[pyclass(module = "lmrs._lmrs")]
+struct WordCounter {
+    pretokenizer: Pretokenizer,
+    counts: WordCounts,
+}
+
+#[pymethods]
+impl WordCounter {
+    #[new]
+    #[pyo3(signature = (pattern=None))]
+    fn new(pattern: Option<String>) -> PyResult<Self> {
+        let pattern = pattern.unwrap_or_else(|| GPT4_PATTERN.to_string());
+        Ok(Self {
+            pretokenizer: Pretokenizer::new(&pattern).map_err(to_py_err)?,
+            counts: WordCounts::new(),
+        })
+    }
+
+    /// Distinct words so far.
+    fn __len__(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// Reads and counts files in parallel (Rust reads them; no Python str per file).
+    /// `progress(bytes_done)`. Returns {bytes_read, files_read, files_skipped,
+    /// skipped_paths}; files that are not text (NUL bytes, invalid UTF-8) are skipped.
+    #[pyo3(signature = (paths, progress=None))]
+    fn add_files<'py>(
+        &mut self,
+        py: Python<'py>,
+        paths: Vec<PathBuf>,
+        progress: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let pretokenizer = &self.pretokenizer;
+        let counted = run_with_progress(py, progress.as_ref(), |counter, _| {
+            let report = |n: u64| {
+                counter.fetch_add(n, Ordering::Relaxed);
+            };
+            count_words_in_files(&paths, pretokenizer, &report)
+        })?;
+        self.counts.merge(counted.words);
+        let stats = PyDict::new(py);
+        stats.set_item("bytes_read", counted.bytes_read)?;
+        stats.set_item("files_read", counted.files_read)?;
+        stats.set_item("files_skipped", counted.files_skipped)?;
+        stats.set_item("skipped_paths", counted.skipped_paths)?;
+        Ok(stats)
+    }
+
+    /// Counts a batch of texts in parallel with the GIL released; returns their bytes.
+    fn add_texts(&mut self, py: Python<'_>, texts: Vec<PyBackedStr>) -> u64 {
+        let (counts, pretokenizer) = (&mut self.counts, &self.pretokenizer);
+        py.detach(|| {
+            let refs: Vec<&str> = texts.iter().map(|t| &**t).collect();
+            counts.add_texts(&refs, pretokenizer);
+            refs.iter().map(|t| t.len() as u64).sum()
+        })
+    }
+
+    /// Learns merges and returns (tokenizer, seconds). `progress(merges_done)`.
+    #[pyo3(signature = (vocab_size, special_tokens=Vec::new(), min_frequency=2, max_token_length=None, progress=None))]
+    fn train(
+        &self,
+        py: Python<'_>,
+        vocab_size: usize,
+        special_tokens: Vec<String>,
+        min_frequency: u64,
+        max_token_length: Option<usize>,
+        progress: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<(CoreTokenizer, f64)> {
+        let mut names = vec![crate::vocab::EOT.to_string()];
+        for name in special_tokens {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        let options = TrainOptions {
+            vocab_size,
+            num_special_tokens: names.len(),
+            min_frequency,
+            max_token_length,
+        };
+        let counts = &self.counts;
+        let start = Instant::now();
+        let merges = run_with_progress(py, progress.as_ref(), |counter, _| {
+            train_bpe(counts, &options, counter)
+        })?;
+        let seconds = start.elapsed().as_secs_f64();
+        let vocab = Vocab::new(self.pretokenizer.pattern(), merges, &names).map_err(to_py_err)?;
+        Ok((CoreTokenizer::from_vocab_obj(vocab)?, seconds))
+    }
+}
+
+/// Files under `root` (or `root` itself), sorted; hidden entries skipped; `extensions`
+/// like ["py", ".txt"] (empty: all).
+#[pyfunction]
+#[pyo3(signature = (root, extensions=Vec::new()))]
+fn collect_files(py: Python<'_>, root: PathBuf, extensions: Vec<String>) -> PyResult<Vec<PathBuf>> {
+    py.detach(|| collect(&root, &extensions)).map_err(to_py_err)
+}
+
+/// Rewrites `DIR/manifest.json` from the shards present; returns it as JSON.
+#[pyfunction]
+fn build_manifest(py: Python<'_>, dir: PathBuf) -> PyResult<String> {
+    let manifest = py
+        .detach(|| token_file::build_manifest(&dir))
+        .map_err(to_py_err)?;
+    Ok(token_file::Written::Shards(manifest).to_json())
+}
 
 #[pymodule]
 fn _lmrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add("GPT4_PATTERN", crate::pretokenize::GPT4_PATTERN)?;
+    m.add("GPT4_PATTERN", GPT4_PATTERN)?;
+    m.add("TokenizerError", m.py().get_type::<TokenizerError>())?;
+    m.add_class::<CoreTokenizer>()?;
+    m.add_class::<WordCounter>()?;
+    m.add_function(wrap_pyfunction!(collect_files, m)?)?;
+    m.add_function(wrap_pyfunction!(build_manifest, m)?)?;
     Ok(())
 }

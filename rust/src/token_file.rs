@@ -178,11 +178,11 @@ pub fn encode_texts<S: AsRef<str> + Sync>(
 pub fn part_range(sizes: &[u64], num_parts: usize, part_index: usize) -> std::ops::Range<usize> {
     let total: u128 = sizes.iter().map(|&s| s as u128).sum();
     let n = num_parts as u128;
+    // All-empty documents are split by count instead of by bytes.
     let part_of = |i: usize, before: u128| -> usize {
-        if total == 0 {
-            (i as u128 * n / sizes.len().max(1) as u128) as usize
-        } else {
-            ((before * n / total) as usize).min(num_parts - 1)
+        match (before * n).checked_div(total) {
+            Some(p) => (p as usize).min(num_parts - 1),
+            None => (i as u128 * n / sizes.len().max(1) as u128) as usize,
         }
     };
     let mut start = sizes.len();
@@ -359,7 +359,9 @@ fn encode_range<'a>(
                 break;
             }
         }
-        let encoded: Vec<Result<Option<(Vec<u32>, u64)>>> = (start..end)
+        // Per document: None when skipped (not text), else (ids + eot, text bytes).
+        type Encoded = Result<Option<(Vec<u32>, u64)>>;
+        let encoded: Vec<Encoded> = (start..end)
             .into_par_iter()
             .map(|i| {
                 let Some(text) = load(i)? else {
