@@ -1,9 +1,552 @@
-"""CLI commands (placeholder until implemented)."""
+"""`lmrs train`, `lmrs sample`, `lmrs eval`, `lmrs plot`, `lmrs quickstart`.
+
+Each command is a thin layer over the Python API (lmrs.train, lmrs.generate, lmrs.evaluate,
+lmrs.plot); every expected failure (bad file, mismatched tokenizer, bad argument) becomes a
+one-line ``click.ClickException`` with a non-zero exit, raised before anything is written.
+"""
 
 from __future__ import annotations
 
+import codecs
+import os
+import re
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Optional
+
 import click
+
+# Errors the API raises for bad input; each becomes a one-line ClickException.
+INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
+
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr)?\s*$")
+
+QUICKSTART_CORPUS_BYTES = 12_000_000
+QUICKSTART_VOCAB = 2000
+QUICKSTART_PROMPTS = ("def ", "import os\n", "class ")
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '10m', '1.5h' → seconds."""
+    match = DURATION.match(text)
+    if not match:
+        raise click.BadParameter(f"{text!r} is not a duration like 90s, 10m or 1h")
+    value = float(match.group(1))
+    unit = (match.group(2) or "s")[0]
+    return value * {"s": 1, "m": 60, "h": 3600}[unit]
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _load_tokenizer(path: str | os.PathLike[str]) -> Any:
+    from lmrs.tokenizer import Tokenizer
+
+    try:
+        return Tokenizer.load(str(path))
+    except INPUT_ERRORS as e:
+        raise click.ClickException(_one_line(e)) from e
+
+
+def _encode_corpus(tokenizer: Any, corpus: Any, out_path: Path, show_progress: bool) -> None:
+    """Encode a corpus (directory or list of files) into a token file; errors → one line."""
+    started = time.perf_counter()
+    try:
+        info = tokenizer.encode_files(corpus, str(out_path), show_progress=show_progress)
+    except INPUT_ERRORS as e:
+        raise click.ClickException(_one_line(e)) from e
+    tokens = int(info.get("num_tokens", 0)) if isinstance(info, dict) else 0
+    if tokens == 0:
+        raise click.ClickException(f"{corpus if isinstance(corpus, str) else 'corpus'}: empty")
+    if show_progress:
+        click.echo(
+            f"encoded {tokens:,} tokens into {out_path} in {time.perf_counter() - started:.1f} s",
+            err=True,
+        )
+
+
+def _open_dataset(path: Path, tokenizer: Any) -> Any:
+    from lmrs.data import TokenDataset
+
+    try:
+        return TokenDataset(path, tokenizer)
+    except INPUT_ERRORS as e:
+        raise click.ClickException(_one_line(e)) from e
+
+
+# ---------------------------------------------------------------------------------------
+# lmrs train
+# ---------------------------------------------------------------------------------------
+
+
+@click.command("train")
+@click.option("--corpus", type=click.Path(exists=True), help="Corpus folder (or file) to train on.")
+@click.option(
+    "--tokenizer",
+    "tokenizer_path",
+    required=True,
+    type=click.Path(),
+    help="tokenizer.json from `lmrs vocab`.",
+)
+@click.option("--out", required=True, type=click.Path(), help="Run directory (e.g. runs/NAME).")
+@click.option("--size", type=click.Choice(["small", "full"]), default="small", show_default=True)
+@click.option("--tokens", type=click.Path(), help="Token file or shard folder (skips encoding).")
+@click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many steps.")
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Passes over data.")
+@click.option("--time-budget", help="Wall-clock budget, e.g. 10m, 90s, 1h.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--seq-len", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--eval-every", type=click.IntRange(min=0), default=200, show_default=True)
+@click.option("--eval-batches", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--val-fraction", type=float, default=0.1, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto")
+@click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model.")
+@click.option("--resume", type=click.Path(), help="Continue from a run or checkpoint directory.")
+@click.option("--strategy", type=click.Choice(["ddp", "fsdp"]), default="ddp", show_default=True)
+@click.option("--nproc", type=click.IntRange(min=1), default=1, help="Processes on this machine.")
+@click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--position", type=click.Choice(["learned", "rope"]), default="learned")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train_command(
+    corpus: Optional[str],
+    tokenizer_path: str,
+    out: str,
+    size: str,
+    tokens: Optional[str],
+    max_steps: Optional[int],
+    epochs: Optional[float],
+    time_budget: Optional[str],
+    batch_size: int,
+    seq_len: int,
+    lr: float,
+    warmup: int,
+    eval_every: int,
+    eval_batches: int,
+    checkpoint_every: int,
+    val_fraction: float,
+    device: str,
+    dtype: str,
+    use_compile: bool,
+    resume: Optional[str],
+    strategy: str,
+    nproc: int,
+    grad_accum: int,
+    position: str,
+    dropout: Optional[float],
+    seed: int,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
+    """Train a GPT on a corpus (encoded into OUT/tokens.bin) or on a token file."""
+    from lmrs.checkpoint import CheckpointError, resolve_checkpoint_dir
+
+    budget_s = parse_duration(time_budget) if time_budget else None
+    if corpus is None and tokens is None:
+        raise click.UsageError("give --corpus DIR or --tokens FILE")
+    out_dir = Path(out)
+    if (out_dir / "checkpoint").exists() and not resume and not overwrite:
+        raise click.ClickException(
+            f"{out_dir}: already holds a trained run; pass --resume {out_dir} to continue it "
+            "or --overwrite to replace it"
+        )
+    if resume:
+        try:
+            resolve_checkpoint_dir(resume)
+        except CheckpointError as e:
+            raise click.ClickException(_one_line(e)) from e
+    tokenizer = _load_tokenizer(tokenizer_path)
+    show_progress = not quiet
+    under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+    token_path = Path(tokens) if tokens else out_dir / "tokens.bin"
+    if nproc > 1 and not under_torchrun:
+        # Encode once here, then re-run this command as nproc processes reading the file.
+        if tokens is None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            _encode_corpus(tokenizer, corpus, token_path, show_progress)
+        _open_dataset(token_path, tokenizer)  # check before launching
+        from lmrs.distributed import launch_local
+
+        argv = sys.argv[1:]
+        if tokens is None:
+            argv = [*argv, "--tokens", str(token_path)]
+        sys.exit(launch_local(nproc, argv))
+
+    from lmrs import distributed
+
+    try:
+        ctx = distributed.init_distributed(device)
+    except ValueError as e:
+        raise click.ClickException(_one_line(e)) from e
+    try:
+        if tokens is None:
+            if ctx.is_main:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                _encode_corpus(tokenizer, corpus, token_path, show_progress)
+            distributed.barrier(ctx)
+        dataset = _open_dataset(token_path, tokenizer)
+        model = _model_for_training(
+            resume, size, tokenizer, seq_len=seq_len, position=position, dropout=dropout
+        )
+        from lmrs.train import TrainConfig, train
+
+        config = TrainConfig(
+            batch_size=batch_size,
+            seq_len=seq_len,
+            max_steps=max_steps,
+            epochs=epochs,
+            time_budget_s=budget_s,
+            learning_rate=lr,
+            warmup_steps=warmup,
+            eval_every=eval_every,
+            eval_batches=eval_batches,
+            checkpoint_every=checkpoint_every,
+            val_fraction=val_fraction,
+            device=device,
+            dtype=dtype,
+            compile=use_compile,
+            strategy=strategy,
+            grad_accum_steps=grad_accum,
+            seed=seed,
+            out_dir=str(out_dir),
+            show_progress=show_progress,
+        )
+        try:
+            result = train(model, dataset, config, tokenizer=tokenizer, resume_from=resume)
+        except INPUT_ERRORS as e:
+            raise click.ClickException(_one_line(e)) from e
+    finally:
+        distributed.cleanup(ctx)
+    if ctx.is_main:
+        if quiet:
+            click.echo(result.summary())
+        click.echo(f"checkpoint in {out_dir / 'checkpoint'}; try: lmrs sample --checkpoint {out}")
+
+
+def _model_for_training(
+    resume: Optional[str],
+    size: str,
+    tokenizer: Any,
+    *,
+    seq_len: int,
+    position: str,
+    dropout: Optional[float],
+) -> Any:
+    from lmrs.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint_dir
+    from lmrs.model import GPT, PRESETS, ModelConfig, model_from_preset
+
+    try:
+        if resume:
+            saved = load_checkpoint(resolve_checkpoint_dir(resume), tokenizer=tokenizer)
+            config = ModelConfig.from_dict(saved.model_config)
+            if seq_len > config.max_seq_len:
+                raise ValueError(
+                    f"--seq-len {seq_len} is longer than the checkpoint's context "
+                    f"({config.max_seq_len})"
+                )
+            return GPT(config)
+        overrides: dict[str, Any] = {"position": position}
+        if dropout is not None:
+            overrides["dropout_rate"] = dropout
+        context = PRESETS[size].get("max_seq_len", 512)
+        if seq_len > context:
+            overrides["max_seq_len"] = seq_len
+        return model_from_preset(size, tokenizer.vocab_size, **overrides)
+    except (CheckpointError, ValueError, TypeError) as e:
+        raise click.ClickException(_one_line(e)) from e
+
+
+# ---------------------------------------------------------------------------------------
+# lmrs sample
+# ---------------------------------------------------------------------------------------
+
+
+def _load_run(checkpoint: str, device: str) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, Checkpoint) from a run or checkpoint directory."""
+    from lmrs.checkpoint import CheckpointError, check_tokenizer, load_model
+    from lmrs.distributed import resolve_device
+
+    try:
+        model, saved = load_model(checkpoint, device=resolve_device(device))
+    except (CheckpointError, ValueError, OSError) as e:
+        raise click.ClickException(_one_line(e)) from e
+    if saved.tokenizer_path is None:
+        raise click.ClickException(f"{saved.path}: no tokenizer.json in the checkpoint")
+    tokenizer = _load_tokenizer(saved.tokenizer_path)
+    try:
+        check_tokenizer(saved.path, saved.model_config, tokenizer)
+    except CheckpointError as e:
+        raise click.ClickException(_one_line(e)) from e
+    return model, tokenizer, saved
+
+
+def stream_text(tokenizer: Any, ids: Iterator[int]) -> Iterator[str]:
+    """Decoded text pieces as ids arrive; a character split across tokens waits for its end."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for token in ids:
+        piece = decoder.decode(tokenizer.decode_bytes([token]))
+        if piece:
+            yield piece
+    tail = decoder.decode(b"", final=True)
+    if tail:
+        yield tail
+
+
+@click.command("sample")
+@click.option("--checkpoint", required=True, type=click.Path(), help="Run or checkpoint dir.")
+@click.option("--prompt", default="", help="Text to continue (empty: start of a document).")
+@click.option("--max-length", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--temperature", type=float, default=0.8, show_default=True)
+@click.option("--top-k", type=int, default=50, show_default=True, help="0 disables top-k.")
+@click.option("--top-p", type=float, default=None)
+@click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--seed", type=int, default=None)
+@click.option("--device", default="auto", show_default=True)
+def sample_command(
+    checkpoint: str,
+    prompt: str,
+    max_length: int,
+    temperature: float,
+    top_k: int,
+    top_p: Optional[float],
+    num_samples: int,
+    seed: Optional[int],
+    device: str,
+) -> None:
+    """Continue a prompt with a trained model, streaming the text as it is generated."""
+    from lmrs.generate import stream_generate
+
+    if temperature < 0:
+        raise click.ClickException(f"--temperature must be >= 0, got {temperature}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise click.ClickException(f"--top-p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise click.ClickException(f"--top-k must be >= 0, got {top_k}")
+    model, tokenizer, _ = _load_run(checkpoint, device)
+    prompt_ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
+    context = model.config.max_seq_len
+    if len(prompt_ids) + max_length > context and model.config.position == "learned":
+        raise click.ClickException(
+            f"prompt ({len(prompt_ids)} tokens) + --max-length {max_length} exceeds the "
+            f"model's context of {context} tokens"
+        )
+    for index in range(num_samples):
+        if num_samples > 1:
+            click.echo(f"--- sample {index + 1} ---")
+        ids = stream_generate(
+            model,
+            prompt_ids,
+            max_length=max_length,
+            temperature=temperature,
+            top_k=top_k or None,
+            top_p=top_p,
+            stop_tokens=[tokenizer.eot_id],
+            seed=None if seed is None else seed + index,
+        )
+        click.echo(prompt, nl=False)
+        try:
+            for piece in stream_text(tokenizer, ids):
+                click.echo(piece, nl=False)
+        except ValueError as e:
+            raise click.ClickException(_one_line(e)) from e
+        click.echo()
+
+
+# ---------------------------------------------------------------------------------------
+# lmrs eval
+# ---------------------------------------------------------------------------------------
+
+
+@click.command("eval")
+@click.option("--checkpoint", required=True, type=click.Path(), help="Run or checkpoint dir.")
+@click.option("--corpus", type=click.Path(exists=True), help="Corpus folder to evaluate on.")
+@click.option("--tokens", type=click.Path(), help="Token file or shard folder instead.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--seq-len", type=click.IntRange(min=1), default=None, help="Default: as trained.")
+@click.option("--max-batches", type=click.IntRange(min=1), default=None, help="Default: all.")
+@click.option("--device", default="auto", show_default=True)
+def eval_command(
+    checkpoint: str,
+    corpus: Optional[str],
+    tokens: Optional[str],
+    batch_size: int,
+    seq_len: Optional[int],
+    max_batches: Optional[int],
+    device: str,
+) -> None:
+    """Loss, perplexity and bits per byte of a trained model on a corpus."""
+    from lmrs.evaluate import evaluate
+
+    if (corpus is None) == (tokens is None):
+        raise click.UsageError("give exactly one of --corpus DIR or --tokens FILE")
+    model, tokenizer, saved = _load_run(checkpoint, device)
+    seq_len = seq_len or int(saved.train_config.get("seq_len", model.config.max_seq_len))
+    if seq_len > model.config.max_seq_len:
+        raise click.ClickException(
+            f"--seq-len {seq_len} exceeds the model's context of {model.config.max_seq_len}"
+        )
+    with tempfile.TemporaryDirectory(prefix="lmrs-eval-") as scratch:
+        if tokens is None:
+            token_path = Path(scratch) / "tokens.bin"
+            _encode_corpus(tokenizer, corpus, token_path, show_progress=False)
+        else:
+            token_path = Path(tokens)
+        dataset = _open_dataset(token_path, tokenizer)
+        try:
+            result = evaluate(
+                model, dataset.full(), batches=max_batches, batch_size=batch_size, seq_len=seq_len
+            )
+        except INPUT_ERRORS as e:
+            raise click.ClickException(_one_line(e)) from e
+    click.echo(
+        f"loss {result.loss:.4f}  perplexity {result.perplexity:.2f}  bits per byte "
+        + (f"{result.bits_per_byte:.4f}" if result.bits_per_byte is not None else "n/a")
+        + f"  ({result.tokens:,} tokens)"
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# lmrs plot
+# ---------------------------------------------------------------------------------------
+
+
+@click.command("plot")
+@click.argument("run_dir", type=click.Path())
+@click.option("-o", "--output", type=click.Path(), default=None, help="Default: RUN_DIR/loss.png")
+def plot_command(run_dir: str, output: Optional[str]) -> None:
+    """Draw a run's train and validation loss curves into a PNG."""
+    from lmrs.plot import plot_metrics
+
+    try:
+        path = plot_metrics(run_dir, output)
+    except INPUT_ERRORS as e:
+        raise click.ClickException(_one_line(e)) from e
+    click.echo(f"wrote {path}")
+
+
+# ---------------------------------------------------------------------------------------
+# lmrs quickstart
+# ---------------------------------------------------------------------------------------
+
+
+def stdlib_python_files(max_bytes: int = QUICKSTART_CORPUS_BYTES) -> list[str]:
+    """The standard library's own .py files (no site-packages, no tests), up to max_bytes."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+    files: list[str] = []
+    total = 0
+    for directory, subdirs, names in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if d not in skip and not d.startswith("."))
+        for name in sorted(names):
+            if not name.endswith(".py"):
+                continue
+            path = Path(directory) / name
+            size = path.stat().st_size
+            if size == 0:
+                continue
+            if total + size > max_bytes:
+                return files
+            files.append(str(path))
+            total += size
+    return files
+
+
+@click.command("quickstart")
+@click.option("--out", default="runs/quickstart", show_default=True, type=click.Path())
+@click.option(
+    "--minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3.0,
+    show_default=True,
+    help="Training time budget.",
+)
+@click.option("--corpus", type=click.Path(exists=True), help="Default: Python's stdlib sources.")
+@click.option(
+    "--vocab-size", type=click.IntRange(min=257), default=QUICKSTART_VOCAB, show_default=True
+)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def quickstart_command(
+    out: str, minutes: float, corpus: Optional[str], vocab_size: int, device: str, quiet: bool
+) -> None:
+    """Corpus → vocab → a few minutes of training → samples, with nothing to download."""
+    from lmrs.model import create_small_model
+    from lmrs.tokenizer import Tokenizer
+    from lmrs.train import TrainConfig, train
+
+    out_dir = Path(out)
+    source: Any = corpus if corpus else stdlib_python_files()
+    if not source:
+        raise click.ClickException("no corpus: the standard library's .py files were not found")
+    label = corpus or f"{len(source)} .py files of the Python standard library"
+    click.echo(f"1/4 vocab: {vocab_size} tokens from {label}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        tokenizer = Tokenizer.train(source, vocab_size, show_progress=not quiet)
+        tokenizer.save(str(out_dir / "tokenizer.json"))
+    except INPUT_ERRORS as e:
+        raise click.ClickException(_one_line(e)) from e
+    click.echo(f"2/4 encoding into {out_dir / 'tokens.bin'}")
+    _encode_corpus(tokenizer, source, out_dir / "tokens.bin", show_progress=not quiet)
+    dataset = _open_dataset(out_dir / "tokens.bin", tokenizer)
+    click.echo(f"3/4 training the small model for {minutes:g} min on {dataset.num_tokens:,} tokens")
+    model = create_small_model(tokenizer.vocab_size, max_seq_len=256)
+    config = TrainConfig(
+        batch_size=32,
+        seq_len=128,
+        time_budget_s=minutes * 60,
+        learning_rate=2e-3,
+        warmup_steps=50,
+        eval_every=100,
+        eval_batches=8,
+        out_dir=str(out_dir),
+        device=device,
+        show_progress=not quiet,
+    )
+    try:
+        result = train(model, dataset, config, tokenizer=tokenizer)
+    except INPUT_ERRORS as e:
+        raise click.ClickException(_one_line(e)) from e
+    if quiet:
+        click.echo(result.summary())
+    click.echo("4/4 samples:")
+    from lmrs.generate import stream_generate
+
+    model.eval()
+    for index, prompt in enumerate(QUICKSTART_PROMPTS):
+        click.echo(f"--- {prompt!r} ---")
+        click.echo(prompt, nl=False)
+        ids = stream_generate(
+            model,
+            tokenizer.encode(prompt),
+            max_length=80,
+            temperature=0.8,
+            top_k=50,
+            stop_tokens=[tokenizer.eot_id],
+            seed=index,
+        )
+        for piece in stream_text(tokenizer, ids):
+            click.echo(piece, nl=False)
+        click.echo()
+    click.echo(
+        f"run in {out_dir}: lmrs sample --checkpoint {out} --prompt 'def ' ; lmrs plot {out}"
+    )
 
 
 def register_model_commands(group: click.Group) -> None:
     """Add this module's commands to the `lmrs` group."""
+    for command in (train_command, sample_command, eval_command, plot_command, quickstart_command):
+        group.add_command(command)
