@@ -1,9 +1,201 @@
-"""CLI commands (placeholder until implemented)."""
+"""`lmrs vocab` and `lmrs encode`: thin commands over `lmrs.Tokenizer`.
+
+Errors become one line naming the file and the problem (click.ClickException, exit
+status 1); outputs are written to temporary names and renamed, never half-written.
+"""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import click
+
+from lmrs.tokenizer import Tokenizer
+
+EXT_HELP = "Only files with this extension (repeatable), e.g. --ext .py"
+
+
+def _fail(error: Exception) -> click.ClickException:
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return click.ClickException(message)
+
+
+@click.command("vocab")
+@click.argument("corpus", type=click.Path(path_type=Path))
+@click.option(
+    "--size",
+    "vocab_size",
+    type=click.IntRange(min=257),
+    default=5000,
+    show_default=True,
+    help="Vocabulary size: 256 bytes + merges + special tokens.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("tokenizer.json"),
+    show_default=True,
+    help="Tokenizer JSON to write.",
+)
+@click.option(
+    "--min-frequency",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Do not merge pairs seen fewer times than this.",
+)
+@click.option(
+    "--special",
+    "special_tokens",
+    multiple=True,
+    help="Extra special token (repeatable); <|endoftext|> is always included.",
+)
+@click.option(
+    "--max-token-length", type=click.IntRange(min=2), default=None, help="Longest token in bytes."
+)
+@click.option("--ext", "extensions", multiple=True, help=EXT_HELP)
+@click.option("--pattern", default=None, help="Pre-tokenization regex (default: GPT-4's).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def vocab_command(
+    corpus: Path,
+    vocab_size: int,
+    output: Path,
+    min_frequency: int,
+    special_tokens: tuple[str, ...],
+    max_token_length: int | None,
+    extensions: tuple[str, ...],
+    pattern: str | None,
+    quiet: bool,
+) -> None:
+    """Train a BPE vocabulary on the text files under CORPUS."""
+    if not corpus.exists():
+        raise click.ClickException(f"{corpus}: no such file or directory")
+    if not output.parent.is_dir():
+        raise click.ClickException(f"{output.parent}: output directory does not exist")
+    try:
+        tokenizer = Tokenizer.train(
+            corpus,
+            vocab_size,
+            special_tokens=special_tokens,
+            min_frequency=min_frequency,
+            max_token_length=max_token_length,
+            pattern=pattern,
+            extensions=extensions or None,
+            show_progress=not quiet,
+        )
+        tokenizer.save(output)
+    except (ValueError, OSError) as e:
+        raise _fail(e) from e
+    stats = tokenizer.train_stats
+    assert stats is not None
+    click.echo(f"{stats.summary()} -> {output}")
+
+
+@click.command("encode")
+@click.argument("corpus", type=click.Path(path_type=Path))
+@click.option(
+    "-t",
+    "--tokenizer",
+    "tokenizer_path",
+    type=click.Path(path_type=Path),
+    default=Path("tokenizer.json"),
+    show_default=True,
+    help="Tokenizer JSON.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=Path("tokens.bin"),
+    show_default=True,
+    help="Token file (or shard directory with --shard-tokens).",
+)
+@click.option("--ext", "extensions", multiple=True, help=EXT_HELP)
+@click.option(
+    "--shard-tokens",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Write a shard directory with at most this many tokens per shard.",
+)
+@click.option(
+    "--num-parts",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Split the corpus into this many parts (one per process or machine).",
+)
+@click.option(
+    "--part-index",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Which part this run encodes (0-based).",
+)
+@click.option(
+    "--manifest-only",
+    is_flag=True,
+    help="Only rebuild OUTPUT/manifest.json from the shards present.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def encode_command(
+    corpus: Path,
+    tokenizer_path: Path,
+    output: Path,
+    extensions: tuple[str, ...],
+    shard_tokens: int | None,
+    num_parts: int,
+    part_index: int,
+    manifest_only: bool,
+    quiet: bool,
+) -> None:
+    """Encode the text files under CORPUS into a token file (one document per file,
+    each followed by <|endoftext|>)."""
+    try:
+        if manifest_only:
+            manifest = Tokenizer.build_manifest(output)
+            missing = manifest["missing_parts"]
+            click.echo(
+                f"manifest: {len(manifest['shards'])} shards, {manifest['num_tokens']:,} tokens"
+                + (f", missing parts {missing}" if missing else "")
+                + f" -> {output / 'manifest.json'}"
+            )
+            return
+        if part_index >= num_parts:
+            raise click.ClickException(
+                f"--part-index {part_index} must be below --num-parts {num_parts}"
+            )
+        if not corpus.exists():
+            raise click.ClickException(f"{corpus}: no such file or directory")
+        tokenizer = Tokenizer.load(tokenizer_path)
+        start = time.perf_counter()
+        info = tokenizer.encode_files(
+            corpus,
+            output,
+            extensions=extensions or None,
+            shard_tokens=shard_tokens,
+            num_parts=num_parts,
+            part_index=part_index,
+            show_progress=not quiet,
+        )
+    except (ValueError, OSError) as e:
+        raise _fail(e) from e
+    seconds = time.perf_counter() - start
+    tokens = info["num_tokens"]
+    mb = info["num_bytes"] / 1e6
+    line = (
+        f"{tokens:,} tokens from {info['num_documents']:,} documents ({mb:.1f} MB) "
+        f"in {seconds:.1f} s, {tokens / max(seconds, 1e-9) / 1e6:.2f} M tokens/s"
+    )
+    if info["skipped_files"]:
+        line += f", {len(info['skipped_files'])} files skipped (not text)"
+    if num_parts > 1 and info.get("missing_parts"):
+        line += f"; parts still missing: {info['missing_parts']}"
+    click.echo(f"{line} -> {output}")
 
 
 def register_tokenizer_commands(group: click.Group) -> None:
-    """Add this module's commands to the `lmrs` group."""
+    """Add `vocab` and `encode` to the `lmrs` group (`corpus add` is registered by cli.py)."""
+    group.add_command(vocab_command)
+    group.add_command(encode_command)
