@@ -1,0 +1,271 @@
+"""`lmrs train/sample/eval/plot/quickstart` end to end on a tiny corpus, and their errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from lmrs.cli import cli
+from lmrs.cli_model import parse_duration, stdlib_python_files
+from lmrs.tokenizer import Tokenizer
+
+TRAIN_ARGS = ["--batch-size", "4", "--seq-len", "32", "--warmup", "5", "--eval-every", "10"]
+TINY = ["--eval-batches", "2", "--quiet"]
+
+
+def write_corpus(directory: Path, files: int = 6, seed: int = 0) -> Path:
+    """Small Python-like text files with some non-ASCII characters."""
+    directory.mkdir(parents=True, exist_ok=True)
+    words = ["def", "return", "value", "self", "import", "class", "for", "in", "naïve", "é"]
+    for index in range(files):
+        lines = []
+        for line in range(60):
+            picked = [words[(index * 7 + line * 3 + k * (seed + 1)) % len(words)] for k in range(6)]
+            lines.append(f"{' '.join(picked)} = {line * index}")
+        (directory / f"file_{index}.py").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return directory
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def fails_with(result: Result, pattern: str) -> None:
+    assert result.exit_code != 0, result.output
+    assert re.search(pattern, result.output), result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cli")
+    corpus = write_corpus(root / "corpus")
+    tokenizer = Tokenizer.train(str(corpus), 300, show_progress=False)
+    tokenizer.save(str(root / "tokenizer.json"))
+    out = root / "run"
+    result = run(
+        "train",
+        "--corpus",
+        str(corpus),
+        "--tokenizer",
+        str(root / "tokenizer.json"),
+        "--out",
+        str(out),
+        "--max-steps",
+        "20",
+        *TRAIN_ARGS,
+        *TINY,
+    )
+    assert result.exit_code == 0, result.output
+    assert "trained 20 steps" in result.output
+    return {"root": root, "corpus": corpus, "tokenizer": root / "tokenizer.json", "run": out}
+
+
+def test_train_writes_run(trained: dict[str, Path]) -> None:
+    run_dir = trained["run"]
+    for name in ("tokens.bin", "tokens.bin.json", "metrics.jsonl", "loss.png"):
+        assert (run_dir / name).is_file(), name
+    state = json.loads((run_dir / "checkpoint/state.json").read_text())
+    assert state["step"] == 20
+    assert (run_dir / "checkpoint/tokenizer.json").is_file()
+
+
+def test_sample_streams_deterministic_text(trained: dict[str, Path]) -> None:
+    args = ["sample", "--checkpoint", str(trained["run"]), "--prompt", "def ", "--seed", "3"]
+    first = run(*args, "--max-length", "20")
+    second = run(*args, "--max-length", "20")
+    assert first.exit_code == 0, first.output
+    assert first.output.startswith("def ")
+    assert first.output == second.output
+    assert len(first.output) > len("def \n")
+    many = run(*args, "--max-length", "5", "--num-samples", "2")
+    assert many.output.count("--- sample") == 2
+
+
+def test_eval_prints_loss_perplexity_bpb(trained: dict[str, Path]) -> None:
+    result = run("eval", "--checkpoint", str(trained["run"]), "--corpus", str(trained["corpus"]))
+    assert result.exit_code == 0, result.output
+    match = re.search(
+        r"loss (\d+\.\d+)  perplexity (\d+\.\d+)  bits per byte (\d+\.\d+)", result.output
+    )
+    assert match, result.output
+    loss, ppl, bpb = (float(g) for g in match.groups())
+    assert ppl == pytest.approx(2.718281828**loss, rel=1e-2)
+    assert 0 < bpb < 8
+    # the same tokens through --tokens give the same numbers
+    again = run(
+        "eval", "--checkpoint", str(trained["run"]), "--tokens", str(trained["run"] / "tokens.bin")
+    )
+    assert again.output == result.output
+
+
+def test_plot(trained: dict[str, Path], tmp_path: Path) -> None:
+    result = run("plot", str(trained["run"]), "-o", str(tmp_path / "curve.png"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_continues_the_run(trained: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained["run"], run_dir)
+    result = run(
+        "train",
+        "--tokens",
+        str(run_dir / "tokens.bin"),
+        "--tokenizer",
+        str(trained["tokenizer"]),
+        "--out",
+        str(run_dir),
+        "--resume",
+        str(run_dir),
+        "--max-steps",
+        "25",
+        *TRAIN_ARGS,
+        *TINY,
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads((run_dir / "checkpoint/state.json").read_text())["step"] == 25
+
+
+def test_sample_errors(trained: dict[str, Path], tmp_path: Path) -> None:
+    ckpt = str(trained["run"])
+    fails_with(run("sample", "--checkpoint", ckpt, "--temperature", "-1"), "temperature")
+    fails_with(run("sample", "--checkpoint", ckpt, "--top-p", "1.5"), "top-p")
+    long_prompt = "def value " * 400
+    fails_with(run("sample", "--checkpoint", ckpt, "--prompt", long_prompt), "context")
+    fails_with(run("sample", "--checkpoint", str(tmp_path / "missing")), "not found")
+
+
+def test_train_errors_write_nothing(trained: dict[str, Path], tmp_path: Path) -> None:
+    run_dir = trained["run"]
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    other_corpus = write_corpus(tmp_path / "other", seed=5)
+    other = Tokenizer.train(str(other_corpus), 280, show_progress=False)
+    other.save(str(tmp_path / "other.json"))
+    base = ["train", "--max-steps", "2", *TRAIN_ARGS, *TINY]
+    # an existing run is not replaced without --resume/--overwrite
+    fails_with(
+        run(
+            *base,
+            "--corpus",
+            str(trained["corpus"]),
+            "--tokenizer",
+            str(trained["tokenizer"]),
+            "--out",
+            str(run_dir),
+        ),
+        "already holds a trained run",
+    )
+    # resuming with another tokenizer
+    fails_with(
+        run(
+            *base,
+            "--tokens",
+            str(run_dir / "tokens.bin"),
+            "--tokenizer",
+            str(tmp_path / "other.json"),
+            "--out",
+            str(run_dir),
+            "--resume",
+            str(run_dir),
+        ),
+        "tokenizer",
+    )
+    # a token file from another tokenizer
+    fails_with(
+        run(
+            *base,
+            "--tokens",
+            str(run_dir / "tokens.bin"),
+            "--tokenizer",
+            str(tmp_path / "other.json"),
+            "--out",
+            str(tmp_path / "new"),
+        ),
+        r"tokens\.bin\.json: written by another tokenizer",
+    )
+    # a missing tokenizer file, a bad duration
+    fails_with(
+        run(
+            *base,
+            "--corpus",
+            str(trained["corpus"]),
+            "--tokenizer",
+            str(tmp_path / "no.json"),
+            "--out",
+            str(tmp_path / "new2"),
+        ),
+        "no.json",
+    )
+    fails_with(
+        run(
+            "train",
+            "--corpus",
+            str(trained["corpus"]),
+            "--tokenizer",
+            str(trained["tokenizer"]),
+            "--out",
+            str(tmp_path / "new3"),
+            "--time-budget",
+            "soon",
+        ),
+        "duration",
+    )
+    after = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    assert after == before
+
+
+def test_empty_corpus_is_an_error(trained: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = run(
+        "train",
+        "--corpus",
+        str(tmp_path / "empty"),
+        "--tokenizer",
+        str(trained["tokenizer"]),
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+    )
+    fails_with(result, "empty")
+
+
+def test_eval_errors(trained: dict[str, Path], tmp_path: Path) -> None:
+    fails_with(run("eval", "--checkpoint", str(trained["run"])), "--corpus")
+    fails_with(
+        run("eval", "--checkpoint", str(tmp_path), "--corpus", str(trained["corpus"])),
+        "not a checkpoint",
+    )
+
+
+def test_quickstart_on_a_given_corpus(trained: dict[str, Path], tmp_path: Path) -> None:
+    result = run(
+        "quickstart",
+        "--corpus",
+        str(trained["corpus"]),
+        "--out",
+        str(tmp_path / "qs"),
+        "--minutes",
+        "0.05",
+        "--vocab-size",
+        "300",
+        "--quiet",
+    )
+    assert result.exit_code == 0, result.output
+    assert "4/4 samples" in result.output and "--- 'def ' ---" in result.output
+    assert (tmp_path / "qs/checkpoint/model.safetensors").is_file()
+
+
+def test_helpers() -> None:
+    assert parse_duration("10m") == 600 and parse_duration("90") == 90
+    assert parse_duration("1.5h") == 5400
+    files = stdlib_python_files(max_bytes=200_000)
+    assert files and all(f.endswith(".py") for f in files)
+    assert not any("site-packages" in f or "/test/" in f for f in files)
+    assert sum(Path(f).stat().st_size for f in files) <= 200_000
