@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use ahash::AHashMap;
 use rayon::prelude::*;
@@ -66,9 +67,44 @@ pub fn collect_files(root: &Path, extensions: &[String]) -> Result<Vec<PathBuf>>
 }
 
 /// Counts of distinct pre-tokenized words (their UTF-8 bytes → occurrences).
+///
+/// Most words are short, so words of up to [`SHORT_WORD_BYTES`] bytes live inline in a
+/// 16-byte key (hashed as one u128, compared without following a pointer) and only
+/// longer ones are allocated: counting is mostly hash-map lookups, and this makes them
+/// several times cheaper.
 #[derive(Default, Clone, Debug)]
 pub struct WordCounts {
-    counts: AHashMap<Box<[u8]>, u64>,
+    short: AHashMap<ShortWord, u64>,
+    long: AHashMap<Box<[u8]>, u64>,
+}
+
+/// The longest word kept inline.
+pub const SHORT_WORD_BYTES: usize = 15;
+
+/// A word of at most 15 bytes: the bytes, zero-padded, with the length in the last byte.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct ShortWord([u8; 16]);
+
+impl ShortWord {
+    #[inline]
+    fn new(word: &[u8]) -> Self {
+        let mut bytes = [0u8; 16];
+        bytes[..word.len()].copy_from_slice(word);
+        bytes[15] = word.len() as u8;
+        ShortWord(bytes)
+    }
+
+    #[inline]
+    fn bytes(&self) -> &[u8] {
+        &self.0[..self.0[15] as usize]
+    }
+}
+
+impl std::hash::Hash for ShortWord {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u128(u128::from_le_bytes(self.0));
+    }
 }
 
 impl WordCounts {
@@ -78,34 +114,45 @@ impl WordCounts {
 
     /// Number of distinct words.
     pub fn len(&self) -> usize {
-        self.counts.len()
+        self.short.len() + self.long.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.counts.is_empty()
+        self.len() == 0
     }
 
     /// Total occurrences of all words.
     pub fn total(&self) -> u64 {
-        self.counts.values().sum()
+        self.short.values().sum::<u64>() + self.long.values().sum::<u64>()
     }
 
     pub fn get(&self, word: &[u8]) -> u64 {
-        self.counts.get(word).copied().unwrap_or(0)
+        let count = if word.len() <= SHORT_WORD_BYTES {
+            self.short.get(&ShortWord::new(word))
+        } else {
+            self.long.get(word)
+        };
+        count.copied().unwrap_or(0)
     }
 
     /// (word bytes, count) in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], u64)> + '_ {
-        self.counts.iter().map(|(word, &count)| (&**word, count))
+        let short = self
+            .short
+            .iter()
+            .map(|(word, &count)| (word.bytes(), count));
+        short.chain(self.long.iter().map(|(word, &count)| (&**word, count)))
     }
 
-    /// Adds `count` occurrences of `word`; allocates only for a word not seen before.
+    /// Adds `count` occurrences of `word`; allocates only for a long word not seen before.
     #[inline]
     pub fn add(&mut self, word: &[u8], count: u64) {
-        if let Some(c) = self.counts.get_mut(word) {
+        if word.len() <= SHORT_WORD_BYTES {
+            *self.short.entry(ShortWord::new(word)).or_insert(0) += count;
+        } else if let Some(c) = self.long.get_mut(word) {
             *c += count;
         } else {
-            self.counts.insert(word.into(), count);
+            self.long.insert(word.into(), count);
         }
     }
 
@@ -128,13 +175,15 @@ impl WordCounts {
 
     /// Adds all counts of `other` into `self`.
     pub fn merge(&mut self, other: WordCounts) {
-        if other.counts.len() > self.counts.len() {
+        if other.len() > self.len() {
             let smaller = std::mem::replace(self, other);
             return self.merge(smaller);
         }
-        self.counts.reserve(other.counts.len() / 4);
-        for (word, count) in other.counts {
-            *self.counts.entry(word).or_insert(0) += count;
+        for (word, count) in other.short {
+            *self.short.entry(word).or_insert(0) += count;
+        }
+        for (word, count) in other.long {
+            *self.long.entry(word).or_insert(0) += count;
         }
     }
 
@@ -187,13 +236,32 @@ pub fn count_words_in_files(
     pretokenizer: &Pretokenizer,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<CorpusCounts> {
-    let mut result = paths
-        .par_iter()
-        .try_fold(CorpusCounts::default, |mut acc, path| {
-            count_file(path, pretokenizer, progress, CHUNK_BYTES, &mut acc)?;
-            Ok::<_, Error>(acc)
+    // One accumulator per thread, each pulling the next file from a shared index: the
+    // number of maps alive (and so the memory) stays at the thread count, and a thread
+    // that draws large files does not hold the others up.
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let workers = rayon::current_num_threads().clamp(1, paths.len().max(1));
+    let partials: Vec<Result<CorpusCounts>> = (0..workers)
+        .into_par_iter()
+        .map(|_| {
+            let mut acc = CorpusCounts::default();
+            while !failed.load(Ordering::Relaxed) {
+                let Some(path) = paths.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                    break;
+                };
+                if let Err(e) = count_file(path, pretokenizer, progress, CHUNK_BYTES, &mut acc) {
+                    failed.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+            Ok(acc)
         })
-        .try_reduce(CorpusCounts::default, |a, b| Ok(a.merged(b)))?;
+        .collect();
+    let mut result = CorpusCounts::default();
+    for partial in partials {
+        result = result.merged(partial?);
+    }
     result.skipped_paths.sort();
     Ok(result)
 }
@@ -315,7 +383,7 @@ fn chunk_split_point(bytes: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::AtomicU64;
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("lmrs-corpus-{name}-{}", std::process::id()));
@@ -478,6 +546,42 @@ mod tests {
         }
         assert_eq!(sorted(&parallel), sorted(&sequential));
         assert_eq!(parallel.get(b" cat"), 200);
+    }
+
+    #[test]
+    fn short_and_long_words_are_counted_apart() {
+        let mut counts = WordCounts::new();
+        let long = [b'x'; SHORT_WORD_BYTES + 1];
+        for word in [
+            &b""[..],
+            b"a",
+            b"a\0",
+            &long[..SHORT_WORD_BYTES],
+            &long,
+            &long,
+            b"a",
+        ] {
+            counts.add(word, 1);
+        }
+        assert_eq!(counts.len(), 5);
+        assert_eq!(counts.total(), 7);
+        assert_eq!(counts.get(b"a"), 2);
+        assert_eq!(counts.get(b"a\0"), 1);
+        assert_eq!(counts.get(b""), 1);
+        assert_eq!(counts.get(&long), 2);
+        assert_eq!(counts.get(&long[..SHORT_WORD_BYTES]), 1);
+        let mut words: Vec<Vec<u8>> = counts.iter().map(|(w, _)| w.to_vec()).collect();
+        words.sort();
+        assert_eq!(
+            words,
+            [
+                vec![],
+                b"a".to_vec(),
+                b"a\0".to_vec(),
+                long[..15].to_vec(),
+                long.to_vec()
+            ]
+        );
     }
 
     #[test]
