@@ -488,7 +488,7 @@ def quickstart_command(
     from lmrs.train import TrainConfig, train
 
     out_dir = Path(out)
-    source: Any = corpus if corpus else stdlib_python_files()
+    source: Any = corpus if corpus else [Path(f) for f in stdlib_python_files()]
     if not source:
         raise click.ClickException("no corpus: the standard library's .py files were not found")
     label = corpus or f"{len(source)} .py files of the Python standard library"

@@ -73,6 +73,7 @@ def plot_metrics(
     os.close(fd)
     try:
         figure.savefig(tmp, format="png")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a plot is for sharing
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

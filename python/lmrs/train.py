@@ -75,7 +75,7 @@ class TrainConfig:
     optimizer: str = "adamw"
     eval_every: int = 200  # steps between evaluations (0: only at the end)
     eval_batches: int = 20
-    eval_batch_size: Optional[int] = None  # default: the micro-batch size
+    eval_batch_size: Optional[int] = None  # default: batch_size // grad_accum_steps
     log_every: int = 10
     checkpoint_every: int = 0  # steps between checkpoints (0: only at the end)
     out_dir: Optional[str] = None
@@ -300,6 +300,7 @@ def _write_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -374,9 +375,8 @@ def _val_batches(val: Any, config: TrainConfig, ctx: dist_utils.DistContext) -> 
     if isinstance(val, TokenDataset):
         val = val.full()
     if isinstance(val, TokenSplit):
-        size = config.eval_batch_size or micro_batch_size(
-            config.batch_size, ctx.world_size, config.grad_accum_steps
-        )
+        # independent of the world size, so every run evaluates the same windows
+        size = config.eval_batch_size or max(1, config.batch_size // config.grad_accum_steps)
         total = val.eval_batches(config.seq_len, size, config.eval_batches)
     else:
         total = list(val)[: config.eval_batches]
@@ -474,11 +474,13 @@ def train(
     """
     config = replace(config or TrainConfig(), **overrides)
     config.validate()
+    owns_group = not torch.distributed.is_initialized()
     ctx = dist_utils.init_distributed(config.device, config.dist_timeout_s)
     try:
         return _train(model, data, config, ctx, val_data, tokenizer, resume_from)
     finally:
-        dist_utils.cleanup(ctx)
+        if owns_group:  # a group the caller created is the caller's to destroy
+            dist_utils.cleanup(ctx)
 
 
 def _train(
@@ -494,6 +496,13 @@ def _train(
     source, val = _resolve_data(data, val_data, config)
     if isinstance(source, SplitSource):
         micro_batch_size(config.batch_size, ctx.world_size, config.grad_accum_steps)
+        model_vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+        data_vocab = source.split.dataset.vocab_size
+        if model_vocab is not None and model_vocab < data_vocab:
+            raise ValueError(
+                f"{source.split.dataset.path}: vocab_size {data_vocab} is larger than the "
+                f"model's ({model_vocab})"
+            )
         model_len = getattr(getattr(model, "config", None), "max_seq_len", None)
         if model_len is not None and config.seq_len > model_len:
             raise ValueError(
