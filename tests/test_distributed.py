@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,18 +64,26 @@ def _free_port() -> int:
 
 
 def run_ranks_unsupervised(
-    scenario: str, out_dir: Path, *args: str, world_size: int = 2, timeout: float = 60
-) -> list[tuple[int, str, float]]:
+    scenario: str,
+    out_dir: Path,
+    *args: str,
+    world_size: int = 2,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
+    wait_for: list[int] | None = None,
+) -> list[tuple[Any, str, float]]:
     """Start the ranks as plain processes (no torchrun agent to stop the others when one
     fails), so a dead or hung rank must be noticed by the survivors themselves.
     Returns (exit code, stderr, seconds) per rank; a rank still running at ``timeout``
-    is killed and reported with exit code None → the test fails."""
+    is killed and reported with exit code None. Once the ranks in ``wait_for`` (default:
+    all) have exited, the others are killed (a deliberately hung rank)."""
     port = _free_port()
     procs = []
     start = time.monotonic()
     for rank in range(world_size):
-        env = _child_env()
-        env.update(
+        child_env = _child_env()
+        child_env.update(env or {})
+        child_env.update(
             RANK=str(rank),
             LOCAL_RANK=str(rank),
             WORLD_SIZE=str(world_size),
@@ -84,23 +93,25 @@ def run_ranks_unsupervised(
         procs.append(
             subprocess.Popen(
                 [sys.executable, str(THIS_FILE), scenario, str(out_dir), *args],
-                env=env,
+                env=child_env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
             )
         )
-    results = []
-    for proc in procs:
-        remaining = max(0.1, timeout - (time.monotonic() - start))
+    results: dict[int, tuple[Any, str, float]] = {}
+    waited = range(world_size) if wait_for is None else wait_for
+    for rank in [*waited, *(r for r in range(world_size) if r not in waited)]:
+        proc = procs[rank]
+        remaining = max(0.1, timeout - (time.monotonic() - start)) if rank in waited else 0.1
         try:
             _, err = proc.communicate(timeout=remaining)
-            results.append((proc.returncode, err, time.monotonic() - start))
+            results[rank] = (proc.returncode, err, time.monotonic() - start)
         except subprocess.TimeoutExpired:
             proc.kill()
             _, err = proc.communicate()
-            results.append((None, err, time.monotonic() - start))
-    return results
+            results[rank] = (None, err, time.monotonic() - start)
+    return [results[rank] for rank in range(world_size)]
 
 
 def _check(result: subprocess.CompletedProcess[str]) -> None:
@@ -271,11 +282,293 @@ def _scenario_collectives(ctx: DistContext, out_dir: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------
+# Training through lmrs.train: 1×4 vs 2×2, rank 0 writes, a dying rank, resume elsewhere
+# ---------------------------------------------------------------------------------------
+
+STEPS = 6
+CHECKPOINT_STEP = 3
+
+
+def write_token_file(path: Path, num_docs: int = 120, seed: int = 0) -> Path:
+    """A token file per DESIGN.md (uint16 ``.bin`` + sidecar) with learnable documents:
+    each document repeats a short random motif, so the loss has something to go down on."""
+    rng = np.random.default_rng(seed)
+    eot = VOCAB - 1
+    parts = []
+    for _ in range(num_docs):
+        motif = rng.integers(0, VOCAB - 1, size=int(rng.integers(3, 9)))
+        parts.append(np.resize(motif, int(rng.integers(40, 160))))
+        parts.append(np.array([eot]))
+    tokens = np.concatenate(parts).astype(np.uint16)
+    tokens.tofile(path)
+    sidecar = {
+        "format": "lmrs-tokens",
+        "version": 1,
+        "dtype": "uint16",
+        "num_tokens": int(tokens.size),
+        "num_documents": num_docs,
+        "vocab_size": VOCAB,
+        "tokenizer_hash": "test-" + "0" * 59,
+        "eot_id": eot,
+        "num_bytes": int(tokens.size) * 3,
+    }
+    Path(f"{path}.json").write_text(json.dumps(sidecar))
+    return path
+
+
+def train_config(out_dir: Path, grad_accum_steps: int, **overrides: Any) -> dict[str, Any]:
+    config = {
+        "batch_size": 8,
+        "seq_len": 16,
+        "max_steps": STEPS,
+        "learning_rate": 3e-3,
+        "warmup_steps": 2,
+        "grad_accum_steps": grad_accum_steps,
+        "eval_every": 0,
+        "eval_batches": 2,
+        "eval_batch_size": 4,  # the same validation windows whatever the split of work
+        "log_every": 1,
+        "device": "cpu",
+        "seed": 3,
+        "out_dir": str(out_dir),
+        "show_progress": False,
+    }
+    config.update(overrides)
+    return config
+
+
+def run_training(spec: dict[str, Any]) -> dict[str, Any]:
+    """``lmrs.train`` on the tiny model; used in-process (1 process) and by the workers."""
+    from lmrs.data import TokenDataset
+    from lmrs.model import GPT
+    from lmrs.train import TrainConfig, train
+
+    model = _tiny_model()
+    fail = spec.get("fail")
+    if fail is not None and int(os.environ.get("RANK", "0")) == fail["rank"]:
+        model = _failing_copy(model, fail["at_call"], fail["how"])
+    assert isinstance(model, GPT)
+    result = train(
+        model,
+        TokenDataset(spec["tokens"]),
+        TrainConfig(**spec["config"]),
+        resume_from=spec.get("resume"),
+    )
+    final = result.final_eval
+    return {
+        "losses": result.losses,
+        "steps": result.steps,
+        "start_step": result.start_step,
+        "val_loss": None if final is None else final.loss,
+    }
+
+
+def _failing_copy(model: torch.nn.Module, at_call: int, how: str) -> torch.nn.Module:
+    """The same model whose ``at_call``-th training loss computation crashes or hangs."""
+    from lmrs.model import GPT
+
+    class FailingGPT(GPT):
+        calls = 0
+
+        def compute_loss(self, ids: torch.Tensor, targets: torch.Tensor, **kw: Any) -> Any:
+            if self.training:
+                FailingGPT.calls += 1
+                if FailingGPT.calls == at_call:
+                    sys.stderr.flush()
+                    if how == "exit":
+                        os._exit(7)  # a crash: no cleanup, the sockets just close
+                    time.sleep(600)  # a hang: the other rank must time out
+            return super().compute_loss(ids, targets, **kw)
+
+    failing = FailingGPT(model.config)
+    failing.load_state_dict(model.state_dict())
+    return failing
+
+
+def _watch_writes(root: Path) -> list[str]:
+    """Record every file-system write under ``root`` made by this process (audit hooks)."""
+    seen: list[str] = []
+    prefix = str(root.resolve())
+    write_events = {"os.rename", "os.replace", "os.remove", "os.mkdir", "os.rmdir", "shutil.rmtree"}
+
+    def hook(event: str, args: tuple[Any, ...]) -> None:
+        if event == "open" and args and isinstance(args[0], (str, Path)):
+            mode = args[1] if len(args) > 1 and isinstance(args[1], str) else ""
+            flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
+            writing = any(c in mode for c in "wax+") or flags & (os.O_WRONLY | os.O_RDWR)
+            if writing and str(Path(args[0]).resolve()).startswith(prefix):
+                seen.append(f"open {args[0]}")
+        elif event in write_events and args and isinstance(args[0], (str, Path)):
+            if str(Path(args[0]).resolve()).startswith(prefix):
+                seen.append(f"{event} {args[0]}")
+
+    sys.addaudithook(hook)
+    return seen
+
+
+def _scenario_train(ctx: DistContext, out_dir: Path, spec_json: str) -> dict[str, Any]:
+    spec = json.loads(spec_json)
+    writes = _watch_writes(Path(spec["config"]["out_dir"]).parent) if not ctx.is_main else []
+    seen = run_training(spec)
+    seen["writes"] = writes
+    return seen
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("dist")
+    write_token_file(root / "tokens.bin")
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(workspace: Path) -> dict[str, Any]:
+    """The uninterrupted single-process run: 1 process × 4 accumulation steps."""
+    spec = {"tokens": str(workspace / "tokens.bin"), "config": train_config(workspace / "ref", 4)}
+    seen = run_training(spec)
+    assert seen["steps"] == STEPS and len(seen["losses"]) == STEPS
+    assert seen["losses"][-1] < seen["losses"][0]  # it trains
+    return seen
+
+
+def _train_on_two(workspace: Path, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    results = workspace / f"{name}-results"
+    results.mkdir()
+    _check(run_torchrun("train", results, json.dumps(spec)))
+    seen: dict[str, Any] = json.loads((results / "train.json").read_text())
+    seen["rank1"] = json.loads((results / "train-rank1.json").read_text())
+    return seen
+
+
+def test_two_processes_two_accum_equal_one_process_four_accum(
+    workspace: Path, reference: dict[str, Any]
+) -> None:
+    run_dir = workspace / "two"
+    spec = {"tokens": str(workspace / "tokens.bin"), "config": train_config(run_dir, 2)}
+    seen = _train_on_two(workspace, "two", spec)
+    assert seen["steps"] == STEPS
+    np.testing.assert_allclose(seen["losses"], reference["losses"], rtol=0, atol=1e-5)
+    assert seen["val_loss"] == pytest.approx(reference["val_loss"], abs=1e-5)
+    # rank 1 trained the same steps but wrote nothing; rank 0 wrote one log line per step
+    assert seen["rank1"]["losses"] == pytest.approx(seen["losses"], abs=0)
+    assert seen["rank1"]["writes"] == []
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if "train_loss" in r]
+    assert train_steps == list(range(1, STEPS + 1))
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint", "loss.png", "metrics.jsonl"]
+    state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+    assert state["step"] == STEPS and state["world_size"] == 2
+
+
+FAIL_TIMEOUT_S = 5.0
+
+
+def _dying_run(workspace: Path, name: str, how: str) -> tuple[Path, list[tuple[Any, str, float]]]:
+    """2 unsupervised ranks, checkpoint every 3 steps; rank 1 crashes or hangs in step 4."""
+    run_dir = workspace / name
+    results = workspace / f"{name}-results"
+    results.mkdir()
+    config = train_config(
+        run_dir, 2, checkpoint_every=CHECKPOINT_STEP, dist_timeout_s=FAIL_TIMEOUT_S
+    )
+    micro_steps_before = CHECKPOINT_STEP * 2
+    spec = {
+        "tokens": str(workspace / "tokens.bin"),
+        "config": config,
+        "fail": {"rank": 1, "at_call": micro_steps_before + 1, "how": how},
+    }
+    outcome = run_ranks_unsupervised(
+        "train",
+        results,
+        json.dumps(spec),
+        timeout=60,
+        env={"LMRS_TEST_TIMEOUT_S": str(FAIL_TIMEOUT_S)},
+        wait_for=[0],
+    )
+    return run_dir, outcome
+
+
+def _assert_checkpoint_at(run_dir: Path, step: int) -> None:
+    from lmrs.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(run_dir)  # complete and readable, or this raises
+    assert checkpoint.step == step
+    assert [p.name for p in run_dir.iterdir() if ".tmp" in p.name or ".old" in p.name] == []
+
+
+@pytest.fixture(scope="module")
+def crashed_run(workspace: Path) -> tuple[Path, list[tuple[Any, str, float]]]:
+    return _dying_run(workspace, "crashed", "exit")
+
+
+def test_rank_that_crashes_stops_the_job_with_a_clear_message(
+    crashed_run: tuple[Path, list[tuple[Any, str, float]]],
+) -> None:
+    run_dir, ((code0, err0, _), (code1, _, _)) = crashed_run
+    assert code1 == 7  # the injected crash
+    assert code0 not in (0, None), err0  # rank 0 stopped by itself, it did not hang
+    last_line = err0.strip().splitlines()[-1]
+    assert "DistributedError: rank 0: training step 4 failed" in last_line, err0
+    assert "another rank stopped or is unreachable" in last_line
+    _assert_checkpoint_at(run_dir, CHECKPOINT_STEP)
+
+
+def test_rank_that_hangs_makes_the_others_time_out(workspace: Path) -> None:
+    run_dir, ((code0, err0, seconds0), _) = _dying_run(workspace, "hung", "hang")
+    assert code0 not in (0, None), err0
+    last_line = err0.strip().splitlines()[-1]
+    assert "DistributedError: rank 0: training step 4 failed" in last_line, err0
+    assert f"(timeout {FAIL_TIMEOUT_S:g} s)" in last_line
+    assert seconds0 < 45  # start-up + 3 steps + the 5 s timeout, not a hang
+    _assert_checkpoint_at(run_dir, CHECKPOINT_STEP)
+
+
+def test_resume_on_one_process_continues_the_two_process_run(
+    workspace: Path,
+    reference: dict[str, Any],
+    crashed_run: tuple[Path, list[tuple[Any, str, float]]],
+) -> None:
+    spec = {
+        "tokens": str(workspace / "tokens.bin"),
+        "config": train_config(workspace / "resumed-on-1", 4),
+        "resume": str(crashed_run[0]),
+    }
+    seen = run_training(spec)
+    assert (seen["start_step"], seen["steps"]) == (CHECKPOINT_STEP, STEPS)
+    expected = reference["losses"][CHECKPOINT_STEP:]
+    np.testing.assert_allclose(seen["losses"], expected, rtol=0, atol=1e-5)
+    assert seen["val_loss"] == pytest.approx(reference["val_loss"], abs=1e-5)
+
+
+def test_resume_on_two_processes_with_fsdp_continues_the_run(
+    workspace: Path,
+    reference: dict[str, Any],
+    crashed_run: tuple[Path, list[tuple[Any, str, float]]],
+) -> None:
+    # the DDP checkpoint of the crashed run continues under FSDP (a plain full state dict
+    # loads into any strategy and world size); FSDP training follows the same curve
+    run_dir = workspace / "resumed-on-2"
+    spec = {
+        "tokens": str(workspace / "tokens.bin"),
+        "config": train_config(run_dir, 2, strategy="fsdp"),
+        "resume": str(crashed_run[0]),
+    }
+    seen = _train_on_two(workspace, "resumed-on-2", spec)
+    assert (seen["start_step"], seen["steps"]) == (CHECKPOINT_STEP, STEPS)
+    expected = reference["losses"][CHECKPOINT_STEP:]
+    np.testing.assert_allclose(seen["losses"], expected, rtol=0, atol=1e-5)
+    assert seen["val_loss"] == pytest.approx(reference["val_loss"], abs=1e-5)
+    assert seen["rank1"]["writes"] == []
+    _assert_checkpoint_at(run_dir, STEPS)
+
+
+# ---------------------------------------------------------------------------------------
 # Worker entry point
 # ---------------------------------------------------------------------------------------
 
 SCENARIOS = {
     "collectives": _scenario_collectives,
+    "train": _scenario_train,
 }
 
 
@@ -285,8 +578,8 @@ def _worker_main(argv: list[str]) -> int:
     ctx = distributed.init_distributed("cpu", timeout_s=timeout_s)
     try:
         seen = SCENARIOS[scenario](ctx, out_dir, *argv[2:])
-        if ctx.is_main and seen is not None:
-            (out_dir / f"{scenario}.json").write_text(json.dumps(seen))
+        name = f"{scenario}.json" if ctx.is_main else f"{scenario}-rank{ctx.rank}.json"
+        (out_dir / name).write_text(json.dumps(seen))
     finally:
         distributed.cleanup(ctx)
     return 0

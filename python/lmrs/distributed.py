@@ -372,25 +372,43 @@ def full_state_dict(model: nn.Module, ctx: DistContext) -> dict[str, torch.Tenso
 def full_optimizer_state_dict(
     model: nn.Module, optimizer: torch.optim.Optimizer, ctx: DistContext
 ) -> dict[str, Any]:
-    """The optimizer state in a form that loads on any world size.
+    """The whole optimizer state keyed by parameter name, on CPU, for a checkpoint.
 
-    DDP / one process: ``optimizer.state_dict()`` (replicated on every rank). FSDP: the
-    gathered full state keyed by parameter name (rank 0; others get an empty dict) —
-    load it back with :func:`load_full_optimizer_state_dict`.
+    One format for every strategy and world size (``state`` and each group's ``params``
+    use the bare model's parameter names), so a DDP checkpoint resumes under FSDP and the
+    other way round; ``torch.optim.Optimizer.load_state_dict`` also reads it (it matches
+    parameters by position). Collective under FSDP: every rank must call it, rank 0 gets
+    the gathered state, other ranks may get an empty dict.
     """
-    if ctx.enabled and is_fsdp(model):
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_optimizer_state_dict,
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    with collective_guard(ctx, "optimizer state gather"):
+        return get_optimizer_state_dict(
+            unwrap_model(model),
+            optimizer,
+            options=StateDictOptions(full_state_dict=True, cpu_offload=True),
         )
 
-        with collective_guard(ctx, "optimizer state gather"):
-            return get_optimizer_state_dict(
-                unwrap_model(model),
-                optimizer,
-                options=StateDictOptions(full_state_dict=True, cpu_offload=True),
-            )
-    return optimizer.state_dict()
+
+def _named_optimizer_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> dict[str, Any]:
+    """``optimizer.state_dict()``'s positional ids replaced by parameter names."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    ordered = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    saved = [i for group in state["param_groups"] for i in group["params"]]
+    if len(saved) != len(ordered):
+        raise ValueError(
+            f"saved optimizer state has {len(saved)} parameters, the optimizer {len(ordered)}"
+        )
+    rename = dict(zip(saved, ordered))
+    return {
+        "state": {rename[i]: value for i, value in state["state"].items()},
+        "param_groups": [
+            {**group, "params": [rename[i] for i in group["params"]]}
+            for group in state["param_groups"]
+        ],
+    }
 
 
 def load_full_state_dict(
@@ -418,22 +436,22 @@ def load_full_state_dict(
 def load_full_optimizer_state_dict(
     model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], ctx: DistContext
 ) -> None:
-    """Inverse of :func:`full_optimizer_state_dict` (collective under FSDP)."""
-    if ctx.enabled and is_fsdp(model):
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            set_optimizer_state_dict,
-        )
+    """Inverse of :func:`full_optimizer_state_dict`; also reads ``optimizer.state_dict()``'s
+    positional form. Every rank passes the state it loaded (under FSDP rank 0's is broadcast
+    and the call is collective)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        with collective_guard(ctx, "optimizer state broadcast"):
-            set_optimizer_state_dict(
-                unwrap_model(model),
-                optimizer,
-                copy.deepcopy(state) if state else state,
-                options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
-            )
-        return
-    optimizer.load_state_dict(state)
+    raw = unwrap_model(model)
+    if any(isinstance(i, int) for group in state["param_groups"] for i in group["params"]):
+        state = _named_optimizer_state(raw, optimizer, state)
+    fsdp = ctx.enabled and is_fsdp(model)
+    with collective_guard(ctx, "optimizer state load"):
+        set_optimizer_state_dict(
+            raw,
+            optimizer,
+            copy.deepcopy(state),  # the loader moves and reshards tensors in place
+            options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=fsdp),
+        )
 
 
 # --- launching --------------------------------------------------------------------------
