@@ -563,6 +563,103 @@ def test_resume_on_two_processes_with_fsdp_continues_the_run(
 
 
 # ---------------------------------------------------------------------------------------
+# Sharded tokenization: parts written in parallel, read back as one stream
+# ---------------------------------------------------------------------------------------
+
+_ENCODE_PART = """
+import sys
+from lmrs import Tokenizer
+tokenizer = Tokenizer.load(sys.argv[1])
+tokenizer.encode_files(sys.argv[2], sys.argv[3], num_parts=2, part_index=int(sys.argv[4]),
+                       shard_tokens=300, show_progress=False)
+"""
+
+
+def test_shards_written_in_parallel_are_read_as_one_stream(tmp_path: Path) -> None:
+    from lmrs import Tokenizer
+    from lmrs.data import TokenDataset
+    from lmrs.model import create_model
+    from lmrs.train import train
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rng = np.random.default_rng(0)
+    words = "the quick brown fox jumps over a lazy dog while shards merge into one stream"
+    vocabulary = words.split()
+    texts = {}
+    for i in range(16):
+        text = " ".join(rng.choice(vocabulary, size=int(rng.integers(20, 120)))) + ".\n"
+        (corpus / f"doc{i:02d}.txt").write_text(text)
+        texts[f"doc{i:02d}.txt"] = text
+    tokenizer = Tokenizer.train(corpus, 300, show_progress=False)
+    tokenizer.save(tmp_path / "tokenizer.json")
+
+    # two processes (stand-ins for two machines) each encode their half at the same time
+    out = tmp_path / "tokens"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _ENCODE_PART,
+                str(tmp_path / "tokenizer.json"),
+                str(corpus),
+                str(out),
+                str(part),
+            ],
+            env=_child_env(),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for part in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    manifest = Tokenizer.build_manifest(out)  # once every part is in place
+    assert manifest["num_documents"] == len(texts) and manifest["missing_parts"] == []
+    shard_docs = [
+        json.loads((out / f"{name}.json").read_text())["num_documents"]
+        for name in manifest["shards"]
+    ]
+    assert len(shard_docs) >= 2 and sum(shard_docs) == len(texts)
+
+    dataset = TokenDataset(out, tokenizer)
+    stream = dataset.stream.read(0, dataset.num_tokens).tolist()
+    assert stream[-1] == tokenizer.eot_id
+    documents, current = [], []
+    for token in stream:
+        if token == tokenizer.eot_id:
+            documents.append(tuple(current))
+            current = []
+        else:
+            current.append(token)
+    expected = [tuple(tokenizer.encode_ordinary(text)) for text in texts.values()]
+    assert sorted(documents) == sorted(expected)  # every file exactly once, none split
+
+    model = create_model(
+        tokenizer.vocab_size,
+        max_seq_len=16,
+        embed_dim=16,
+        num_heads=2,
+        num_layers=1,
+        ff_dim=32,
+    )
+    result = train(
+        model,
+        dataset,
+        batch_size=4,
+        seq_len=16,
+        max_steps=2,
+        device="cpu",
+        val_fraction=0.2,
+        eval_batches=1,
+        show_progress=False,
+    )
+    assert result.steps == 2 and result.final_eval is not None
+
+
+# ---------------------------------------------------------------------------------------
 # Worker entry point
 # ---------------------------------------------------------------------------------------
 
