@@ -100,7 +100,7 @@ def test_eval_prints_loss_perplexity_bpb(trained: dict[str, Path]) -> None:
     again = run(
         "eval", "--checkpoint", str(trained["run"]), "--tokens", str(trained["run"] / "tokens.bin")
     )
-    assert again.output == result.output
+    assert match.group(0) in again.output
 
 
 def test_plot(trained: dict[str, Path], tmp_path: Path) -> None:

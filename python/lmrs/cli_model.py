@@ -407,7 +407,12 @@ def eval_command(
         dataset = _open_dataset(token_path, tokenizer)
         try:
             result = evaluate(
-                model, dataset.full(), batches=max_batches, batch_size=batch_size, seq_len=seq_len
+                model,
+                dataset.full(),
+                batches=max_batches,
+                batch_size=batch_size,
+                seq_len=seq_len,
+                show_progress=True,
             )
         except INPUT_ERRORS as e:
             raise click.ClickException(_one_line(e)) from e

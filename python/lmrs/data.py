@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Protocol
@@ -545,6 +545,21 @@ class TokenSplit:
             starts = starts[np.linspace(0, count - 1, max_windows).round().astype(np.int64)]
         return starts
 
+    def iter_eval_batches(
+        self,
+        seq_len: int,
+        batch_size: int,
+        max_batches: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> Iterator[Batch]:
+        """Deterministic validation batches, read lazily; rank ``r`` of ``W`` takes ``r::W``."""
+        cap = None if max_batches is None else max_batches * batch_size
+        starts = self.eval_windows(seq_len, cap)
+        firsts = range(0, len(starts), batch_size)
+        for first in list(firsts)[rank::world_size]:
+            yield self.windows(starts[first : first + batch_size], seq_len)
+
     def eval_batches(
         self,
         seq_len: int,
@@ -553,11 +568,8 @@ class TokenSplit:
         rank: int = 0,
         world_size: int = 1,
     ) -> list[Batch]:
-        """Deterministic validation batches; rank ``r`` of ``W`` takes batches ``r::W``."""
-        cap = None if max_batches is None else max_batches * batch_size
-        starts = self.eval_windows(seq_len, cap)
-        groups = [starts[i : i + batch_size] for i in range(0, len(starts), batch_size)]
-        return [self.windows(g, seq_len) for g in groups[rank::world_size]]
+        """:meth:`iter_eval_batches` as a list (for a small, reused validation set)."""
+        return list(self.iter_eval_batches(seq_len, batch_size, max_batches, rank, world_size))
 
 
 def micro_batch_size(global_batch_size: int, world_size: int, accum_steps: int) -> int:

@@ -16,6 +16,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from lmrs.data import Batch, TokenSplit, bytes_of
 
@@ -110,32 +111,41 @@ def evaluate(
     device: Optional[Union[str, torch.device]] = None,
     batch_size: int = 16,
     seq_len: Optional[int] = None,
+    show_progress: bool = False,
 ) -> EvalResult:
     """Loss, perplexity and bits per byte of ``model`` on ``data``.
 
     ``data`` is a list of ``(inputs, targets)`` batches or a :class:`TokenSplit` (fixed
     windows covering the split, ``batch_size`` per batch, ``seq_len`` defaulting to the
-    model's context). ``batches`` caps the number of batches. ``num_bytes`` gives the bytes
-    the evaluated target tokens stand for; when omitted it is computed exactly from a split
-    whose dataset knows token byte lengths, and bits per byte is None otherwise.
+    model's context). ``batches`` caps the number of batches (windows evenly spread over
+    the split). ``num_bytes`` gives the bytes the evaluated target tokens stand for; when
+    omitted it is computed exactly from a split whose dataset knows token byte lengths,
+    approximated from the split's bytes per token otherwise, and None for plain batches.
+    ``show_progress`` draws a tqdm bar.
     """
     torch_device = torch.device(device) if device is not None else _model_device(model)
     token_bytes = None
+    batch_iter: Iterable[Batch]
+    total: Optional[int] = None
     if isinstance(data, TokenSplit):
         if seq_len is None:
             config = getattr(model, "config", None)
             seq_len = int(getattr(config, "max_seq_len", 128))
-        batch_list = data.eval_batches(seq_len, batch_size, batches)
+        windows = len(data.eval_windows(seq_len))
+        total = -(-windows // batch_size) if batches is None else min(batches, windows)
+        batch_iter = data.iter_eval_batches(seq_len, batch_size, batches)
         token_bytes = data.token_bytes
-        if token_bytes is None and num_bytes is None and data.num_bytes:
-            # Approximate: the split's bytes per token times the evaluated tokens.
-            evaluated = sum(t.numel() for _, t in batch_list)
-            num_bytes = data.num_bytes * evaluated / max(len(data), 1)
     else:
         batch_list = list(data)
         if batches is not None:
             batch_list = batch_list[:batches]
-    sums = evaluation_sums(model, batch_list, token_bytes=token_bytes, device=torch_device)
+        batch_iter, total = batch_list, len(batch_list)
+    if show_progress:
+        batch_iter = tqdm(batch_iter, total=total, desc="eval", unit="batch", leave=False)
+    sums = evaluation_sums(model, batch_iter, token_bytes=token_bytes, device=torch_device)
     if num_bytes is None and sums.bytes is not None:
         num_bytes = sums.bytes
+    if num_bytes is None and isinstance(data, TokenSplit) and data.num_bytes:
+        # Approximate (no token byte lengths): the split's bytes per token × tokens evaluated.
+        num_bytes = data.num_bytes * sums.tokens / max(len(data), 1)
     return EvalResult.from_sums(sums.nats, sums.tokens, num_bytes)
