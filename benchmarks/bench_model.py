@@ -1,0 +1,364 @@
+"""lmrs GPT vs Hugging Face GPT-2 of the same shape, on this machine.
+
+Speed (default): training tokens/s with AdamW in fp32 (and % of the measured fp32 matmul
+peak), and sampling tokens/s at batch 1 and 16. Quality (``--quality``): both models
+trained for the same wall-clock budget on a corpus directory, held-out bits per byte.
+
+    python benchmarks/bench_model.py
+    python benchmarks/bench_model.py --quality --corpus /work/shared/corpora/shakespeare
+
+Timings take the best of ``--repeats`` interleaved runs, so load from other processes on a
+shared machine hurts both sides alike and shows up as noise rather than bias.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmrs.generate import generate
+from lmrs.model import create_model
+
+# the shape both sides use: GPT-2 vocabulary replaced by a 5,000-token one
+SHAPE = dict(embed_dim=256, num_heads=8, num_layers=6, ff_dim=1024, max_seq_len=512)
+VOCAB = 5000
+
+
+@dataclass
+class SpeedOptions:
+    batch_size: int = 32
+    seq_len: int = 128
+    steps: int = 5
+    warmup: int = 2
+    repeats: int = 3
+    prompt_len: int = 16
+    new_tokens: int = 100
+    device: str = "cpu"
+
+
+def hf_gpt2(vocab_size: int, dropout: float | None = None) -> nn.Module:
+    """Stock GPT2LMHeadModel of our shape (dropout 0.1 everywhere unless given)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    options: dict[str, Any] = {}
+    if dropout is not None:
+        options = dict(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=SHAPE["max_seq_len"],
+        n_embd=SHAPE["embed_dim"],
+        n_head=SHAPE["num_heads"],
+        n_layer=SHAPE["num_layers"],
+        n_inner=SHAPE["ff_dim"],
+        bos_token_id=0,
+        eos_token_id=0,
+        **options,
+    )
+    return GPT2LMHeadModel(config)
+
+
+class HFAdapter(nn.Module):
+    """GPT-2 behind lmrs's ``compute_loss(ids, targets)`` so lmrs.train/evaluate can run it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=ids).logits
+
+    def compute_loss(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self(ids).flatten(0, 1), targets.flatten())
+
+
+def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
+    """Best measured fp32 FLOP/s of one large square matmul."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def train_tokens_per_s(
+    model: nn.Module, loss_fn: Callable[..., torch.Tensor], opts: SpeedOptions
+) -> float:
+    """Tokens/s over ``opts.steps`` AdamW steps after ``opts.warmup`` untimed ones."""
+    vocab = VOCAB
+    ids = torch.randint(0, vocab, (opts.batch_size, opts.seq_len), device=opts.device)
+    targets = torch.randint(0, vocab, (opts.batch_size, opts.seq_len), device=opts.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+    start = 0.0
+    for step in range(opts.warmup + opts.steps):
+        if step == opts.warmup:
+            _sync(opts.device)
+            start = time.perf_counter()
+        loss = loss_fn(model, ids, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    _sync(opts.device)
+    return opts.batch_size * opts.seq_len * opts.steps / (time.perf_counter() - start)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def ours_loss(model: nn.Module, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return model.compute_loss(ids, targets)
+
+
+def hf_loss(model: nn.Module, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    # the idiomatic HF training call: labels = inputs, shifted inside the model
+    return model(input_ids=ids, labels=ids).loss
+
+
+def generation_tokens_per_s(sample: Callable[[], Any], new_tokens: int, batch: int) -> float:
+    start = time.perf_counter()
+    sample()
+    return batch * new_tokens / (time.perf_counter() - start)
+
+
+def best_of(repeats: int, runs: dict[str, Callable[[], float]]) -> dict[str, float]:
+    """Run every entry ``repeats`` times, interleaved; keep each one's best."""
+    best = {name: 0.0 for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            best[name] = max(best[name], run())
+    return best
+
+
+def row(label: str, ours: float, theirs: float, unit: str) -> str:
+    return f"{label:<38} {ours:>12,.0f} {theirs:>12,.0f} {ours / theirs:>7.2f}x  {unit}"
+
+
+def speed_section(opts: SpeedOptions) -> None:
+    device = opts.device
+    print(f"device {device}, torch threads {torch.get_num_threads()}, torch {torch.__version__}")
+    peak = matmul_peak_flops() if device == "cpu" else _cuda_peak()
+    print(f"measured fp32 matmul peak: {peak / 1e9:,.0f} GFLOP/s")
+
+    ours_default = create_model(VOCAB, **SHAPE).to(device)
+    ours_nodrop = create_model(VOCAB, **SHAPE, dropout_rate=0.0).to(device)
+    theirs_default = hf_gpt2(VOCAB).to(device)
+    theirs_nodrop = hf_gpt2(VOCAB, dropout=0.0).to(device)
+    flops_per_token = ours_default.estimate_flops_per_token(opts.seq_len)
+    theirs_params = sum(p.numel() for p in theirs_default.parameters())
+    print(
+        f"shape: {SHAPE}, vocab {VOCAB}; parameters ours {ours_default.num_parameters():,}, "
+        f"GPT-2 {theirs_params:,}; {flops_per_token / 1e6:.1f} MFLOP/token (6N + attention)"
+    )
+    train = best_of(
+        opts.repeats,
+        {
+            "ours": lambda: train_tokens_per_s(ours_default, ours_loss, opts),
+            "gpt2": lambda: train_tokens_per_s(theirs_default, hf_loss, opts),
+            "ours0": lambda: train_tokens_per_s(ours_nodrop, ours_loss, opts),
+            "gpt20": lambda: train_tokens_per_s(theirs_nodrop, hf_loss, opts),
+        },
+    )
+
+    batch_prompts = {b: torch.randint(0, VOCAB, (b, opts.prompt_len)).tolist() for b in (1, 16)}
+
+    def ours_sample(batch: int) -> float:
+        prompts = batch_prompts[batch]
+        return generation_tokens_per_s(
+            lambda: generate(
+                ours_default,
+                prompts,
+                max_length=opts.new_tokens,
+                temperature=0.8,
+                top_k=50,
+                seed=0,
+            ),
+            opts.new_tokens,
+            batch,
+        )
+
+    def theirs_sample(batch: int) -> float:
+        ids = torch.tensor(batch_prompts[batch], device=device)
+        theirs_default.eval()
+
+        def run() -> Any:
+            with torch.inference_mode():
+                return theirs_default.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    do_sample=True,
+                    top_k=50,
+                    temperature=0.8,
+                    max_new_tokens=opts.new_tokens,
+                    min_new_tokens=opts.new_tokens,
+                    pad_token_id=0,
+                )
+
+        return generation_tokens_per_s(run, opts.new_tokens, batch)
+
+    sample = best_of(
+        max(2, opts.repeats - 1),
+        {
+            "ours1": lambda: ours_sample(1),
+            "gpt21": lambda: theirs_sample(1),
+            "ours16": lambda: ours_sample(16),
+            "gpt216": lambda: theirs_sample(16),
+        },
+    )
+
+    def mfu(tokens_per_s: float) -> str:
+        return f"{100 * tokens_per_s * flops_per_token / peak:.0f}%"
+
+    b, t = opts.batch_size, opts.seq_len
+    print()
+    print(f"{'':<38} {'lmrs':>12} {'HF GPT-2':>12} {'ratio':>8}")
+    print(row(f"train tok/s, defaults, {b}x{t}", train["ours"], train["gpt2"], "tokens/s"))
+    print(f"{'  % of matmul peak':<38} {mfu(train['ours']):>12} {mfu(train['gpt2']):>12}")
+    print(row(f"train tok/s, dropout 0, {b}x{t}", train["ours0"], train["gpt20"], "tokens/s"))
+    print(f"{'  % of matmul peak':<38} {mfu(train['ours0']):>12} {mfu(train['gpt20']):>12}")
+    label = f"sample tok/s, batch {{}}, {opts.new_tokens} new"
+    print(row(label.format(1), sample["ours1"], sample["gpt21"], "tokens/s"))
+    print(row(label.format(16), sample["ours16"], sample["gpt216"], "tokens/s"))
+    print(
+        "defaults: lmrs dropout 0.1 on embeddings/residuals, none on attention weights; "
+        "GPT-2 0.1 on all three. Sampling: top-k 50, temperature 0.8, 16-token prompt."
+    )
+
+
+def _cuda_peak(size: int = 8192) -> float:
+    a = torch.randn(size, size, device="cuda")
+    a @ a
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(5):
+        a @ a
+    torch.cuda.synchronize()
+    return 5 * 2 * size**3 / (time.perf_counter() - start)
+
+
+@dataclass
+class QualityOptions:
+    corpus: Path
+    budget_minutes: float = 10.0
+    vocab_size: int = 5000
+    batch_size: int = 16
+    seq_len: int = 128
+    learning_rate: float = 2e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    val_fraction: float = 0.1
+    eval_batches: int = 100
+    seed: int = 0
+
+
+def quality_section(opts: QualityOptions) -> None:
+    from lmrs import TokenDataset, Tokenizer, evaluate, train
+
+    workdir = Path(tempfile.mkdtemp(prefix="lmrs-bench-"))
+    tokenizer = Tokenizer.train(opts.corpus, opts.vocab_size)
+    tokens_path = workdir / "tokens.bin"
+    tokenizer.encode_files(opts.corpus, tokens_path)
+    dataset = TokenDataset(tokens_path, tokenizer)
+    train_split, val_split = dataset.split(opts.val_fraction, seed=opts.seed)
+    print(
+        f"corpus {opts.corpus}: {dataset.num_documents} documents, {dataset.num_tokens:,} "
+        f"tokens (vocab {tokenizer.vocab_size}); held out by document: {val_split}"
+    )
+    budget_s = opts.budget_minutes * 60
+    common = dict(
+        batch_size=opts.batch_size,
+        seq_len=opts.seq_len,
+        time_budget_s=budget_s,
+        learning_rate=opts.learning_rate,
+        warmup_steps=opts.warmup_steps,
+        weight_decay=opts.weight_decay,
+        eval_every=0,
+        seed=opts.seed,
+        device="cpu",
+    )
+    ours = create_model(tokenizer.vocab_size, **SHAPE, dropout_rate=0.0)
+    theirs = HFAdapter(hf_gpt2(tokenizer.vocab_size))  # stock GPT-2: dropout 0.1
+    results = {}
+    for name, model in (("lmrs", ours), ("HF GPT-2", theirs)):
+        print(f"training {name} for {opts.budget_minutes:g} min")
+        start = time.perf_counter()
+        outcome = train(model, train_split, **common)
+        seconds = time.perf_counter() - start
+        scores = evaluate(
+            model, val_split, batches=opts.eval_batches, batch_size=32, seq_len=opts.seq_len
+        )
+        steps = outcome.steps
+        results[name] = (scores, steps, outcome.tokens)
+        print(
+            f"  {name}: {steps} steps, {outcome.tokens:,} tokens, {outcome.tokens_per_s:,.0f} "
+            f"tokens/s, {seconds:.0f}s with evaluation; held-out {scores.summary()}"
+        )
+
+    (ours_scores, ours_steps, ours_tokens), (gpt2_scores, gpt2_steps, gpt2_tokens) = (
+        results.values()
+    )
+    print()
+    print(f"{'':<34} {'lmrs':>10} {'HF GPT-2':>10}")
+    print(f"{'optimizer steps in budget':<34} {ours_steps!s:>10} {gpt2_steps!s:>10}")
+    print(f"{'training tokens seen':<34} {ours_tokens:>10,} {gpt2_tokens:>10,}")
+    print(f"{'held-out loss (nats/token)':<34} {ours_scores.loss:>10.3f} {gpt2_scores.loss:>10.3f}")
+    ours_bpb, gpt2_bpb = ours_scores.bits_per_byte, gpt2_scores.bits_per_byte
+    if ours_bpb is not None and gpt2_bpb is not None:
+        print(f"{'held-out bits per byte':<34} {ours_bpb:>10.3f} {gpt2_bpb:>10.3f}")
+    print(
+        f"same loop (lmrs.train: AdamW, {opts.warmup_steps} warmup steps, cosine to 10%), "
+        f"lr {opts.learning_rate:g}, batch {opts.batch_size}x{opts.seq_len}, weight decay "
+        f"{opts.weight_decay:g}; lmrs dropout 0, GPT-2 stock dropout 0.1; "
+        f"{opts.budget_minutes:g} min each"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timing runs")
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps per run")
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--cuda", action="store_true", help="run the speed part on CUDA")
+    parser.add_argument("--quality", action="store_true", help="also train both, compare bpb")
+    parser.add_argument("--corpus", type=Path, default=Path("/work/shared/corpora/shakespeare"))
+    parser.add_argument("--budget-minutes", type=float, default=10.0)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--batch-size", type=int, default=16, help="quality mode batch")
+    args = parser.parse_args()
+
+    if not args.skip_speed:
+        device = "cpu"
+        if args.cuda:
+            if not torch.cuda.is_available():
+                raise SystemExit("--cuda: no CUDA device available")
+            device = "cuda"
+        speed_section(SpeedOptions(repeats=args.repeats, steps=args.steps, device=device))
+    if args.quality:
+        quality_section(
+            QualityOptions(
+                corpus=args.corpus,
+                budget_minutes=args.budget_minutes,
+                learning_rate=args.lr,
+                batch_size=args.batch_size,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
