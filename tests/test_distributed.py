@@ -182,15 +182,35 @@ def test_launch_local_command_drops_nproc() -> None:
     ]
 
 
-def test_launch_local_runs_lmrs_under_torchrun_and_returns_exit_code(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_launch_local_returns_the_jobs_exit_code(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    # `lmrs --version` exits 0 on every rank; an unknown command exits 2 on every rank
-    assert distributed.launch_local(2, ["--version", "--nproc", "2"]) == 0
-    assert distributed.launch_local(2, ["no-such-command"]) != 0
+    # an unknown command makes every rank exit 2: the job fails and says so
+    assert distributed.launch_local(2, ["no-such-command", "--nproc", "2"]) != 0
+
+
+def test_lmrs_train_nproc_2_trains_on_two_processes(tmp_path: Path) -> None:
+    from lmrs import Tokenizer
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(8):
+        (corpus / f"{i}.txt").write_text(f"document {i}: " + "to be or not to be, " * (5 + i))
+    Tokenizer.train(corpus, 280, show_progress=False).save(tmp_path / "tokenizer.json")
+    command = [
+        sys.executable, "-m", "lmrs", "train", "--corpus", str(corpus),
+        "--tokenizer", str(tmp_path / "tokenizer.json"), "--out", str(tmp_path / "run"),
+        "--size", "small", "--nproc", "2", "--max-steps", "3", "--batch-size", "4",
+        "--seq-len", "16", "--eval-batches", "1", "--quiet",
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, env=_child_env(), capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("trained 3 steps") == 1  # the summary comes from rank 0 only
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert (state["step"], state["world_size"]) == (3, 2)
 
 
 # ---------------------------------------------------------------------------------------
