@@ -33,11 +33,14 @@ from typing import Any, Optional, Protocol
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 # Tokens read per chunk while scanning a token file for document boundaries.
 SCAN_CHUNK_TOKENS = 1 << 24
+# Show a progress bar for the scan from this many tokens on (about a second or more).
+SCAN_PROGRESS_MIN_TOKENS = 100_000_000
 
 
 class DataError(ValueError):
@@ -315,7 +318,16 @@ class TokenDataset:
         doc_bytes: list[np.ndarray] = []
         bytes_so_far = 0
         max_id = -1
+        bar = tqdm(
+            total=len(self.stream),
+            desc=f"scan {self.path.name}",
+            unit="tok",
+            unit_scale=True,
+            leave=False,
+            disable=len(self.stream) < SCAN_PROGRESS_MIN_TOKENS,
+        )
         for start, chunk in self.stream.chunks():
+            bar.update(len(chunk))
             if len(chunk):
                 max_id = max(max_id, int(chunk.max()))
             if max_id >= self.info.vocab_size:
@@ -329,6 +341,7 @@ class TokenDataset:
                 cumulative = np.cumsum(self.token_bytes[chunk]) + bytes_so_far
                 doc_bytes.append(cumulative[eot_at])
                 bytes_so_far = int(cumulative[-1]) if len(cumulative) else bytes_so_far
+        bar.close()
         doc_ends = np.concatenate(ends) if ends else np.zeros(0, dtype=np.int64)
         if len(doc_ends) == 0 or doc_ends[-1] != len(self.stream):
             # Tokens after the last eot form one more (unterminated) document.
@@ -444,6 +457,7 @@ class TokenSplit:
         self.num_bytes = num_bytes
         self.bytes_exact = bytes_exact
         self.name = name
+        self._epoch_cache: tuple[tuple[int, int, int, int], int, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return int(self.run_offsets[-1])
@@ -505,12 +519,21 @@ class TokenSplit:
         count = self.windows_per_epoch(seq_len)
         per_epoch = max(1, count // global_batch_size)
         epoch, index = divmod(step, per_epoch)
-        rng = np.random.default_rng([seed, epoch])
-        offset = int(rng.integers(0, seq_len))
-        order = rng.permutation(count)
+        offset, order = self._epoch_order(seed, epoch, seq_len, count)
         # With fewer windows than one batch, the permutation wraps around.
         picks = order[(index * global_batch_size + np.arange(global_batch_size)) % count]
         return offset + picks.astype(np.int64) * seq_len
+
+    def _epoch_order(
+        self, seed: int, epoch: int, seq_len: int, count: int
+    ) -> tuple[int, np.ndarray]:
+        """(window offset, window order) of an epoch; the last one is kept (a cache only)."""
+        key = (seed, epoch, seq_len, count)
+        if self._epoch_cache is None or self._epoch_cache[0] != key:
+            rng = np.random.default_rng([seed, epoch])
+            offset = int(rng.integers(0, seq_len))
+            self._epoch_cache = (key, offset, rng.permutation(count))
+        return self._epoch_cache[1], self._epoch_cache[2]
 
     def micro_batch(
         self,
