@@ -508,7 +508,8 @@ def quickstart_command(
     _encode_corpus(tokenizer, source, out_dir / "tokens.bin", show_progress=not quiet)
     dataset = _open_dataset(out_dir / "tokens.bin", tokenizer)
     click.echo(f"3/4 training the small model for {minutes:g} min on {dataset.num_tokens:,} tokens")
-    model = create_small_model(tokenizer.vocab_size, max_seq_len=256)
+    # no dropout: a few CPU minutes underfit, they do not overfit
+    model = create_small_model(tokenizer.vocab_size, max_seq_len=256, dropout_rate=0.0)
     config = TrainConfig(
         batch_size=32,
         seq_len=128,
