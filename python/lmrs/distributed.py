@@ -119,6 +119,13 @@ def init_distributed(device: str = "auto", timeout_s: float = 300.0) -> DistCont
             raise ValueError(f"environment variable {name} is not set (launch with torchrun)")
 
     resolved = resolve_device(device, local_rank, distributed=True)
+    if resolved.type == "cuda" and device in ("auto", "cuda"):
+        visible = torch.cuda.device_count()
+        if local_rank >= visible:
+            raise ValueError(
+                f"LOCAL_RANK={local_rank} but only {visible} CUDA device(s) are visible: "
+                f"start at most {visible} processes per machine (--nproc-per-node)"
+            )
     if resolved.type == "cuda":
         backend = "nccl"
         torch.cuda.set_device(resolved)
