@@ -148,7 +148,14 @@ impl WordCounts {
     #[inline]
     pub fn add(&mut self, word: &[u8], count: u64) {
         if word.len() <= SHORT_WORD_BYTES {
-            *self.short.entry(ShortWord::new(word)).or_insert(0) += count;
+            // get_mut first: the common case (a word seen before) stays inlined and
+            // never reserves room.
+            let short = ShortWord::new(word);
+            if let Some(c) = self.short.get_mut(&short) {
+                *c += count;
+            } else {
+                self.short.insert(short, count);
+            }
         } else if let Some(c) = self.long.get_mut(word) {
             *c += count;
         } else {

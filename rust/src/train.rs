@@ -76,8 +76,18 @@ pub fn train_bpe(
     opts: &TrainOptions,
     progress: &AtomicU64,
 ) -> Result<Vec<Pair>> {
+    train_bpe_with(counts, opts, progress, PARALLEL_MERGE_WORDS)
+}
+
+fn train_bpe_with(
+    counts: &WordCounts,
+    opts: &TrainOptions,
+    progress: &AtomicU64,
+    parallel_merge_words: usize,
+) -> Result<Vec<Pair>> {
     let num_merges = opts.num_merges()?;
     let mut trainer = Trainer::new(counts, opts);
+    trainer.parallel_merge_words = parallel_merge_words;
     let mut merges = Vec::with_capacity(num_merges);
     while merges.len() < num_merges {
         let Some(pair) = trainer.best_pair() else {
@@ -111,13 +121,19 @@ struct PairState {
     words: Vec<u32>,
 }
 
+struct Word {
+    /// `ids[start..start + len]`
+    start: usize,
+    count: u64,
+    len: u32,
+}
+
 struct Trainer {
-    /// All words' token ids, concatenated; word `w` is `ids[start[w]..start[w] + len[w]]`.
-    /// Merges only shorten words, so each is rewritten in place.
+    /// All words' token ids, concatenated in word order. Merges only shorten words,
+    /// so each is rewritten in place.
     ids: Vec<u32>,
-    start: Vec<usize>,
-    len: Vec<u32>,
-    count: Vec<u64>,
+    /// Where each word is in `ids`, and its count (together: one cache miss per word).
+    words: Vec<Word>,
     pairs: AHashMap<u64, PairState>,
     /// (count, pair) candidates, best first: larger count, then smaller pair. An entry
     /// may be stale (the pair's count has dropped since); it is checked when popped.
@@ -126,6 +142,10 @@ struct Trainer {
     token_len: Vec<u32>,
     min_frequency: u64,
     max_token_length: usize,
+    /// Reused between merges to save allocations (one per parallel task).
+    scratches: Vec<MergeScratch>,
+    /// Merges touching at least this many words run on several threads.
+    parallel_merge_words: usize,
 }
 
 impl Trainer {
@@ -137,25 +157,25 @@ impl Trainer {
             .map(|(w, _)| w.len())
             .sum();
         let mut ids = Vec::with_capacity(total);
-        let mut start = Vec::with_capacity(counts.len());
-        let mut len = Vec::with_capacity(counts.len());
-        let mut count = Vec::with_capacity(counts.len());
-        for (word, c) in counts.iter().filter(|(w, _)| w.len() >= 2) {
-            start.push(ids.len());
-            len.push(word.len() as u32);
-            count.push(c);
+        let mut words = Vec::with_capacity(counts.len());
+        for (word, count) in counts.iter().filter(|(w, _)| w.len() >= 2) {
+            words.push(Word {
+                start: ids.len(),
+                count,
+                len: word.len() as u32,
+            });
             ids.extend(word.iter().map(|&b| b as u32));
         }
         let mut trainer = Trainer {
             ids,
-            start,
-            len,
-            count,
+            words,
             pairs: AHashMap::new(),
             heap: BinaryHeap::new(),
             token_len: vec![1; 256],
             min_frequency: opts.min_frequency.max(1),
             max_token_length: opts.max_token_length.unwrap_or(usize::MAX),
+            scratches: Vec::new(),
+            parallel_merge_words: PARALLEL_MERGE_WORDS,
         };
         trainer.count_byte_pairs();
         trainer
@@ -166,7 +186,7 @@ impl Trainer {
     /// split into one contiguous range per thread; concatenating the ranges' word lists
     /// in order keeps every list sorted and free of repeats.
     fn count_byte_pairs(&mut self) {
-        let num_words = self.len.len();
+        let num_words = self.words.len();
         let num_ranges = rayon::current_num_threads().max(1);
         let per_range = num_words.div_ceil(num_ranges).max(1);
         let partials: Vec<(Vec<u64>, Vec<Vec<u32>>)> = (0..num_words)
@@ -177,11 +197,10 @@ impl Trainer {
                 let mut counts = vec![0u64; 1 << 16];
                 let mut words: Vec<Vec<u32>> = vec![Vec::new(); 1 << 16];
                 for w in first..(first + per_range).min(num_words) {
-                    let s = self.start[w];
-                    let word = &self.ids[s..s + self.len[w] as usize];
-                    for pair in word.windows(2) {
+                    let Word { start, count, len } = self.words[w];
+                    for pair in self.ids[start..start + len as usize].windows(2) {
                         let k = ((pair[0] << 8) | pair[1]) as usize;
-                        counts[k] += self.count[w];
+                        counts[k] += count;
                         if words[k].last() != Some(&(w as u32)) {
                             words[k].push(w as u32);
                         }
@@ -249,6 +268,10 @@ impl Trainer {
     }
 
     /// Replaces every occurrence of `pair` by `new_id` and updates the pair counts.
+    /// The changes are gathered per merge in scratch tables indexed by token id (no
+    /// hashing, hot in cache) and applied to the big pair table once per affected pair,
+    /// not once per occurrence. Merges that touch many words are split over threads:
+    /// each rewrites its own contiguous range of words, since every word list is sorted.
     fn merge(&mut self, pair: Pair, new_id: u32) {
         let merged = key(pair.0, pair.1);
         let words = self
@@ -258,81 +281,274 @@ impl Trainer {
             .unwrap_or_default();
         self.token_len
             .push(self.token_len[pair.0 as usize] + self.token_len[pair.1 as usize]);
-        let mut new_pairs: Vec<u64> = Vec::new();
-        for &w in &words {
-            self.merge_word(w, pair, new_id, merged, &mut new_pairs);
+        let threads = rayon::current_num_threads();
+        let parallel = words.len() >= self.parallel_merge_words && threads >= 2;
+        let tasks = if parallel { 2 * threads } else { 1 };
+        let mut scratches = std::mem::take(&mut self.scratches);
+        scratches.resize_with(scratches.len().max(tasks), MergeScratch::default);
+        for scratch in &mut scratches[..tasks] {
+            scratch.reset(pair, new_id);
         }
-        for k in new_pairs {
+        if parallel {
+            self.merge_parallel(&words, &mut scratches[..tasks]);
+        } else {
+            let scratch = &mut scratches[0];
+            for &w in &words {
+                let word = &mut self.words[w as usize];
+                let ids = &mut self.ids[word.start..word.start + word.len as usize];
+                word.len = scratch.merge_word(ids, w, word.count as i64) as u32;
+            }
+        }
+        let (first, later) = scratches.split_first_mut().expect("at least one scratch");
+        for more in &mut later[..tasks - 1] {
+            first.absorb(more);
+        }
+        self.apply(first);
+        self.scratches = scratches;
+    }
+
+    /// Applies one merge's changes to the pair table and queues the new pairs.
+    fn apply(&mut self, scratch: &mut MergeScratch) {
+        let ((a, b), new_id) = (scratch.pair, scratch.new_id);
+        let lost = scratch.lost_left.drain().map(|(x, d)| (key(x, a), d));
+        let lost = lost.chain(scratch.lost_right.drain().map(|(y, d)| (key(b, y), d)));
+        for (k, delta) in lost {
+            if let Some(state) = self.pairs.get_mut(&k) {
+                state.count += delta;
+                if state.count <= 0 {
+                    self.pairs.remove(&k);
+                }
+            }
+        }
+        let fresh = scratch
+            .fresh_left
+            .drain_fresh()
+            .map(|(x, s)| (key(x, new_id), s));
+        let fresh: Vec<(u64, PairState)> = fresh
+            .chain(
+                scratch
+                    .fresh_right
+                    .drain_fresh()
+                    .map(|(y, s)| (key(new_id, y), s)),
+            )
+            .collect();
+        for (k, state) in fresh {
+            self.pairs.insert(k, state);
             self.push_candidate(k);
         }
     }
 
-    /// Merges `pair` in word `w`: for each occurrence `x a b y`, the pairs (x, a) and
+    /// Merges in `list` (sorted), one contiguous range of words per scratch.
+    fn merge_parallel(&mut self, list: &[u32], scratches: &mut [MergeScratch]) {
+        let per_task = list.len().div_ceil(scratches.len());
+        // Each task owns the words from its first one up to the next task's first, and
+        // their ids: cut both arrays there.
+        let cuts: Vec<(usize, usize)> = list
+            .chunks(per_task)
+            .skip(1)
+            .map(|chunk| (self.words[chunk[0] as usize].start, chunk[0] as usize))
+            .chain(std::iter::once((self.ids.len(), self.words.len())))
+            .collect();
+        let mut tasks = Vec::new();
+        let (mut ids_rest, mut ids_offset): (&mut [u32], usize) = (&mut self.ids, 0);
+        let (mut words_rest, mut words_offset): (&mut [Word], usize) = (&mut self.words, 0);
+        for ((chunk, &(ids_cut, words_cut)), scratch) in
+            list.chunks(per_task).zip(&cuts).zip(scratches.iter_mut())
+        {
+            let (ids_here, ids_after) =
+                std::mem::take(&mut ids_rest).split_at_mut(ids_cut - ids_offset);
+            let (words_here, words_after) =
+                std::mem::take(&mut words_rest).split_at_mut(words_cut - words_offset);
+            tasks.push((
+                chunk,
+                ids_here,
+                ids_offset,
+                words_here,
+                words_offset,
+                scratch,
+            ));
+            (ids_rest, words_rest) = (ids_after, words_after);
+            (ids_offset, words_offset) = (ids_cut, words_cut);
+        }
+        tasks
+            .into_par_iter()
+            .for_each(|(chunk, ids, ids_offset, words, words_offset, scratch)| {
+                for &w in chunk {
+                    let word = &mut words[w as usize - words_offset];
+                    let s = word.start - ids_offset;
+                    word.len = scratch.merge_word(
+                        &mut ids[s..s + word.len as usize],
+                        w,
+                        word.count as i64,
+                    ) as u32;
+                }
+            });
+    }
+}
+
+/// Merges touching at least this many words run on several threads.
+const PARALLEL_MERGE_WORDS: usize = 4096;
+
+/// Per-token accumulators for one merge: entry `t` stands for the pair made of `t` and
+/// a side fixed by the merge (e.g. `(t, a)`). Only touched entries are visited or reset.
+#[derive(Default)]
+struct TokenTable {
+    count: Vec<i64>,
+    /// Words the pair was made in (only for pairs with the new token).
+    words: Vec<Vec<u32>>,
+    /// `stamp[t] == generation` when entry `t` is live in this merge.
+    stamp: Vec<u32>,
+    generation: u32,
+    touched: Vec<u32>,
+}
+
+impl TokenTable {
+    fn reset(&mut self, size: usize) {
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            // Wrapped: no stale stamp may equal the new generation.
+            self.stamp.fill(0);
+            self.generation = 1;
+        }
+        self.touched.clear();
+        if self.count.len() < size {
+            self.count.resize(size, 0);
+            self.words.resize_with(size, Vec::new);
+            self.stamp.resize(size, 0);
+        }
+    }
+
+    #[inline]
+    fn entry(&mut self, t: u32) -> usize {
+        let i = t as usize;
+        if self.stamp[i] != self.generation {
+            self.stamp[i] = self.generation;
+            self.count[i] = 0;
+            self.words[i].clear();
+            self.touched.push(t);
+        }
+        i
+    }
+
+    #[inline]
+    fn add(&mut self, t: u32, c: i64) {
+        let i = self.entry(t);
+        self.count[i] += c;
+    }
+
+    #[inline]
+    fn add_in_word(&mut self, t: u32, c: i64, w: u32) {
+        let i = self.entry(t);
+        self.count[i] += c;
+        if self.words[i].last() != Some(&w) {
+            self.words[i].push(w);
+        }
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = (u32, i64)> + '_ {
+        self.touched.iter().map(|&t| (t, self.count[t as usize]))
+    }
+
+    /// The live pairs (count > 0) with their words, moved out.
+    fn drain_fresh(&mut self) -> impl Iterator<Item = (u32, PairState)> + '_ {
+        let (count, words) = (&self.count, &mut self.words);
+        self.touched
+            .iter()
+            .filter(move |&&t| count[t as usize] > 0)
+            .map(move |&t| {
+                (
+                    t,
+                    PairState {
+                        count: count[t as usize],
+                        words: std::mem::take(&mut words[t as usize]),
+                    },
+                )
+            })
+    }
+
+    /// Adds the entries of `later` (a later range of words, so word lists stay sorted).
+    fn absorb(&mut self, later: &TokenTable) {
+        for &t in &later.touched {
+            let i = self.entry(t);
+            self.count[i] += later.count[t as usize];
+            self.words[i].extend_from_slice(&later.words[t as usize]);
+        }
+    }
+}
+
+/// What one merge of `pair` into `new_id` changes, before it is applied to the table.
+#[derive(Default)]
+struct MergeScratch {
+    pair: Pair,
+    new_id: u32,
+    /// (x, a) losing occurrences, by x.
+    lost_left: TokenTable,
+    /// (b, y) losing occurrences, by y.
+    lost_right: TokenTable,
+    /// (x, new), by x.
+    fresh_left: TokenTable,
+    /// (new, y), by y.
+    fresh_right: TokenTable,
+}
+
+impl MergeScratch {
+    fn reset(&mut self, pair: Pair, new_id: u32) {
+        self.pair = pair;
+        self.new_id = new_id;
+        let size = new_id as usize + 1;
+        for table in [
+            &mut self.lost_left,
+            &mut self.lost_right,
+            &mut self.fresh_left,
+            &mut self.fresh_right,
+        ] {
+            table.reset(size);
+        }
+    }
+
+    /// Merges the pair in one word (`c` copies of word number `w`), rewriting it in place;
+    /// returns its new length. For each occurrence `x a b y`, the pairs (x, a) and
     /// (b, y) lose one occurrence and (x, new) and (new, y) gain one.
-    fn merge_word(
-        &mut self,
-        w: u32,
-        (a, b): Pair,
-        new_id: u32,
-        merged: u64,
-        new_pairs: &mut Vec<u64>,
-    ) {
-        let wi = w as usize;
-        let s = self.start[wi];
-        let n = self.len[wi] as usize;
-        let c = self.count[wi] as i64;
-        let mut read = s;
-        let mut write = s;
-        let end = s + n;
-        while read < end {
-            if read + 1 < end && self.ids[read] == a && self.ids[read + 1] == b {
-                if write > s {
-                    let x = self.ids[write - 1];
-                    self.add(key(x, a), -c, merged);
-                    self.add_new(key(x, new_id), c, w, new_pairs);
+    #[inline]
+    fn merge_word(&mut self, word: &mut [u32], w: u32, c: i64) -> usize {
+        let ((a, b), new_id) = (self.pair, self.new_id);
+        let n = word.len();
+        let (mut read, mut write) = (0, 0);
+        while read < n {
+            if read + 1 < n && word[read] == a && word[read + 1] == b {
+                if write > 0 {
+                    let x = word[write - 1];
+                    if x == new_id {
+                        // (new, a), made by the previous occurrence ("a b a b").
+                        self.fresh_right.add(a, -c);
+                    } else if (x, a) != (a, b) {
+                        self.lost_left.add(x, -c);
+                    }
+                    self.fresh_left.add_in_word(x, c, w);
                 }
-                if read + 2 < end {
-                    let y = self.ids[read + 2];
-                    self.add(key(b, y), -c, merged);
-                    self.add_new(key(new_id, y), c, w, new_pairs);
+                if read + 2 < n {
+                    let y = word[read + 2];
+                    if (b, y) != (a, b) {
+                        self.lost_right.add(y, -c);
+                    }
+                    self.fresh_right.add_in_word(y, c, w);
                 }
-                self.ids[write] = new_id;
+                word[write] = new_id;
                 read += 2;
             } else {
-                self.ids[write] = self.ids[read];
+                word[write] = word[read];
                 read += 1;
             }
             write += 1;
         }
-        self.len[wi] = (write - s) as u32;
+        write
     }
 
-    /// Adds `delta` (negative) to an existing pair's count; a pair nobody has any more
-    /// is removed.
-    #[inline]
-    fn add(&mut self, pair: u64, delta: i64, merged: u64) {
-        if pair == merged {
-            return; // the pair being merged is already gone from the table
-        }
-        if let Some(state) = self.pairs.get_mut(&pair) {
-            state.count += delta;
-            if state.count <= 0 {
-                self.pairs.remove(&pair);
-            }
-        }
-    }
-
-    /// Adds `delta` to a pair that contains the new token, recording word `w` in it.
-    #[inline]
-    fn add_new(&mut self, pair: u64, delta: i64, w: u32, new_pairs: &mut Vec<u64>) {
-        let state = self.pairs.entry(pair).or_insert_with(|| {
-            new_pairs.push(pair);
-            PairState::default()
-        });
-        state.count += delta;
-        if state.words.last() != Some(&w) {
-            state.words.push(w);
-        }
+    fn absorb(&mut self, later: &MergeScratch) {
+        self.lost_left.absorb(&later.lost_left);
+        self.lost_right.absorb(&later.lost_right);
+        self.fresh_left.absorb(&later.fresh_left);
+        self.fresh_right.absorb(&later.fresh_right);
     }
 }
 
@@ -450,6 +666,23 @@ mod tests {
         let merges = train(&counts, &opts);
         assert_eq!(merges.len(), 30);
         assert_eq!(merges, reference_bpe(&counts, &opts));
+    }
+
+    #[test]
+    fn parallel_merges_equal_sequential_ones() {
+        let mut rng = Rng(7);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        for _ in 0..100 {
+            let counts = random_counts(&mut rng);
+            let opts = TrainOptions::new(256 + 1 + 30);
+            // Every merge of 2 words or more takes the parallel path.
+            let parallel =
+                pool.install(|| train_bpe_with(&counts, &opts, &AtomicU64::new(0), 2).unwrap());
+            assert_eq!(parallel, reference_bpe(&counts, &opts));
+        }
     }
 
     #[test]
