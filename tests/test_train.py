@@ -180,3 +180,11 @@ def test_evaluate_bits_per_byte_formula() -> None:
     # total nats / (ln 2 * bytes) = tokens * 8 ln 2 / (ln 2 * 3 tokens) = 8/3
     assert result.bits_per_byte == pytest.approx(8 / 3)
     assert evaluate(Uniform(256), batches).bits_per_byte is None
+
+
+def test_time_budget_stops_the_run() -> None:
+    batches = prepare_training_data(pattern_docs(), batch_size=4, seq_len=16)
+    result = train(tiny_model(), batches, time_budget_s=0.5, warmup_steps=1, **QUIET)
+    assert result.steps >= 1
+    # it stopped on time, not by running out of steps (no step count was set)
+    assert 0.5 <= result.elapsed_s < 30
