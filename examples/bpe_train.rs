@@ -21,7 +21,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = take_flag("--out");
     let min_frequency: u64 = take_flag("--min-frequency").map_or(Ok(1), |v| v.parse())?;
     let [root, vocab_size, rest @ ..] = args.as_slice() else {
-        return Err("usage: bpe_train DIR VOCAB_SIZE [EXT] [--min-frequency N] [--out FILE]".into());
+        return Err(
+            "usage: bpe_train DIR VOCAB_SIZE [EXT] [--min-frequency N] [--out FILE]".into(),
+        );
     };
     let extensions: Vec<String> = rest.to_vec();
 

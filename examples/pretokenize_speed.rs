@@ -9,7 +9,9 @@ use _lmrs::pretokenize::{Pretokenizer, GPT4_PATTERN};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(root) = args.first() else { return Err("usage: pretokenize_speed FILE_OR_DIR [EXT]".into()) };
+    let Some(root) = args.first() else {
+        return Err("usage: pretokenize_speed FILE_OR_DIR [EXT]".into());
+    };
     let mut text = String::new();
     for path in collect_files(&PathBuf::from(root), &args[1..])? {
         if let Ok(s) = std::fs::read_to_string(&path) {
@@ -17,7 +19,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let mb = text.len() as f64 / 1e6;
-    for (name, p) in [("fast", Pretokenizer::gpt4()), ("regex", Pretokenizer::new_regex(GPT4_PATTERN)?)] {
+    for (name, p) in [
+        ("fast", Pretokenizer::gpt4()),
+        ("regex", Pretokenizer::new_regex(GPT4_PATTERN)?),
+    ] {
         let t = Instant::now();
         let mut pieces = 0usize;
         p.for_each_piece(&text, |_| pieces += 1);
@@ -27,6 +32,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     let mut counts = WordCounts::new();
     counts.add_text(&text, &Pretokenizer::gpt4());
-    println!("split+count: {} distinct, {:.0} MB/s", counts.len(), mb / t.elapsed().as_secs_f64());
+    println!(
+        "split+count: {} distinct, {:.0} MB/s",
+        counts.len(),
+        mb / t.elapsed().as_secs_f64()
+    );
     Ok(())
 }
