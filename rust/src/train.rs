@@ -645,7 +645,7 @@ mod tests {
     #[test]
     fn equals_the_reference_on_generated_corpora() {
         let mut rng = Rng(0x1234_5678);
-        for _ in 0..300 {
+        for _ in 0..150 {
             let counts = random_counts(&mut rng);
             let mut opts = TrainOptions::new(256 + 1 + rng.below(40) as usize);
             opts.min_frequency = 1 + rng.below(3);
@@ -675,7 +675,7 @@ mod tests {
             .num_threads(3)
             .build()
             .unwrap();
-        for _ in 0..100 {
+        for _ in 0..40 {
             let counts = random_counts(&mut rng);
             let opts = TrainOptions::new(256 + 1 + 30);
             // Every merge of 2 words or more takes the parallel path.
