@@ -353,6 +353,7 @@ class _Run:
     token_bytes: Optional[np.ndarray]
     tokenizer: Any
     out_dir: Optional[Path]
+    bytes_per_token: Optional[float] = None  # approximate bpb when token bytes are unknown
 
 
 def _resolve_data(
@@ -404,6 +405,8 @@ def _evaluate(run: _Run) -> Optional[EvalResult]:
     num_bytes = None
     if sums.bytes is not None:
         num_bytes = dist_utils.all_reduce_sum(sums.bytes, run.ctx)
+    elif run.bytes_per_token:
+        num_bytes = tokens * run.bytes_per_token
     return EvalResult.from_sums(nats, tokens, num_bytes)
 
 
@@ -534,6 +537,8 @@ def _train(
         tokenizer=tokenizer,
         out_dir=out_dir,
     )
+    if token_bytes is None and isinstance(val, TokenSplit) and len(val) and val.num_bytes:
+        run.bytes_per_token = val.num_bytes / len(val)
 
     start_step, elapsed_before, tokens_before = 0, 0.0, 0
     if resume_from is not None:
