@@ -164,6 +164,30 @@ def test_bad_environment_and_arguments_raise_clear_errors(
         distributed.launch_local(2, ["train"])
 
 
+def test_optimizer_state_round_trips_by_name_and_from_positional_form() -> None:
+    ctx = DistContext()
+    torch.manual_seed(0)
+    model = _tiny_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ids = torch.randint(0, VOCAB, (2, 8))
+    model.compute_loss(ids, ids).backward()
+    optimizer.step()
+    named = distributed.full_optimizer_state_dict(model, optimizer, ctx)
+    assert "token_embedding.weight" in named["state"]  # keyed by parameter name
+    expected = optimizer.state_dict()["state"]
+    for saved in (named, optimizer.state_dict()):  # ours, and torch's positional form
+        fresh = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        distributed.load_full_optimizer_state_dict(model, fresh, saved, ctx)
+        loaded = fresh.state_dict()["state"]
+        assert sorted(loaded) == sorted(expected)
+        for index, values in expected.items():
+            assert torch.equal(loaded[index]["exp_avg"], values["exp_avg"])
+            assert torch.equal(loaded[index]["exp_avg_sq"], values["exp_avg_sq"])
+    named["state"]["no.such.weight"] = named["state"].pop("token_embedding.weight")
+    with pytest.raises(ValueError, match="'no.such.weight', the model does not"):
+        distributed.load_full_optimizer_state_dict(model, optimizer, named, ctx)
+
+
 def test_launch_local_command_drops_nproc() -> None:
     argv = ["train", "--nproc", "2", "--corpus", "c", "--nproc=3", "--max-steps", "5"]
     command = distributed.torchrun_command(2, argv)

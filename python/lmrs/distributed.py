@@ -440,24 +440,54 @@ def load_full_state_dict(
     unwrap_model(model).load_state_dict(state)
 
 
+def _positional_optimizer_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> dict[str, Any]:
+    """Name-keyed optimizer state mapped onto this optimizer's positional ids, by name."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    position = {
+        names[id(p)]: i
+        for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"])
+    }
+
+    def index(name: str) -> int:
+        if name not in position:
+            raise ValueError(f"saved optimizer state has parameter {name!r}, the model does not")
+        return position[name]
+
+    return {
+        "state": {index(name): value for name, value in state["state"].items()},
+        "param_groups": [
+            {**group, "params": [index(name) for name in group["params"]]}
+            for group in state["param_groups"]
+        ],
+    }
+
+
 def load_full_optimizer_state_dict(
     model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], ctx: DistContext
 ) -> None:
     """Inverse of :func:`full_optimizer_state_dict`; also reads ``optimizer.state_dict()``'s
     positional form. Every rank passes the state it loaded (under FSDP rank 0's is broadcast
-    and the call is collective)."""
+    and the call is collective; call it before the first backward)."""
+    raw = unwrap_model(model)
+    positional = any(isinstance(i, int) for g in state["param_groups"] for i in g["params"])
+    if not (ctx.enabled and is_fsdp(model)):
+        if not positional:
+            state = _positional_optimizer_state(raw, optimizer, state)
+        optimizer.load_state_dict(state)
+        return
+
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    raw = unwrap_model(model)
-    if any(isinstance(i, int) for group in state["param_groups"] for i in group["params"]):
+    if positional:
         state = _named_optimizer_state(raw, optimizer, state)
-    fsdp = ctx.enabled and is_fsdp(model)
     with collective_guard(ctx, "optimizer state load"):
         set_optimizer_state_dict(
             raw,
             optimizer,
             copy.deepcopy(state),  # the loader moves and reshards tensors in place
-            options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=fsdp),
+            options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
         )
 
 
