@@ -26,6 +26,7 @@ INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr)?\s*$")
 
 QUICKSTART_CORPUS_BYTES = 12_000_000
+QUICKSTART_MAX_FILE_BYTES = 200_000  # larger stdlib files are mostly generated data
 QUICKSTART_VOCAB = 2000
 QUICKSTART_PROMPTS = ("def ", "import os\n", "class ")
 
@@ -450,7 +451,17 @@ def plot_command(run_dir: str, output: Optional[str]) -> None:
 def stdlib_python_files(max_bytes: int = QUICKSTART_CORPUS_BYTES) -> list[str]:
     """The standard library's own .py files (no site-packages, no tests), up to max_bytes."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+    # tests, third-party code, and generated tables (codecs' hex maps, pydoc's topic dump)
+    skip = {
+        "site-packages",
+        "dist-packages",
+        "test",
+        "tests",
+        "idle_test",
+        "__pycache__",
+        "encodings",
+        "pydoc_data",
+    }
     files: list[str] = []
     total = 0
     for directory, subdirs, names in os.walk(root):
@@ -460,7 +471,7 @@ def stdlib_python_files(max_bytes: int = QUICKSTART_CORPUS_BYTES) -> list[str]:
                 continue
             path = Path(directory) / name
             size = path.stat().st_size
-            if size == 0:
+            if size == 0 or size > QUICKSTART_MAX_FILE_BYTES:
                 continue
             if total + size > max_bytes:
                 return files
@@ -511,11 +522,12 @@ def quickstart_command(
     # no dropout: a few CPU minutes underfit, they do not overfit
     model = create_small_model(tokenizer.vocab_size, max_seq_len=256, dropout_rate=0.0)
     config = TrainConfig(
-        batch_size=32,
+        # small batches: on a CPU budget, more updates beat bigger ones
+        batch_size=16,
         seq_len=128,
         time_budget_s=minutes * 60,
         learning_rate=2e-3,
-        warmup_steps=50,
+        warmup_steps=20,
         eval_every=100,
         eval_batches=8,
         out_dir=str(out_dir),
