@@ -283,7 +283,7 @@ impl Trainer {
             .push(self.token_len[pair.0 as usize] + self.token_len[pair.1 as usize]);
         let threads = rayon::current_num_threads();
         let parallel = words.len() >= self.parallel_merge_words && threads >= 2;
-        let tasks = if parallel { 2 * threads } else { 1 };
+        let tasks = if parallel { threads } else { 1 };
         let mut scratches = std::mem::take(&mut self.scratches);
         scratches.resize_with(scratches.len().max(tasks), MergeScratch::default);
         for scratch in &mut scratches[..tasks] {
@@ -403,7 +403,9 @@ struct TokenTable {
 }
 
 impl TokenTable {
-    fn reset(&mut self, size: usize) {
+    /// Starts a new merge over tokens `0..size`; `with_words` for the tables that keep
+    /// word lists (the others leave `words` empty, saving 24 bytes per token).
+    fn reset(&mut self, size: usize, with_words: bool) {
         self.generation = self.generation.wrapping_add(1);
         if self.generation == 0 {
             // Wrapped: no stale stamp may equal the new generation.
@@ -413,8 +415,10 @@ impl TokenTable {
         self.touched.clear();
         if self.count.len() < size {
             self.count.resize(size, 0);
-            self.words.resize_with(size, Vec::new);
             self.stamp.resize(size, 0);
+        }
+        if with_words && self.words.len() < size {
+            self.words.resize_with(size, Vec::new);
         }
     }
 
@@ -424,7 +428,9 @@ impl TokenTable {
         if self.stamp[i] != self.generation {
             self.stamp[i] = self.generation;
             self.count[i] = 0;
-            self.words[i].clear();
+            if let Some(words) = self.words.get_mut(i) {
+                words.clear();
+            }
             self.touched.push(t);
         }
         i
@@ -471,7 +477,9 @@ impl TokenTable {
         for &t in &later.touched {
             let i = self.entry(t);
             self.count[i] += later.count[t as usize];
-            self.words[i].extend_from_slice(&later.words[t as usize]);
+            if let Some(words) = later.words.get(t as usize) {
+                self.words[i].extend_from_slice(words);
+            }
         }
     }
 }
@@ -496,14 +504,10 @@ impl MergeScratch {
         self.pair = pair;
         self.new_id = new_id;
         let size = new_id as usize + 1;
-        for table in [
-            &mut self.lost_left,
-            &mut self.lost_right,
-            &mut self.fresh_left,
-            &mut self.fresh_right,
-        ] {
-            table.reset(size);
-        }
+        self.lost_left.reset(size, false);
+        self.lost_right.reset(size, false);
+        self.fresh_left.reset(size, true);
+        self.fresh_right.reset(size, true);
     }
 
     /// Merges the pair in one word (`c` copies of word number `w`), rewriting it in place;
