@@ -234,6 +234,7 @@ def test_empty_corpus_is_an_error(trained: dict[str, Path], tmp_path: Path) -> N
         "--quiet",
     )
     fails_with(result, "empty")
+    assert not (tmp_path / "run").exists()  # nothing left behind
 
 
 def test_eval_errors(trained: dict[str, Path], tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ one-line ``click.ClickException`` with a non-zero exit, raised before anything i
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
 import re
 import sys
@@ -56,15 +57,26 @@ def _load_tokenizer(path: str | os.PathLike[str]) -> Any:
 
 
 def _encode_corpus(tokenizer: Any, corpus: Any, out_path: Path, show_progress: bool) -> None:
-    """Encode a corpus (directory or list of files) into a token file; errors → one line."""
+    """Encode a corpus into a token file; errors → one line, and nothing left behind."""
     started = time.perf_counter()
+    created = not out_path.parent.exists()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        info = tokenizer.encode_files(corpus, str(out_path), show_progress=show_progress)
-    except INPUT_ERRORS as e:
-        raise click.ClickException(_one_line(e)) from e
-    tokens = int(info.get("num_tokens", 0)) if isinstance(info, dict) else 0
-    if tokens == 0:
-        raise click.ClickException(f"{corpus if isinstance(corpus, str) else 'corpus'}: empty")
+        try:
+            info = tokenizer.encode_files(corpus, str(out_path), show_progress=show_progress)
+        except INPUT_ERRORS as e:
+            raise click.ClickException(_one_line(e)) from e
+        tokens = int(info.get("num_tokens", 0)) if isinstance(info, dict) else 0
+        if tokens == 0:
+            for written in (out_path, Path(f"{out_path}.json")):
+                written.unlink(missing_ok=True)
+            name = corpus if isinstance(corpus, (str, os.PathLike)) else "corpus"
+            raise click.ClickException(f"{name}: empty (no text to train on)")
+    except click.ClickException:
+        if created:
+            with contextlib.suppress(OSError):
+                out_path.parent.rmdir()  # only if empty
+        raise
     if show_progress:
         click.echo(
             f"encoded {tokens:,} tokens into {out_path} in {time.perf_counter() - started:.1f} s",
@@ -176,7 +188,6 @@ def train_command(
     if nproc > 1 and not under_torchrun:
         # Encode once here, then re-run this command as nproc processes reading the file.
         if tokens is None:
-            out_dir.mkdir(parents=True, exist_ok=True)
             _encode_corpus(tokenizer, corpus, token_path, show_progress)
         _open_dataset(token_path, tokenizer)  # check before launching
         from lmrs.distributed import launch_local
@@ -195,7 +206,6 @@ def train_command(
     try:
         if tokens is None:
             if ctx.is_main:
-                out_dir.mkdir(parents=True, exist_ok=True)
                 _encode_corpus(tokenizer, corpus, token_path, show_progress)
             distributed.barrier(ctx)
         dataset = _open_dataset(token_path, tokenizer)
