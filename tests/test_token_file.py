@@ -1,0 +1,137 @@
+"""Token files per DESIGN.md: raw ids + sidecar, shards + manifest, parts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tok_corpus import make_texts, write_corpus
+
+from lmrs import Tokenizer, TokenizerError
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    return Tokenizer.train(make_texts(40, seed=2), 500, show_progress=False)
+
+
+@pytest.fixture()
+def corpus(tmp_path: Path) -> tuple[Path, list[str]]:
+    texts = make_texts(25, seed=4) + ["literal <|endoftext|> stays text", ""]
+    paths = write_corpus(tmp_path / "corpus", texts)  # sorted: the encoding order
+    return tmp_path / "corpus", [p.read_bytes().decode("utf-8") for p in paths]
+
+
+def expected_stream(tok: Tokenizer, docs: list[str]) -> list[int]:
+    out: list[int] = []
+    for doc in docs:
+        out += tok.encode_ordinary(doc) + [tok.eot_id]
+    return out
+
+
+def read_shards(directory: Path, manifest: dict) -> list[int]:
+    return [
+        int(i)
+        for name in manifest["shards"]
+        for i in np.memmap(directory / name, dtype=manifest["dtype"], mode="r")
+    ]
+
+
+def test_single_file_and_sidecar(tok: Tokenizer, corpus: tuple[Path, list[str]]) -> None:
+    root, docs = corpus
+    out = root.parent / "tokens.bin"
+    info = tok.encode_files(root, out, show_progress=False)
+    sidecar = json.loads(Path(f"{out}.json").read_text())
+    assert {k: v for k, v in info.items() if k != "skipped_files"} == sidecar
+    assert sidecar["format"] == "lmrs-tokens" and sidecar["version"] == 1
+    assert sidecar["dtype"] == "uint16"
+    assert sidecar["num_documents"] == len(docs)
+    assert sidecar["num_bytes"] == sum(len(d.encode()) for d in docs)
+    assert sidecar["vocab_size"] == tok.vocab_size
+    assert sidecar["tokenizer_hash"] == tok.hash
+    assert sidecar["eot_id"] == tok.eot_id
+    ids = np.memmap(out, dtype=np.uint16, mode="r")
+    assert ids.tolist() == expected_stream(tok, docs)
+    assert sidecar["num_tokens"] == len(ids)
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "corpus",
+        "tokens.bin",
+        "tokens.bin.json",
+    ]
+
+
+def test_texts_and_non_text_files(tok: Tokenizer, tmp_path: Path) -> None:
+    texts = ["one doc", "two <|endoftext|>"]
+    info = tok.encode_files(texts, tmp_path / "t.bin", show_progress=False)
+    assert np.fromfile(tmp_path / "t.bin", np.uint16).tolist() == expected_stream(tok, texts)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "a.txt").write_text("hello")
+    (tmp_path / "c" / "b.bin").write_bytes(b"\x00\x01binary")
+    info = tok.encode_files(tmp_path / "c", tmp_path / "c.bin", show_progress=False)
+    assert info["num_documents"] == 1
+    assert info["skipped_files"] == [str(tmp_path / "c" / "b.bin")]
+
+
+def test_shards_and_manifest(tok: Tokenizer, corpus: tuple[Path, list[str]]) -> None:
+    root, docs = corpus
+    out = root.parent / "shards"
+    manifest = tok.encode_files(root, out, shard_tokens=200, show_progress=False)
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk["format"] == "lmrs-shards" and on_disk["shards"] == manifest["shards"]
+    stream = expected_stream(tok, docs)
+    assert len(manifest["shards"]) == -(-len(stream) // 200)
+    assert read_shards(out, manifest) == stream
+    assert manifest["num_tokens"] == len(stream)
+    assert manifest["num_documents"] == len(docs)
+    assert manifest["num_bytes"] == sum(len(d.encode()) for d in docs)
+    for name in manifest["shards"][:-1]:
+        assert json.loads((out / f"{name}.json").read_text())["num_tokens"] == 200
+    # Writing again replaces the directory (no stale shards).
+    again = tok.encode_files(root, out, shard_tokens=10_000, show_progress=False)
+    assert len(again["shards"]) == 1
+    assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.json",
+        *again["shards"],
+        again["shards"][0] + ".json",
+    ]
+
+
+def test_parts_are_disjoint_and_complete(tok: Tokenizer, corpus: tuple[Path, list[str]]) -> None:
+    root, docs = corpus
+    out = root.parent / "parts"
+    for part in (0, 2):
+        partial = tok.encode_files(root, out, num_parts=3, part_index=part, show_progress=False)
+        assert 1 in partial["missing_parts"]
+    tok.encode_files(root, out, num_parts=3, part_index=1, shard_tokens=50, show_progress=False)
+    manifest = Tokenizer.build_manifest(out)
+    assert manifest["missing_parts"] == [] and manifest["num_parts"] == 3
+    assert read_shards(out, manifest) == expected_stream(tok, docs)
+    assert manifest["num_documents"] == len(docs)
+
+
+def test_bad_arguments_and_foreign_directory(tok: Tokenizer, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="part_index"):
+        tok.encode_files(["x"], tmp_path / "p", num_parts=2, part_index=2)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not a shard directory"):
+        tok.encode_files(["x"], mine, shard_tokens=10, show_progress=False)
+    assert (mine / "notes.txt").read_text() == "keep me"
+    with pytest.raises(TokenizerError, match="no-such-dir"):
+        tok.encode_files(["x"], tmp_path / "no-such-dir" / "t.bin", show_progress=False)
+    assert not (tmp_path / "no-such-dir").exists()
+
+
+def test_uint32_when_vocab_exceeds_uint16(tmp_path: Path) -> None:
+    # Every byte pair as a merge, the pairs starting with "a" last: "aa" gets id > 65535.
+    pairs = [(a, b) for a in range(256) for b in range(256) if a != 97]
+    big = Tokenizer.from_vocab(pairs + [(97, b) for b in range(256)])
+    assert big.vocab_size > 65536
+    info = big.encode_files(["a" * 7_000, "b"], tmp_path / "big.bin", show_progress=False)
+    assert info["dtype"] == "uint32"
+    ids = np.memmap(tmp_path / "big.bin", dtype=np.uint32, mode="r").tolist()
+    assert ids == big.encode_ordinary("a" * 7_000) + [big.eot_id, 98, big.eot_id]
+    assert ids[0] == big.token_to_id(b"aa") > 65535
