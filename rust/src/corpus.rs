@@ -94,6 +94,16 @@ impl ShortWord {
         ShortWord(bytes)
     }
 
+    /// The word of `len` bytes at the start of `window` (16 bytes of the text): one
+    /// unaligned load and a mask, where copying `len` bytes would call memcpy and then
+    /// stall reading them back as one value.
+    #[inline]
+    fn from_window(window: [u8; 16], len: usize) -> Self {
+        let mask = (1u128 << (8 * len)) - 1;
+        let word = u128::from_le_bytes(window) & mask;
+        ShortWord((word | (len as u128) << 120).to_le_bytes())
+    }
+
     #[inline]
     fn bytes(&self) -> &[u8] {
         &self.0[..self.0[15] as usize]
@@ -148,15 +158,25 @@ impl WordCounts {
     #[inline]
     pub fn add(&mut self, word: &[u8], count: u64) {
         if word.len() <= SHORT_WORD_BYTES {
-            // get_mut first: the common case (a word seen before) stays inlined and
-            // never reserves room.
-            let short = ShortWord::new(word);
-            if let Some(c) = self.short.get_mut(&short) {
-                *c += count;
-            } else {
-                self.short.insert(short, count);
-            }
-        } else if let Some(c) = self.long.get_mut(word) {
+            self.add_short(ShortWord::new(word), count);
+        } else {
+            self.add_long(word, count);
+        }
+    }
+
+    #[inline]
+    fn add_short(&mut self, word: ShortWord, count: u64) {
+        // get_mut first: the common case (a word seen before) stays inlined and never
+        // reserves room.
+        if let Some(c) = self.short.get_mut(&word) {
+            *c += count;
+        } else {
+            self.short.insert(word, count);
+        }
+    }
+
+    fn add_long(&mut self, word: &[u8], count: u64) {
+        if let Some(c) = self.long.get_mut(word) {
             *c += count;
         } else {
             self.long.insert(word.into(), count);
@@ -165,7 +185,25 @@ impl WordCounts {
 
     /// Splits `text` into words and counts them.
     pub fn add_text(&mut self, text: &str, pretokenizer: &Pretokenizer) {
-        pretokenizer.for_each_piece(text, |piece| self.add(piece.as_bytes(), 1));
+        let bytes = text.as_bytes();
+        let base = bytes.as_ptr() as usize;
+        pretokenizer.for_each_piece(text, |piece| {
+            let len = piece.len();
+            if len > SHORT_WORD_BYTES {
+                return self.add_long(piece.as_bytes(), 1);
+            }
+            // Pieces are slices of `text`: read the 16 bytes from the piece's start
+            // when the text has them (all but the last few pieces).
+            let start = piece.as_ptr() as usize - base;
+            let word = match bytes
+                .get(start..start + 16)
+                .and_then(|w| <[u8; 16]>::try_from(w).ok())
+            {
+                Some(window) => ShortWord::from_window(window, len),
+                None => ShortWord::new(piece.as_bytes()),
+            };
+            self.add_short(word, 1);
+        });
     }
 
     /// Counts the words of many texts in parallel (each text is one document).
@@ -572,6 +610,15 @@ mod tests {
         }
         assert_eq!(counts.len(), 5);
         assert_eq!(counts.total(), 7);
+        // A word read from a window of the text is the same key as a copied one.
+        let window: [u8; 16] = *b"a\0bcdefghijklmno";
+        assert_eq!(ShortWord::from_window(window, 1), ShortWord::new(b"a"));
+        assert_eq!(ShortWord::from_window(window, 2), ShortWord::new(b"a\0"));
+        assert_eq!(
+            ShortWord::from_window(window, 15),
+            ShortWord::new(&window[..15])
+        );
+        assert_eq!(ShortWord::from_window(window, 0), ShortWord::new(b""));
         assert_eq!(counts.get(b"a"), 2);
         assert_eq!(counts.get(b"a\0"), 1);
         assert_eq!(counts.get(b""), 1);
