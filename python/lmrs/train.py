@@ -43,7 +43,7 @@ from lmrs.checkpoint import (
     save_checkpoint,
 )
 from lmrs.data import Batch, TokenDataset, TokenSplit, micro_batch_size, token_byte_lengths
-from lmrs.evaluate import EvalResult, EvalSums, evaluation_sums
+from lmrs.evaluate import EvalResult, evaluation_sums
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 DTYPES = ("auto", "float32", "bfloat16")
@@ -763,7 +763,6 @@ def _state(
 
 
 __all__ = [
-    "EvalSums",
     "TrainConfig",
     "TrainResult",
     "create_optimizer",
