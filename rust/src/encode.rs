@@ -48,7 +48,7 @@ pub struct Encoder {
     token_bytes: Vec<Vec<u8>>,
     /// Bytes → id for ordinary tokens (the lowest id if two merges made the same bytes).
     bytes_to_id: AHashMap<Vec<u8>, u32>,
-    special_matcher: Option<AhoCorasick>,
+    special_matcher: AhoCorasick,
     /// Special ids in the matcher's pattern order.
     special_ids: Vec<u32>,
 }
@@ -97,7 +97,7 @@ impl Encoder {
             pairs,
             token_bytes,
             bytes_to_id,
-            special_matcher: Some(special_matcher),
+            special_matcher,
             special_ids,
         })
     }
@@ -154,13 +154,12 @@ impl Encoder {
 
     /// Encodes text; the `allowed` special tokens found in it become their ids.
     pub fn encode(&self, text: &str, allowed: &AllowedSpecial) -> Vec<u32> {
-        let matcher = match (allowed, &self.special_matcher) {
-            (AllowedSpecial::None, _) | (_, None) => return self.encode_ordinary(text),
-            (_, Some(m)) => m,
-        };
+        if *allowed == AllowedSpecial::None {
+            return self.encode_ordinary(text);
+        }
         let mut out = Vec::with_capacity(text.len() / 3 + 1);
         let mut start = 0;
-        for m in matcher.find_iter(text) {
+        for m in self.special_matcher.find_iter(text) {
             let id = self.special_ids[m.pattern().as_usize()];
             if let AllowedSpecial::Some(ids) = allowed {
                 if !ids.contains(&id) {
