@@ -35,6 +35,15 @@ def _read_texts(files: list[str]) -> list[str]:
     return [Path(f).read_bytes().decode("utf-8", errors="replace") for f in files]
 
 
+def _is_text(path: Path) -> bool:
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return b"\x00" not in data
+
+
 def train_lmrs(files: list[str], size: int, out: str) -> None:
     from lmrs import Tokenizer
 
@@ -110,7 +119,8 @@ def train_in_subprocess(name: str, files_json: Path, size: int, out: Path) -> di
     cmd = [sys.executable, __file__, "--worker", name, str(files_json), str(size), str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise RuntimeError(f"{name} training failed: {result.stderr.strip()[-500:]}")
+        last = result.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"{name} training failed: {last[0][:200]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -138,7 +148,10 @@ def main(
     """Train and encode CORPUS with lmrs and its peers; print one table."""
     from lmrs import Tokenizer, _lmrs
 
-    files = [str(p) for p in _lmrs.collect_files(str(corpus), list(extensions))]
+    # Only text files (UTF-8, no NUL), as lmrs trains on: HF's trainer stops at others.
+    files = [
+        str(p) for p in _lmrs.collect_files(str(corpus), list(extensions)) if _is_text(Path(p))
+    ]
     step = max(int(round(1 / heldout_fraction)), 2) if heldout_fraction > 0 else 0
     held = [f for i, f in enumerate(files) if step and i % step == step - 1]
     train_files = [f for f in files if f not in set(held)]
