@@ -110,3 +110,10 @@ def test_long_run_of_one_character_encodes_correctly() -> None:
         assert ids == enc.encode_ordinary(text)
         assert tok.decode(ids) == text
         assert len(ids) < len(text) // 8  # long merges were used, not bytes
+
+
+def test_big_text_encoded_in_parallel_chunks_equals_tiktoken(tokenizer: Tokenizer) -> None:
+    pytest.importorskip("tiktoken")
+    text = "".join(make_texts(400, seed=12)) * 30  # > 2 MB: cut into chunks, encoded in parallel
+    assert len(text.encode()) > 2 << 20
+    assert tokenizer.encode_ordinary(text) == tokenizer.to_tiktoken().encode_ordinary(text)

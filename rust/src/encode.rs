@@ -29,6 +29,10 @@ const LONG_PIECE: usize = 128;
 
 const NO_RANK: u32 = u32::MAX;
 
+/// Ordinary text longer than twice this is cut into chunks of about this size at piece
+/// boundaries and encoded in parallel (one big file or string still uses every core).
+const PARALLEL_CHUNK_BYTES: usize = 1 << 20;
+
 /// Which special tokens `encode` recognises in the text; the others are plain text.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AllowedSpecial {
@@ -146,6 +150,42 @@ impl Encoder {
 
     /// Appends the ids of `text` (special tokens as plain text) to `out`.
     pub fn encode_ordinary_into(&self, text: &str, out: &mut Vec<u32>) {
+        if text.len() >= 2 * PARALLEL_CHUNK_BYTES && self.pretokenizer.is_fast() {
+            self.encode_chunks_into(text, PARALLEL_CHUNK_BYTES, out);
+        } else {
+            self.encode_sequential_into(text, out);
+        }
+    }
+
+    /// Cuts `text` into chunks of about `chunk_bytes` where no piece can cross (see
+    /// [`split_point_after`]), encodes them in parallel and appends the ids in order.
+    fn encode_chunks_into(&self, text: &str, chunk_bytes: usize, out: &mut Vec<u32>) {
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        while text.len() - start > chunk_bytes {
+            match split_point_after(text.as_bytes(), start + chunk_bytes) {
+                Some(at) => {
+                    chunks.push(&text[start..at]);
+                    start = at;
+                }
+                None => break,
+            }
+        }
+        chunks.push(&text[start..]);
+        let parts: Vec<Vec<u32>> = chunks
+            .par_iter()
+            .map(|chunk| {
+                let mut ids = Vec::with_capacity(chunk.len() / 3 + 1);
+                self.encode_sequential_into(chunk, &mut ids);
+                ids
+            })
+            .collect();
+        for part in parts {
+            out.extend_from_slice(&part);
+        }
+    }
+
+    fn encode_sequential_into(&self, text: &str, out: &mut Vec<u32>) {
         let mut scratch = Scratch::default();
         self.pretokenizer.for_each_piece(text, |piece| {
             self.encode_piece(piece.as_bytes(), out, &mut scratch);
@@ -315,6 +355,22 @@ impl Encoder {
     }
 }
 
+/// The first position at or after `from` where the GPT-4 pattern's pieces can be split
+/// without changing them: just after a '\n' followed by a printable ASCII character (the
+/// rule corpus.rs uses for large files). No piece spans it: a piece holding a newline
+/// ends with its newline or whitespace run, and neither continues into a non-space.
+fn split_point_after(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(offset) = memchr::memchr(b'\n', bytes.get(i..)?) {
+        let newline = i + offset;
+        if bytes.get(newline + 1).is_some_and(u8::is_ascii_graphic) {
+            return Some(newline + 1);
+        }
+        i = newline + 1;
+    }
+    None
+}
+
 /// Buffers reused across the pieces of one text.
 #[derive(Default)]
 struct Scratch {
@@ -409,6 +465,43 @@ mod tests {
         assert_eq!(ids.len(), 2);
         assert_eq!(enc.decode(&ids[..1]).unwrap(), "\u{FFFD}");
         assert!(enc.decode(&[99_999]).is_err());
+    }
+
+    #[test]
+    fn chunked_encoding_equals_sequential() {
+        use crate::pretokenize::CL100K_PATTERN;
+        let lines = [
+            "the cat\n",
+            "  indented\n",
+            "\n\n",
+            "x = 1;  \r\n",
+            "  \n",
+            "end.\n",
+            "'s it\n",
+            "\t\ttab\n",
+            "  \n  \nhello",
+            "123456\n",
+            "£ sign\n",
+            "!!\n\n ",
+        ];
+        let mut seed = 12345u64;
+        let mut text = String::new();
+        for _ in 0..3000 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            text.push_str(lines[(seed >> 33) as usize % lines.len()]);
+        }
+        for pattern in [GPT4_PATTERN, CL100K_PATTERN] {
+            let merges = vec![(116, 104), (256, 101), (32, 257), (97, 97), (259, 259)];
+            let enc = Encoder::new(Vocab::new(pattern, merges, &[]).unwrap()).unwrap();
+            let sequential = enc.encode_ordinary(&text);
+            for chunk in [1, 7, 64, 1000] {
+                let mut chunked = Vec::new();
+                enc.encode_chunks_into(&text, chunk, &mut chunked);
+                assert_eq!(chunked, sequential, "chunk {chunk}");
+            }
+        }
     }
 
     #[test]
