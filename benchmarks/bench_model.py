@@ -307,7 +307,7 @@ def quality_section(opts: QualityOptions) -> None:
         results[name] = (scores, steps, outcome.tokens)
         print(
             f"  {name}: {steps} steps, {outcome.tokens:,} tokens, {outcome.tokens_per_s:,.0f} "
-            f"tokens/s, {seconds:.0f}s with evaluation; held-out {scores.summary()}"
+            f"tokens/s, {seconds:.0f}s training; held-out {scores.summary()}"
         )
 
     (ours_scores, ours_steps, ours_tokens), (gpt2_scores, gpt2_steps, gpt2_tokens) = (

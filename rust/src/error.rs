@@ -5,7 +5,10 @@ use std::fmt;
 #[derive(Debug)]
 pub enum Error {
     /// Reading or writing a file failed; the path is part of the message.
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     /// A tokenizer/vocab file is malformed, truncated, tampered or of the wrong version.
     Format { path: String, message: String },
     /// Invalid arguments or input (bad pattern, vocab size too small, unknown token id...).
@@ -28,6 +31,9 @@ impl std::error::Error for Error {}
 
 impl Error {
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().display().to_string(), source }
+        Error::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
     }
 }
