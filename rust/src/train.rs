@@ -113,7 +113,7 @@ fn unkey(k: u64) -> Pair {
     ((k >> 32) as u32, k as u32)
 }
 
-/// What the trainer knows about one pair.
+/// A pair's count and its words, as gathered by a merge (or the first count).
 #[derive(Default)]
 struct PairState {
     /// Occurrences in the corpus (sum of the counts of the words, once per occurrence).
@@ -121,6 +121,14 @@ struct PairState {
     /// Words that contain (or once contained) the pair, without repeats; a word that
     /// lost the pair since is harmless (merging finds nothing in it).
     words: Vec<u32>,
+}
+
+/// A pair in the table: its count and where its word list is in `Trainer::word_lists`.
+/// Lists live outside the table to keep its buckets small (24 bytes, not 40): the
+/// table holds every pair seen, and it is the largest thing the trainer allocates.
+struct PairEntry {
+    count: i64,
+    slot: u32,
 }
 
 struct Word {
@@ -136,7 +144,10 @@ struct Trainer {
     ids: Vec<u32>,
     /// Where each word is in `ids`, and its count (together: one cache miss per word).
     words: Vec<Word>,
-    pairs: AHashMap<u64, PairState>,
+    pairs: AHashMap<u64, PairEntry>,
+    /// Word lists of the pairs in `pairs`, by slot; freed slots are reused.
+    word_lists: Vec<Vec<u32>>,
+    free_slots: Vec<u32>,
     /// (count, pair) candidates, best first: larger count, then smaller pair. An entry
     /// may be stale (the pair's count has dropped since); it is checked when popped.
     heap: CandidateHeap,
@@ -172,6 +183,8 @@ impl Trainer {
             ids,
             words,
             pairs: AHashMap::new(),
+            word_lists: Vec::new(),
+            free_slots: Vec::new(),
             heap: CandidateHeap::default(),
             token_len: vec![1; 256],
             min_frequency: opts.min_frequency.max(1),
@@ -224,7 +237,7 @@ impl Trainer {
         for (k, (c, w)) in counts.into_iter().zip(words).enumerate() {
             if c > 0 {
                 let pair = key((k >> 8) as u32, (k & 0xff) as u32);
-                self.pairs.insert(
+                self.insert_pair(
                     pair,
                     PairState {
                         count: c as i64,
@@ -233,6 +246,37 @@ impl Trainer {
                 );
                 self.push_candidate(pair);
             }
+        }
+    }
+
+    fn insert_pair(&mut self, pair: u64, state: PairState) {
+        let slot = match self.free_slots.pop() {
+            Some(slot) => {
+                self.word_lists[slot as usize] = state.words;
+                slot
+            }
+            None => {
+                self.word_lists.push(state.words);
+                (self.word_lists.len() - 1) as u32
+            }
+        };
+        self.pairs.insert(
+            pair,
+            PairEntry {
+                count: state.count,
+                slot,
+            },
+        );
+    }
+
+    /// Removes `pair` from the table, returning its word list.
+    fn remove_pair(&mut self, pair: u64) -> Vec<u32> {
+        match self.pairs.remove(&pair) {
+            Some(entry) => {
+                self.free_slots.push(entry.slot);
+                std::mem::take(&mut self.word_lists[entry.slot as usize])
+            }
+            None => Vec::new(),
         }
     }
 
@@ -246,7 +290,7 @@ impl Trainer {
         let too_long = (self.token_len[a as usize] + self.token_len[b as usize]) as usize
             > self.max_token_length;
         if state.count < self.min_frequency as i64 || too_long {
-            self.pairs.remove(&pair);
+            self.remove_pair(pair);
         } else {
             self.heap.push((state.count as u64, pair));
         }
@@ -275,11 +319,7 @@ impl Trainer {
     /// each rewrites its own contiguous range of words, since every word list is sorted.
     fn merge(&mut self, pair: Pair, new_id: u32) {
         let merged = key(pair.0, pair.1);
-        let words = self
-            .pairs
-            .remove(&merged)
-            .map(|s| s.words)
-            .unwrap_or_default();
+        let words = self.remove_pair(merged);
         self.token_len
             .push(self.token_len[pair.0 as usize] + self.token_len[pair.1 as usize]);
         let threads = rayon::current_num_threads();
@@ -314,11 +354,12 @@ impl Trainer {
         let lost = scratch.lost_left.drain().map(|(x, d)| (key(x, a), d));
         let lost = lost.chain(scratch.lost_right.drain().map(|(y, d)| (key(b, y), d)));
         for (k, delta) in lost {
-            if let Some(state) = self.pairs.get_mut(&k) {
-                state.count += delta;
-                if state.count <= 0 {
-                    self.pairs.remove(&k);
-                }
+            let gone = self.pairs.get_mut(&k).is_some_and(|entry| {
+                entry.count += delta;
+                entry.count <= 0
+            });
+            if gone {
+                self.remove_pair(k);
             }
         }
         let fresh = scratch
@@ -334,7 +375,7 @@ impl Trainer {
             )
             .collect();
         for (k, state) in fresh {
-            self.pairs.insert(k, state);
+            self.insert_pair(k, state);
             self.push_candidate(k);
         }
     }
