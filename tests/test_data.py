@@ -205,6 +205,12 @@ def test_shard_directory_reads_as_one_stream(tmp_path: Path) -> None:
     (shards / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DataError, match="manifest.json"):
         TokenDataset(shards)
+    # a manifest that still lists unfinished parts is refused, not read as a partial corpus
+    manifest["num_tokens"] -= 1
+    manifest.update(num_parts=3, missing_parts=[2])
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"manifest.json: parts \[2\] of 3 are not encoded"):
+        TokenDataset(shards)
 
 
 # -- sampler ---------------------------------------------------------------------------------

@@ -237,7 +237,8 @@ def train_command(
         )
         try:
             result = train(model, dataset, config, tokenizer=tokenizer, resume_from=resume)
-        except INPUT_ERRORS as e:
+        # DistributedError: another rank died or timed out; the message names rank and step
+        except (*INPUT_ERRORS, distributed.DistributedError) as e:
             raise click.ClickException(_one_line(e)) from e
     finally:
         distributed.cleanup(ctx)

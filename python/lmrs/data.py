@@ -277,6 +277,13 @@ class TokenDataset:
         shards = meta.get("shards")
         if not isinstance(shards, list) or not shards:
             raise DataError(f"{manifest_path}: 'shards' must be a non-empty list of file names")
+        missing = meta.get("missing_parts") or []
+        if missing:
+            # training on a partial corpus would be silent data loss: refuse it
+            raise DataError(
+                f"{manifest_path}: parts {missing} of {meta.get('num_parts')} are not encoded yet "
+                "(finish them, then rebuild the manifest with `lmrs encode --manifest-only`)"
+            )
         parts: list[np.ndarray] = []
         total = 0
         for name in shards:
