@@ -22,7 +22,23 @@ def test_unknown_name_raises_attribute_error() -> None:
         raise AssertionError("lmrs.no_such_thing did not raise")
 
 
-def test_tokenizer_use_does_not_import_torch() -> None:
-    code = "import sys, lmrs; lmrs.Tokenizer; print('torch' in sys.modules)"
+def test_tokenizer_use_imports_neither_torch_nor_numpy() -> None:
+    code = (
+        "import sys, lmrs\n"
+        "tok = lmrs.Tokenizer.train(['hello world, hello there'] * 20, 280, show_progress=False)\n"
+        "assert tok.decode(tok.encode('hello there')) == 'hello there'\n"
+        "print('torch' in sys.modules, 'numpy' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False False"
+
+
+def test_decode_accepts_numpy_arrays_and_tensors() -> None:
+    import numpy as np
+    import torch
+
+    tok = lmrs.Tokenizer.train(["abc abd abe"] * 10, 270, show_progress=False)
+    ids = tok.encode("abd abc")
+    assert tok.decode(np.array(ids, dtype=np.uint16)) == "abd abc"
+    assert tok.decode(torch.tensor([ids])[0]) == "abd abc"
+    assert tok.decode(tok.encode_to_numpy("abe")) == "abe"

@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
-import numpy as np
 from tqdm import tqdm
 
 from lmrs import _lmrs
 from lmrs._lmrs import TokenizerError
 
 if TYPE_CHECKING:
+    import numpy as np
     import tiktoken
 
 __all__ = ["Tokenizer", "TokenizerError", "TrainStats"]
@@ -369,8 +369,10 @@ class Tokenizer:
 
     @staticmethod
     def _ids(ids: Iterable[int]) -> list[int]:
-        if isinstance(ids, np.ndarray):
-            return ids.astype(np.int64, copy=False).ravel().tolist()
+        # numpy arrays (and torch tensors) without importing numpy: tokenizer-only use stays
+        # light (numpy is imported by the extension only when encode_to_numpy is called)
+        if hasattr(ids, "ravel") and hasattr(ids, "tolist"):
+            return [int(i) for i in ids.ravel().tolist()]  # type: ignore[union-attr]
         return ids if isinstance(ids, list) else list(ids)
 
     def decode(self, ids: Iterable[int]) -> str:
