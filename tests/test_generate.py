@@ -187,3 +187,25 @@ def test_bad_prompts_raise(prompt, message):
 def test_stream_rejects_batches():
     with pytest.raises(ValueError, match="one prompt"):
         stream_generate(tiny(), [[1], [2]])
+
+
+@pytest.mark.parametrize(
+    "top_k, top_p", [(None, None), (3, None), (None, 0.6), (4, 0.5), (1, None)]
+)
+def test_vectorised_draw_matches_filtered_softmax(top_k, top_p):
+    # evenly spaced uniforms turn the sampler into a histogram of its distribution:
+    # each token must get its filter_logits probability, up to the grid's resolution
+    from lmrs.generate import _pick_next
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 12, generator=gen) * 2
+    options = SamplingOptions(temperature=0.7, top_k=top_k, top_p=top_p)
+    expected = filter_logits(logits, options).softmax(-1)
+    n = 20_000
+    uniforms = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    for row in range(2):
+        rows = logits[row : row + 1].expand(n, -1)
+        picks = _pick_next(rows, options, uniforms)
+        freq = torch.bincount(picks, minlength=12).double() / n
+        assert torch.allclose(freq, expected[row].double(), atol=2e-4), (freq, expected[row])
+        assert set(picks.tolist()) <= set(expected[row].nonzero().flatten().tolist())
