@@ -42,3 +42,25 @@ def test_decode_accepts_numpy_arrays_and_tensors() -> None:
     assert tok.decode(np.array(ids, dtype=np.uint16)) == "abd abc"
     assert tok.decode(torch.tensor([ids])[0]) == "abd abc"
     assert tok.decode(tok.encode_to_numpy("abe")) == "abe"
+
+
+def test_functions_are_not_hidden_by_their_modules() -> None:
+    # importing lmrs.train (the module) must leave lmrs.train the function, in any order
+    code = (
+        "import lmrs.evaluate, lmrs.generate, lmrs.train\n"
+        "import lmrs\n"
+        "from lmrs.train import TrainConfig\n"
+        "print(callable(lmrs.train), callable(lmrs.evaluate), callable(lmrs.generate),\n"
+        "      lmrs.train.__module__, lmrs.evaluate.__module__, lmrs.generate.__module__,\n"
+        "      TrainConfig.__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [
+        "True",
+        "True",
+        "True",
+        "lmrs.train",
+        "lmrs.evaluate",
+        "lmrs.generate",
+        "TrainConfig",
+    ]

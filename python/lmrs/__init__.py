@@ -10,6 +10,8 @@ for importing PyTorch.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 from lmrs.corpus import add_to_corpus
@@ -53,3 +55,19 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
+
+# The modules lmrs.train, lmrs.evaluate and lmrs.generate share their names with the
+# functions they define. Importing such a submodule makes Python set `lmrs.<name>` to the
+# module, which would hide the function (`lmrs.train(...)` -> "module is not callable").
+_SHADOWED = {"train", "evaluate", "generate"}
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
+            value = getattr(value, name)  # the submodule is fully loaded by now
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
