@@ -22,7 +22,7 @@ use crate::corpus::{collect_files as collect, count_words_in_files, WordCounts};
 use crate::encode::{AllowedSpecial, Encoder};
 use crate::pretokenize::{Pretokenizer, GPT4_PATTERN};
 use crate::token_file::{self, TokenFileOptions};
-use crate::train::{train_bpe, TrainOptions};
+use crate::train::{train_bpe_owned, TrainOptions};
 use crate::vocab::Vocab;
 use crate::Error;
 
@@ -413,9 +413,11 @@ impl WordCounter {
     }
 
     /// Learns merges and returns (tokenizer, seconds). `progress(merges_done)`.
+    /// Consumes the counts (the counter is empty afterwards): the trainer copies them into
+    /// its own arrays and frees them, which keeps peak memory down on large corpora.
     #[pyo3(signature = (vocab_size, special_tokens=Vec::new(), min_frequency=2, max_token_length=None, progress=None))]
     fn train(
-        &self,
+        &mut self,
         py: Python<'_>,
         vocab_size: usize,
         special_tokens: Vec<String>,
@@ -435,10 +437,11 @@ impl WordCounter {
             min_frequency,
             max_token_length,
         };
-        let counts = &self.counts;
+        options.num_merges().map_err(to_py_err)?; // fail before the counts are taken
+        let counts = std::mem::take(&mut self.counts);
         let start = Instant::now();
-        let merges = run_with_progress(py, progress.as_ref(), |counter, _| {
-            train_bpe(counts, &options, counter)
+        let merges = run_with_progress(py, progress.as_ref(), move |counter, _| {
+            train_bpe_owned(counts, &options, counter)
         })?;
         let seconds = start.elapsed().as_secs_f64();
         let vocab = Vocab::new(self.pretokenizer.pattern(), merges, &names).map_err(to_py_err)?;

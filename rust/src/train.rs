@@ -81,6 +81,21 @@ pub fn train_bpe(
     rayon::scope(|_| train_bpe_with(counts, opts, progress, PARALLEL_MERGE_WORDS))
 }
 
+/// [`train_bpe`] that takes the counts and frees them as soon as the trainer has copied
+/// them into its flat arrays, so the peak holds one of the two, not both.
+pub fn train_bpe_owned(
+    counts: WordCounts,
+    opts: &TrainOptions,
+    progress: &AtomicU64,
+) -> Result<Vec<Pair>> {
+    rayon::scope(|_| {
+        let num_merges = opts.num_merges()?;
+        let trainer = Trainer::new(&counts, opts);
+        drop(counts);
+        Ok(run_merges(trainer, num_merges, progress))
+    })
+}
+
 fn train_bpe_with(
     counts: &WordCounts,
     opts: &TrainOptions,
@@ -90,6 +105,10 @@ fn train_bpe_with(
     let num_merges = opts.num_merges()?;
     let mut trainer = Trainer::new(counts, opts);
     trainer.parallel_merge_words = parallel_merge_words;
+    Ok(run_merges(trainer, num_merges, progress))
+}
+
+fn run_merges(mut trainer: Trainer, num_merges: usize, progress: &AtomicU64) -> Vec<Pair> {
     let mut merges = Vec::with_capacity(num_merges);
     while merges.len() < num_merges {
         let Some(pair) = trainer.best_pair() else {
@@ -100,7 +119,7 @@ fn train_bpe_with(
         merges.push(pair);
         progress.store(merges.len() as u64, Ordering::Relaxed);
     }
-    Ok(merges)
+    merges
 }
 
 #[inline]
@@ -835,6 +854,21 @@ mod tests {
         assert!(!merges.is_empty());
         assert!(len.iter().all(|&l| l <= 3));
         assert_eq!(merges, reference_bpe(&counts, &opts));
+    }
+
+    #[test]
+    fn owned_training_equals_borrowed() {
+        let mut rng = Rng(7);
+        let mut counts = WordCounts::new();
+        for _ in 0..10 {
+            counts.merge(random_counts(&mut rng));
+        }
+        let opts = TrainOptions::new(256 + 1 + 40);
+        let progress = AtomicU64::new(0);
+        let borrowed = train_bpe(&counts, &opts, &progress).unwrap();
+        let owned = train_bpe_owned(counts, &opts, &progress).unwrap();
+        assert!(!borrowed.is_empty());
+        assert_eq!(borrowed, owned);
     }
 
     #[test]
