@@ -8,12 +8,13 @@ second tree puts it beside the first.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
+
+from lmrs.atomic import write_atomic
 
 # A file whose invalid UTF-8 bytes exceed this fraction is "beyond repair" (binary or
 # another encoding); below it, the few bad bytes become U+FFFD and the file is kept.
@@ -93,19 +94,6 @@ def to_text(data: bytes) -> tuple[str | None, str]:
         return text, "repaired"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def add_to_corpus(
     src: str | os.PathLike[str],
     corpus_dir: str | os.PathLike[str],
@@ -147,6 +135,7 @@ def add_to_corpus(
         if dest.is_file() and dest.read_bytes() == data:
             result.unchanged += 1
             continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(dest, data)
         result.added += 1
         result.bytes_added += len(data)

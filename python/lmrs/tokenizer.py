@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from tqdm import tqdm
 
 from lmrs import _lmrs
 from lmrs._lmrs import TokenizerError
+from lmrs.atomic import write_atomic
 
 if TYPE_CHECKING:
     import numpy as np
@@ -88,17 +88,6 @@ def _bytes_to_unicode() -> dict[int, str]:
             mapping[b] = chr(256 + extra)
             extra += 1
     return mapping
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _is_path(item: object) -> bool:
@@ -484,7 +473,7 @@ class Tokenizer:
             f"{base64.b64encode(token).decode('ascii')} {rank}\n"
             for token, rank in sorted(self.tiktoken_ranks().items(), key=lambda kv: kv[1])
         ]
-        _write_atomic(Path(path), "".join(lines).encode("ascii"))
+        write_atomic(Path(path), "".join(lines).encode("ascii"))
 
     def export_huggingface(self, path: PathLike) -> None:
         """Write a Hugging Face `tokenizer.json` giving the same ids: BPE over ByteLevel
@@ -511,7 +500,7 @@ class Tokenizer:
         )
         hf.decoder = decoders.ByteLevel()
         hf.add_special_tokens(list(self._special_tokens))
-        _write_atomic(Path(path), hf.to_str(pretty=True).encode("utf-8"))
+        write_atomic(Path(path), hf.to_str(pretty=True).encode("utf-8"))
 
 
 def _type_error(item: object) -> str:

@@ -16,7 +16,6 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -29,6 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lmrs import distributed as dist_utils
+from lmrs.atomic import write_atomic
 from lmrs.checkpoint import (
     MODEL_CONFIG_FILE,
     MODEL_FILE,
@@ -295,19 +295,6 @@ class BatchListSource:
 # ---------------------------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def truncate_metrics(path: Path, step: int) -> None:
     """Keep only the records up to ``step`` (a resumed run rewrites what came after)."""
     if not path.is_file():
@@ -318,7 +305,7 @@ def truncate_metrics(path: Path, step: int) -> None:
             with contextlib.suppress(json.JSONDecodeError):
                 if json.loads(line).get("step", 0) <= step:
                     kept.append(line if line.endswith("\n") else line + "\n")
-    _write_atomic(path, "".join(kept))
+    write_atomic(path, "".join(kept).encode("utf-8"), mode=0o644)
 
 
 class MetricsLog:
