@@ -131,18 +131,19 @@ def test_batch_with_stop_tokens_stops_rows_independently():
         assert out == (row[: row.index(stop)] if stop in row else row)
 
 
-def test_stream_equals_generate_and_restores_mode():
+def test_stream_equals_generate_and_leaves_the_model_alone():
     model = tiny()
-    model.train()
+    model.train()  # dropout on: sampling must not apply it, nor switch the model to eval
     options = dict(max_length=12, temperature=0.8, top_k=10, seed=1)
-    assert list(stream_generate(model, [5, 6], **options)) == generate(model, [5, 6], **options)
+    streamed = list(stream_generate(model, [5, 6], **options))
+    assert streamed == generate(model, [5, 6], **options)
     assert model.training
+    assert streamed == generate(model.eval(), [5, 6], **options)
     stream = stream_generate(model, [5, 6], **options)
     next(stream)
-    assert not model.training
+    assert not torch.is_inference_mode_enabled()  # only inside the steps
     stream.close()
-    assert model.training
-    assert not torch.is_inference_mode_enabled()
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_generation_up_to_context_limit():

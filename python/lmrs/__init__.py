@@ -27,7 +27,7 @@ _LAZY = {
     "create_small_model": "lmrs.model",
     "model_from_preset": "lmrs.model",
     "PRESETS": "lmrs.model",
-    "KVCache": "lmrs.model",
+    "Decoder": "lmrs.decode",
     "generate": "lmrs.generate",
     "stream_generate": "lmrs.generate",
     "prepare_training_data": "lmrs.data",

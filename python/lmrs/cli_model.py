@@ -305,6 +305,12 @@ def _load_run(checkpoint: str, device: str) -> tuple[Any, Any, Any]:
     return model, tokenizer, saved
 
 
+def _counted(ids: Iterator[int], counter: list[int]) -> Iterator[int]:
+    for token in ids:
+        counter[0] += 1
+        yield token
+
+
 def stream_text(tokenizer: Any, ids: Iterator[int]) -> Iterator[str]:
     """Decoded text pieces as ids arrive; a character split across tokens waits for its end."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -327,6 +333,13 @@ def stream_text(tokenizer: Any, ids: Iterator[int]) -> Iterator[str]:
 @click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--seed", type=int, default=None)
 @click.option("--device", default="auto", show_default=True)
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    default="auto",
+    show_default=True,
+    help="Precision of the matrix products; auto: bfloat16 where the hardware has it.",
+)
 def sample_command(
     checkpoint: str,
     prompt: str,
@@ -337,6 +350,7 @@ def sample_command(
     num_samples: int,
     seed: Optional[int],
     device: str,
+    dtype: str,
 ) -> None:
     """Continue a prompt with a trained model, streaming the text as it is generated."""
     from lmrs.generate import stream_generate
@@ -355,6 +369,7 @@ def sample_command(
             f"prompt ({len(prompt_ids)} tokens) + --max-length {max_length} exceeds the "
             f"model's context of {context} tokens"
         )
+    counter, start = [0], time.perf_counter()
     for index in range(num_samples):
         if num_samples > 1:
             click.echo(f"--- sample {index + 1} ---")
@@ -367,14 +382,20 @@ def sample_command(
             top_p=top_p,
             stop_tokens=[tokenizer.eot_id],
             seed=None if seed is None else seed + index,
+            dtype=dtype,
         )
         click.echo(prompt, nl=False)
         try:
-            for piece in stream_text(tokenizer, ids):
+            for piece in stream_text(tokenizer, _counted(ids, counter)):
                 click.echo(piece, nl=False)
         except ValueError as e:
             raise click.ClickException(_one_line(e)) from e
         click.echo()
+    seconds = time.perf_counter() - start
+    click.echo(
+        f"{counter[0]} tokens in {seconds:.2f}s ({counter[0] / max(seconds, 1e-9):,.0f} tokens/s)",
+        err=True,
+    )
 
 
 # ---------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Optional, Union
 
 import torch
 
+from lmrs.decode import Decoder, resolve_dtype
 from lmrs.model import GPT
 
 PromptIds = Union[Sequence[int], Sequence[Sequence[int]]]
@@ -78,13 +79,15 @@ def _pick_next(
     """
     if options.greedy:
         return logits.argmax(dim=-1)
-    logits = logits.float() / options.temperature
     candidates: Optional[torch.Tensor] = None  # vocabulary ids of the columns, when cut
+    # cut before scaling: dividing by a positive temperature keeps the order, and scaling
+    # the top-k columns only is cheaper than scaling the whole vocabulary
     if options.top_k and options.top_k < logits.shape[-1]:
         logits, candidates = torch.topk(logits, options.top_k, dim=-1)  # sorted, descending
+    if options.top_p is not None and options.top_p < 1.0 and candidates is None:
+        logits, candidates = torch.sort(logits, dim=-1, descending=True)
+    logits = logits.float() / options.temperature
     if options.top_p is not None and options.top_p < 1.0:
-        if candidates is None:
-            logits, candidates = torch.sort(logits, dim=-1, descending=True)
         probs = logits.softmax(dim=-1)
         # same rule as filter_logits: drop a token once the likelier ones reach top_p
         logits = logits.masked_fill(probs.cumsum(dim=-1) - probs >= options.top_p, float("-inf"))
@@ -151,36 +154,33 @@ def _new_tokens(
     max_length: int,
     options: SamplingOptions,
     seeds: list[int],
-    device: torch.device,
+    dtype: Union[str, torch.dtype, None],
     use_cache: bool,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row (B,), ``max_length`` times. Prompts share a length.
 
-    Each step's computation runs under inference mode; the caller's code between steps
-    does not. The model is in eval mode while this iterator is alive.
+    With the cache, the prompt runs in one pass and each later step feeds only the newest
+    token; without it, every step reruns the whole sequence (the reference the cache is
+    tested against).
     """
+    device = model.token_embedding.weight.device
     # every row's random numbers for the whole run, drawn up front from its own generator
     uniforms = torch.stack(
         [torch.rand(max(max_length, 1), generator=torch.Generator().manual_seed(s)) for s in seeds]
     ).to(device)
-    was_training = model.training
-    model.eval()
-    try:
+    tokens = torch.tensor(prompts, dtype=torch.long, device=device)
+    decoder = Decoder(model, len(prompts), tokens.shape[1] + max_length, dtype=dtype)
+    step_input = tokens
+    for step in range(max_length):
+        if not use_cache:
+            decoder.reset()
         with torch.inference_mode():
-            tokens = torch.tensor(prompts, dtype=torch.long, device=device)
-            cache = model.new_kv_cache(len(prompts), tokens.shape[1] + max_length)
-            cache = cache if use_cache else None
-            step_input = tokens
-        for step in range(max_length):
-            with torch.inference_mode():
-                # only the last position's logits are needed: skip the lm head elsewhere
-                hidden = model.hidden_states(step_input, kv_cache=cache)[:, -1]
-                next_token = _pick_next(model.lm_head(hidden), options, uniforms[:, step])
-                tokens = torch.cat([tokens, next_token[:, None]], dim=1)
-                step_input = next_token[:, None] if use_cache else tokens
-            yield next_token
-    finally:
-        model.train(was_training)
+            next_token = _pick_next(decoder(step_input), options, uniforms[:, step])
+            if use_cache:
+                step_input = next_token[:, None]
+            else:
+                tokens = step_input = torch.cat([tokens, next_token[:, None]], dim=1)
+        yield next_token
 
 
 def _base_seed(seed: Optional[int]) -> int:
@@ -201,13 +201,21 @@ def generate(
     seed: Optional[int] = None,
     device: Union[str, torch.device, None] = None,
     use_cache: bool = True,
+    dtype: Union[str, torch.dtype, None] = "auto",
 ) -> Union[list[int], list[list[int]]]:
     """New token ids continuing ``prompt_ids`` (a list of ids, or a list of such lists).
 
     Returns a list of at most ``max_length`` new ids (a list of lists for a batch). A row
     stops at the first token in ``stop_tokens``, which is NOT included in its output.
     Prompts of different lengths are run as separate same-length groups (no padding), so
-    every row gets exactly what it would get alone (row ``i`` seeded with ``seed + i``).
+    every row gets what it would get alone (row ``i`` seeded with ``seed + i``), up to the
+    rounding of the matrix products, which may differ with the batch size (a near-tie
+    between two tokens can then break either way, more often in bfloat16).
+
+    ``dtype`` is the precision of the matrix products while sampling: "auto" is bfloat16
+    for a float32 model on hardware that computes it natively (CUDA, CPUs with AVX512-BF16
+    or AMX), the model's own dtype elsewhere; "float32" gives the model's own numbers.
+
     Raises ValueError for an empty prompt, ids outside the vocabulary, temperature < 0,
     top_k < 0, top_p outside (0, 1], or prompt + max_length over ``max_seq_len``.
     """
@@ -216,7 +224,9 @@ def generate(
     _check_request(model, prompts, max_length, options)
     stops = set(stop_tokens or ())
     base_seed = _base_seed(seed)
-    run_device = _model_device(model, device)
+    sampling_dtype = resolve_dtype(
+        dtype, _model_device(model, device), model.token_embedding.weight.dtype
+    )
 
     outputs: list[list[int]] = [[] for _ in prompts]
     by_length: dict[int, list[int]] = {}
@@ -230,7 +240,7 @@ def generate(
             max_length,
             options,
             [base_seed + i for i in rows],
-            run_device,
+            sampling_dtype,
             use_cache,
         )
         for next_tokens in steps:
@@ -258,6 +268,7 @@ def stream_generate(
     seed: Optional[int] = None,
     device: Union[str, torch.device, None] = None,
     use_cache: bool = True,
+    dtype: Union[str, torch.dtype, None] = "auto",
 ) -> Iterator[int]:
     """Yield new token ids one at a time for ONE prompt; same options and ids as
     :func:`generate` (the stop token is not yielded). Arguments are checked at the call,
@@ -270,8 +281,10 @@ def stream_generate(
     _check_request(model, prompts, max_length, options)
     stops = set(stop_tokens or ())
     seeds = [_base_seed(seed)]
-    run_device = _model_device(model, device)
-    steps = _new_tokens(model, prompts, max_length, options, seeds, run_device, use_cache)
+    sampling_dtype = resolve_dtype(
+        dtype, _model_device(model, device), model.token_embedding.weight.dtype
+    )
+    steps = _new_tokens(model, prompts, max_length, options, seeds, sampling_dtype, use_cache)
     return _until_stop(steps, stops)
 
 

@@ -96,53 +96,14 @@ class ModelConfig:
         return cls(**data)
 
 
-class KVCache:
-    """Preallocated keys and values for every layer, filled left to right during generation.
-
-    ``keys[i]``/``values[i]`` have shape (batch, kv_heads, max_len, head_dim); ``length`` is
-    how many positions are filled (the position of the next token).
-    """
-
-    def __init__(
-        self,
-        config: ModelConfig,
-        batch_size: int,
-        max_len: Optional[int] = None,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        self.max_len = config.max_seq_len if max_len is None else max_len
-        shape = (batch_size, config.kv_heads, self.max_len, config.head_dim)
-        self.keys = [
-            torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_layers)
-        ]
-        self.values = [
-            torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_layers)
-        ]
-        self.length = 0
-
-    def update(
-        self, layer: int, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k/v (B, kv_heads, T, hd) for the current step; return all keys/values so far."""
-        end = self.length + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache is full: {end} positions > max_len {self.max_len}")
-        self.keys[layer][:, :, self.length : end] = k
-        self.values[layer][:, :, self.length : end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
     first, second = x.chunk(2, dim=-1)
     return torch.cat((-second, first), dim=-1)
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig, layer_index: int) -> None:
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.layer_index = layer_index
         self.num_heads = config.num_heads
         self.kv_heads = config.kv_heads
         self.head_dim = config.head_dim
@@ -155,10 +116,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout_rate)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        rope: Optional[tuple[torch.Tensor, torch.Tensor]],
-        kv_cache: Optional[KVCache],
+        self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]]
     ) -> torch.Tensor:
         batch, seq, _ = x.shape
         q_size = self.num_heads * self.head_dim
@@ -168,49 +126,19 @@ class CausalSelfAttention(nn.Module):
         k = k.view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
-            cos, sin = rope  # (seq, head_dim), already offset by the cache length
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
-
-        offset = 0
-        if kv_cache is not None:
-            offset = kv_cache.length
-            k, v = kv_cache.update(self.layer_index, k, v)
-        if kv_cache is not None and seq == 1:
-            y = _single_query_attention(q, k, v)
-            y = y.transpose(1, 2).reshape(batch, seq, q_size)
-            return self.resid_dropout(self.out_proj(y))
-        # causal mask: with no cached prefix SDPA's is_causal does it; one new token sees all;
-        # several new tokens after a prefix need an explicit (seq, offset + seq) mask
-        mask = None
-        is_causal = seq > 1 and offset == 0
-        if seq > 1 and offset > 0:
-            mask = torch.ones(seq, offset + seq, dtype=torch.bool, device=x.device).tril(offset)
+            cos, sin = rope  # (seq, head_dim)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
         y = F.scaled_dot_product_attention(
             q,
             k,
             v,
-            attn_mask=mask,
             dropout_p=self.attn_dropout if self.training else 0.0,
-            is_causal=is_causal,
+            is_causal=True,
             enable_gqa=self.kv_heads != self.num_heads,
         )
         y = y.transpose(1, 2).reshape(batch, seq, q_size)
         return self.resid_dropout(self.out_proj(y))
-
-
-def _single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """One new query per row (B, H, 1, hd) against every cached key (B, KVH, L, hd).
-
-    The decoding step of generation. Two small matmuls beat the fused SDPA kernel here: on
-    CPU its setup cost dominated a one-token step (about half of it, profiled). Query heads
-    are grouped by the key/value head they share, so GQA/MQA need no repeated keys.
-    """
-    batch, heads, _, head_dim = q.shape
-    kv_heads = k.shape[1]
-    q = q.reshape(batch, kv_heads, heads // kv_heads, head_dim)
-    scores = (q @ k.transpose(-1, -2)) * head_dim**-0.5  # (B, KVH, group, L)
-    return (scores.softmax(dim=-1) @ v).reshape(batch, heads, 1, head_dim)
 
 
 class FeedForward(nn.Module):
@@ -229,20 +157,17 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + ffn(ln(x))."""
 
-    def __init__(self, config: ModelConfig, layer_index: int) -> None:
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.ln_attn = nn.LayerNorm(config.embed_dim, bias=config.bias)
-        self.attn = CausalSelfAttention(config, layer_index)
+        self.attn = CausalSelfAttention(config)
         self.ln_ffn = nn.LayerNorm(config.embed_dim, bias=config.bias)
         self.ffn = FeedForward(config)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
-        kv_cache: Optional[KVCache] = None,
+        self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_attn(x), rope, kv_cache)
+        x = x + self.attn(self.ln_attn(x), rope)
         return x + self.ffn(self.ln_ffn(x))
 
 
@@ -262,7 +187,7 @@ class GPT(nn.Module):
                 else None
             )
             self.dropout = nn.Dropout(config.dropout_rate)
-            self.blocks = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
+            self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
             self.ln_final = nn.LayerNorm(config.embed_dim, bias=config.bias)
             self.lm_head = nn.Linear(config.embed_dim, config.vocab_size, bias=False)
         if config.tie_weights:
@@ -317,40 +242,33 @@ class GPT(nn.Module):
         matmul += self.lm_head.weight.numel()
         return 6.0 * matmul + 12.0 * cfg.num_layers * seq_len * cfg.embed_dim
 
-    def hidden_states(
-        self, ids: torch.Tensor, *, kv_cache: Optional[KVCache] = None
-    ) -> torch.Tensor:
-        """Final-LayerNorm outputs (B, T, embed_dim) for token ids (B, T)."""
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, vocab_size) for token ids (B, T).
+
+        Generation does not come through here: :class:`lmrs.decode.Decoder` runs the same
+        computation with a key/value cache and weights prepared for one token at a time.
+        """
         _, seq = ids.shape
-        offset = 0 if kv_cache is None else kv_cache.length
-        if offset + seq > self.config.max_seq_len:
+        if seq > self.config.max_seq_len:
             raise ValueError(
-                f"sequence of {offset + seq} tokens is longer than max_seq_len "
-                f"{self.config.max_seq_len}"
+                f"sequence of {seq} tokens is longer than max_seq_len {self.config.max_seq_len}"
             )
         x = self.token_embedding(ids)
         rope = None
         if self.position_embedding is not None:
-            positions = torch.arange(offset, offset + seq, device=ids.device)
-            x = x + self.position_embedding(positions)
+            x = x + self.position_embedding(torch.arange(seq, device=ids.device))
         else:
-            rope = (self.rope_cos[offset : offset + seq], self.rope_sin[offset : offset + seq])
+            rope = (self.rope_cos[:seq], self.rope_sin[:seq])
         x = self.dropout(x)
         use_checkpoint = (
             self.config.gradient_checkpointing and self.training and torch.is_grad_enabled()
         )
         for block in self.blocks:
-            if use_checkpoint and kv_cache is None:
-                x = checkpoint(block, x, rope, None, use_reentrant=False)
+            if use_checkpoint:
+                x = checkpoint(block, x, rope, use_reentrant=False)
             else:
-                x = block(x, rope, kv_cache)
-        if kv_cache is not None:
-            kv_cache.length += seq
-        return self.ln_final(x)
-
-    def forward(self, ids: torch.Tensor, *, kv_cache: Optional[KVCache] = None) -> torch.Tensor:
-        """Logits (B, T, vocab_size) for token ids (B, T); with a cache, T new positions."""
-        return self.lm_head(self.hidden_states(ids, kv_cache=kv_cache))
+                x = block(x, rope)
+        return self.lm_head(self.ln_final(x))
 
     def compute_loss(
         self, ids: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100
@@ -358,11 +276,6 @@ class GPT(nn.Module):
         """Mean next-token cross-entropy (nats) of ``targets`` (B, T) given ``ids`` (B, T)."""
         logits = self(ids)
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
-
-    def new_kv_cache(self, batch_size: int, max_len: Optional[int] = None) -> KVCache:
-        """An empty cache on this model's device and dtype."""
-        weight = self.token_embedding.weight
-        return KVCache(self.config, batch_size, max_len, device=weight.device, dtype=weight.dtype)
 
 
 def _rope_tables(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,128 @@
+"""Tests for lmrs.decode: the generation path agrees with the model's own forward pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmrs.decode import Decoder, resolve_dtype
+from lmrs.model import GPT, create_model
+
+VOCAB = 64
+OPTIONS = [
+    {},
+    {"position": "rope"},
+    {"num_kv_heads": 2},
+    {"num_kv_heads": 1, "position": "rope"},
+    {"bias": False},
+    {"tie_weights": False},
+]
+CHUNKS = [(0, 4), (4, 7), (7, 8), (8, 9), (9, 11)]  # a prompt, a chunk after it, single steps
+
+
+def tiny(**overrides) -> GPT:
+    options = dict(max_seq_len=16, embed_dim=32, num_heads=4, num_layers=2, ff_dim=64, seed=3)
+    options.update(overrides)
+    return create_model(VOCAB, **options).eval()
+
+
+def chunked_logits(decoder: Decoder, ids: torch.Tensor) -> torch.Tensor:
+    """Last-position logits after each chunk of ``CHUNKS``, stacked (chunks, B, V)."""
+    return torch.stack([decoder(ids[:, a:b]) for a, b in CHUNKS])
+
+
+def reference_logits(model: GPT, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        full = model(ids)
+    return torch.stack([full[:, b - 1] for _, b in CHUNKS])
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+def test_cached_chunks_match_full_forward_in_float64(options):
+    model = tiny(**options).double()
+    ids = torch.randint(0, VOCAB, (2, 11), generator=torch.Generator().manual_seed(0))
+    decoder = Decoder(model, batch_size=2, max_len=11)
+    assert decoder.dtype == torch.float64  # "auto" keeps a float64 model in float64
+    got = chunked_logits(decoder, ids)
+    assert decoder.length == 11
+    assert torch.allclose(got.double(), reference_logits(model, ids), atol=1e-10)
+
+
+@pytest.mark.parametrize("pack", [False, True])
+@pytest.mark.parametrize("options", [{}, {"position": "rope", "num_kv_heads": 2}])
+def test_float32_paths_match_the_model(pack, options):
+    if pack and not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN")
+    model = tiny(**options)
+    ids = torch.randint(0, VOCAB, (3, 11), generator=torch.Generator().manual_seed(1))
+    decoder = Decoder(model, batch_size=3, dtype="float32", pack=pack)
+    assert all(layer.qkv.packed == pack for layer in decoder.layers)
+    assert torch.allclose(chunked_logits(decoder, ids), reference_logits(model, ids), atol=1e-5)
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_bfloat16_logits_stay_close_to_float32(pack):
+    if pack and not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN")
+    model = tiny()
+    ids = torch.randint(0, VOCAB, (2, 11), generator=torch.Generator().manual_seed(2))
+    reference = reference_logits(model, ids)
+    got = chunked_logits(Decoder(model, batch_size=2, dtype=torch.bfloat16, pack=pack), ids)
+    assert got.dtype == torch.float32
+    # bfloat16 keeps 8 bits of mantissa: errors of a few parts in a thousand of the logits'
+    # spread, far from the float32 agreement above and far below the spread itself
+    error = (got - reference).abs().max() / reference.std()
+    assert 1e-6 < error < 0.05
+
+
+def test_reset_reuses_the_cache():
+    model = tiny()
+    ids = torch.randint(0, VOCAB, (1, 6))
+    decoder = Decoder(model, batch_size=1, dtype="float32")
+    first = decoder(ids)
+    decoder.reset()
+    assert decoder.length == 0
+    assert torch.equal(decoder(ids), first)
+
+
+def test_grouped_query_cache_holds_only_the_shared_heads():
+    decoder = Decoder(tiny(num_kv_heads=1), batch_size=2, max_len=10)
+    assert decoder.cache[0].shape == (2, 2, 1, 10, 8)  # (batch, k/v, kv heads, len, head dim)
+
+
+def test_snapshot_ignores_later_parameter_changes():
+    model = tiny()
+    ids = torch.randint(0, VOCAB, (1, 5))
+    decoder = Decoder(model, batch_size=1, dtype="float32")
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.5)
+        unchanged = tiny()(ids)[:, -1]  # same seed: the weights the decoder was built from
+        assert not torch.allclose(model(ids)[:, -1], unchanged, atol=1e-3)
+    assert torch.allclose(decoder(ids), unchanged, atol=1e-5)
+
+
+def test_bad_requests_raise():
+    decoder = Decoder(tiny(), batch_size=2, max_len=8, dtype="float32")
+    with pytest.raises(ValueError, match="built for 2 rows, got 1"):
+        decoder(torch.zeros(1, 3, dtype=torch.long))
+    decoder(torch.zeros(2, 6, dtype=torch.long))
+    with pytest.raises(ValueError, match="9 tokens is longer than the cache \\(8\\)"):
+        decoder(torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="max_len must be in \\[1, 16\\]"):
+        Decoder(tiny(), batch_size=1, max_len=17)
+    with pytest.raises(ValueError, match="sampling dtype must be 'auto' or one of"):
+        Decoder(tiny(), batch_size=1, dtype="int8")
+
+
+def test_auto_dtype_is_bfloat16_only_for_float32_models_on_native_hardware(monkeypatch):
+    import lmrs.decode
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(lmrs.decode, "native_bf16", lambda device: True)
+    assert resolve_dtype("auto", cpu, torch.float32) == torch.bfloat16
+    assert resolve_dtype("auto", cpu, torch.float64) == torch.float64
+    assert resolve_dtype("float32", cpu, torch.float32) == torch.float32
+    monkeypatch.setattr(lmrs.decode, "native_bf16", lambda device: False)
+    assert resolve_dtype(None, cpu, torch.float32) == torch.float32
+    assert resolve_dtype(torch.bfloat16, cpu, torch.float32) == torch.bfloat16
