@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmrs.decode import resolve_dtype
 from lmrs.generate import generate
 from lmrs.model import create_model
 
@@ -181,7 +182,10 @@ def speed_section(opts: SpeedOptions) -> None:
 
     batch_prompts = {b: torch.randint(0, VOCAB, (b, opts.prompt_len)).tolist() for b in (1, 16)}
 
-    def ours_sample(batch: int) -> float:
+    theirs_bf16 = hf_gpt2(VOCAB).to(device=device, dtype=torch.bfloat16)
+    theirs_bf16.load_state_dict(theirs_default.state_dict())
+
+    def ours_sample(batch: int, dtype: str) -> float:
         prompts = batch_prompts[batch]
         return generation_tokens_per_s(
             lambda: generate(
@@ -191,18 +195,19 @@ def speed_section(opts: SpeedOptions) -> None:
                 temperature=0.8,
                 top_k=50,
                 seed=0,
+                dtype=dtype,
             ),
             opts.new_tokens,
             batch,
         )
 
-    def theirs_sample(batch: int) -> float:
+    def theirs_sample(batch: int, model: nn.Module) -> float:
         ids = torch.tensor(batch_prompts[batch], device=device)
-        theirs_default.eval()
+        model.eval()
 
         def run() -> Any:
             with torch.inference_mode():
-                return theirs_default.generate(
+                return model.generate(
                     ids,
                     attention_mask=torch.ones_like(ids),
                     do_sample=True,
@@ -215,15 +220,15 @@ def speed_section(opts: SpeedOptions) -> None:
 
         return generation_tokens_per_s(run, opts.new_tokens, batch)
 
-    sample = best_of(
-        max(2, opts.repeats - 1),
-        {
-            "ours1": lambda: ours_sample(1),
-            "gpt21": lambda: theirs_sample(1),
-            "ours16": lambda: ours_sample(16),
-            "gpt216": lambda: theirs_sample(16),
-        },
-    )
+    auto = resolve_dtype("auto", torch.device(device))
+    runs: dict[str, Callable[[], float]] = {}
+    for b in (1, 16):
+        runs[f"ours{b}"] = lambda b=b: ours_sample(b, "auto")
+        runs[f"ours{b}-fp32"] = lambda b=b: ours_sample(b, "float32")
+        runs[f"ours{b}-bf16"] = lambda b=b: ours_sample(b, "bfloat16")
+        runs[f"gpt2{b}"] = lambda b=b: theirs_sample(b, theirs_default)
+        runs[f"gpt2{b}-bf16"] = lambda b=b: theirs_sample(b, theirs_bf16)
+    sample = best_of(opts.repeats, runs)
 
     def mfu(tokens_per_s: float) -> str:
         return f"{100 * tokens_per_s * flops_per_token / peak:.0f}%"
@@ -235,12 +240,19 @@ def speed_section(opts: SpeedOptions) -> None:
     print(f"{'  % of matmul peak':<38} {mfu(train['ours']):>12} {mfu(train['gpt2']):>12}")
     print(row(f"train tok/s, dropout 0, {b}x{t}", train["ours0"], train["gpt20"], "tokens/s"))
     print(f"{'  % of matmul peak':<38} {mfu(train['ours0']):>12} {mfu(train['gpt20']):>12}")
-    label = f"sample tok/s, batch {{}}, {opts.new_tokens} new"
-    print(row(label.format(1), sample["ours1"], sample["gpt21"], "tokens/s"))
-    print(row(label.format(16), sample["ours16"], sample["gpt216"], "tokens/s"))
+    for b in (1, 16):
+        label = f"sample tok/s, batch {b}"
+        print(row(f"{label}, defaults", sample[f"ours{b}"], sample[f"gpt2{b}"], "tokens/s"))
+        print(row(f"{label}, both float32", sample[f"ours{b}-fp32"], sample[f"gpt2{b}"], ""))
+        print(row(f"{label}, both bfloat16", sample[f"ours{b}-bf16"], sample[f"gpt2{b}-bf16"], ""))
     print(
         "defaults: lmrs dropout 0.1 on embeddings/residuals, none on attention weights; "
-        "GPT-2 0.1 on all three. Sampling: top-k 50, temperature 0.8, 16-token prompt."
+        "GPT-2 0.1 on all three."
+    )
+    print(
+        f"sampling: {opts.new_tokens} new tokens after a {opts.prompt_len}-token prompt, top-k 50, "
+        f"temperature 0.8; lmrs default dtype here: {str(auto).replace('torch.', '')}, "
+        "GPT-2 default: float32"
     )
 
 

@@ -87,7 +87,8 @@ def test_reset_reuses_the_cache():
 
 def test_grouped_query_cache_holds_only_the_shared_heads():
     decoder = Decoder(tiny(num_kv_heads=1), batch_size=2, max_len=10)
-    assert decoder.cache[0].shape == (2, 2, 1, 10, 8)  # (batch, k/v, kv heads, len, head dim)
+    assert decoder.keys[0].shape == (2, 1, 10, 8)  # (batch, kv heads, len, head dim)
+    assert decoder.values[0].shape == (2, 1, 10, 8)
 
 
 def test_snapshot_ignores_later_parameter_changes():
