@@ -373,6 +373,7 @@ def train_config(out_dir: Path, grad_accum_steps: int, **overrides: Any) -> dict
         "eval_batch_size": 4,  # the same validation windows whatever the split of work
         "log_every": 1,
         "device": "cpu",
+        "dtype": "float32",  # the 1e-5 agreements below are float32 ones
         "seed": 3,
         "out_dir": str(out_dir),
         "show_progress": False,

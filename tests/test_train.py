@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from pathlib import Path
@@ -17,7 +18,9 @@ from lmrs.model import create_small_model
 from lmrs.train import TrainConfig, learning_rate_at, parameter_groups, train
 
 VOCAB = 100
-QUIET = dict(show_progress=False, device="cpu")
+# float32: the equalities tested here are exact only without autocast (auto would pick
+# bfloat16 on CPUs that have it)
+QUIET = dict(show_progress=False, device="cpu", dtype="float32")
 
 
 def tiny_model(dropout: float = 0.0, seed: int = 0) -> nn.Module:
@@ -188,3 +191,28 @@ def test_time_budget_stops_the_run() -> None:
     assert result.steps >= 1
     # it stopped on time, not by running out of steps (no step count was set)
     assert 0.5 <= result.elapsed_s < 30
+
+
+def test_bfloat16_autocast_trains_as_well_as_float32_on_cpu() -> None:
+    batches = prepare_training_data(pattern_docs(), batch_size=8, seq_len=16, eot_id=99)
+    finals = {}
+    for dtype in ("float32", "bfloat16"):
+        model = tiny_model()
+        settings = {**QUIET, "dtype": dtype}
+        result = train(model, batches, max_steps=60, learning_rate=5e-3, **settings)
+        assert result.losses[-1] < 0.5 * result.losses[0]
+        assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
+        finals[dtype] = result.losses[-1]
+    assert finals["bfloat16"] != finals["float32"]  # it did run in another precision
+    assert finals["bfloat16"] == pytest.approx(finals["float32"], rel=0.1)
+
+
+def test_auto_precision_autocasts_only_where_bfloat16_is_native(monkeypatch) -> None:
+    train_module = importlib.import_module("lmrs.train")
+    cpu = torch.device("cpu")
+    for native in (True, False):
+        monkeypatch.setattr(train_module, "native_bf16", lambda device, native=native: native)
+        with train_module.autocast_context(cpu, "auto")():
+            assert torch.is_autocast_enabled("cpu") == native
+    with train_module.autocast_context(cpu, "float32")():
+        assert not torch.is_autocast_enabled("cpu")

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from lmrs.model import GPT, ModelConfig, rotate_half
+from lmrs.precision import native_bf16
 
 DTYPES = {
     "float32": torch.float32,
@@ -41,16 +42,6 @@ DTYPES = {
     "float16": torch.float16,
     "float64": torch.float64,
 }
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` multiplies bfloat16 matrices in hardware (not by emulation)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-    return False
 
 
 def resolve_dtype(
