@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lmrs.distributed import unwrap_model
+from lmrs.jsonfile import read_json_object
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -266,16 +267,7 @@ def resolve_checkpoint_dir(path: PathLike) -> Path:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing from the checkpoint")
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: cannot read: {e}") from e
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path}: not a JSON object")
-    return value
+    return read_json_object(path, "checkpoint file", CheckpointError)
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

@@ -24,7 +24,6 @@ takes micro-batch ``r * A + a`` (each rank a contiguous block).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,8 @@ from typing import Any, Optional, Protocol
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from lmrs.jsonfile import read_json_object
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -147,16 +148,7 @@ _SIDECAR_FIELDS = ("dtype", "num_tokens", "vocab_size", "tokenizer_hash", "eot_i
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise DataError(f"{path}: {what} not found")
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: cannot read {what}: {e}") from e
-    if not isinstance(value, dict):
-        raise DataError(f"{path}: {what} is not a JSON object")
-    return value
+    return read_json_object(path, what, DataError)
 
 
 def _info_from_json(meta: dict[str, Any], path: Path, fmt: str) -> TokenFileInfo:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
@@ -13,6 +13,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display needed
 
 import matplotlib.pyplot as plt  # noqa: E402
+
+from lmrs.atomic import write_atomic  # noqa: E402
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -69,15 +71,10 @@ def plot_metrics(
     figure.tight_layout()
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
-    os.close(fd)
+    image = io.BytesIO()
     try:
-        figure.savefig(tmp, format="png")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a plot is for sharing
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        figure.savefig(image, format="png")
     finally:
         plt.close(figure)
+    write_atomic(out, image.getvalue(), mode=0o644)  # a plot is for sharing: world-readable
     return out

@@ -222,25 +222,12 @@ fn write_documents<'a>(
     let range = part_range(sizes, options.num_parts, options.part_index);
     let mut skipped = Vec::new();
     let sharded = options.shard_tokens.is_some() || options.num_parts > 1;
+    let encode_to = |layout: Layout, range, skipped: &mut Vec<usize>| {
+        encode_into(encoder, sizes, load, range, layout, options, progress, skipped)
+    };
     if !sharded {
-        let mut sink = ShardSink::new(encoder, Layout::Single(out.to_path_buf()), options);
-        let result = encode_range(
-            encoder,
-            sizes,
-            load,
-            range,
-            &mut sink,
-            progress,
-            &mut skipped,
-        )
-        .and_then(|_| sink.finish());
-        return match result {
-            Ok(mut infos) => Ok((Written::File(infos.remove(0).1), skipped)),
-            Err(e) => {
-                sink.abandon();
-                Err(e)
-            }
-        };
+        let mut infos = encode_to(Layout::Single(out.to_path_buf()), range, &mut skipped)?;
+        return Ok((Written::File(infos.remove(0).1), skipped));
     }
     if out.exists() && !out.is_dir() {
         return Err(Error::Invalid(format!(
@@ -249,54 +236,49 @@ fn write_documents<'a>(
         )));
     }
     if options.num_parts == 1 {
-        let written = write_single_part_dir(
-            encoder,
-            sizes,
-            load,
-            range,
-            out,
-            options,
-            progress,
-            &mut skipped,
-        )?;
-        Ok((written, skipped))
+        // one process writes the whole directory: build it beside `out`, then swap it in
+        check_replaceable_dir(out)?;
+        let tmp_dir = temp_path(out);
+        std::fs::create_dir_all(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
+        let result = encode_to(Layout::Dir(tmp_dir.clone()), range, &mut skipped)
+            .and_then(|_| build_manifest(&tmp_dir))
+            .and_then(|manifest| replace_dir(&tmp_dir, out).map(|_| manifest));
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp_dir);
+        }
+        Ok((Written::Shards(result?), skipped))
     } else {
+        // one part of many: its shards go straight into the shared directory
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-        let mut sink = ShardSink::new(encoder, Layout::Dir(out.to_path_buf()), options);
-        let result = encode_range(
-            encoder,
-            sizes,
-            load,
-            range,
-            &mut sink,
-            progress,
-            &mut skipped,
-        )
-        .and_then(|_| sink.finish());
-        let written = match result {
-            Ok(written) => written,
-            Err(e) => {
-                sink.abandon();
-                return Err(e);
-            }
-        };
+        let written = encode_to(Layout::Dir(out.to_path_buf()), range, &mut skipped)?;
         remove_stale_shards(out, options.part_index, &written)?;
         Ok((Written::Shards(build_manifest(out)?), skipped))
     }
 }
 
-/// One process writes the whole directory: build it beside `out`, then swap it in.
+/// Encode documents `range` into a fresh sink; on failure the sink's files are removed.
 #[allow(clippy::too_many_arguments)]
-fn write_single_part_dir<'a>(
+fn encode_into<'a>(
     encoder: &Encoder,
     sizes: &[u64],
     load: &(dyn Fn(usize) -> Result<Option<Cow<'a, str>>> + Sync),
     range: std::ops::Range<usize>,
-    out: &Path,
+    layout: Layout,
     options: &TokenFileOptions,
     progress: &(dyn Fn(u64) -> bool + Sync),
     skipped: &mut Vec<usize>,
-) -> Result<Written> {
+) -> Result<Vec<(PathBuf, TokenFileInfo)>> {
+    let mut sink = ShardSink::new(encoder, layout, options);
+    let result = encode_range(encoder, sizes, load, range, &mut sink, progress, skipped)
+        .and_then(|_| sink.finish());
+    if result.is_err() {
+        sink.abandon();
+    }
+    result
+}
+
+/// A shard directory may replace `out` only if `out` is one already, or empty, or absent.
+fn check_replaceable_dir(out: &Path) -> Result<()> {
     if out.is_dir() && !out.join(MANIFEST_NAME).is_file() {
         let empty = std::fs::read_dir(out)
             .map_err(|e| Error::io(out, e))?
@@ -310,20 +292,7 @@ fn write_single_part_dir<'a>(
             )));
         }
     }
-    let tmp_dir = temp_path(out);
-    std::fs::create_dir_all(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
-    let result = (|| {
-        let mut sink = ShardSink::new(encoder, Layout::Dir(tmp_dir.clone()), options);
-        encode_range(encoder, sizes, load, range, &mut sink, progress, skipped)?;
-        sink.finish()?;
-        let manifest = build_manifest(&tmp_dir)?;
-        replace_dir(&tmp_dir, out)?;
-        Ok(Written::Shards(manifest))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp_dir);
-    }
-    result
+    Ok(())
 }
 
 fn replace_dir(new: &Path, out: &Path) -> Result<()> {

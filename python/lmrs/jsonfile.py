@@ -1,0 +1,22 @@
+"""Reading the small JSON files lmrs writes (sidecars, manifests, checkpoint metadata)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def read_json_object(path: Path, what: str, error: type[Exception]) -> dict[str, Any]:
+    """The JSON object in ``path``; ``error`` with a one-line message naming the file if it is
+    missing, unreadable, not JSON, or not an object. ``what`` names the file's role."""
+    if not path.is_file():
+        raise error(f"{path}: {what} not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{path}: cannot read {what}: {e}") from e
+    if not isinstance(value, dict):
+        raise error(f"{path}: {what} is not a JSON object")
+    return value
