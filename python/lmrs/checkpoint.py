@@ -267,6 +267,8 @@ def resolve_checkpoint_dir(path: PathLike) -> Path:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing from the checkpoint")
     return read_json_object(path, "checkpoint file", CheckpointError)
 
 

@@ -223,7 +223,9 @@ fn write_documents<'a>(
     let mut skipped = Vec::new();
     let sharded = options.shard_tokens.is_some() || options.num_parts > 1;
     let encode_to = |layout: Layout, range, skipped: &mut Vec<usize>| {
-        encode_into(encoder, sizes, load, range, layout, options, progress, skipped)
+        encode_into(
+            encoder, sizes, load, range, layout, options, progress, skipped,
+        )
     };
     if !sharded {
         let mut infos = encode_to(Layout::Single(out.to_path_buf()), range, &mut skipped)?;
