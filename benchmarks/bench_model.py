@@ -298,6 +298,7 @@ class QualityOptions:
     held_out: tuple[str, ...] = ("macbeth", "othello", "twel", "julius_caesar")
     eval_batches: int = 100
     seed: int = 0
+    models: tuple[str, ...] = ("lmrs", "gpt2")  # "lmrs" alone: tuning runs
 
 
 def quality_section(opts: QualityOptions) -> None:
@@ -335,10 +336,14 @@ def quality_section(opts: QualityOptions) -> None:
         seed=opts.seed,
         device="cpu",
     )
-    ours = create_model(tokenizer.vocab_size, **SHAPE, dropout_rate=0.0)
-    theirs = HFAdapter(hf_gpt2(tokenizer.vocab_size))  # stock GPT-2: dropout 0.1
+    candidates = {
+        "lmrs": lambda: create_model(tokenizer.vocab_size, **SHAPE, dropout_rate=0.0),
+        "HF GPT-2": lambda: HFAdapter(hf_gpt2(tokenizer.vocab_size)),  # stock dropout 0.1
+    }
+    wanted = {"lmrs": "lmrs", "gpt2": "HF GPT-2"}
     results = {}
-    for name, model in (("lmrs", ours), ("HF GPT-2", theirs)):
+    for name in (wanted[m] for m in opts.models):
+        model = candidates[name]()
         print(f"training {name} for {opts.budget_minutes:g} min")
         start = time.perf_counter()
         outcome = train(model, train_split, **common)
@@ -346,29 +351,29 @@ def quality_section(opts: QualityOptions) -> None:
         scores = evaluate(
             model, val_split, batches=opts.eval_batches, batch_size=32, seq_len=opts.seq_len
         )
-        steps = outcome.steps
-        results[name] = (scores, steps, outcome.tokens)
+        results[name] = (scores, outcome.steps, outcome.tokens)
         print(
-            f"  {name}: {steps} steps, {outcome.tokens:,} tokens, {outcome.tokens_per_s:,.0f} "
-            f"tokens/s, {seconds:.0f}s training; held-out {scores.summary()}"
+            f"  {name}: {outcome.steps} steps, {outcome.tokens:,} tokens, "
+            f"{outcome.tokens_per_s:,.0f} tokens/s, {seconds:.0f}s training; "
+            f"held-out {scores.summary()}"
         )
 
-    (ours_scores, ours_steps, ours_tokens), (gpt2_scores, gpt2_steps, gpt2_tokens) = (
-        results.values()
-    )
+    precision = "bf16 autocast" if native_bf16(torch.device("cpu")) else "float32"
     print()
-    print(f"{'':<34} {'lmrs':>10} {'HF GPT-2':>10}")
-    print(f"{'optimizer steps in budget':<34} {ours_steps!s:>10} {gpt2_steps!s:>10}")
-    print(f"{'training tokens seen':<34} {ours_tokens:>10,} {gpt2_tokens:>10,}")
-    print(f"{'held-out loss (nats/token)':<34} {ours_scores.loss:>10.3f} {gpt2_scores.loss:>10.3f}")
-    ours_bpb, gpt2_bpb = ours_scores.bits_per_byte, gpt2_scores.bits_per_byte
-    if ours_bpb is not None and gpt2_bpb is not None:
-        print(f"{'held-out bits per byte':<34} {ours_bpb:>10.3f} {gpt2_bpb:>10.3f}")
+    print(f"{'':<34}" + "".join(f"{name:>10}" for name in results))
+    rows = {
+        "optimizer steps in budget": lambda r: f"{r[1]:>10}",
+        "training tokens seen": lambda r: f"{r[2]:>10,}",
+        "held-out loss (nats/token)": lambda r: f"{r[0].loss:>10.3f}",
+        "held-out bits per byte": lambda r: f"{r[0].bits_per_byte or float('nan'):>10.3f}",
+    }
+    for label, cell in rows.items():
+        print(f"{label:<34}" + "".join(cell(r) for r in results.values()))
     print(
         f"same loop (lmrs.train: AdamW, {opts.warmup_steps} warmup steps, cosine to 10%), "
         f"lr {opts.learning_rate:g}, batch {opts.batch_size}x{opts.seq_len}, weight decay "
-        f"{opts.weight_decay:g}; lmrs dropout 0, GPT-2 stock dropout 0.1; "
-        f"{opts.budget_minutes:g} min each"
+        f"{opts.weight_decay:g}, precision {precision}; lmrs dropout 0, GPT-2 stock dropout "
+        f"0.1; {opts.budget_minutes:g} min each"
     )
 
 
@@ -383,6 +388,9 @@ def main() -> None:
     parser.add_argument("--budget-minutes", type=float, default=10.0)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--batch-size", type=int, default=16, help="quality mode batch")
+    parser.add_argument(
+        "--models", default="lmrs,gpt2", help="quality mode: lmrs,gpt2 or one of them"
+    )
     args = parser.parse_args()
 
     if not args.skip_speed:
@@ -392,6 +400,9 @@ def main() -> None:
                 raise SystemExit("--cuda: no CUDA device available")
             device = "cuda"
         speed_section(SpeedOptions(repeats=args.repeats, steps=args.steps, device=device))
+    models = tuple(m for m in args.models.split(",") if m)
+    if not models or set(models) - {"lmrs", "gpt2"}:
+        raise SystemExit(f"--models: give lmrs, gpt2 or both, got {args.models!r}")
     if args.quality:
         quality_section(
             QualityOptions(
@@ -399,6 +410,7 @@ def main() -> None:
                 budget_minutes=args.budget_minutes,
                 learning_rate=args.lr,
                 batch_size=args.batch_size,
+                models=models,
             )
         )
 
