@@ -856,13 +856,19 @@ mod tests {
         assert_eq!(merges, reference_bpe(&counts, &opts));
     }
 
-    #[test]
-    fn owned_training_equals_borrowed() {
-        let mut rng = Rng(7);
+    /// `batches` random count tables from seed `seed`, merged into one.
+    fn merged_random_counts(seed: u64, batches: usize) -> WordCounts {
+        let mut rng = Rng(seed);
         let mut counts = WordCounts::new();
-        for _ in 0..10 {
+        for _ in 0..batches {
             counts.merge(random_counts(&mut rng));
         }
+        counts
+    }
+
+    #[test]
+    fn owned_training_equals_borrowed() {
+        let counts = merged_random_counts(7, 10);
         let opts = TrainOptions::new(256 + 1 + 40);
         let progress = AtomicU64::new(0);
         let borrowed = train_bpe(&counts, &opts, &progress).unwrap();
@@ -873,11 +879,7 @@ mod tests {
 
     #[test]
     fn deterministic_across_thread_counts() {
-        let mut rng = Rng(99);
-        let mut counts = WordCounts::new();
-        for _ in 0..20 {
-            counts.merge(random_counts(&mut rng));
-        }
+        let counts = merged_random_counts(99, 20);
         let opts = TrainOptions::new(256 + 1 + 50);
         let runs: Vec<Vec<Pair>> = [1, 2, 3]
             .iter()
