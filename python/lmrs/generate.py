@@ -47,6 +47,11 @@ class SamplingOptions:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    @property
+    def nucleus(self) -> bool:
+        """Whether top-p cuts anything (None and 1.0 keep every token)."""
+        return self.top_p is not None and self.top_p < 1.0
+
 
 def filter_logits(logits: torch.Tensor, options: SamplingOptions) -> torch.Tensor:
     """Temperature-scaled logits (B, V) with tokens outside top-k / top-p set to -inf."""
@@ -55,7 +60,7 @@ def filter_logits(logits: torch.Tensor, options: SamplingOptions) -> torch.Tenso
     if options.top_k and options.top_k < vocab:
         kth_largest = torch.topk(logits, options.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth_largest, float("-inf"))
-    if options.top_p is not None and options.top_p < 1.0:
+    if options.nucleus:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         sorted_probs = sorted_logits.softmax(dim=-1)
         # drop a token when the more likely ones before it already reach top_p;
@@ -84,10 +89,10 @@ def _pick_next(
     # the top-k columns only is cheaper than scaling the whole vocabulary
     if options.top_k and options.top_k < logits.shape[-1]:
         logits, candidates = torch.topk(logits, options.top_k, dim=-1)  # sorted, descending
-    if options.top_p is not None and options.top_p < 1.0 and candidates is None:
+    if options.nucleus and candidates is None:
         logits, candidates = torch.sort(logits, dim=-1, descending=True)
     logits = logits.float() / options.temperature
-    if options.top_p is not None and options.top_p < 1.0:
+    if options.nucleus:
         probs = logits.softmax(dim=-1)
         # same rule as filter_logits: drop a token once the likelier ones reach top_p
         logits = logits.masked_fill(probs.cumsum(dim=-1) - probs >= options.top_p, float("-inf"))
@@ -135,6 +140,13 @@ def _check_request(
                 f"prompt of {len(prompt)} tokens + max_length {max_length} = "
                 f"{len(prompt) + max_length} exceeds the model's max_seq_len {limit}"
             )
+
+
+def _sampling_dtype(
+    model: GPT, device: Union[str, torch.device, None], dtype: Union[str, torch.dtype, None]
+) -> torch.dtype:
+    """Move the model to ``device`` if given; the dtype its matrix products will sample in."""
+    return resolve_dtype(dtype, _model_device(model, device), model.token_embedding.weight.dtype)
 
 
 def _model_device(model: GPT, device: Union[str, torch.device, None]) -> torch.device:
@@ -224,9 +236,7 @@ def generate(
     _check_request(model, prompts, max_length, options)
     stops = set(stop_tokens or ())
     base_seed = _base_seed(seed)
-    sampling_dtype = resolve_dtype(
-        dtype, _model_device(model, device), model.token_embedding.weight.dtype
-    )
+    sampling_dtype = _sampling_dtype(model, device, dtype)
 
     outputs: list[list[int]] = [[] for _ in prompts]
     by_length: dict[int, list[int]] = {}
@@ -281,9 +291,7 @@ def stream_generate(
     _check_request(model, prompts, max_length, options)
     stops = set(stop_tokens or ())
     seeds = [_base_seed(seed)]
-    sampling_dtype = resolve_dtype(
-        dtype, _model_device(model, device), model.token_embedding.weight.dtype
-    )
+    sampling_dtype = _sampling_dtype(model, device, dtype)
     steps = _new_tokens(model, prompts, max_length, options, seeds, sampling_dtype, use_cache)
     return _until_stop(steps, stops)
 
