@@ -67,7 +67,8 @@ def test_bfloat16_logits_stay_close_to_float32(pack):
     model = tiny()
     ids = torch.randint(0, VOCAB, (2, 11), generator=torch.Generator().manual_seed(2))
     reference = reference_logits(model, ids)
-    got = chunked_logits(Decoder(model, batch_size=2, dtype=torch.bfloat16, pack=pack), ids)
+    decoder = Decoder(model, batch_size=2, dtype=torch.bfloat16, pack=pack, engine="torch")
+    got = chunked_logits(decoder, ids)
     assert got.dtype == torch.bfloat16
     got = got.float()
     # bfloat16 keeps 8 bits of mantissa: errors of a few parts in a thousand of the logits'
@@ -87,7 +88,7 @@ def test_reset_reuses_the_cache():
 
 
 def test_grouped_query_cache_holds_only_the_shared_heads():
-    decoder = Decoder(tiny(num_kv_heads=1), batch_size=2, max_len=10)
+    decoder = Decoder(tiny(num_kv_heads=1), batch_size=2, max_len=10, engine="torch")
     assert decoder.keys[0].shape == (2, 1, 10, 8)  # (batch, kv heads, len, head dim)
     assert decoder.values[0].shape == (2, 1, 10, 8)
 
@@ -115,6 +116,66 @@ def test_bad_requests_raise():
         Decoder(tiny(), batch_size=1, max_len=17)
     with pytest.raises(ValueError, match="sampling dtype must be 'auto' or one of"):
         Decoder(tiny(), batch_size=1, dtype="int8")
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+def test_rust_engine_stays_close_to_the_model(options):
+    # the Rust step (bfloat16 weights and matrix inputs, float32 elsewhere) against the
+    # float64 forward pass: cached chunks, GQA/MQA, rope, no bias, untied head
+    model = tiny(**options)
+    ids = torch.randint(0, VOCAB, (2, 11), generator=torch.Generator().manual_seed(4))
+    reference = reference_logits(model.double(), ids).float()
+    decoder = Decoder(model.float(), batch_size=2, dtype="bfloat16", engine="rust")
+    assert decoder.engine == "rust" and decoder.dtype == torch.bfloat16
+    got = chunked_logits(decoder, ids)
+    assert got.dtype == torch.float32
+    error = (got - reference).abs().max() / reference.std()
+    assert 1e-6 < error < 0.05
+
+
+def test_rust_engine_rows_do_not_depend_on_the_batch():
+    # every sum is computed the same way whatever the batch: bit-identical rows
+    model = tiny(position="rope", num_kv_heads=2)
+    ids = torch.randint(0, VOCAB, (3, 9), generator=torch.Generator().manual_seed(5))
+    batch = Decoder(model, batch_size=3, dtype="bfloat16", engine="rust")
+    together = [batch(ids[:, :6]), batch(ids[:, 6:7]), batch(ids[:, 7:9])]
+    for row in range(3):
+        alone = Decoder(model, batch_size=1, dtype="bfloat16", engine="rust")
+        singles = [alone(ids[row : row + 1, :6]), alone(ids[row : row + 1, 6:7])]
+        singles.append(alone(ids[row : row + 1, 7:9]))
+        for got, want in zip(singles, together):
+            assert torch.equal(got[0], want[row])
+
+
+def test_rust_engine_errors_and_reset():
+    model = tiny()
+    decoder = Decoder(model, batch_size=1, max_len=6, dtype="bfloat16", engine="rust")
+    first = decoder(torch.tensor([[1, 2, 3]]))
+    with pytest.raises(ValueError, match="7 tokens is longer than the cache \\(6\\)"):
+        decoder(torch.tensor([[1, 2, 3, 4]]))
+    decoder.reset()
+    assert torch.equal(decoder(torch.tensor([[1, 2, 3]])), first)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        decoder(torch.tensor([[VOCAB]]))
+    with pytest.raises(ValueError, match="runs bfloat16 on the CPU"):
+        Decoder(model, batch_size=1, dtype="float32", engine="rust")
+    with pytest.raises(ValueError, match="decoding engine must be one of"):
+        Decoder(model, batch_size=1, engine="cuda")
+
+
+def test_auto_engine_rule(monkeypatch):
+    from lmrs import _lmrs
+    from lmrs.decode import resolve_engine
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    kernel = _lmrs.decode_kernel()
+    assert kernel in ("avx512bf16", "portable")
+    # the Rust step is the default exactly where its dot-product instructions exist
+    expected = "rust" if kernel == "avx512bf16" else "torch"
+    assert resolve_engine("auto", cpu, torch.bfloat16) == expected
+    assert resolve_engine("auto", cpu, torch.float32) == "torch"
+    assert resolve_engine("auto", gpu, torch.bfloat16) == "torch"
+    assert resolve_engine("rust", cpu, torch.bfloat16) == "rust"
 
 
 def test_auto_dtype_is_bfloat16_only_for_float32_models_on_native_hardware(monkeypatch):

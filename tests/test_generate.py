@@ -210,3 +210,19 @@ def test_vectorised_draw_matches_filtered_softmax(top_k, top_p):
         freq = torch.bincount(picks, minlength=12).double() / n
         assert torch.allclose(freq, expected[row].double(), atol=2e-4), (freq, expected[row])
         assert set(picks.tolist()) <= set(expected[row].nonzero().flatten().tolist())
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7, 1.3])
+@pytest.mark.parametrize(
+    "top_k, top_p", [(None, None), (5, None), (None, 0.8), (20, 0.6), (1, None), (0, 0.3)]
+)
+def test_rust_sampler_picks_what_the_tensor_version_picks(temperature, top_k, top_p):
+    from lmrs.generate import _pick_next, _pick_next_torch
+
+    gen = torch.Generator().manual_seed(7)
+    logits = torch.randn(64, 300, generator=gen) * 3
+    uniforms = torch.rand(64, generator=gen)
+    options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p)
+    assert torch.equal(
+        _pick_next(logits, options, uniforms), _pick_next_torch(logits, options, uniforms)
+    )

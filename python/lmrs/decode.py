@@ -164,6 +164,62 @@ def prepare_weights(
     return kept[key]
 
 
+ENGINES = ("auto", "torch", "rust")
+
+
+def resolve_engine(engine: str, device: torch.device, dtype: torch.dtype) -> str:
+    """Which implementation runs the decoding steps: "rust" or "torch".
+
+    "auto" picks the Rust step (``lmrs._lmrs.DecodeModel``: one call per token, bfloat16
+    dot-product instructions) for bfloat16 sampling on a CPU that has AVX512-BF16, and the
+    PyTorch step everywhere else (GPUs, other dtypes, CPUs without those instructions).
+    "rust" forces it on any CPU (a portable kernel where the instructions are missing).
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"decoding engine must be one of {ENGINES}, got {engine!r}")
+    rust_ok = device.type == "cpu" and dtype == torch.bfloat16
+    if engine == "rust" and not rust_ok:
+        raise ValueError(
+            f"the rust decoding engine runs bfloat16 on the CPU, not {dtype} on {device.type}"
+        )
+    if engine == "auto":
+        from lmrs import _lmrs
+
+        return "rust" if rust_ok and _lmrs.decode_kernel() == "avx512bf16" else "torch"
+    return engine
+
+
+def rust_decode_model(model: GPT) -> Any:
+    """The model's weights as an ``lmrs._lmrs.DecodeModel`` (bfloat16, built in Rust), kept
+    on the model until a parameter changes, like :func:`prepare_weights`."""
+    from lmrs import _lmrs
+
+    key = ("rust",) + _snapshot_key(model, torch.bfloat16, False)
+    kept: dict[tuple[Any, ...], Any] = model.__dict__.setdefault("_decode_weights", {})
+    if key not in kept:
+        kept.clear()
+        config = model.config
+        with torch.no_grad():
+            tensors = {
+                name: tensor.detach().float().cpu().contiguous().numpy()
+                for name, tensor in model.state_dict().items()
+            }
+            if config.position == "rope":
+                tensors["rope_cos"] = model.rope_cos.float().cpu().contiguous().numpy()
+                tensors["rope_sin"] = model.rope_sin.float().cpu().contiguous().numpy()
+        dims = (
+            config.embed_dim,
+            config.num_heads,
+            config.kv_heads,
+            config.head_dim,
+            config.vocab_size,
+            config.max_seq_len,
+            config.num_layers,
+        )
+        kept[key] = _lmrs.DecodeModel(dims, tensors)
+    return kept[key]
+
+
 def _prepare(model: GPT, dtype: torch.dtype, pack: bool) -> DecodeWeights:
     config = model.config
     device = model.token_embedding.weight.device
@@ -223,6 +279,8 @@ class Decoder:
     ``decoder(ids)`` takes the next ``T`` tokens of every row (B, T), stores their keys and
     values, and returns the logits (B, vocab) of the last of them, in the sampling dtype.
     The first call is the prompt; each later call one new token. ``reset()`` empties the cache.
+    ``engine`` picks the implementation (see :func:`resolve_engine`); the Rust one returns
+    float32 logits.
     """
 
     def __init__(
@@ -232,14 +290,24 @@ class Decoder:
         max_len: Optional[int] = None,
         dtype: Union[str, torch.dtype, None] = "auto",
         pack: Optional[bool] = None,
+        engine: str = "auto",
     ) -> None:
         config = model.config
         self.max_len = config.max_seq_len if max_len is None else max_len
         if not 0 < self.max_len <= config.max_seq_len:
             raise ValueError(f"max_len must be in [1, {config.max_seq_len}], got {self.max_len}")
-        self.weights = prepare_weights(model, dtype, pack)
+        device = model.token_embedding.weight.device
+        resolved = resolve_dtype(dtype, device, model.token_embedding.weight.dtype)
+        self.engine = resolve_engine(engine, device, resolved)
         self.batch_size = batch_size
         self.length = 0
+        self._session: Any = None
+        if self.engine == "rust":
+            self._session = rust_decode_model(model).session(batch_size, self.max_len)
+            self._dtype = resolved
+            return
+        self.weights = prepare_weights(model, resolved, pack)
+        self._dtype = self.weights.dtype
         # uninitialised: attention only ever reads positions [0, length), all written first
         shape = (batch_size, config.kv_heads, self.max_len, config.head_dim)
         device, attn_dtype = self.weights.device, self.weights.attn_dtype
@@ -248,7 +316,8 @@ class Decoder:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.weights.dtype
+        """The dtype of the matrix products."""
+        return self._dtype
 
     @property
     def layers(self) -> tuple[_Layer, ...]:
@@ -256,6 +325,8 @@ class Decoder:
 
     def reset(self) -> None:
         self.length = 0
+        if self._session is not None:
+            self._session.reset()
 
     @torch.inference_mode()
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
@@ -265,6 +336,10 @@ class Decoder:
             raise ValueError(f"Decoder was built for {self.batch_size} rows, got {batch}")
         if end > self.max_len:
             raise ValueError(f"sequence of {end} tokens is longer than the cache ({self.max_len})")
+        if self._session is not None:
+            logits = self._session.step(ids.to(torch.int64).contiguous().numpy())
+            self.length = end
+            return torch.from_numpy(logits)
         w = self.weights
         cfg = w.config
         heads, kv_heads, head_dim = cfg.num_heads, cfg.kv_heads, cfg.head_dim

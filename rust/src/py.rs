@@ -474,5 +474,9 @@ fn _lmrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<WordCounter>()?;
     m.add_function(wrap_pyfunction!(collect_files, m)?)?;
     m.add_function(wrap_pyfunction!(build_manifest, m)?)?;
+    m.add_class::<crate::py_decode::PyDecodeModel>()?;
+    m.add_class::<crate::py_decode::DecodeSession>()?;
+    m.add_function(wrap_pyfunction!(crate::py_decode::decode_kernel, m)?)?;
+    m.add_function(wrap_pyfunction!(crate::py_decode::sample_next, m)?)?;
     Ok(())
 }

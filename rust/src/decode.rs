@@ -1,0 +1,842 @@
+//! A GPT's forward pass for decoding on the CPU: a few new tokens per row, with a key/value
+//! cache, weights in bfloat16.
+//!
+//! The same network as `lmrs.model.GPT` (pre-LayerNorm blocks, causal attention with
+//! grouped key/value heads, tanh-GELU feed-forward, learned or rotary positions, final
+//! LayerNorm, language-model head). Written for the decoding workload, where eager PyTorch
+//! spends more time dispatching ~150 small operations per token than computing them:
+//! here a whole step is one call, the matrix products are [`bf16::matmul`], and everything
+//! between them (LayerNorm, attention over the cache, GELU, residual adds) is a short loop.
+//!
+//! Numerics: weights and matrix-product inputs in bfloat16, sums and everything else
+//! (residual stream, attention, cache) in float32.
+
+use rayon::prelude::*;
+
+use crate::bf16;
+use crate::{Error, Result};
+
+const LAYER_NORM_EPS: f32 = 1e-5;
+
+/// The shape of the network.
+#[derive(Clone, Copy, Debug)]
+pub struct Dims {
+    pub embed_dim: usize,
+    pub num_heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub max_seq_len: usize,
+}
+
+impl Dims {
+    fn q_width(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+    fn kv_width(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+    fn check(&self) -> Result<()> {
+        let positive = [
+            self.embed_dim,
+            self.num_heads,
+            self.kv_heads,
+            self.head_dim,
+            self.vocab_size,
+            self.max_seq_len,
+        ];
+        if positive.contains(&0) {
+            return Err(Error::Invalid(format!(
+                "decode: every dimension must be > 0, got {self:?}"
+            )));
+        }
+        if !self.num_heads.is_multiple_of(self.kv_heads) {
+            return Err(Error::Invalid(format!(
+                "decode: num_heads ({}) is not a multiple of kv_heads ({})",
+                self.num_heads, self.kv_heads
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn check_len(name: &str, got: usize, want: usize) -> Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "decode: {name} has {got} values, expected {want}"
+        )))
+    }
+}
+
+/// `y = x · Wᵀ + b` with W (rows × cols) stored in bfloat16.
+pub struct Linear {
+    weight: bf16::PackedMatrix,
+    bias: Option<Vec<f32>>,
+}
+
+impl Linear {
+    /// `weight` is row-major (rows, cols) in f32, rounded here to bfloat16.
+    pub fn new(
+        name: &str,
+        weight: &[f32],
+        rows: usize,
+        cols: usize,
+        bias: Option<Vec<f32>>,
+    ) -> Result<Self> {
+        check_len(&format!("{name}.weight"), weight.len(), rows * cols)?;
+        if let Some(bias) = &bias {
+            check_len(&format!("{name}.bias"), bias.len(), rows)?;
+        }
+        let weight = bf16::PackedMatrix::pack(weight, rows, cols);
+        Ok(Linear { weight, bias })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.weight.rows()
+    }
+
+    pub fn cols(&self) -> usize {
+        self.weight.cols()
+    }
+
+    /// `out` (m × rows) = x (m × cols, bfloat16) · Wᵀ + b.
+    fn forward(&self, x: &[u16], m: usize, out: &mut Vec<f32>) {
+        out.resize(m * self.rows(), 0.0);
+        bf16::matmul(x, m, &self.weight, self.bias.as_deref(), out);
+    }
+}
+
+pub struct LayerNorm {
+    weight: Vec<f32>,
+    bias: Option<Vec<f32>>,
+}
+
+impl LayerNorm {
+    pub fn new(name: &str, weight: Vec<f32>, bias: Option<Vec<f32>>, width: usize) -> Result<Self> {
+        check_len(&format!("{name}.weight"), weight.len(), width)?;
+        if let Some(bias) = &bias {
+            check_len(&format!("{name}.bias"), bias.len(), width)?;
+        }
+        Ok(LayerNorm { weight, bias })
+    }
+
+    /// Each row of `x` normalised, rounded to bfloat16: the input of the next matrix product.
+    fn forward_bf16(&self, x: &[f32], out: &mut Vec<u16>) {
+        let width = self.weight.len();
+        out.clear();
+        for row in x.chunks_exact(width) {
+            let mean = row.iter().sum::<f32>() / width as f32;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / width as f32;
+            let inv_std = 1.0 / (var + LAYER_NORM_EPS).sqrt();
+            for (i, &v) in row.iter().enumerate() {
+                let bias = self.bias.as_ref().map_or(0.0, |b| b[i]);
+                out.push(bf16::to_bf16((v - mean) * inv_std * self.weight[i] + bias));
+            }
+        }
+    }
+}
+
+pub struct Layer {
+    pub ln_attn: LayerNorm,
+    pub qkv: Linear,
+    pub out_proj: Linear,
+    pub ln_ffn: LayerNorm,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+pub enum Positions {
+    /// (max_seq_len, embed_dim) added to the token embeddings
+    Learned(Vec<f32>),
+    /// cos and sin tables (max_seq_len, head_dim), rotate-half layout, applied to q and k
+    Rotary { cos: Vec<f32>, sin: Vec<f32> },
+}
+
+pub struct DecodeModel {
+    dims: Dims,
+    layers: Vec<Layer>,
+    ln_final: LayerNorm,
+    lm_head: Linear,
+    token_embedding: Vec<f32>,
+    positions: Positions,
+}
+
+/// Keys and values of every layer for `batch` rows of up to `max_len` positions.
+pub struct KvCache {
+    batch: usize,
+    max_len: usize,
+    len: usize,
+    /// per layer: (batch, kv_heads, head_dim, max_len), transposed so that the scores of
+    /// one query against every position are 16-wide multiply-adds along a row
+    keys: Vec<Vec<f32>>,
+    /// per layer: (batch, kv_heads, max_len, head_dim)
+    values: Vec<Vec<f32>>,
+}
+
+impl KvCache {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn reset(&mut self) {
+        self.len = 0;
+    }
+}
+
+impl DecodeModel {
+    pub fn new(
+        dims: Dims,
+        layers: Vec<Layer>,
+        ln_final: LayerNorm,
+        lm_head: Linear,
+        token_embedding: Vec<f32>,
+        positions: Positions,
+    ) -> Result<Self> {
+        dims.check()?;
+        let d = dims.embed_dim;
+        check_len(
+            "token_embedding",
+            token_embedding.len(),
+            dims.vocab_size * d,
+        )?;
+        match &positions {
+            Positions::Learned(table) => {
+                check_len("position_embedding", table.len(), dims.max_seq_len * d)?
+            }
+            Positions::Rotary { cos, sin } => {
+                if !dims.head_dim.is_multiple_of(2) {
+                    return Err(Error::Invalid(format!(
+                        "decode: rotary positions need an even head_dim, got {}",
+                        dims.head_dim
+                    )));
+                }
+                check_len("rope_cos", cos.len(), dims.max_seq_len * dims.head_dim)?;
+                check_len("rope_sin", sin.len(), dims.max_seq_len * dims.head_dim)?;
+            }
+        }
+        let shape = |name: String, linear: &Linear, rows: usize, cols: usize| {
+            if (linear.rows(), linear.cols()) == (rows, cols) {
+                Ok(())
+            } else {
+                Err(Error::Invalid(format!(
+                    "decode: {name} is {}x{}, expected {rows}x{cols}",
+                    linear.rows(),
+                    linear.cols()
+                )))
+            }
+        };
+        for (i, layer) in layers.iter().enumerate() {
+            let qkv_rows = dims.q_width() + 2 * dims.kv_width();
+            shape(format!("layer {i} qkv"), &layer.qkv, qkv_rows, d)?;
+            shape(
+                format!("layer {i} out_proj"),
+                &layer.out_proj,
+                d,
+                dims.q_width(),
+            )?;
+            let ff = layer.up.rows();
+            shape(format!("layer {i} up"), &layer.up, ff, d)?;
+            shape(format!("layer {i} down"), &layer.down, d, ff)?;
+            for (name, norm) in [("ln_attn", &layer.ln_attn), ("ln_ffn", &layer.ln_ffn)] {
+                check_len(&format!("layer {i} {name}"), norm.weight.len(), d)?;
+            }
+        }
+        check_len("ln_final", ln_final.weight.len(), d)?;
+        shape("lm_head".into(), &lm_head, dims.vocab_size, d)?;
+        Ok(DecodeModel {
+            dims,
+            layers,
+            ln_final,
+            lm_head,
+            token_embedding,
+            positions,
+        })
+    }
+
+    pub fn dims(&self) -> Dims {
+        self.dims
+    }
+
+    /// An empty cache for `batch` rows of up to `max_len` positions (≤ max_seq_len).
+    pub fn new_cache(&self, batch: usize, max_len: usize) -> Result<KvCache> {
+        if batch == 0 || max_len == 0 || max_len > self.dims.max_seq_len {
+            return Err(Error::Invalid(format!(
+                "decode: cache needs batch >= 1 and max_len in [1, {}], got batch {batch}, \
+                 max_len {max_len}",
+                self.dims.max_seq_len
+            )));
+        }
+        let size = batch * self.dims.kv_width() * max_len;
+        Ok(KvCache {
+            batch,
+            max_len,
+            len: 0,
+            keys: self.layers.iter().map(|_| vec![0.0; size]).collect(),
+            values: self.layers.iter().map(|_| vec![0.0; size]).collect(),
+        })
+    }
+
+    /// Feeds the next `seq` tokens of every row (`tokens` is (batch, seq), row-major),
+    /// stores their keys and values, and returns the logits (batch, vocab) of the last one.
+    pub fn step(&self, cache: &mut KvCache, tokens: &[i64], seq: usize) -> Result<Vec<f32>> {
+        // Run the whole step on a pool thread: the ~30 parallel loops inside are then split
+        // by work stealing, instead of each one waking the pool from outside and putting
+        // the caller to sleep until it is done (measured: a third of a batch-1 step).
+        rayon::scope(|_| self.step_on_pool(cache, tokens, seq))
+    }
+
+    fn step_on_pool(&self, cache: &mut KvCache, tokens: &[i64], seq: usize) -> Result<Vec<f32>> {
+        let dims = self.dims;
+        let (batch, d) = (cache.batch, dims.embed_dim);
+        if seq == 0 || tokens.len() != batch * seq {
+            return Err(Error::Invalid(format!(
+                "decode: expected {batch} rows of at least one token, got {} tokens for seq {seq}",
+                tokens.len()
+            )));
+        }
+        let start = cache.len;
+        if start + seq > cache.max_len {
+            return Err(Error::Invalid(format!(
+                "decode: sequence of {} tokens is longer than the cache ({})",
+                start + seq,
+                cache.max_len
+            )));
+        }
+        let rows = batch * seq;
+        let mut x = Vec::with_capacity(rows * d);
+        for (r, &token) in tokens.iter().enumerate() {
+            let id = usize::try_from(token)
+                .ok()
+                .filter(|&id| id < dims.vocab_size)
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "decode: token {token} is outside the vocabulary [0, {})",
+                        dims.vocab_size
+                    ))
+                })?;
+            let embedding = &self.token_embedding[id * d..(id + 1) * d];
+            match &self.positions {
+                Positions::Learned(table) => {
+                    let pos = start + r % seq;
+                    let position = &table[pos * d..(pos + 1) * d];
+                    x.extend(embedding.iter().zip(position).map(|(a, b)| a + b));
+                }
+                Positions::Rotary { .. } => x.extend_from_slice(embedding),
+            }
+        }
+
+        let mut normed: Vec<u16> = Vec::with_capacity(rows * d);
+        let mut buffer = Vec::new(); // matrix-product outputs
+        let mut attended = Vec::new();
+        let mut attended_bf16 = Vec::new();
+        let mut hidden = Vec::new();
+        for (index, layer) in self.layers.iter().enumerate() {
+            layer.ln_attn.forward_bf16(&x, &mut normed);
+            layer.qkv.forward(&normed, rows, &mut buffer);
+            self.rotate(&mut buffer, batch, seq, start);
+            self.store_keys_values(cache, index, &buffer, batch, seq, start);
+            self.attend(cache, index, &buffer, batch, seq, start, &mut attended);
+            bf16::to_bf16_into(&attended, &mut attended_bf16);
+            layer.out_proj.forward(&attended_bf16, rows, &mut buffer);
+            add_into(&mut x, &buffer);
+
+            layer.ln_ffn.forward_bf16(&x, &mut normed);
+            layer.up.forward(&normed, rows, &mut buffer);
+            buffer.iter_mut().for_each(|v| *v = gelu_tanh(*v));
+            bf16::to_bf16_into(&buffer, &mut hidden);
+            layer.down.forward(&hidden, rows, &mut buffer);
+            add_into(&mut x, &buffer);
+        }
+        cache.len = start + seq;
+
+        let last: Vec<f32> = x
+            .chunks_exact(seq * d)
+            .flat_map(|row| row[(seq - 1) * d..].iter().copied())
+            .collect();
+        self.ln_final.forward_bf16(&last, &mut normed);
+        let mut logits = Vec::new();
+        self.lm_head.forward(&normed, batch, &mut logits);
+        Ok(logits)
+    }
+
+    /// Rotary positions applied in place to the queries and keys of `qkv` (rows × qkv width).
+    fn rotate(&self, qkv: &mut [f32], batch: usize, seq: usize, start: usize) {
+        let Positions::Rotary { cos, sin } = &self.positions else {
+            return;
+        };
+        let dims = self.dims;
+        let (hd, half) = (dims.head_dim, dims.head_dim / 2);
+        let width = dims.q_width() + 2 * dims.kv_width();
+        let rotated_heads = dims.num_heads + dims.kv_heads; // queries, then keys
+        for (r, row) in qkv.chunks_exact_mut(width).enumerate().take(batch * seq) {
+            let pos = start + r % seq;
+            let (cos, sin) = (
+                &cos[pos * hd..(pos + 1) * hd],
+                &sin[pos * hd..(pos + 1) * hd],
+            );
+            for head in row[..rotated_heads * hd].chunks_exact_mut(hd) {
+                for i in 0..half {
+                    let (a, b) = (head[i], head[i + half]);
+                    // x·cos + rotate_half(x)·sin, rotate_half(x) = (-x2, x1)
+                    head[i] = a * cos[i] - b * sin[i];
+                    head[i + half] = b * cos[i + half] + a * sin[i + half];
+                }
+            }
+        }
+    }
+
+    fn store_keys_values(
+        &self,
+        cache: &mut KvCache,
+        layer: usize,
+        qkv: &[f32],
+        batch: usize,
+        seq: usize,
+        start: usize,
+    ) {
+        let dims = self.dims;
+        let (hd, q_width, kv_width) = (dims.head_dim, dims.q_width(), dims.kv_width());
+        let width = q_width + 2 * kv_width;
+        let max_len = cache.max_len;
+        for (r, row) in qkv.chunks_exact(width).enumerate().take(batch * seq) {
+            let (b, pos) = (r / seq, start + r % seq);
+            for h in 0..dims.kv_heads {
+                let base = (b * dims.kv_heads + h) * max_len * hd;
+                let key = &row[q_width + h * hd..q_width + (h + 1) * hd];
+                for (d, &k) in key.iter().enumerate() {
+                    cache.keys[layer][base + d * max_len + pos] = k;
+                }
+                let value = &row[q_width + kv_width + h * hd..q_width + kv_width + (h + 1) * hd];
+                let at = base + pos * hd;
+                cache.values[layer][at..at + hd].copy_from_slice(value);
+            }
+        }
+    }
+
+    /// Causal attention of the new queries over the cache; `out` is (rows, num_heads · head_dim).
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        cache: &KvCache,
+        layer: usize,
+        qkv: &[f32],
+        batch: usize,
+        seq: usize,
+        start: usize,
+        out: &mut Vec<f32>,
+    ) {
+        let dims = self.dims;
+        let (hd, heads) = (dims.head_dim, dims.num_heads);
+        let width = dims.q_width() + 2 * dims.kv_width();
+        let group = heads / dims.kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (keys, values, max_len) = (&cache.keys[layer], &cache.values[layer], cache.max_len);
+        let simd = has_avx512f();
+        // one task per (row, head): its outputs for the seq new positions, (seq, head_dim)
+        let per_head: Vec<Vec<f32>> = (0..batch * heads)
+            .into_par_iter()
+            .map(|task| {
+                let (b, h) = (task / heads, task % heads);
+                let base = (b * dims.kv_heads + h / group) * max_len * hd;
+                let mut result = vec![0f32; seq * hd];
+                let mut scores = Vec::with_capacity(start + seq);
+                let keys = &keys[base..base + max_len * hd];
+                let values = &values[base..base + max_len * hd];
+                for t in 0..seq {
+                    let q = &qkv[(b * seq + t) * width + h * hd..][..hd];
+                    let visible = start + t + 1; // causal: itself and everything before
+                    let y = &mut result[t * hd..(t + 1) * hd];
+                    let head = HeadCache {
+                        keys,
+                        values: &values[..visible * hd],
+                        max_len,
+                        visible,
+                    };
+                    attend_one(simd, q, &head, scale, &mut scores, y);
+                }
+                result
+            })
+            .collect();
+        out.clear();
+        out.resize(batch * seq * heads * hd, 0.0);
+        for (task, result) in per_head.iter().enumerate() {
+            let (b, h) = (task / heads, task % heads);
+            for t in 0..seq {
+                let at = (b * seq + t) * heads * hd + h * hd;
+                out[at..at + hd].copy_from_slice(&result[t * hd..(t + 1) * hd]);
+            }
+        }
+    }
+}
+
+fn has_avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// One head's cache as attention reads it: the first `visible` positions.
+struct HeadCache<'a> {
+    /// (head_dim, max_len)
+    keys: &'a [f32],
+    /// (visible, head_dim)
+    values: &'a [f32],
+    max_len: usize,
+    visible: usize,
+}
+
+/// One query over the cached positions: `y = softmax(scale · q · Kᵀ) · V`. The two loops
+/// over the cache have an AVX-512 version (sums kept in registers, 16 positions or 16
+/// head dimensions at a time) used where the CPU has it, and a portable one.
+fn attend_one(
+    simd: bool,
+    q: &[f32],
+    head: &HeadCache,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    y: &mut [f32],
+) {
+    scores.clear();
+    scores.resize(head.visible, 0.0);
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` is true only when the CPU reports avx512f
+        unsafe { attention_avx512::scores(q, head, scale, scores) };
+    }
+    if !simd {
+        portable_scores(q, head, scale, scores);
+    }
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut total = 0.0;
+    for score in scores.iter_mut() {
+        *score = exp_poly(*score - max);
+        total += *score;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: as above
+        unsafe { attention_avx512::weighted_values(scores, head.values, y) };
+    }
+    if !simd {
+        portable_weighted_values(scores, head.values, y);
+    }
+    let inv_total = 1.0 / total;
+    y.iter_mut().for_each(|v| *v *= inv_total);
+}
+
+/// `scores[s] = scale · q · K[s]`, reading the transposed keys row by row.
+fn portable_scores(q: &[f32], head: &HeadCache, scale: f32, scores: &mut [f32]) {
+    let (visible, max_len) = (head.visible, head.max_len);
+    for (d, &qd) in q.iter().enumerate() {
+        let row = &head.keys[d * max_len..d * max_len + visible];
+        scores.iter_mut().zip(row).for_each(|(s, k)| *s += qd * k);
+    }
+    scores.iter_mut().for_each(|s| *s *= scale);
+}
+
+/// `y = Σ_s weights[s] · V[s]` (not yet divided by the weights' total).
+fn portable_weighted_values(weights: &[f32], values: &[f32], y: &mut [f32]) {
+    y.fill(0.0);
+    for (&weight, value) in weights.iter().zip(values.chunks_exact(y.len())) {
+        y.iter_mut()
+            .zip(value)
+            .for_each(|(acc, v)| *acc += weight * v);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod attention_avx512 {
+    use super::HeadCache;
+    use std::arch::x86_64::*;
+
+    fn mask(left: usize) -> __mmask16 {
+        if left >= 16 {
+            u16::MAX
+        } else {
+            (1u16 << left) - 1
+        }
+    }
+
+    /// Sixteen positions at a time: their sums stay in one register while it runs down
+    /// the head_dim rows of the transposed keys.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn scores(q: &[f32], head: &HeadCache, scale: f32, scores: &mut [f32]) {
+        let (visible, max_len) = (head.visible, head.max_len);
+        debug_assert!(head.keys.len() >= q.len() * max_len && scores.len() == visible);
+        for start in (0..visible).step_by(16) {
+            let m = mask(visible - start);
+            let mut acc = _mm512_setzero_ps();
+            for (d, &qd) in q.iter().enumerate() {
+                let keys = head.keys.as_ptr().add(d * max_len + start);
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(qd), _mm512_maskz_loadu_ps(m, keys), acc);
+            }
+            let out = scores.as_mut_ptr().add(start);
+            _mm512_mask_storeu_ps(out, m, _mm512_mul_ps(acc, _mm512_set1_ps(scale)));
+        }
+    }
+
+    /// Sixteen head dimensions at a time, summed over every position in a register.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn weighted_values(weights: &[f32], values: &[f32], y: &mut [f32]) {
+        let hd = y.len();
+        debug_assert!(values.len() >= weights.len() * hd);
+        for start in (0..hd).step_by(16) {
+            let m = mask(hd - start);
+            let mut acc = _mm512_setzero_ps();
+            for (s, &weight) in weights.iter().enumerate() {
+                let value = _mm512_maskz_loadu_ps(m, values.as_ptr().add(s * hd + start));
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(weight), value, acc);
+            }
+            _mm512_mask_storeu_ps(y.as_mut_ptr().add(start), m, acc);
+        }
+    }
+}
+
+/// e^x for x ≤ 0 (softmax arguments) in branch-free arithmetic that vectorises: split
+/// x = n·ln 2 + r with |r| ≤ ln 2 / 2, take e^r from its Taylor series to r⁶ (error below
+/// 2e-7 relative) and multiply by 2^n built from the exponent bits.
+#[inline(always)]
+fn exp_poly(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75; // ln 2 split so that n·LN2_HI is exact
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding it rounds to an integer
+    let x = x.clamp(-87.0, 0.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0 / 720.0;
+    let p = p * r + 1.0 / 120.0;
+    let p = p * r + 1.0 / 24.0;
+    let p = p * r + 1.0 / 6.0;
+    let p = p * r + 0.5;
+    let p = p * r + 1.0;
+    let p = p * r + 1.0;
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+fn add_into(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}
+
+/// GELU, tanh approximation (as `F.gelu(x, approximate="tanh")`).
+fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + tanh_rational(SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)))
+}
+
+/// tanh as a ratio of two polynomials (the minimax fit Eigen and XLA use for float32),
+/// within a few float32 ulps; unlike libm's `tanhf` it has no branches or calls, so the
+/// GELU loop over a whole hidden layer vectorises.
+#[allow(clippy::excessive_precision)] // the coefficients as fitted
+fn tanh_rational(x: f32) -> f32 {
+    // beyond this |x|, tanh(x) rounds to ±1 in float32
+    let x = x.clamp(-7.905_311, 7.905_311);
+    let x2 = x * x;
+    let p = x2 * -2.760_768_5e-16 + 2.000_187_9e-13;
+    let p = x2 * p + -8.604_671_5e-11;
+    let p = x2 * p + 5.122_297e-8;
+    let p = x2 * p + 1.485_722_4e-5;
+    let p = x2 * p + 6.372_619_3e-4;
+    let p = x * (x2 * p + 4.893_524_6e-3);
+    let q = x2 * 1.198_258_4e-6 + 1.185_347e-4;
+    let q = x2 * q + 2.268_434_6e-3;
+    let q = x2 * q + 4.893_525_2e-3;
+    p / q
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(count: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut state = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        (0..count)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    fn linear(name: &str, rows: usize, cols: usize, seed: u64) -> Linear {
+        let bias = Some(values(rows, seed + 1, 0.1));
+        Linear::new(name, &values(rows * cols, seed, 0.2), rows, cols, bias).unwrap()
+    }
+
+    fn norm(width: usize, seed: u64) -> LayerNorm {
+        let weight = values(width, seed, 0.1).iter().map(|v| 1.0 + v).collect();
+        LayerNorm::new("ln", weight, Some(values(width, seed + 1, 0.1)), width).unwrap()
+    }
+
+    fn tiny_model(rotary: bool, kv_heads: usize) -> DecodeModel {
+        let dims = Dims {
+            embed_dim: 32,
+            num_heads: 4,
+            kv_heads,
+            head_dim: 8,
+            vocab_size: 50,
+            max_seq_len: 24,
+        };
+        let qkv_rows = dims.q_width() + 2 * dims.kv_width();
+        let layers = (0..2)
+            .map(|i| Layer {
+                ln_attn: norm(32, 10 * i),
+                qkv: linear("qkv", qkv_rows, 32, 10 * i + 2),
+                out_proj: linear("out", 32, 32, 10 * i + 3),
+                ln_ffn: norm(32, 10 * i + 4),
+                up: linear("up", 64, 32, 10 * i + 5),
+                down: linear("down", 32, 64, 10 * i + 6),
+            })
+            .collect();
+        let positions = if rotary {
+            let angles: Vec<f32> = (0..24 * 8)
+                .map(|i| (i / 8) as f32 * 0.3f32.powi(i % 4))
+                .collect();
+            Positions::Rotary {
+                cos: angles.iter().map(|a| a.cos()).collect(),
+                sin: angles.iter().map(|a| a.sin()).collect(),
+            }
+        } else {
+            Positions::Learned(values(24 * 32, 99, 0.5))
+        };
+        let lm_head = linear("lm_head", 50, 32, 77);
+        DecodeModel::new(
+            dims,
+            layers,
+            norm(32, 55),
+            lm_head,
+            values(50 * 32, 98, 1.0),
+            positions,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn one_token_at_a_time_equals_the_whole_sequence_at_once() {
+        for (rotary, kv_heads) in [(false, 4), (true, 2), (false, 1)] {
+            let model = tiny_model(rotary, kv_heads);
+            let tokens: Vec<i64> = vec![3, 17, 42, 0, 8, 49, 21, 5, 5, 30];
+            let mut whole = model.new_cache(1, 20).unwrap();
+            let expected = model.step(&mut whole, &tokens, tokens.len()).unwrap();
+            let mut chunked = model.new_cache(1, 20).unwrap();
+            model.step(&mut chunked, &tokens[..4], 4).unwrap();
+            let mut last = Vec::new();
+            for &token in &tokens[4..] {
+                last = model.step(&mut chunked, &[token], 1).unwrap();
+            }
+            for (a, b) in last.iter().zip(&expected) {
+                assert!(
+                    (a - b).abs() < 1e-4,
+                    "rotary {rotary} kv {kv_heads}: {a} vs {b}"
+                );
+            }
+            assert_eq!(chunked.len(), tokens.len());
+        }
+    }
+
+    #[test]
+    fn rows_of_a_batch_equal_rows_run_alone() {
+        let model = tiny_model(true, 2);
+        let prompts: [[i64; 3]; 3] = [[1, 2, 3], [40, 41, 42], [7, 7, 7]];
+        let flat: Vec<i64> = prompts.iter().flatten().copied().collect();
+        let mut cache = model.new_cache(3, 10).unwrap();
+        let batch = model.step(&mut cache, &flat, 3).unwrap();
+        for (i, prompt) in prompts.iter().enumerate() {
+            let mut alone = model.new_cache(1, 10).unwrap();
+            let logits = model.step(&mut alone, prompt, 3).unwrap();
+            assert_eq!(logits, batch[i * 50..(i + 1) * 50].to_vec(), "row {i}");
+        }
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        let model = tiny_model(false, 4);
+        let mut cache = model.new_cache(1, 4).unwrap();
+        assert!(model.step(&mut cache, &[50], 1).is_err()); // outside the vocabulary
+        assert!(model.step(&mut cache, &[-1], 1).is_err());
+        assert!(model.step(&mut cache, &[1, 2], 1).is_err()); // 2 tokens for 1 row × 1
+        assert!(model.step(&mut cache, &[1, 2, 3, 4, 5], 5).is_err()); // longer than the cache
+        assert!(cache.is_empty());
+        assert!(model.new_cache(1, 25).is_err()); // beyond max_seq_len
+        let wrong = Linear::new("w", &[0.0; 5], 2, 3, None);
+        assert!(wrong.is_err());
+    }
+
+    #[test]
+    fn rational_tanh_is_within_float_precision() {
+        for i in -2000..=2000 {
+            let x = i as f32 / 100.0;
+            let err = (tanh_rational(x) as f64 - (x as f64).tanh()).abs();
+            assert!(err < 1e-6, "tanh({x}) off by {err}");
+        }
+    }
+
+    #[test]
+    fn polynomial_exp_is_within_float_precision() {
+        for i in 0..=8700 {
+            let x = -(i as f32) / 100.0;
+            let want = (x as f64).exp();
+            let rel = (exp_poly(x) as f64 - want).abs() / want;
+            assert!(rel < 5e-7, "exp({x}) off by {rel}");
+        }
+        assert_eq!(exp_poly(-1000.0), exp_poly(-87.0)); // clamped, no garbage
+    }
+
+    #[test]
+    fn attention_kernels_agree_with_a_plain_softmax() {
+        let (hd, max_len, visible) = (24, 40, 37); // tails in both loops
+        let q = values(hd, 1, 1.0);
+        let keys = values(hd * max_len, 2, 1.0); // transposed: (hd, max_len)
+        let vals = values(max_len * hd, 3, 1.0);
+        let head = HeadCache {
+            keys: &keys,
+            values: &vals[..visible * hd],
+            max_len,
+            visible,
+        };
+        let scale = 0.3;
+        let logits: Vec<f64> = (0..visible)
+            .map(|s| {
+                (0..hd)
+                    .map(|d| (q[d] * keys[d * max_len + s]) as f64)
+                    .sum::<f64>()
+                    * scale
+            })
+            .collect();
+        let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let weights: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        for simd in [false, has_avx512f()] {
+            let mut y = vec![0f32; hd];
+            attend_one(simd, &q, &head, scale as f32, &mut Vec::new(), &mut y);
+            for (d, got) in y.iter().enumerate() {
+                let want: f64 = (0..visible)
+                    .map(|s| weights[s] * vals[s * hd + d] as f64)
+                    .sum::<f64>()
+                    / total;
+                assert!(
+                    (*got as f64 - want).abs() < 1e-5,
+                    "simd {simd}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn gelu_matches_known_values() {
+        assert_eq!(gelu_tanh(0.0), 0.0);
+        assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-5);
+        assert!((gelu_tanh(-3.0) + 0.003_637_4).abs() < 1e-5);
+    }
+}
