@@ -8,8 +8,9 @@
 //! here a whole step is one call, the matrix products are [`bf16::matmul`], and everything
 //! between them (LayerNorm, attention over the cache, GELU, residual adds) is a short loop.
 //!
-//! Numerics: weights and matrix-product inputs in bfloat16, sums and everything else
-//! (residual stream, attention, cache) in float32.
+//! Numerics: weights, matrix-product inputs and the key/value cache in bfloat16 (the
+//! cache is read whole at every step: at batch 16 it is as many bytes as the weights);
+//! sums and everything else (residual stream, softmax) in float32.
 
 use rayon::prelude::*;
 
@@ -170,9 +171,9 @@ pub struct KvCache {
     len: usize,
     /// per layer: (batch, kv_heads, head_dim, max_len), transposed so that the scores of
     /// one query against every position are 16-wide multiply-adds along a row
-    keys: Vec<Vec<f32>>,
+    keys: Vec<Vec<u16>>,
     /// per layer: (batch, kv_heads, max_len, head_dim)
-    values: Vec<Vec<f32>>,
+    values: Vec<Vec<u16>>,
 }
 
 impl KvCache {
@@ -275,8 +276,8 @@ impl DecodeModel {
             batch,
             max_len,
             len: 0,
-            keys: self.layers.iter().map(|_| vec![0.0; size]).collect(),
-            values: self.layers.iter().map(|_| vec![0.0; size]).collect(),
+            keys: self.layers.iter().map(|_| vec![0; size]).collect(),
+            values: self.layers.iter().map(|_| vec![0; size]).collect(),
         })
     }
 
@@ -408,11 +409,15 @@ impl DecodeModel {
                 let base = (b * dims.kv_heads + h) * max_len * hd;
                 let key = &row[q_width + h * hd..q_width + (h + 1) * hd];
                 for (d, &k) in key.iter().enumerate() {
-                    cache.keys[layer][base + d * max_len + pos] = k;
+                    cache.keys[layer][base + d * max_len + pos] = bf16::to_bf16(k);
                 }
                 let value = &row[q_width + kv_width + h * hd..q_width + kv_width + (h + 1) * hd];
                 let at = base + pos * hd;
-                cache.values[layer][at..at + hd].copy_from_slice(value);
+                let cached = &mut cache.values[layer][at..at + hd];
+                cached
+                    .iter_mut()
+                    .zip(value)
+                    .for_each(|(c, &v)| *c = bf16::to_bf16(v));
             }
         }
     }
@@ -435,7 +440,7 @@ impl DecodeModel {
         let group = heads / dims.kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let (keys, values, max_len) = (&cache.keys[layer], &cache.values[layer], cache.max_len);
-        let simd = has_avx512f();
+        let simd = has_avx512();
         // one task per (row, head): its outputs for the seq new positions, (seq, head_dim)
         let per_head: Vec<Vec<f32>> = (0..batch * heads)
             .into_par_iter()
@@ -473,10 +478,12 @@ impl DecodeModel {
     }
 }
 
-fn has_avx512f() -> bool {
+fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -487,9 +494,9 @@ fn has_avx512f() -> bool {
 /// One head's cache as attention reads it: the first `visible` positions.
 struct HeadCache<'a> {
     /// (head_dim, max_len)
-    keys: &'a [f32],
+    keys: &'a [u16],
     /// (visible, head_dim)
-    values: &'a [f32],
+    values: &'a [u16],
     max_len: usize,
     visible: usize,
 }
@@ -509,7 +516,7 @@ fn attend_one(
     scores.resize(head.visible, 0.0);
     #[cfg(target_arch = "x86_64")]
     if simd {
-        // SAFETY: `simd` is true only when the CPU reports avx512f
+        // SAFETY: `simd` is true only when the CPU reports avx512f, avx512bw and avx512vl
         unsafe { attention_avx512::scores(q, head, scale, scores) };
     }
     if !simd {
@@ -538,18 +545,21 @@ fn portable_scores(q: &[f32], head: &HeadCache, scale: f32, scores: &mut [f32]) 
     let (visible, max_len) = (head.visible, head.max_len);
     for (d, &qd) in q.iter().enumerate() {
         let row = &head.keys[d * max_len..d * max_len + visible];
-        scores.iter_mut().zip(row).for_each(|(s, k)| *s += qd * k);
+        scores
+            .iter_mut()
+            .zip(row)
+            .for_each(|(s, &k)| *s += qd * bf16::from_bf16(k));
     }
     scores.iter_mut().for_each(|s| *s *= scale);
 }
 
 /// `y = Σ_s weights[s] · V[s]` (not yet divided by the weights' total).
-fn portable_weighted_values(weights: &[f32], values: &[f32], y: &mut [f32]) {
+fn portable_weighted_values(weights: &[f32], values: &[u16], y: &mut [f32]) {
     y.fill(0.0);
     for (&weight, value) in weights.iter().zip(values.chunks_exact(y.len())) {
         y.iter_mut()
             .zip(value)
-            .for_each(|(acc, v)| *acc += weight * v);
+            .for_each(|(acc, &v)| *acc += weight * bf16::from_bf16(v));
     }
 }
 
@@ -557,6 +567,15 @@ fn portable_weighted_values(weights: &[f32], values: &[f32], y: &mut [f32]) {
 mod attention_avx512 {
     use super::HeadCache;
     use std::arch::x86_64::*;
+
+    /// Sixteen bfloat16 values (the lanes of `m`) widened to float32: a bfloat16 is the
+    /// upper half of a float32.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn load_bf16(m: __mmask16, ptr: *const u16) -> __m512 {
+        let halves = _mm256_maskz_loadu_epi16(m, ptr as *const i16);
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(halves)))
+    }
 
     fn mask(left: usize) -> __mmask16 {
         if left >= 16 {
@@ -568,7 +587,7 @@ mod attention_avx512 {
 
     /// Sixteen positions at a time: their sums stay in one register while it runs down
     /// the head_dim rows of the transposed keys.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub unsafe fn scores(q: &[f32], head: &HeadCache, scale: f32, scores: &mut [f32]) {
         let (visible, max_len) = (head.visible, head.max_len);
         debug_assert!(head.keys.len() >= q.len() * max_len && scores.len() == visible);
@@ -576,8 +595,8 @@ mod attention_avx512 {
             let m = mask(visible - start);
             let mut acc = _mm512_setzero_ps();
             for (d, &qd) in q.iter().enumerate() {
-                let keys = head.keys.as_ptr().add(d * max_len + start);
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(qd), _mm512_maskz_loadu_ps(m, keys), acc);
+                let keys = load_bf16(m, head.keys.as_ptr().add(d * max_len + start));
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(qd), keys, acc);
             }
             let out = scores.as_mut_ptr().add(start);
             _mm512_mask_storeu_ps(out, m, _mm512_mul_ps(acc, _mm512_set1_ps(scale)));
@@ -585,15 +604,15 @@ mod attention_avx512 {
     }
 
     /// Sixteen head dimensions at a time, summed over every position in a register.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn weighted_values(weights: &[f32], values: &[f32], y: &mut [f32]) {
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn weighted_values(weights: &[f32], values: &[u16], y: &mut [f32]) {
         let hd = y.len();
         debug_assert!(values.len() >= weights.len() * hd);
         for start in (0..hd).step_by(16) {
             let m = mask(hd - start);
             let mut acc = _mm512_setzero_ps();
             for (s, &weight) in weights.iter().enumerate() {
-                let value = _mm512_maskz_loadu_ps(m, values.as_ptr().add(s * hd + start));
+                let value = load_bf16(m, values.as_ptr().add(s * hd + start));
                 acc = _mm512_fmadd_ps(_mm512_set1_ps(weight), value, acc);
             }
             _mm512_mask_storeu_ps(y.as_mut_ptr().add(start), m, acc);
@@ -797,8 +816,9 @@ mod tests {
     fn attention_kernels_agree_with_a_plain_softmax() {
         let (hd, max_len, visible) = (24, 40, 37); // tails in both loops
         let q = values(hd, 1, 1.0);
-        let keys = values(hd * max_len, 2, 1.0); // transposed: (hd, max_len)
-        let vals = values(max_len * hd, 3, 1.0);
+        let as_bf16 = |v: Vec<f32>| -> Vec<u16> { v.into_iter().map(bf16::to_bf16).collect() };
+        let keys = as_bf16(values(hd * max_len, 2, 1.0)); // transposed: (hd, max_len)
+        let vals = as_bf16(values(max_len * hd, 3, 1.0));
         let head = HeadCache {
             keys: &keys,
             values: &vals[..visible * hd],
@@ -808,21 +828,19 @@ mod tests {
         let scale = 0.3;
         let logits: Vec<f64> = (0..visible)
             .map(|s| {
-                (0..hd)
-                    .map(|d| (q[d] * keys[d * max_len + s]) as f64)
-                    .sum::<f64>()
-                    * scale
+                let key = |d: usize| bf16::from_bf16(keys[d * max_len + s]) as f64;
+                (0..hd).map(|d| q[d] as f64 * key(d)).sum::<f64>() * scale
             })
             .collect();
         let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let weights: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
         let total: f64 = weights.iter().sum();
-        for simd in [false, has_avx512f()] {
+        for simd in [false, has_avx512()] {
             let mut y = vec![0f32; hd];
             attend_one(simd, &q, &head, scale as f32, &mut Vec::new(), &mut y);
             for (d, got) in y.iter().enumerate() {
                 let want: f64 = (0..visible)
-                    .map(|s| weights[s] * vals[s * hd + d] as f64)
+                    .map(|s| weights[s] * bf16::from_bf16(vals[s * hd + d]) as f64)
                     .sum::<f64>()
                     / total;
                 assert!(
