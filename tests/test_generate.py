@@ -226,3 +226,23 @@ def test_rust_sampler_picks_what_the_tensor_version_picks(temperature, top_k, to
     assert torch.equal(
         _pick_next(logits, options, uniforms), _pick_next_torch(logits, options, uniforms)
     )
+
+
+def test_rust_engine_cached_equals_uncached_and_batch_equals_single():
+    # the Rust step computes every row and position the same way whichever path reaches
+    # it, so even in bfloat16 the tokens are identical, not merely close
+    model = tiny(position="rope", num_kv_heads=2).float()
+    prompts = [[3, 14, 15, 92], [65, 35, 89, 79]]
+    options = dict(max_length=20, temperature=1.0, top_k=20, seed=4, dtype="bfloat16")
+    cached = generate(model, prompts, engine="rust", **options)
+    assert cached == generate(model, prompts, engine="rust", use_cache=False, **options)
+    single = generate(model, prompts[1], engine="rust", **{**options, "seed": 5})
+    assert single == cached[1]
+    assert len(cached[0]) == 20
+
+
+def test_bad_engine_raises_at_the_call():
+    with pytest.raises(ValueError, match="decoding engine must be one of"):
+        stream_generate(tiny(), [1, 2], max_length=5, engine="gpu")
+    with pytest.raises(ValueError, match="runs bfloat16 on the CPU"):
+        generate(tiny(), [1, 2], max_length=5, engine="rust")  # float64 samples in float64

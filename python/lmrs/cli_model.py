@@ -340,6 +340,13 @@ def stream_text(tokenizer: Any, ids: Iterator[int]) -> Iterator[str]:
     show_default=True,
     help="Precision of the matrix products; auto: bfloat16 where the hardware has it.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["auto", "rust", "torch"]),
+    default="auto",
+    show_default=True,
+    help="Decoding implementation; auto: rust for bfloat16 on CPUs with AVX512-BF16.",
+)
 def sample_command(
     checkpoint: str,
     prompt: str,
@@ -351,6 +358,7 @@ def sample_command(
     seed: Optional[int],
     device: str,
     dtype: str,
+    engine: str,
 ) -> None:
     """Continue a prompt with a trained model, streaming the text as it is generated."""
     from lmrs.generate import stream_generate
@@ -383,6 +391,7 @@ def sample_command(
             stop_tokens=[tokenizer.eot_id],
             seed=None if seed is None else seed + index,
             dtype=dtype,
+            engine=engine,
         )
         click.echo(prompt, nl=False)
         try:

@@ -2,24 +2,23 @@
 
 Training wants autograd and large matrix products. Decoding is another workload: each step
 multiplies a handful of rows by every weight matrix, so it is bound by reading the weights
-and by eager PyTorch's per-operation overhead, not by arithmetic (profiled: three quarters
-of a batch-1 step in ``addmm`` reading 24 MB of fp32 weights). :class:`Decoder` snapshots a
-model for that workload:
+and by per-operation overhead, not by arithmetic. :class:`Decoder` snapshots a model for
+that workload, with one of two engines (:func:`resolve_engine`):
 
-- weights in the sampling dtype: bfloat16 where the hardware computes it natively (half the
-  bytes per token), float32 otherwise or on request;
-- on CPU, weight matrices packed once into oneDNN's blocked layout (``torch.ops.mkldnn``, the
-  kernels ``torch.compile``'s freezing pass uses), with GELU fused into the up-projection;
-  twice as fast as ``addmm`` at batch 16. Where oneDNN is missing, plain ``F.linear``;
-- the attention scale folded into the query projection and the residual adds fused into
-  the output projections, fewer operations per step;
-- the residual stream in the sampling dtype (as in any bfloat16 inference), attention and
-  its key/value cache in float32 on CPU, where half-precision batched matmuls are slow;
-- no ``nn.Module`` dispatch: one short loop over the layers.
+- **rust** (the default for bfloat16 sampling on CPUs with AVX512-BF16): the whole step is
+  one call into ``lmrs._lmrs`` (``rust/src/decode.rs``), with the GIL released: weights in
+  bfloat16 packed in blocks of 16 output columns for ``vdpbf16ps``, attention over a
+  bfloat16 key/value cache (keys transposed) in AVX-512, everything between the matrix
+  products in plain loops, both cores through rayon. Rows of a batch never mix: a row's
+  logits are bit-identical whatever else is in the batch.
+- **torch** (GPUs, float32/float64 sampling, CPUs without those instructions): eager
+  PyTorch on a prepared copy of the weights in the sampling dtype; on CPU packed once for
+  oneDNN (``torch.ops.mkldnn``) with GELU and the residual adds fused into the matrix
+  products, the attention scale folded into the query weights, a float32 KV cache.
 
-Measured on two CPU cores (``benchmarks/bench_model.py``): about three times the tokens/s
-of Hugging Face GPT-2's ``generate`` at batch 1 and 16; a step is then mostly oneDNN's
-fixed cost per matrix product (~20 us) at batch 1, and reading the cache at batch 16.
+Measured on two CPU cores (``benchmarks/bench_model.py``, HF GPT-2 of the same shape): the
+rust engine samples about 16x GPT-2's tokens/s at batch 1 and 4x at batch 16; the torch
+engine about 3x at both.
 
 The prepared weights are a copy: a Decoder does not follow later changes to the model's
 parameters (a new one, or the next ``generate`` call, prepares them again).

@@ -16,7 +16,7 @@ from typing import Optional, Union
 
 import torch
 
-from lmrs.decode import Decoder, resolve_dtype
+from lmrs.decode import Decoder, resolve_dtype, resolve_engine
 from lmrs.model import GPT
 
 PromptIds = Union[Sequence[int], Sequence[Sequence[int]]]
@@ -191,6 +191,7 @@ def _new_tokens(
     seeds: list[int],
     dtype: Union[str, torch.dtype, None],
     use_cache: bool,
+    engine: str = "auto",
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row (B,), ``max_length`` times. Prompts share a length.
 
@@ -204,7 +205,7 @@ def _new_tokens(
         [torch.rand(max(max_length, 1), generator=torch.Generator().manual_seed(s)) for s in seeds]
     ).to(device)
     tokens = torch.tensor(prompts, dtype=torch.long, device=device)
-    decoder = Decoder(model, len(prompts), tokens.shape[1] + max_length, dtype=dtype)
+    decoder = Decoder(model, len(prompts), tokens.shape[1] + max_length, dtype=dtype, engine=engine)
     step_input = tokens
     for step in range(max_length):
         if not use_cache:
@@ -237,6 +238,7 @@ def generate(
     device: Union[str, torch.device, None] = None,
     use_cache: bool = True,
     dtype: Union[str, torch.dtype, None] = "auto",
+    engine: str = "auto",
 ) -> Union[list[int], list[list[int]]]:
     """New token ids continuing ``prompt_ids`` (a list of ids, or a list of such lists).
 
@@ -250,6 +252,9 @@ def generate(
     ``dtype`` is the precision of the matrix products while sampling: "auto" is bfloat16
     for a float32 model on hardware that computes it natively (CUDA, CPUs with AVX512-BF16
     or AMX), the model's own dtype elsewhere; "float32" gives the model's own numbers.
+    ``engine`` picks the decoding implementation ("auto", "rust", "torch"; see
+    :func:`lmrs.decode.resolve_engine`): "auto" runs bfloat16 on CPUs with AVX512-BF16 in
+    Rust, where a row's tokens do not depend on the rest of the batch at all.
 
     Raises ValueError for an empty prompt, ids outside the vocabulary, temperature < 0,
     top_k < 0, top_p outside (0, 1], or prompt + max_length over ``max_seq_len``.
@@ -260,6 +265,7 @@ def generate(
     stops = set(stop_tokens or ())
     base_seed = _base_seed(seed)
     sampling_dtype = _sampling_dtype(model, device, dtype)
+    resolve_engine(engine, model.token_embedding.weight.device, sampling_dtype)  # checked now
 
     outputs: list[list[int]] = [[] for _ in prompts]
     by_length: dict[int, list[int]] = {}
@@ -275,6 +281,7 @@ def generate(
             [base_seed + i for i in rows],
             sampling_dtype,
             use_cache,
+            engine,
         )
         for next_tokens in steps:
             for slot, token in enumerate(next_tokens.tolist()):
@@ -302,6 +309,7 @@ def stream_generate(
     device: Union[str, torch.device, None] = None,
     use_cache: bool = True,
     dtype: Union[str, torch.dtype, None] = "auto",
+    engine: str = "auto",
 ) -> Iterator[int]:
     """Yield new token ids one at a time for ONE prompt; same options and ids as
     :func:`generate` (the stop token is not yielded). Arguments are checked at the call,
@@ -315,7 +323,10 @@ def stream_generate(
     stops = set(stop_tokens or ())
     seeds = [_base_seed(seed)]
     sampling_dtype = _sampling_dtype(model, device, dtype)
-    steps = _new_tokens(model, prompts, max_length, options, seeds, sampling_dtype, use_cache)
+    resolve_engine(engine, model.token_embedding.weight.device, sampling_dtype)  # checked now
+    steps = _new_tokens(
+        model, prompts, max_length, options, seeds, sampling_dtype, use_cache, engine
+    )
     return _until_stop(steps, stops)
 
 
