@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmrs.decode import resolve_dtype
+from lmrs import _lmrs
+from lmrs.decode import resolve_dtype, resolve_engine
 from lmrs.generate import generate
 from lmrs.model import create_model
 from lmrs.precision import native_bf16
@@ -199,7 +200,7 @@ def speed_section(opts: SpeedOptions) -> None:
     theirs_bf16 = hf_gpt2(VOCAB).to(device=device, dtype=torch.bfloat16)
     theirs_bf16.load_state_dict(theirs_default.state_dict())
 
-    def ours_sample(batch: int, dtype: str) -> float:
+    def ours_sample(batch: int, dtype: str, engine: str = "auto") -> float:
         prompts = batch_prompts[batch]
         return generation_tokens_per_s(
             lambda: generate(
@@ -210,6 +211,7 @@ def speed_section(opts: SpeedOptions) -> None:
                 top_k=50,
                 seed=0,
                 dtype=dtype,
+                engine=engine,
             ),
             opts.new_tokens,
             batch,
@@ -240,6 +242,7 @@ def speed_section(opts: SpeedOptions) -> None:
         runs[f"ours{b}"] = lambda b=b: ours_sample(b, "auto")
         runs[f"ours{b}-fp32"] = lambda b=b: ours_sample(b, "float32")
         runs[f"ours{b}-bf16"] = lambda b=b: ours_sample(b, "bfloat16")
+        runs[f"ours{b}-bf16-torch"] = lambda b=b: ours_sample(b, "bfloat16", "torch")
         runs[f"gpt2{b}"] = lambda b=b: theirs_sample(b, theirs_default)
         runs[f"gpt2{b}-bf16"] = lambda b=b: theirs_sample(b, theirs_bf16)
     sample = best_of(opts.repeats, runs)
@@ -261,6 +264,10 @@ def speed_section(opts: SpeedOptions) -> None:
         print(row(f"{label}, defaults", sample[f"ours{b}"], sample[f"gpt2{b}"], "tokens/s"))
         print(row(f"{label}, both float32", sample[f"ours{b}-fp32"], sample[f"gpt2{b}"], ""))
         print(row(f"{label}, both bfloat16", sample[f"ours{b}-bf16"], sample[f"gpt2{b}-bf16"], ""))
+        torch_engine = sample[f"ours{b}-bf16-torch"]
+        print(
+            row(f"{label}, both bf16, lmrs torch engine", torch_engine, sample[f"gpt2{b}-bf16"], "")
+        )
     print(
         f"defaults: lmrs trains in {train_auto} here, dropout 0.1 on embeddings/residuals, "
         "none on attention weights; GPT-2 float32, dropout 0.1 on all three."
@@ -268,7 +275,8 @@ def speed_section(opts: SpeedOptions) -> None:
     print(
         f"sampling: {opts.new_tokens} new tokens after a {opts.prompt_len}-token prompt, top-k 50, "
         f"temperature 0.8; lmrs default dtype here: {str(auto).replace('torch.', '')}, "
-        "GPT-2 default: float32"
+        f"engine {resolve_engine('auto', torch.device(device), auto)} "
+        f"(decode kernel {_lmrs.decode_kernel()}); GPT-2 default: float32"
     )
 
 
