@@ -160,7 +160,7 @@ def best_of(repeats: int, runs: dict[str, Callable[[], float]]) -> dict[str, flo
 
 
 def row(label: str, ours: float, theirs: float, unit: str) -> str:
-    return f"{label:<42} {ours:>12,.0f} {theirs:>12,.0f} {ours / theirs:>7.2f}x  {unit}"
+    return f"{label:<50} {ours:>12,.0f} {theirs:>12,.0f} {ours / theirs:>7.2f}x  {unit}"
 
 
 def speed_section(opts: SpeedOptions) -> None:
@@ -253,10 +253,10 @@ def speed_section(opts: SpeedOptions) -> None:
     b, t = opts.batch_size, opts.seq_len
     train_auto = "bfloat16 autocast" if native_bf16(torch.device(device)) else "float32"
     print()
-    print(f"{'':<42} {'lmrs':>12} {'HF GPT-2':>12} {'ratio':>8}")
+    print(f"{'':<50} {'lmrs':>12} {'HF GPT-2':>12} {'ratio':>8}")
     print(row(f"train tok/s {b}x{t}, defaults", train["ours"], train["gpt2"], "tokens/s"))
     print(row("train tok/s, both float32", train["ours32"], train["gpt2"], ""))
-    print(f"{'  % of fp32 matmul peak':<42} {mfu(train['ours32']):>12} {mfu(train['gpt2']):>12}")
+    print(f"{'  % of fp32 matmul peak':<50} {mfu(train['ours32']):>12} {mfu(train['gpt2']):>12}")
     print(row("train tok/s, both float32, dropout 0", train["ours0"], train["gpt20"], ""))
     print(row("train tok/s, both bfloat16 autocast", train["oursbf"], train["gpt2bf"], ""))
     for b in (1, 16):
