@@ -301,6 +301,9 @@ class QualityOptions:
     learning_rate: float = 2e-3
     warmup_steps: int = 50
     weight_decay: float = 0.1
+    min_lr_ratio: float = 0.1
+    position: str = "learned"  # lmrs only: "learned" (the default) or "rope"
+    optimizer: str = "adamw"  # lmrs only; GPT-2 always trains with AdamW
     # titles held out whole: every file whose name starts with one of these (the corpus has
     # most plays twice, a modern and a First Folio spelling, so a split by file would leak)
     held_out: tuple[str, ...] = ("macbeth", "othello", "twel", "julius_caesar")
@@ -340,21 +343,25 @@ def quality_section(opts: QualityOptions) -> None:
         learning_rate=opts.learning_rate,
         warmup_steps=opts.warmup_steps,
         weight_decay=opts.weight_decay,
+        min_lr_ratio=opts.min_lr_ratio,
         eval_every=0,
         seed=opts.seed,
         device="cpu",
     )
     candidates = {
-        "lmrs": lambda: create_model(tokenizer.vocab_size, **SHAPE, dropout_rate=0.0),
+        "lmrs": lambda: create_model(
+            tokenizer.vocab_size, **SHAPE, dropout_rate=0.0, position=opts.position
+        ),
         "HF GPT-2": lambda: HFAdapter(hf_gpt2(tokenizer.vocab_size)),  # stock dropout 0.1
     }
     wanted = {"lmrs": "lmrs", "gpt2": "HF GPT-2"}
     results = {}
     for name in (wanted[m] for m in opts.models):
         model = candidates[name]()
-        print(f"training {name} for {opts.budget_minutes:g} min")
+        optimizer = opts.optimizer if name == "lmrs" else "adamw"
+        print(f"training {name} for {opts.budget_minutes:g} min with {optimizer}")
         start = time.perf_counter()
-        outcome = train(model, train_split, **common)
+        outcome = train(model, train_split, optimizer=optimizer, **common)
         seconds = time.perf_counter() - start
         scores = evaluate(
             model, val_split, batches=opts.eval_batches, batch_size=32, seq_len=opts.seq_len
@@ -378,7 +385,9 @@ def quality_section(opts: QualityOptions) -> None:
     for label, cell in rows.items():
         print(f"{label:<34}" + "".join(cell(r) for r in results.values()))
     print(
-        f"same loop (lmrs.train: AdamW, {opts.warmup_steps} warmup steps, cosine to 10%), "
+        f"same loop (lmrs.train: lmrs {opts.optimizer}, GPT-2 adamw, {opts.warmup_steps} "
+        "warmup steps, cosine to "
+        f"{opts.min_lr_ratio:.0%}), lmrs positions {opts.position}, "
         f"lr {opts.learning_rate:g}, batch {opts.batch_size}x{opts.seq_len}, weight decay "
         f"{opts.weight_decay:g}, precision {precision}; lmrs dropout 0, GPT-2 stock dropout "
         f"0.1; {opts.budget_minutes:g} min each"
@@ -396,6 +405,14 @@ def main() -> None:
     parser.add_argument("--budget-minutes", type=float, default=10.0)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--batch-size", type=int, default=16, help="quality mode batch")
+    parser.add_argument("--warmup-steps", type=int, default=50, help="quality mode warmup")
+    parser.add_argument("--min-lr-ratio", type=float, default=0.1, help="quality: cosine floor")
+    parser.add_argument(
+        "--position", choices=("learned", "rope"), default="learned", help="quality: lmrs"
+    )
+    parser.add_argument(
+        "--optimizer", choices=("adamw", "muon"), default="adamw", help="quality: lmrs"
+    )
     parser.add_argument(
         "--models", default="lmrs,gpt2", help="quality mode: lmrs,gpt2 or one of them"
     )
@@ -418,6 +435,10 @@ def main() -> None:
                 budget_minutes=args.budget_minutes,
                 learning_rate=args.lr,
                 batch_size=args.batch_size,
+                warmup_steps=args.warmup_steps,
+                min_lr_ratio=args.min_lr_ratio,
+                position=args.position,
+                optimizer=args.optimizer,
                 models=models,
             )
         )

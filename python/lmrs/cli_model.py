@@ -117,6 +117,14 @@ def _open_dataset(path: Path, tokenizer: Any) -> Any:
 @click.option("--seq-len", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option(
+    "--optimizer",
+    type=click.Choice(["adamw", "adam", "sgd", "muon"]),
+    default="adamw",
+    show_default=True,
+    help="muon: Muon on the hidden matrices, AdamW on embeddings, biases and norms.",
+)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.1, show_default=True)
 @click.option("--eval-every", type=click.IntRange(min=0), default=200, show_default=True)
 @click.option("--eval-batches", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True)
@@ -146,6 +154,8 @@ def train_command(
     seq_len: int,
     lr: float,
     warmup: int,
+    optimizer: str,
+    weight_decay: float,
     eval_every: int,
     eval_batches: int,
     checkpoint_every: int,
@@ -222,6 +232,8 @@ def train_command(
             time_budget_s=budget_s,
             learning_rate=lr,
             warmup_steps=warmup,
+            optimizer=optimizer,
+            weight_decay=weight_decay,
             eval_every=eval_every,
             eval_batches=eval_batches,
             checkpoint_every=checkpoint_every,

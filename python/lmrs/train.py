@@ -44,9 +44,10 @@ from lmrs.checkpoint import (
 )
 from lmrs.data import Batch, TokenDataset, TokenSplit, micro_batch_size, token_byte_lengths
 from lmrs.evaluate import EvalResult, evaluation_sums
+from lmrs.optim import MuonAdamW, muon_parameter_groups
 from lmrs.precision import native_bf16
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
+OPTIMIZERS = ("adamw", "adam", "sgd", "muon")
 DTYPES = ("auto", "float32", "bfloat16")
 METRICS_FILE = "metrics.jsonl"
 
@@ -71,6 +72,7 @@ class TrainConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     momentum: float = 0.9  # sgd only
+    muon_momentum: float = 0.95  # muon only (its hidden matrices; the rest runs AdamW)
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
     grad_accum_steps: int = 1
     optimizer: str = "adamw"
@@ -113,6 +115,13 @@ class TrainConfig:
             raise ValueError("warmup_steps, weight_decay and grad_clip must be >= 0")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.optimizer == "muon" and self.strategy == "fsdp":
+            raise ValueError(
+                "optimizer muon orthogonalises whole matrices, FSDP shards them: "
+                "use strategy ddp (or optimizer adamw with fsdp)"
+            )
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise ValueError(f"muon_momentum must be in [0, 1), got {self.muon_momentum}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.strategy not in dist_utils.STRATEGIES:
@@ -204,11 +213,19 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
 
 
 def create_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> Any:
-    groups = parameter_groups(model, config.weight_decay)
     lr = config.learning_rate
+    betas = (config.beta1, config.beta2)
+    if config.optimizer == "muon":
+        return MuonAdamW(
+            muon_parameter_groups(model, config.weight_decay),
+            lr=lr,
+            betas=betas,
+            eps=config.eps,
+            momentum=config.muon_momentum,
+        )
+    groups = parameter_groups(model, config.weight_decay)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=config.momentum)
-    betas = (config.beta1, config.beta2)
     fused = {"fused": True} if device.type == "cuda" else {}
     if config.optimizer == "adam":
         for group in groups:

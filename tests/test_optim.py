@@ -1,0 +1,129 @@
+"""optim.py: Newton-Schulz orthogonalisation, Muon/AdamW groups, agreement with torch's
+reference optimizers, and Muon inside lmrs.train (learning, resume, bad configs)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import QUIET, pattern_docs, tiny_model
+
+from lmrs.data import prepare_training_data
+from lmrs.optim import MuonAdamW, muon_parameter_groups, orthogonalize
+from lmrs.train import TrainConfig, train
+
+
+@pytest.mark.parametrize("shape", [(24, 64), (64, 24), (40, 40)])
+def test_orthogonalize_pushes_singular_values_towards_one(shape: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    # badly conditioned on purpose: singular values spread over two orders of magnitude
+    u, _ = torch.linalg.qr(torch.randn(shape[0], shape[0]))
+    v, _ = torch.linalg.qr(torch.randn(shape[1], shape[1]))
+    k = min(shape)
+    s = torch.logspace(-2, 0, k)
+    matrix = u[:, :k] @ torch.diag(s) @ v[:k, :] * 7.0
+    out = orthogonalize(matrix)
+    assert out.shape == matrix.shape
+    singular = torch.linalg.svdvals(out.float())
+    # five quintic steps: every singular value lands in roughly [0.7, 1.2], even the 1e-2 one
+    assert singular.min() > 0.5 and singular.max() < 1.3, singular
+    # and the same singular vectors: close to the polar factor U V^T of the input
+    polar = u[:, :k] @ v[:k, :]
+    cosine = float((out.float() * polar).sum() / (out.float().norm() * polar.norm()))
+    assert cosine > 0.95, cosine
+
+
+def test_groups_put_hidden_matrices_on_muon_and_the_rest_on_adamw() -> None:
+    model = tiny_model()
+    groups = muon_parameter_groups(model, 0.1)
+    muon = {id(p) for g in groups if g.get("use_muon") for p in g["params"]}
+    names = {id(p): n for n, p in model.named_parameters()}
+    on_muon = sorted(names[i] for i in muon)
+    assert on_muon == sorted(
+        n
+        for n, p in model.named_parameters()
+        if p.dim() == 2 and "embedding" not in n  # qkv, out_proj, up, down
+    )
+    assert on_muon and all(("attn" in n or "ffn" in n) and n.endswith("weight") for n in on_muon)
+    every = [id(p) for g in groups for p in g["params"]]
+    assert sorted(every) == sorted(id(p) for p in model.parameters())  # each exactly once
+    decay = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert all(model.get_parameter(names[i]).dim() == 2 for i in decay)
+
+
+def test_untied_output_head_stays_on_adamw() -> None:
+    from lmrs.model import create_small_model
+
+    model = create_small_model(60, embed_dim=32, num_heads=2, num_layers=1, ff_dim=64,
+                               max_seq_len=16, tie_weights=False)  # fmt: skip
+    muon = {id(p) for g in muon_parameter_groups(model, 0.1) if g.get("use_muon")
+            for p in g["params"]}  # fmt: skip
+    assert id(model.lm_head.weight) not in muon
+    assert id(model.blocks[0].ffn.up.weight) in muon
+
+
+def test_muon_groups_reject_vectors() -> None:
+    with pytest.raises(ValueError, match="2-D"):
+        MuonAdamW([{"params": [torch.nn.Parameter(torch.zeros(3))], "use_muon": True}])
+
+
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch>=2.9")
+def test_matches_torch_muon_plus_adamw() -> None:
+    """Same trajectory as torch.optim.Muon (match_rms_adamw) on the matrices and
+    torch.optim.AdamW on everything else, stepped side by side."""
+    torch.manual_seed(0)
+    ours_model = tiny_model()
+    ref_model = copy.deepcopy(ours_model)
+    settings = dict(lr=3e-3, weight_decay=0.1)
+    ours = MuonAdamW(
+        muon_parameter_groups(ours_model, 0.1), betas=(0.9, 0.95), eps=1e-8, **settings
+    )
+    ref_groups = muon_parameter_groups(ref_model, 0.1)
+    ref_muon = torch.optim.Muon(
+        ref_groups[0]["params"], momentum=0.95, adjust_lr_fn="match_rms_adamw", **settings
+    )
+    ref_adamw = torch.optim.AdamW(
+        [{k: v for k, v in g.items() if k != "use_muon"} for g in ref_groups[1:]],
+        lr=3e-3,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+    )
+    ids = torch.randint(0, 100, (4, 17))
+    for _ in range(5):
+        for model, step in ((ours_model, [ours]), (ref_model, [ref_muon, ref_adamw])):
+            loss = model.compute_loss(ids[:, :-1], ids[:, 1:])
+            loss.backward()
+            for optimizer in step:
+                optimizer.step()
+                optimizer.zero_grad()
+    for (name, a), b in zip(ours_model.named_parameters(), ref_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    assert not torch.equal(next(tiny_model().parameters()), next(ours_model.parameters()))
+
+
+def test_train_with_muon_learns_and_resumes_exactly(tmp_path: Path) -> None:
+    batches = prepare_training_data(pattern_docs(), batch_size=4, seq_len=16, eot_id=99)
+    settings = dict(
+        max_steps=30, learning_rate=2e-2, warmup_steps=3, optimizer="muon", log_every=1, **QUIET
+    )
+    straight = train(tiny_model(), batches, out_dir=str(tmp_path / "a"), **settings)
+    assert sum(straight.losses[-5:]) / 5 < 0.6 * sum(straight.losses[:5]) / 5
+    train(tiny_model(), batches, out_dir=str(tmp_path / "b"), stop_at_step=15, **settings)
+    resumed = train(
+        tiny_model(seed=7),
+        batches,
+        out_dir=str(tmp_path / "b"),
+        resume_from=str(tmp_path / "b"),
+        **settings,
+    )
+    assert resumed.start_step == 15
+    assert resumed.losses == pytest.approx(straight.losses[15:], abs=1e-6)
+
+
+def test_muon_and_fsdp_do_not_mix() -> None:
+    with pytest.raises(ValueError, match="muon.*FSDP"):
+        TrainConfig(optimizer="muon", strategy="fsdp").validate()
+    with pytest.raises(ValueError, match="muon_momentum"):
+        TrainConfig(optimizer="muon", muon_momentum=1.0).validate()
