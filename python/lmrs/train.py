@@ -1,9 +1,10 @@
 """The training loop: optimiser, learning-rate schedule, accumulation, eval, logs, checkpoints.
 
-``train(model, data, config)`` runs AdamW (weight decay on matrices only) with linear
-warmup and cosine decay, gradient clipping and accumulation, bf16 autocast where the device
-supports it, optional ``torch.compile``, and data parallelism across processes launched by
-torchrun (:mod:`lmrs.distributed`). Rank 0 alone draws the progress bar, appends to
+``train(model, data, config)`` runs AdamW (weight decay on matrices only; or Adam, SGD, or
+Muon on the hidden matrices from :mod:`lmrs.optim`) with linear warmup and cosine decay,
+gradient clipping and accumulation, bf16 autocast where the device supports it, optional
+``torch.compile``, and data parallelism across processes launched by torchrun
+(:mod:`lmrs.distributed`). Rank 0 alone draws the progress bar, appends to
 ``OUT/metrics.jsonl``, writes ``OUT/checkpoint`` and ``OUT/loss.png``.
 
 Every batch is a pure function of ``(seed, step)`` (see :mod:`lmrs.data`), and a checkpoint
