@@ -145,6 +145,22 @@ def test_sample_errors(trained: dict[str, Path], tmp_path: Path) -> None:
     fails_with(run("sample", "--checkpoint", str(tmp_path / "missing")), "not found")
 
 
+def test_train_with_muon_optimizer(trained: dict[str, Path], tmp_path: Path) -> None:
+    common = ["--tokens", str(trained["run"] / "tokens.bin"), "--tokenizer",
+              str(trained["tokenizer"]), *TRAIN_ARGS, *TINY]  # fmt: skip
+    out = tmp_path / "muon"
+    result = run("train", *common, "--out", str(out), "--max-steps", "4", "--optimizer", "muon")
+    assert result.exit_code == 0, result.output
+    assert "trained 4 steps" in result.output
+    config = json.loads((out / "checkpoint/train_config.json").read_text())
+    assert config["optimizer"] == "muon" and config["weight_decay"] == 0.1
+    # Muon needs whole matrices: with FSDP it is refused before anything is written
+    clash = tmp_path / "clash"
+    fsdp = ["--max-steps", "2", "--optimizer", "muon", "--strategy", "fsdp"]
+    fails_with(run("train", *common, "--out", str(clash), *fsdp), "muon.*FSDP")
+    assert not (clash / "checkpoint").exists()
+
+
 def test_train_errors_write_nothing(trained: dict[str, Path], tmp_path: Path) -> None:
     run_dir = trained["run"]
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
