@@ -122,9 +122,22 @@ class MuonAdamW(torch.optim.Optimizer):
         param.addcdiv_(state["exp_avg"], denom, value=-lr / (1 - beta1**step))
 
 
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two groups: matrices (embeddings, linear weights) decay; biases and norms do not."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if not parameter.requires_grad:
+            continue
+        (decay if parameter.dim() >= 2 else no_decay).append(parameter)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
 def muon_parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Hidden matrices on Muon (decayed); embeddings and the output head on AdamW (decayed);
-    biases and norms on AdamW without decay.
+    """:func:`parameter_groups` with the hidden matrices moved to a Muon group: embeddings
+    and the output head stay on AdamW (decayed), biases and norms on AdamW without decay.
 
     The output head is any submodule named ``lm_head`` (lmrs and Hugging Face models); a
     tied head is the token embedding itself. Orthogonalising a vocabulary-sized projection
@@ -134,19 +147,14 @@ def muon_parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[st
     for name, module in model.named_modules():
         if name.rsplit(".", 1)[-1] == "lm_head":
             on_adamw.update(id(p) for p in module.parameters())
-    muon, adamw_matrices, vectors = [], [], []
-    for parameter in model.parameters():
-        if not parameter.requires_grad:
-            continue
-        if parameter.dim() < 2:
-            vectors.append(parameter)
-        elif parameter.dim() == 2 and id(parameter) not in on_adamw:
-            muon.append(parameter)
-        else:
-            adamw_matrices.append(parameter)
+    decay, no_decay = parameter_groups(model, weight_decay)
+    muon, adamw = [], []
+    for parameter in decay["params"]:
+        hidden = parameter.dim() == 2 and id(parameter) not in on_adamw
+        (muon if hidden else adamw).append(parameter)
     groups = [
         {"params": muon, "weight_decay": weight_decay, "use_muon": True},
-        {"params": adamw_matrices, "weight_decay": weight_decay},
-        {"params": vectors, "weight_decay": 0.0},
+        {**decay, "params": adamw},
+        no_decay,
     ]
     return [group for group in groups if group["params"]]

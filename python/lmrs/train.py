@@ -45,7 +45,7 @@ from lmrs.checkpoint import (
 )
 from lmrs.data import Batch, TokenDataset, TokenSplit, micro_batch_size, token_byte_lengths
 from lmrs.evaluate import EvalResult, evaluation_sums
-from lmrs.optim import MuonAdamW, muon_parameter_groups
+from lmrs.optim import MuonAdamW, muon_parameter_groups, parameter_groups
 from lmrs.precision import native_bf16
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "muon")
@@ -198,19 +198,6 @@ def learning_rate_at(
         progress = (step - config.warmup_steps) / decay_steps
     progress = min(max(progress, 0.0), 1.0)
     return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - floor)
-
-
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two groups: matrices (embeddings, linear weights) decay; biases and norms do not."""
-    decay, no_decay = [], []
-    for parameter in model.parameters():
-        if not parameter.requires_grad:
-            continue
-        (decay if parameter.dim() >= 2 else no_decay).append(parameter)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
 
 
 def create_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> Any:
