@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lmrs.distributed import unwrap_model
+from lmrs.errors import InputError
 from lmrs.jsonfile import read_json_object
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -52,7 +53,7 @@ RUN_CHECKPOINT_NAME = "checkpoint"
 CONFIG_FIELDS_NOT_IN_WEIGHTS = {"dropout_rate", "gradient_checkpointing", "seed"}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint is missing, incomplete or does not fit; the message names the file."""
 
 

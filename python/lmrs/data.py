@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from lmrs.errors import InputError
 from lmrs.jsonfile import read_json_object
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -44,7 +45,7 @@ SCAN_CHUNK_TOKENS = 1 << 24
 SCAN_PROGRESS_MIN_TOKENS = 100_000_000
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A token file, sidecar or data argument is wrong; the message names the file."""
 
 

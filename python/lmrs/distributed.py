@@ -28,6 +28,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from lmrs.errors import LmrsError
+
 STRATEGIES = ("ddp", "fsdp")
 
 # prefixes that wrappers add to parameter names: DDP / FSDP1 (`module.`), torch.compile
@@ -35,7 +37,7 @@ STRATEGIES = ("ddp", "fsdp")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "_fsdp_wrapped_module.")
 
 
-class DistributedError(RuntimeError):
+class DistributedError(LmrsError, RuntimeError):
     """A collective failed: another rank stopped, hung past the timeout, or is unreachable."""
 
 
