@@ -63,10 +63,28 @@ def test_parameter_count_matches_hand_count():
     assert no_bias.num_parameters() == expected - biases
 
 
-def test_lm_head_is_tied_to_token_embedding():
-    model = tiny()
-    assert model.lm_head.weight is model.token_embedding.weight
-    assert tiny(tie_weights=False).lm_head.weight is not tiny().token_embedding.weight
+def _shares_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("tie_weights", [True, False])
+def test_lm_head_is_tied_to_token_embedding_only_when_asked(tie_weights: bool):
+    # each check looks at one model's own head and embedding: two models never share
+    model = tiny(tie_weights=tie_weights)
+    head, embedding = model.lm_head.weight, model.token_embedding.weight
+    assert (head is embedding) == tie_weights
+    assert _shares_storage(head, embedding) == tie_weights
+    names = {name for name, _ in model.named_parameters()}
+    assert ("lm_head.weight" not in names) == tie_weights  # one parameter, trained once
+    # a write through the embedding shows in the head exactly when they are one tensor
+    with torch.no_grad():
+        embedding[3].fill_(7.0)
+    assert bool((head[3] == 7.0).all()) == tie_weights
+    # loading a state dict keeps the tie (or its absence): loading copies into the tensors
+    again = tiny(tie_weights=tie_weights, seed=1)
+    again.load_state_dict(model.state_dict())
+    assert _shares_storage(again.lm_head.weight, again.token_embedding.weight) == tie_weights
+    assert torch.equal(again.lm_head.weight, head)
 
 
 def test_init_is_deterministic_by_seed_and_leaves_global_rng_alone():
