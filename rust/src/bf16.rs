@@ -321,20 +321,58 @@ mod tests {
     }
 
     #[test]
-    fn portable_kernel_agrees_with_the_selected_one() {
-        let (n, k) = (70, 201);
-        let x = random_bf16(3 * k, 11);
+    fn portable_and_simd_kernels_agree_with_a_scalar_reference() {
+        // the reference unpacks nothing and shares no code with the kernels: plain f32 loops
+        // over the row-major inputs with the weights rounded to bf16 as packing does, so a
+        // wrong kernel fails on every CPU, whichever kernel `matmul` would pick here
+        let (n, k, max_rows) = (70, 201, TILE_ROWS);
+        let x = random_bf16(max_rows * k, 11);
         let w = random_f32(n * k, 12);
         let packed = PackedMatrix::pack(&w, n, k);
-        let blocks: Vec<&[u16]> = (0..COLUMNS_PER_TASK / BLOCK)
-            .map(|b| packed.block(b))
-            .collect();
-        let mut fast = vec![0f32; 3 * COLUMNS_PER_TASK];
-        let mut portable = vec![0f32; 3 * COLUMNS_PER_TASK];
-        task_tile(has_avx512bf16(), &x, 3, &packed, 0, &mut fast);
-        portable_tile(&x, 3, k, &blocks, &mut portable);
-        for (a, b) in fast.iter().zip(&portable) {
-            assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+        let tasks = n.div_ceil(COLUMNS_PER_TASK);
+        let reference_tile = |rows: usize, task: usize| -> Vec<f32> {
+            let mut sums = vec![0f32; rows * COLUMNS_PER_TASK];
+            for c in 0..rows {
+                for lane in 0..COLUMNS_PER_TASK {
+                    let j = task * COLUMNS_PER_TASK + lane;
+                    if j >= n {
+                        continue; // padding columns hold zero weights
+                    }
+                    let mut sum = 0f32;
+                    for t in 0..k {
+                        sum += from_bf16(x[c * k + t]) * from_bf16(to_bf16(w[j * k + t]));
+                    }
+                    sums[c * COLUMNS_PER_TASK + lane] = sum;
+                }
+            }
+            sums
+        };
+        let close = |got: &[f32], want: &[f32], kernel: &str, rows: usize, task: usize| {
+            for (index, (a, b)) in got.iter().zip(want).enumerate() {
+                assert!(
+                    (a - b).abs() < 1e-3,
+                    "{kernel} rows {rows} task {task} sum {index}: {a} vs {b}"
+                );
+            }
+        };
+        // every tile height (the SIMD kernel has one instance per height) and both tasks,
+        // the second one mostly padding
+        for rows in 1..=max_rows {
+            for task in 0..tasks {
+                let want = reference_tile(rows, task);
+                let first_block = task * COLUMNS_PER_TASK / BLOCK;
+                let blocks: Vec<&[u16]> = (0..COLUMNS_PER_TASK / BLOCK)
+                    .map(|b| packed.block(first_block + b))
+                    .collect();
+                let mut portable = vec![0f32; rows * COLUMNS_PER_TASK];
+                portable_tile(&x[..rows * k], rows, k, &blocks, &mut portable);
+                close(&portable, &want, "portable", rows, task);
+                if has_avx512bf16() {
+                    let mut simd = vec![0f32; rows * COLUMNS_PER_TASK];
+                    task_tile(true, &x[..rows * k], rows, &packed, task, &mut simd);
+                    close(&simd, &want, "avx512bf16", rows, task);
+                }
+            }
         }
     }
 
