@@ -163,19 +163,34 @@ def test_rust_engine_errors_and_reset():
         Decoder(model, batch_size=1, engine="cuda")
 
 
-def test_auto_engine_rule(monkeypatch):
+# (CPU kernel, device, dtype) -> the engine "auto" must pick, written out by hand: the Rust
+# step is the default only for bfloat16 on a CPU with AVX512-BF16
+AUTO_ENGINE_CASES = [
+    ("avx512bf16", "cpu", torch.bfloat16, "rust"),
+    ("avx512bf16", "cpu", torch.float32, "torch"),
+    ("avx512bf16", "cuda", torch.bfloat16, "torch"),
+    ("avx512bf16", "mps", torch.bfloat16, "torch"),
+    ("portable", "cpu", torch.bfloat16, "torch"),
+    ("portable", "cpu", torch.float32, "torch"),
+    ("portable", "cuda", torch.bfloat16, "torch"),
+]
+
+
+@pytest.mark.parametrize(("kernel", "device", "dtype", "expected"), AUTO_ENGINE_CASES)
+def test_auto_engine_rule(monkeypatch, kernel, device, dtype, expected):
     from lmrs import _lmrs
     from lmrs.decode import resolve_engine
 
-    cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    kernel = _lmrs.decode_kernel()
-    assert kernel in ("avx512bf16", "portable")
-    # the Rust step is the default exactly where its dot-product instructions exist
-    expected = "rust" if kernel == "avx512bf16" else "torch"
-    assert resolve_engine("auto", cpu, torch.bfloat16) == expected
-    assert resolve_engine("auto", cpu, torch.float32) == "torch"
-    assert resolve_engine("auto", gpu, torch.bfloat16) == "torch"
-    assert resolve_engine("rust", cpu, torch.bfloat16) == "rust"
+    assert _lmrs.decode_kernel() in ("avx512bf16", "portable")  # the answer being replaced
+    monkeypatch.setattr(_lmrs, "decode_kernel", lambda: kernel)
+    assert resolve_engine("auto", torch.device(device), dtype) == expected
+    # an explicit choice is kept whatever the CPU has (a portable kernel stands in)
+    assert resolve_engine("torch", torch.device(device), dtype) == "torch"
+    if (device, dtype) == ("cpu", torch.bfloat16):
+        assert resolve_engine("rust", torch.device(device), dtype) == "rust"
+    else:
+        with pytest.raises(ValueError, match="runs bfloat16 on the CPU"):
+            resolve_engine("rust", torch.device(device), dtype)
 
 
 def test_auto_dtype_is_bfloat16_only_for_float32_models_on_native_hardware(monkeypatch):
