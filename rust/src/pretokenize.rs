@@ -9,7 +9,9 @@
 //! hand-written scanner that yields exactly the regex's pieces, several times faster
 //! than the backtracking regex engine. Its character classes (`\p{L}`, `\p{N}`, `\s`)
 //! come from `regex-syntax`, the same Unicode tables the regex engine uses, so the
-//! two cannot drift apart. Any other pattern runs through `fancy-regex`.
+//! two cannot drift apart. Any other pattern runs through `fancy-regex`; text that
+//! pattern does not match becomes pieces too (see [`Pretokenizer::for_each_piece`]), so
+//! that no pattern can make the tokenizer drop text.
 
 use std::sync::OnceLock;
 
@@ -85,8 +87,8 @@ impl Pretokenizer {
         matches!(self.splitter, Splitter::Gpt4 { .. })
     }
 
-    /// Calls `f` on each piece of `text`, in order. Pieces cover the text exactly
-    /// where the pattern matches everywhere (the GPT-4 pattern does).
+    /// Calls `f` on each piece of `text`, in order. The pieces are never empty and
+    /// always cover the text exactly: for any pattern, their concatenation is `text`.
     pub fn for_each_piece<'t>(&self, text: &'t str, mut f: impl FnMut(&'t str)) {
         match &self.splitter {
             Splitter::Gpt4 {
@@ -106,13 +108,32 @@ impl Pretokenizer {
                 }
             }
             Splitter::Regex(regex) => {
-                // A regex error here is the backtrack limit on pathological input;
-                // stopping at it (as tiktoken and rustbpe do) keeps the text before it.
+                // Text the pattern does not match (the gaps between matches) is a piece of
+                // its own: dropping it would make decode(encode(x)) != x for a pattern
+                // like `x*` or `\w+`. Empty matches cut nothing, so a gap is the maximal
+                // run between non-empty matches (`x*` gives "hello world " and "xx", not
+                // one piece per character).
+                let mut covered = 0;
                 for m in regex.find_iter(text) {
-                    match m {
-                        Ok(m) => f(m.as_str()),
-                        Err(_) => break,
+                    let Ok(m) = m else {
+                        // The backtrack limit on pathological input: the rest of the text
+                        // becomes one piece, so that it is still encoded.
+                        break;
+                    };
+                    // Matches come in order and do not overlap; `max` only guards the
+                    // invariant that every byte is emitted once.
+                    let (start, end) = (m.start().max(covered), m.end());
+                    if end <= start {
+                        continue;
                     }
+                    if start > covered {
+                        f(&text[covered..start]);
+                    }
+                    f(&text[start..end]);
+                    covered = end;
+                }
+                if covered < text.len() {
+                    f(&text[covered..]);
                 }
             }
         }
@@ -408,6 +429,75 @@ mod tests {
         assert!(!p.is_fast());
         assert_eq!(p.pieces("ab  cd"), vec!["ab", "  ", "cd"]);
         assert!(Pretokenizer::new("(unclosed").is_err());
+    }
+
+    #[test]
+    fn text_the_pattern_does_not_match_is_kept_as_pieces() {
+        let cases: &[(&str, &str, &[&str])] = &[
+            ("x*", "hello world xx", &["hello world ", "xx"]),
+            ("x*", "", &[]),
+            ("x*", "xax", &["x", "a", "x"]),
+            (r"\w+", "  ab, cd!", &["  ", "ab", ", ", "cd", "!"]),
+            ("q", "no match at all", &["no match at all"]),
+            ("", "empty pattern", &["empty pattern"]),
+            ("a??", "aaa", &["aaa"]),
+            (r"(?<=a)b", "abab", &["a", "b", "a", "b"]),
+            (r"\b", "a b", &["a b"]),
+            (r"é+|\s", "ééé xé", &["ééé", " ", "x", "é"]),
+        ];
+        for &(pattern, text, expected) in cases {
+            let p = Pretokenizer::new(pattern).unwrap();
+            assert_eq!(p.pieces(text), expected, "pattern {pattern:?} on {text:?}");
+        }
+    }
+
+    #[test]
+    fn pieces_cover_the_text_for_any_pattern() {
+        let patterns = [
+            "x*",
+            "",
+            "^",
+            "$",
+            r"\w+",
+            r"\s",
+            r"\p{L}+|\p{N}",
+            r"(?=a)",
+            r"a|ab|b*",
+            r"[^\s]{2}",
+            r"(.)\1",
+            r".{2,3}",
+            GPT4_PATTERN,
+        ];
+        let mut rng = Rng(7);
+        for pattern in patterns {
+            for regex in [false, true] {
+                let p = if regex {
+                    Pretokenizer::new_regex(pattern).unwrap()
+                } else {
+                    Pretokenizer::new(pattern).unwrap()
+                };
+                for _ in 0..500 {
+                    let text = random_text(&mut rng);
+                    let pieces = p.pieces(&text);
+                    assert!(pieces.iter().all(|piece| !piece.is_empty()), "{pattern:?}");
+                    assert_eq!(pieces.concat(), text, "pattern {pattern:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_backtracking_limit_keeps_the_rest_of_the_text() {
+        // Catastrophic backtracking: fancy-regex gives up with an error; the text from
+        // there on must still come out as a piece.
+        let p = Pretokenizer::new(r"(?:(a|a)+(?=b)\1)|c").unwrap();
+        let text = format!("c{}!", "a".repeat(40));
+        let regex = fancy_regex::Regex::new(p.pattern()).unwrap();
+        assert!(
+            regex.find_iter(&text).any(|m| m.is_err()),
+            "the limit is hit"
+        );
+        assert_eq!(p.pieces(&text).concat(), text);
     }
 
     /// A tiny deterministic generator (xorshift64*), so failures reproduce.
