@@ -6,6 +6,7 @@ import importlib
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -185,12 +186,37 @@ def test_evaluate_bits_per_byte_formula() -> None:
     assert evaluate(Uniform(256), batches).bits_per_byte is None
 
 
-def test_time_budget_stops_the_run() -> None:
+class StepClock:
+    """Stands in for the trainer's clock: time moves one second per forward pass and not
+    otherwise, so a budget ends the run after a known number of steps on any machine."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def tick(self, *_: object) -> None:
+        self.now += 1.0
+
+    def read(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("max_steps", [None, 100])
+def test_time_budget_stops_the_run(monkeypatch, max_steps) -> None:
+    train_module = importlib.import_module("lmrs.train")
+    clock = StepClock()
+    fake_time = SimpleNamespace(perf_counter=clock.read, monotonic=clock.read, time=clock.read)
+    monkeypatch.setattr(train_module, "time", fake_time)
     batches = prepare_training_data(pattern_docs(), batch_size=4, seq_len=16)
-    result = train(tiny_model(), batches, time_budget_s=0.5, warmup_steps=1, **QUIET)
-    assert result.steps >= 1
-    # it stopped on time, not by running out of steps (no step count was set)
-    assert 0.5 <= result.elapsed_s < 30
+    model = tiny_model()
+    model.register_forward_pre_hook(clock.tick)
+    passes: list[bool] = []
+    model.register_forward_hook(lambda *_: passes.append(model.training))
+    result = train(model, batches, time_budget_s=3.5, max_steps=max_steps, warmup_steps=1, **QUIET)
+    # checked before each step: 0, 1, 2, 3 s go on, 4 s >= 3.5 s stops; with a step count
+    # set, the budget still ends the run long before it
+    assert result.steps == 4
+    assert len(result.losses) == 4
+    assert passes.count(True) == 4  # no training forward pass after the budget ran out
 
 
 def test_bfloat16_autocast_trains_as_well_as_float32_on_cpu() -> None:
