@@ -65,6 +65,7 @@ def test_round_trip(tmp_path: Path) -> None:
             "model_config.json",
             "train_config.json",
             "tokenizer.json",
+            "checksums.json",
         ]
     )
     fresh, fresh_optimizer = model_and_optimizer(seed=9)

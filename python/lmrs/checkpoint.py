@@ -8,11 +8,15 @@ A checkpoint is a directory (DESIGN.md):
     model_config.json   ModelConfig.to_dict()
     train_config.json   the TrainConfig as a dict
     tokenizer.json      the tokenizer the model was trained with (when known)
+    checksums.json      size and SHA-256 of every file above; written last, so its presence
+                        marks a complete checkpoint, and every load verifies what it reads
 
 It is written into ``DIR.tmp-XXXX`` (each file fsynced) and renamed into place; an existing
 ``DIR`` is first renamed to ``DIR.old-XXXX`` and removed after the new one is in place, so a
-crash at any point leaves either the old or the new checkpoint complete (after a crash
-between the two renames, :func:`resolve_checkpoint_dir` finds the ``.old`` one).
+crash at any point leaves either the old or the new checkpoint complete. When ``DIR`` is
+missing (a crash between the two renames), :func:`resolve_checkpoint_dir` takes the complete,
+verified ``DIR.old-*`` / ``DIR.tmp-*`` with the highest recorded step and says so on stderr.
+Each successful save removes the ``.tmp-*`` / ``.old-*`` leftovers of earlier crashes.
 
 A training run directory holds its latest checkpoint in ``RUN/checkpoint``; every loader
 accepts the run directory or the checkpoint directory.
@@ -21,10 +25,12 @@ accepts the run directory or the checkpoint directory.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import secrets
 import shutil
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
@@ -35,8 +41,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lmrs.atomic import default_mode, fsync_dir, fsync_file, glob_escape
 from lmrs.distributed import unwrap_model
 from lmrs.errors import InputError
+from lmrs.faults import fault_point
 from lmrs.jsonfile import read_json_object
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -47,6 +55,7 @@ STATE_FILE = "state.json"
 MODEL_CONFIG_FILE = "model_config.json"
 TRAIN_CONFIG_FILE = "train_config.json"
 TOKENIZER_FILE = "tokenizer.json"
+CHECKSUMS_FILE = "checksums.json"
 RUN_CHECKPOINT_NAME = "checkpoint"
 
 # Model config fields that do not change the weights: a checkpoint loads across them.
@@ -100,22 +109,15 @@ def _fsync_write(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_file(path: Path) -> None:
+def file_digest(path: Path) -> dict[str, Any]:
+    """Size and SHA-256 of a file, as checksums.json records them."""
+    digest = hashlib.sha256()
+    size = 0
     with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems do not fsync directories
-    finally:
-        os.close(fd)
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"size": size, "sha256": digest.hexdigest()}
 
 
 def _json_bytes(value: Any) -> bytes:
@@ -203,35 +205,84 @@ def save_checkpoint(
     """
     final = Path(directory)
     final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists() and not final.is_dir():
+        raise CheckpointError(f"{final}: exists and is not a directory")
     tmp = final.with_name(f"{final.name}.tmp-{secrets.token_hex(4)}")
     tmp.mkdir()
+    os.chmod(tmp, 0o777 & ~(0o666 ^ default_mode()))  # like mkdir under the umask, not 0700
+    fault_point("checkpoint.tmp_created")
     try:
         if model_state is None:
             if model is None:
                 raise ValueError("save_checkpoint needs a model or a model_state")
             model_state = unwrap_model(model).state_dict()
-        save_model_weights(model_state, tmp / MODEL_FILE)
-        _fsync_file(tmp / MODEL_FILE)
+        names = [MODEL_FILE]
+        _write_checked(tmp / MODEL_FILE, lambda p: save_model_weights(model_state, p))
+        fault_point("checkpoint.weights_written")
         if optimizer_state is None and optimizer is not None:
             optimizer_state = optimizer.state_dict()
         if optimizer_state is not None:
-            torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
-            _fsync_file(tmp / OPTIMIZER_FILE)
-        _fsync_write(tmp / STATE_FILE, _json_bytes(dict(state)))
-        _fsync_write(tmp / MODEL_CONFIG_FILE, _json_bytes(_as_dict(model_config)))
-        _fsync_write(tmp / TRAIN_CONFIG_FILE, _json_bytes(_as_dict(train_config)))
+            _write_checked(tmp / OPTIMIZER_FILE, lambda p: torch.save(optimizer_state, p))
+            names.append(OPTIMIZER_FILE)
+            fault_point("checkpoint.optimizer_written")
+        for name, value in (
+            (STATE_FILE, dict(state)),
+            (MODEL_CONFIG_FILE, _as_dict(model_config)),
+            (TRAIN_CONFIG_FILE, _as_dict(train_config)),
+        ):
+            _write_checked(tmp / name, lambda p, v=value: _fsync_write(p, _json_bytes(v)))
+            names.append(name)
         if tokenizer is not None:
             if isinstance(tokenizer, (str, os.PathLike)):
-                shutil.copyfile(tokenizer, tmp / TOKENIZER_FILE)
+                source = Path(tokenizer)
+                _write_checked(tmp / TOKENIZER_FILE, lambda p: shutil.copyfile(source, p))
             else:
-                tokenizer.save(str(tmp / TOKENIZER_FILE))
-            _fsync_file(tmp / TOKENIZER_FILE)
-        _fsync_dir(tmp)
+                _write_checked(tmp / TOKENIZER_FILE, lambda p: tokenizer.save(str(p)))
+            names.append(TOKENIZER_FILE)
+        fault_point("checkpoint.files_written")
+        # written last: its presence marks the directory as a complete checkpoint
+        checksums = {name: file_digest(tmp / name) for name in names}
+        _write_checked(tmp / CHECKSUMS_FILE, lambda p: _fsync_write(p, _json_bytes(checksums)))
+        fsync_dir(tmp)
         _replace_dir(tmp, final)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(e, final) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    remove_checkpoint_leftovers(final)
+    fault_point("checkpoint.cleaned")
     return final
+
+
+def _write_checked(path: Path, write: Any) -> None:
+    """Run ``write(path)``, then give the file normal permissions and fsync it."""
+    try:
+        write(path)
+    except RuntimeError as e:
+        # torch.save reports a full disk as a RuntimeError from its zip writer
+        if "file write failed" in str(e) or "unexpected pos" in str(e):
+            raise OSError(28, "No space left on device", str(path)) from e
+        raise
+    os.chmod(path, default_mode())
+    fsync_file(path)
+
+
+def _write_error(error: OSError, final: Path) -> OSError:
+    """The same error, naming the checkpoint (not the temporary file that failed)."""
+    return OSError(error.errno, error.strerror or str(error), str(final))
+
+
+def remove_checkpoint_leftovers(final: Path) -> int:
+    """Remove ``final``'s ``.tmp-*`` / ``.old-*`` siblings (debris of crashed saves)."""
+    removed = 0
+    for kind in ("tmp", "old"):
+        for stale in final.parent.glob(f"{glob_escape(final.name)}.{kind}-*"):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+                removed += 1
+    return removed
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
@@ -239,12 +290,15 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     if final.exists():
         old = final.with_name(f"{final.name}.old-{secrets.token_hex(4)}")
         os.rename(final, old)
+        fault_point("checkpoint.old_renamed")
         os.rename(tmp, final)
-        _fsync_dir(final.parent)
+        fault_point("checkpoint.new_renamed")
+        fsync_dir(final.parent)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, final)
-        _fsync_dir(final.parent)
+        fault_point("checkpoint.new_renamed")
+        fsync_dir(final.parent)
 
 
 # ---------------------------------------------------------------------------------------
@@ -252,25 +306,120 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def resolve_checkpoint_dir(path: PathLike) -> Path:
-    """The checkpoint directory for ``path``: itself, or a run directory's ``checkpoint/``."""
+def resolve_checkpoint_dir(path: PathLike, *, quiet: bool = False) -> Path:
+    """The checkpoint directory for ``path``: itself, or a run directory's ``checkpoint/``.
+
+    When that directory is missing but a crashed save left complete copies beside it
+    (``NAME.old-*``, ``NAME.tmp-*``), the one with the highest recorded step whose files
+    match their checksums is used, and a line on stderr says which (unless ``quiet``).
+    """
     path = Path(path)
     for candidate in (path, path / RUN_CHECKPOINT_NAME):
         if (candidate / MODEL_FILE).is_file():
             return candidate
-        # A crash between the two renames of a save leaves only DIR.old-XXXX: use it.
-        leftovers = sorted(candidate.parent.glob(f"{candidate.name}.old-*"))
-        if not candidate.exists() and leftovers and (leftovers[-1] / MODEL_FILE).is_file():
-            return leftovers[-1]
+        if candidate.exists():
+            continue
+        recovered = _newest_leftover(candidate)
+        if recovered is not None:
+            directory, step = recovered
+            if not quiet:
+                print(
+                    f"lmrs: {candidate} is missing (a save was interrupted); "
+                    f"using {directory} (step {step})",
+                    file=sys.stderr,
+                )
+            return directory
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint directory not found")
+    if path.is_file():
+        raise CheckpointError(f"{path}: is a file, not a checkpoint or run directory")
     raise CheckpointError(f"{path}: not a checkpoint ({MODEL_FILE} missing)")
+
+
+def _newest_leftover(candidate: Path) -> Optional[tuple[Path, int]]:
+    """The complete, verified ``candidate.old-*`` / ``.tmp-*`` with the highest step."""
+    best: Optional[tuple[int, Path]] = None
+    if not candidate.parent.is_dir():
+        return None
+    for kind in ("old", "tmp"):
+        for directory in candidate.parent.glob(f"{glob_escape(candidate.name)}.{kind}-*"):
+            try:
+                verify_checkpoint(directory, require_checksums=True)
+                step = int(_read_json(directory / STATE_FILE).get("step", 0))
+            except (CheckpointError, TypeError, ValueError):
+                continue
+            if best is None or step > best[0]:
+                best = (step, directory)
+    return None if best is None else (best[1], best[0])
+
+
+def verify_checkpoint(directory: Path, *, require_checksums: bool = False) -> None:
+    """Check every file against checksums.json; CheckpointError names the first that differs.
+
+    Checkpoints from before checksums.json pass unchecked unless ``require_checksums``.
+    """
+    sums_path = directory / CHECKSUMS_FILE
+    if not sums_path.is_file():
+        if require_checksums:
+            raise CheckpointError(f"{sums_path}: missing (incomplete checkpoint)")
+        return
+    for name, expected in read_json_object(sums_path, "checksums", CheckpointError).items():
+        verify_file(directory, name, expected, sums_path)
+
+
+def verify_file(directory: Path, name: str, expected: Any, sums_path: Path) -> None:
+    """One file of a checkpoint against its checksums.json entry."""
+    if not _plain_name(name) or not isinstance(expected, dict):
+        raise CheckpointError(f"{sums_path}: malformed entry {name!r}")
+    path = directory / name
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing from the checkpoint")
+    try:
+        actual = file_digest(path)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read: {e.strerror or e}") from e
+    if actual["size"] != expected.get("size"):
+        raise CheckpointError(
+            f"{path}: size {actual['size']} does not match the checkpoint's record "
+            f"({expected.get('size')}): truncated or replaced"
+        )
+    if actual["sha256"] != expected.get("sha256"):
+        raise CheckpointError(f"{path}: checksum mismatch: the file is corrupted")
+
+
+def _plain_name(name: Any) -> bool:
+    """A file name inside its directory: no separator, no '..', not absolute."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
+    )
+
+
+def verified_file(directory: Path, name: str) -> Path:
+    """``directory/name`` after checking it against checksums.json (when there is one)."""
+    sums_path = directory / CHECKSUMS_FILE
+    if sums_path.is_file():
+        sums = read_json_object(sums_path, "checksums", CheckpointError)
+        if name not in sums:
+            if (directory / name).exists():
+                raise CheckpointError(f"{directory / name}: not recorded in {sums_path}")
+        else:
+            verify_file(directory, name, sums[name], sums_path)
+    return directory / name
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: missing from the checkpoint")
     return read_json_object(path, "checkpoint file", CheckpointError)
+
+
+def read_checkpoint_json(directory: Path, name: str) -> dict[str, Any]:
+    """A JSON file of a checkpoint, verified against checksums.json."""
+    return _read_json(verified_file(directory, name))
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
@@ -293,7 +442,7 @@ def check_tokenizer(directory: Path, model_config: Mapping[str, Any], tokenizer:
         )
     saved_path = directory / TOKENIZER_FILE
     if saved_path.is_file():
-        saved_hash = _read_json(saved_path).get("hash")
+        saved_hash = read_checkpoint_json(directory, TOKENIZER_FILE).get("hash")
         if saved_hash is not None and saved_hash != tokenizer.hash:
             raise CheckpointError(
                 f"{saved_path}: the checkpoint was trained with another tokenizer "
@@ -316,9 +465,9 @@ def load_checkpoint(
     tokenizer's hash and vocab size equal to the checkpoint's, weights matching the model.
     """
     path = resolve_checkpoint_dir(directory)
-    model_config = _read_json(path / MODEL_CONFIG_FILE)
-    train_config = _read_json(path / TRAIN_CONFIG_FILE)
-    state = _read_json(path / STATE_FILE)
+    model_config = read_checkpoint_json(path, MODEL_CONFIG_FILE)
+    train_config = read_checkpoint_json(path, TRAIN_CONFIG_FILE)
+    state = read_checkpoint_json(path, STATE_FILE)
     if tokenizer is not None:
         check_tokenizer(path, model_config, tokenizer)
     if model is not None:
@@ -331,7 +480,7 @@ def load_checkpoint(
                     f"{path / MODEL_CONFIG_FILE}: saved for a different model: "
                     + ", ".join(differences)
                 )
-        weights = load_model_weights(path / MODEL_FILE)
+        weights = load_model_weights(verified_file(path, MODEL_FILE))
         try:
             plain.load_state_dict(weights, strict=True)
         except RuntimeError as e:
@@ -344,6 +493,7 @@ def load_checkpoint(
         optimizer_path = path / OPTIMIZER_FILE
         if not optimizer_path.is_file():
             raise CheckpointError(f"{optimizer_path}: missing from the checkpoint")
+        verified_file(path, OPTIMIZER_FILE)
         try:
             optimizer_state = torch.load(
                 optimizer_path, map_location=map_location, weights_only=True
@@ -361,7 +511,7 @@ def load_model(
     from lmrs.model import GPT, ModelConfig
 
     path = resolve_checkpoint_dir(directory)
-    config_dict = _read_json(path / MODEL_CONFIG_FILE)
+    config_dict = read_checkpoint_json(path, MODEL_CONFIG_FILE)
     try:
         config = ModelConfig.from_dict(config_dict)
     except (TypeError, ValueError) as e:

@@ -1,16 +1,90 @@
-"""The `lmrs` command: a click group; each command is a thin layer over the Python API."""
+"""The `lmrs` command: a click group; each command is a thin layer over the Python API.
+
+Errors are handled here, once, for every command: an lmrs error (``LmrsError``, the Rust
+``TokenizerError``), a ``ValueError`` from an argument check, or an ``OSError`` becomes one
+line, ``lmrs: FILE: problem``, and exit status 1; ``--debug`` (or ``LMRS_DEBUG=1``) shows the
+traceback instead. Any other exception is a bug in lmrs and keeps its traceback.
+"""
 
 from __future__ import annotations
+
+import errno
+import os
+from typing import Any, Optional
 
 import click
 
 from lmrs.cli_corpus import register_corpus_commands
 from lmrs.cli_model import register_model_commands
 from lmrs.cli_tokenizer import register_tokenizer_commands
+from lmrs.errors import LmrsError
+from lmrs.tokenizer import TokenizerError
+
+# What the user can fix: each becomes one line. Everything else is a bug: a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (LmrsError, TokenizerError, ValueError, OSError)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LmrsCliError(click.ClickException):
+    """A one-line error, printed as ``lmrs: message``."""
+
+    def show(self, file: Optional[Any] = None) -> None:
+        click.echo(f"lmrs: {self.format_message()}", err=True)
+
+
+def describe(error: BaseException) -> str:
+    """The one line for an error: OS errors as 'FILE: problem', others as their message."""
+    if isinstance(error, OSError) and (error.strerror or error.filename):
+        name = error.filename if error.filename is not None else ""
+        reason = (error.strerror or str(error)).rstrip(".")
+        if error.errno == errno.ENOSPC:
+            return f"no space left on device writing {name}" if name else reason
+        return f"{name}: {reason[:1].lower()}{reason[1:]}" if name else reason
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("LMRS_DEBUG", "") not in ("", "0")
+
+
+class LmrsGroup(click.Group):
+    """A click group whose commands' user errors become one line (see the module doc)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as e:
+            if debug_enabled() or type(e) is not click.ClickException:
+                raise
+            raise LmrsCliError(e.format_message()) from e
+        except USER_ERRORS as e:
+            if debug_enabled():
+                raise
+            raise LmrsCliError(describe(e)) from e
+        except KeyboardInterrupt as e:
+            if debug_enabled():
+                raise
+            interrupted = LmrsCliError("interrupted")
+            interrupted.exit_code = 130
+            raise interrupted from e
+
+
+def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        # read by debug_enabled() in this process and by torchrun's worker processes
+        os.environ["LMRS_DEBUG"] = "1"
+
+
+@click.group(cls=LmrsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lmrs")
+@click.option(
+    "--debug",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_set_debug,
+    help="Show tracebacks instead of one-line errors (also LMRS_DEBUG=1).",
+)
 def cli() -> None:
     """Train small GPT-style language models: corpus → vocab → train → sample."""
 
@@ -21,7 +95,7 @@ register_model_commands(cli)
 
 
 def main() -> None:
-    cli()
+    cli.main(prog_name="lmrs")
 
 
 if __name__ == "__main__":

@@ -21,10 +21,9 @@ def corpus() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def add(src: str, corpus_dir: str, extensions: tuple[str, ...], quiet: bool) -> None:
     """Copy the text files of SRC into CORPUS_DIR, keeping relative paths."""
-    try:
-        result = add_to_corpus(src, corpus_dir, list(extensions), show_progress=not quiet)
-    except OSError as e:
-        raise click.ClickException(str(e)) from e
+    result = add_to_corpus(src, corpus_dir, list(extensions), show_progress=not quiet)
+    for path, reason in result.unreadable:
+        click.echo(f"lmrs: skipped {path}: {reason}", err=True)
     click.echo(result.summary(corpus_dir))
 
 

@@ -1,14 +1,17 @@
 """`lmrs train`, `lmrs sample`, `lmrs eval`, `lmrs plot`, `lmrs quickstart`.
 
 Each command is a thin layer over the Python API (lmrs.train, lmrs.generate, lmrs.evaluate,
-lmrs.plot); every expected failure (bad file, mismatched tokenizer, bad argument) becomes a
-one-line ``click.ClickException`` with a non-zero exit, raised before anything is written.
+lmrs.plot). Options take their choices and defaults from :mod:`lmrs.options`. Expected
+failures are raised as lmrs errors and become one line in ``cli.py``; every check that can
+be made before writing anything (the run directory, the checkpoint to resume, the tokenizer
+it was trained with) is made first.
 """
 
 from __future__ import annotations
 
 import codecs
 import contextlib
+import math
 import os
 import re
 import sys
@@ -21,8 +24,17 @@ from typing import Any, Optional
 
 import click
 
-# Errors the API raises for bad input; each becomes a one-line ClickException.
-INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
+from lmrs.errors import InputError
+from lmrs.options import (
+    ENGINES,
+    OPTIMIZERS,
+    POSITIONS,
+    PRESETS,
+    SAMPLING_DTYPES,
+    STRATEGIES,
+    TRAIN_DEFAULTS,
+    TRAIN_DTYPES,
+)
 
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr)?\s*$")
 
@@ -42,18 +54,10 @@ def parse_duration(text: str) -> float:
     return value * {"s": 1, "m": 60, "h": 3600}[unit]
 
 
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
 def _load_tokenizer(path: str | os.PathLike[str]) -> Any:
     from lmrs.tokenizer import Tokenizer
 
-    try:
-        return Tokenizer.load(str(path))
-    except INPUT_ERRORS as e:
-        raise click.ClickException(_one_line(e)) from e
+    return Tokenizer.load(str(path))
 
 
 def _encode_corpus(tokenizer: Any, corpus: Any, out_path: Path, show_progress: bool) -> None:
@@ -62,17 +66,14 @@ def _encode_corpus(tokenizer: Any, corpus: Any, out_path: Path, show_progress: b
     created = not out_path.parent.exists()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        try:
-            info = tokenizer.encode_files(corpus, str(out_path), show_progress=show_progress)
-        except INPUT_ERRORS as e:
-            raise click.ClickException(_one_line(e)) from e
+        info = tokenizer.encode_files(corpus, str(out_path), show_progress=show_progress)
         tokens = int(info.get("num_tokens", 0)) if isinstance(info, dict) else 0
         if tokens == 0:
             for written in (out_path, Path(f"{out_path}.json")):
                 written.unlink(missing_ok=True)
             name = corpus if isinstance(corpus, (str, os.PathLike)) else "corpus"
-            raise click.ClickException(f"{name}: empty (no text to train on)")
-    except click.ClickException:
+            raise InputError(f"{name}: empty (no text to train on)")
+    except BaseException:
         if created:
             with contextlib.suppress(OSError):
                 out_path.parent.rmdir()  # only if empty
@@ -87,10 +88,21 @@ def _encode_corpus(tokenizer: Any, corpus: Any, out_path: Path, show_progress: b
 def _open_dataset(path: Path, tokenizer: Any) -> Any:
     from lmrs.data import TokenDataset
 
-    try:
-        return TokenDataset(path, tokenizer)
-    except INPUT_ERRORS as e:
-        raise click.ClickException(_one_line(e)) from e
+    return TokenDataset(path, tokenizer)
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """``out_dir`` must be a directory or creatable as one: checked before any work, and
+    without creating it (a run refused later leaves nothing behind)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a directory (--out takes a run directory)")
+    existing = out_dir.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{out_dir}: cannot be created: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{out_dir}: not writable ({existing} does not allow it)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -108,37 +120,79 @@ def _open_dataset(path: Path, tokenizer: Any) -> Any:
     help="tokenizer.json from `lmrs vocab`.",
 )
 @click.option("--out", required=True, type=click.Path(), help="Run directory (e.g. runs/NAME).")
-@click.option("--size", type=click.Choice(["small", "full"]), default="small", show_default=True)
+@click.option(
+    "--size", type=click.Choice(sorted(PRESETS)), default="small", show_default=True
+)
 @click.option("--tokens", type=click.Path(), help="Token file or shard folder (skips encoding).")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many steps.")
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Passes over data.")
 @click.option("--time-budget", help="Wall-clock budget, e.g. 10m, 90s, 1h.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--seq-len", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
-@click.option("--warmup", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=TRAIN_DEFAULTS.batch_size, show_default=True
+)
+@click.option(
+    "--seq-len", type=click.IntRange(min=1), default=TRAIN_DEFAULTS.seq_len, show_default=True
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True, max=1e6),
+    default=TRAIN_DEFAULTS.learning_rate,
+    show_default=True,
+)
+@click.option(
+    "--warmup", type=click.IntRange(min=0), default=TRAIN_DEFAULTS.warmup_steps, show_default=True
+)
 @click.option(
     "--optimizer",
-    type=click.Choice(["adamw", "adam", "sgd", "muon"]),
-    default="adamw",
+    type=click.Choice(OPTIMIZERS),
+    default=TRAIN_DEFAULTS.optimizer,
     show_default=True,
     help="muon: Muon on the hidden matrices, AdamW on embeddings, biases and norms.",
 )
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.1, show_default=True)
-@click.option("--eval-every", type=click.IntRange(min=0), default=200, show_default=True)
-@click.option("--eval-batches", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--val-fraction", type=float, default=0.1, show_default=True)
+@click.option(
+    "--weight-decay",
+    type=click.FloatRange(min=0),
+    default=TRAIN_DEFAULTS.weight_decay,
+    show_default=True,
+)
+@click.option(
+    "--eval-every", type=click.IntRange(min=0), default=TRAIN_DEFAULTS.eval_every, show_default=True
+)
+@click.option(
+    "--eval-batches",
+    type=click.IntRange(min=1),
+    default=TRAIN_DEFAULTS.eval_batches,
+    show_default=True,
+)
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=0),
+    default=TRAIN_DEFAULTS.checkpoint_every,
+    show_default=True,
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=TRAIN_DEFAULTS.val_fraction,
+    show_default=True,
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto")
+@click.option("--dtype", type=click.Choice(TRAIN_DTYPES), default=TRAIN_DEFAULTS.dtype)
 @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model.")
 @click.option("--resume", type=click.Path(), help="Continue from a run or checkpoint directory.")
-@click.option("--strategy", type=click.Choice(["ddp", "fsdp"]), default="ddp", show_default=True)
+@click.option(
+    "--strategy", type=click.Choice(STRATEGIES), default=TRAIN_DEFAULTS.strategy, show_default=True
+)
 @click.option("--nproc", type=click.IntRange(min=1), default=1, help="Processes on this machine.")
-@click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--position", type=click.Choice(["learned", "rope"]), default="learned")
+@click.option(
+    "--grad-accum",
+    type=click.IntRange(min=1),
+    default=TRAIN_DEFAULTS.grad_accum_steps,
+    show_default=True,
+)
+@click.option("--position", type=click.Choice(POSITIONS), default="learned")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=TRAIN_DEFAULTS.seed, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train_command(
@@ -174,23 +228,30 @@ def train_command(
     quiet: bool,
 ) -> None:
     """Train a GPT on a corpus (encoded into OUT/tokens.bin) or on a token file."""
-    from lmrs.checkpoint import CheckpointError, resolve_checkpoint_dir
-
     budget_s = parse_duration(time_budget) if time_budget else None
     if corpus is None and tokens is None:
         raise click.UsageError("give --corpus DIR or --tokens FILE")
     out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a directory (--out takes a run directory)")
     if (out_dir / "checkpoint").exists() and not resume and not overwrite:
-        raise click.ClickException(
+        raise InputError(
             f"{out_dir}: already holds a trained run; pass --resume {out_dir} to continue it "
             "or --overwrite to replace it"
         )
-    if resume:
-        try:
-            resolve_checkpoint_dir(resume)
-        except CheckpointError as e:
-            raise click.ClickException(_one_line(e)) from e
     tokenizer = _load_tokenizer(tokenizer_path)
+    # everything that can refuse the run is checked before the first file is written
+    explicit = _explicit_options(click.get_current_context())
+    model = _model_for_training(
+        resume,
+        size,
+        tokenizer,
+        seq_len=seq_len,
+        position=position,
+        dropout=dropout,
+        explicit=explicit,
+    )
+    _check_out_dir(out_dir)
     show_progress = not quiet
     under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
 
@@ -209,19 +270,13 @@ def train_command(
 
     from lmrs import distributed
 
-    try:
-        ctx = distributed.init_distributed(device)
-    except ValueError as e:
-        raise click.ClickException(_one_line(e)) from e
+    ctx = distributed.init_distributed(device)
     try:
         if tokens is None:
             if ctx.is_main:
                 _encode_corpus(tokenizer, corpus, token_path, show_progress)
             distributed.barrier(ctx)
         dataset = _open_dataset(token_path, tokenizer)
-        model = _model_for_training(
-            resume, size, tokenizer, seq_len=seq_len, position=position, dropout=dropout
-        )
         from lmrs.train import TrainConfig, train
 
         config = TrainConfig(
@@ -247,17 +302,23 @@ def train_command(
             out_dir=str(out_dir),
             show_progress=show_progress,
         )
-        try:
-            result = train(model, dataset, config, tokenizer=tokenizer, resume_from=resume)
-        # DistributedError: another rank died or timed out; the message names rank and step
-        except (*INPUT_ERRORS, distributed.DistributedError) as e:
-            raise click.ClickException(_one_line(e)) from e
+        result = train(model, dataset, config, tokenizer=tokenizer, resume_from=resume)
     finally:
         distributed.cleanup(ctx)
     if ctx.is_main:
         if quiet:
             click.echo(result.summary())
         click.echo(f"checkpoint in {out_dir / 'checkpoint'}; try: lmrs sample --checkpoint {out}")
+
+
+def _explicit_options(ctx: click.Context) -> set[str]:
+    """The options the user typed (not defaults): only those can contradict a checkpoint."""
+    return {
+        name
+        for name in ctx.params
+        if ctx.get_parameter_source(name)
+        in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+    }
 
 
 def _model_for_training(
@@ -268,20 +329,15 @@ def _model_for_training(
     seq_len: int,
     position: str,
     dropout: Optional[float],
+    explicit: Optional[set[str]] = None,
 ) -> Any:
-    from lmrs.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint_dir
-    from lmrs.model import GPT, PRESETS, ModelConfig, model_from_preset
+    """The model to train: from the checkpoint to resume (its tokenizer and shape checked,
+    and any option that contradicts it refused) or from a preset."""
+    from lmrs.checkpoint import check_tokenizer, load_checkpoint, resolve_checkpoint_dir
+    from lmrs.model import GPT, ModelConfig, model_from_preset
 
-    try:
-        if resume:
-            saved = load_checkpoint(resolve_checkpoint_dir(resume), tokenizer=tokenizer)
-            config = ModelConfig.from_dict(saved.model_config)
-            if seq_len > config.max_seq_len:
-                raise ValueError(
-                    f"--seq-len {seq_len} is longer than the checkpoint's context "
-                    f"({config.max_seq_len})"
-                )
-            return GPT(config)
+    explicit = explicit or set()
+    if not resume:
         overrides: dict[str, Any] = {"position": position}
         if dropout is not None:
             overrides["dropout_rate"] = dropout
@@ -289,8 +345,33 @@ def _model_for_training(
         if seq_len > context:
             overrides["max_seq_len"] = seq_len
         return model_from_preset(size, tokenizer.vocab_size, **overrides)
-    except (CheckpointError, ValueError, TypeError) as e:
-        raise click.ClickException(_one_line(e)) from e
+    path = resolve_checkpoint_dir(resume)
+    saved = load_checkpoint(path)
+    check_tokenizer(saved.path, saved.model_config, tokenizer)
+    try:
+        config = ModelConfig.from_dict(saved.model_config)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{saved.path / 'model_config.json'}: invalid model config: {e}") from e
+    contradictions = []
+    if "size" in explicit:
+        shape = {key: getattr(config, key) for key in PRESETS[size]}
+        if shape != PRESETS[size]:
+            contradictions.append(f"--size {size} (the checkpoint's model has {shape})")
+    if "position" in explicit and position != config.position:
+        contradictions.append(f"--position {position} (the checkpoint's is {config.position})")
+    if contradictions:
+        raise InputError(
+            f"{saved.path}: cannot resume with " + "; ".join(contradictions)
+            + ": drop the option or start a new run"
+        )
+    if seq_len > config.max_seq_len:
+        raise InputError(
+            f"{saved.path}: --seq-len {seq_len} is longer than the checkpoint's context "
+            f"({config.max_seq_len})"
+        )
+    if dropout is not None:
+        config.dropout_rate = dropout  # not part of the weights: a resume may change it
+    return GPT(config)
 
 
 # ---------------------------------------------------------------------------------------
@@ -303,17 +384,11 @@ def _load_run(checkpoint: str, device: str) -> tuple[Any, Any, Any]:
     from lmrs.checkpoint import CheckpointError, check_tokenizer, load_model
     from lmrs.distributed import resolve_device
 
-    try:
-        model, saved = load_model(checkpoint, device=resolve_device(device))
-    except (CheckpointError, ValueError, OSError) as e:
-        raise click.ClickException(_one_line(e)) from e
+    model, saved = load_model(checkpoint, device=resolve_device(device))
     if saved.tokenizer_path is None:
-        raise click.ClickException(f"{saved.path}: no tokenizer.json in the checkpoint")
+        raise CheckpointError(f"{saved.path}: no tokenizer.json in the checkpoint")
     tokenizer = _load_tokenizer(saved.tokenizer_path)
-    try:
-        check_tokenizer(saved.path, saved.model_config, tokenizer)
-    except CheckpointError as e:
-        raise click.ClickException(_one_line(e)) from e
+    check_tokenizer(saved.path, saved.model_config, tokenizer)
     return model, tokenizer, saved
 
 
@@ -347,14 +422,14 @@ def stream_text(tokenizer: Any, ids: Iterator[int]) -> Iterator[str]:
 @click.option("--device", default="auto", show_default=True)
 @click.option(
     "--dtype",
-    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    type=click.Choice(SAMPLING_DTYPES),
     default="auto",
     show_default=True,
     help="Precision of the matrix products; auto: bfloat16 where the hardware has it.",
 )
 @click.option(
     "--engine",
-    type=click.Choice(["auto", "rust", "torch"]),
+    type=click.Choice(ENGINES),
     default="auto",
     show_default=True,
     help="Decoding implementation; auto: rust for bfloat16 on CPUs with AVX512-BF16.",
@@ -375,17 +450,17 @@ def sample_command(
     """Continue a prompt with a trained model, streaming the text as it is generated."""
     from lmrs.generate import stream_generate
 
-    if temperature < 0:
-        raise click.ClickException(f"--temperature must be >= 0, got {temperature}")
+    if not 0 <= temperature < math.inf:
+        raise InputError(f"--temperature must be a finite number >= 0, got {temperature}")
     if top_p is not None and not 0 < top_p <= 1:
-        raise click.ClickException(f"--top-p must be in (0, 1], got {top_p}")
+        raise InputError(f"--top-p must be in (0, 1], got {top_p}")
     if top_k < 0:
-        raise click.ClickException(f"--top-k must be >= 0, got {top_k}")
+        raise InputError(f"--top-k must be >= 0, got {top_k}")
     model, tokenizer, _ = _load_run(checkpoint, device)
     prompt_ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
     context = model.config.max_seq_len
-    if len(prompt_ids) + max_length > context and model.config.position == "learned":
-        raise click.ClickException(
+    if len(prompt_ids) + max_length > context:
+        raise InputError(
             f"prompt ({len(prompt_ids)} tokens) + --max-length {max_length} exceeds the "
             f"model's context of {context} tokens"
         )
@@ -406,11 +481,8 @@ def sample_command(
             engine=engine,
         )
         click.echo(prompt, nl=False)
-        try:
-            for piece in stream_text(tokenizer, _counted(ids, counter)):
-                click.echo(piece, nl=False)
-        except ValueError as e:
-            raise click.ClickException(_one_line(e)) from e
+        for piece in stream_text(tokenizer, _counted(ids, counter)):
+            click.echo(piece, nl=False)
         click.echo()
     seconds = time.perf_counter() - start
     click.echo(
@@ -449,7 +521,7 @@ def eval_command(
     model, tokenizer, saved = _load_run(checkpoint, device)
     seq_len = seq_len or int(saved.train_config.get("seq_len", model.config.max_seq_len))
     if seq_len > model.config.max_seq_len:
-        raise click.ClickException(
+        raise InputError(
             f"--seq-len {seq_len} exceeds the model's context of {model.config.max_seq_len}"
         )
     with tempfile.TemporaryDirectory(prefix="lmrs-eval-") as scratch:
@@ -459,17 +531,14 @@ def eval_command(
         else:
             token_path = Path(tokens)
         dataset = _open_dataset(token_path, tokenizer)
-        try:
-            result = evaluate(
-                model,
-                dataset.full(),
-                batches=max_batches,
-                batch_size=batch_size,
-                seq_len=seq_len,
-                show_progress=True,
-            )
-        except INPUT_ERRORS as e:
-            raise click.ClickException(_one_line(e)) from e
+        result = evaluate(
+            model,
+            dataset.full(),
+            batches=max_batches,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            show_progress=True,
+        )
     click.echo(
         f"loss {result.loss:.4f}  perplexity {result.perplexity:.2f}  bits per byte "
         + (f"{result.bits_per_byte:.4f}" if result.bits_per_byte is not None else "n/a")
@@ -489,10 +558,7 @@ def plot_command(run_dir: str, output: Optional[str]) -> None:
     """Draw a run's train and validation loss curves into a PNG."""
     from lmrs.plot import plot_metrics
 
-    try:
-        path = plot_metrics(run_dir, output)
-    except INPUT_ERRORS as e:
-        raise click.ClickException(_one_line(e)) from e
+    path = plot_metrics(run_dir, output)
     click.echo(f"wrote {path}")
 
 
@@ -559,15 +625,13 @@ def quickstart_command(
     out_dir = Path(out)
     source: Any = corpus if corpus else [Path(f) for f in stdlib_python_files()]
     if not source:
-        raise click.ClickException("no corpus: the standard library's .py files were not found")
+        raise InputError("no corpus: the standard library's .py files were not found")
     label = corpus or f"{len(source)} .py files of the Python standard library"
     click.echo(f"1/4 vocab: {vocab_size} tokens from {label}")
+    _check_out_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        tokenizer = Tokenizer.train(source, vocab_size, show_progress=not quiet)
-        tokenizer.save(str(out_dir / "tokenizer.json"))
-    except INPUT_ERRORS as e:
-        raise click.ClickException(_one_line(e)) from e
+    tokenizer = Tokenizer.train(source, vocab_size, show_progress=not quiet)
+    tokenizer.save(str(out_dir / "tokenizer.json"))
     click.echo(f"2/4 encoding into {out_dir / 'tokens.bin'}")
     _encode_corpus(tokenizer, source, out_dir / "tokens.bin", show_progress=not quiet)
     dataset = _open_dataset(out_dir / "tokens.bin", tokenizer)
@@ -587,10 +651,7 @@ def quickstart_command(
         device=device,
         show_progress=not quiet,
     )
-    try:
-        result = train(model, dataset, config, tokenizer=tokenizer)
-    except INPUT_ERRORS as e:
-        raise click.ClickException(_one_line(e)) from e
+    result = train(model, dataset, config, tokenizer=tokenizer)
     if quiet:
         click.echo(result.summary())
     click.echo("4/4 samples:")

@@ -1,7 +1,7 @@
 """`lmrs vocab` and `lmrs encode`: thin commands over `lmrs.Tokenizer`.
 
-Errors become one line naming the file and the problem (click.ClickException, exit
-status 1); outputs are written to temporary names and renamed, never half-written.
+Errors are raised as lmrs / OS errors naming the file; ``cli.py`` turns them into one line
+(exit status 1). Outputs are written to temporary names and renamed, never half-written.
 """
 
 from __future__ import annotations
@@ -11,14 +11,10 @@ from pathlib import Path
 
 import click
 
+from lmrs.errors import InputError
 from lmrs.tokenizer import Tokenizer
 
 EXT_HELP = "Only files with this extension (repeatable), e.g. --ext .py"
-
-
-def _fail(error: Exception) -> click.ClickException:
-    message = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return click.ClickException(message)
 
 
 @click.command("vocab")
@@ -71,23 +67,20 @@ def vocab_command(
 ) -> None:
     """Train a BPE vocabulary on the text files under CORPUS."""
     if not corpus.exists():
-        raise click.ClickException(f"{corpus}: no such file or directory")
+        raise InputError(f"{corpus}: no such file or directory")
     if not output.parent.is_dir():
-        raise click.ClickException(f"{output.parent}: output directory does not exist")
-    try:
-        tokenizer = Tokenizer.train(
-            corpus,
-            vocab_size,
-            special_tokens=special_tokens,
-            min_frequency=min_frequency,
-            max_token_length=max_token_length,
-            pattern=pattern,
-            extensions=extensions or None,
-            show_progress=not quiet,
-        )
-        tokenizer.save(output)
-    except (ValueError, OSError) as e:
-        raise _fail(e) from e
+        raise InputError(f"{output.parent}: output directory does not exist")
+    tokenizer = Tokenizer.train(
+        corpus,
+        vocab_size,
+        special_tokens=special_tokens,
+        min_frequency=min_frequency,
+        max_token_length=max_token_length,
+        pattern=pattern,
+        extensions=extensions or None,
+        show_progress=not quiet,
+    )
+    tokenizer.save(output)
     stats = tokenizer.train_stats
     assert stats is not None
     click.echo(f"{stats.summary()} -> {output}")
@@ -152,35 +145,30 @@ def encode_command(
 ) -> None:
     """Encode the text files under CORPUS into a token file (one document per file,
     each followed by <|endoftext|>)."""
-    try:
-        if manifest_only:
-            manifest = Tokenizer.build_manifest(output)
-            missing = manifest["missing_parts"]
-            click.echo(
-                f"manifest: {len(manifest['shards'])} shards, {manifest['num_tokens']:,} tokens"
-                + (f", missing parts {missing}" if missing else "")
-                + f" -> {output / 'manifest.json'}"
-            )
-            return
-        if part_index >= num_parts:
-            raise click.ClickException(
-                f"--part-index {part_index} must be below --num-parts {num_parts}"
-            )
-        if not corpus.exists():
-            raise click.ClickException(f"{corpus}: no such file or directory")
-        tokenizer = Tokenizer.load(tokenizer_path)
-        start = time.perf_counter()
-        info = tokenizer.encode_files(
-            corpus,
-            output,
-            extensions=extensions or None,
-            shard_tokens=shard_tokens,
-            num_parts=num_parts,
-            part_index=part_index,
-            show_progress=not quiet,
+    if manifest_only:
+        manifest = Tokenizer.build_manifest(output)
+        missing = manifest["missing_parts"]
+        click.echo(
+            f"manifest: {len(manifest['shards'])} shards, {manifest['num_tokens']:,} tokens"
+            + (f", missing parts {missing}" if missing else "")
+            + f" -> {output / 'manifest.json'}"
         )
-    except (ValueError, OSError) as e:
-        raise _fail(e) from e
+        return
+    if part_index >= num_parts:
+        raise InputError(f"--part-index {part_index} must be below --num-parts {num_parts}")
+    if not corpus.exists():
+        raise InputError(f"{corpus}: no such file or directory")
+    tokenizer = Tokenizer.load(tokenizer_path)
+    start = time.perf_counter()
+    info = tokenizer.encode_files(
+        corpus,
+        output,
+        extensions=extensions or None,
+        shard_tokens=shard_tokens,
+        num_parts=num_parts,
+        part_index=part_index,
+        show_progress=not quiet,
+    )
     seconds = time.perf_counter() - start
     tokens = info["num_tokens"]
     mb = info["num_bytes"] / 1e6

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
@@ -31,6 +31,8 @@ class AddResult:
     skipped_binary: int = 0
     skipped_invalid: int = 0
     bytes_added: int = 0
+    # (file, reason) for each source file that could not be read; the copy goes on
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def skipped(self) -> int:
@@ -42,6 +44,8 @@ class AddResult:
         if self.repaired:
             parts.append(f"{self.repaired} repaired (bad UTF-8 bytes replaced)")
         parts.append(f"{self.skipped} skipped (not text)")
+        if self.unreadable:
+            parts.append(f"{len(self.unreadable)} unreadable (skipped, named above)")
         return ", ".join(parts) + f" -> {corpus_dir}"
 
 
@@ -106,7 +110,8 @@ def add_to_corpus(
     Relative paths are kept (a single file lands at the top of the corpus). Files with NUL
     bytes, or with more than 1% invalid UTF-8, are skipped and counted; files with a few
     bad bytes are copied with those bytes replaced by U+FFFD, so every corpus file is valid
-    UTF-8. A file already present with the same content is left alone.
+    UTF-8. A file already present with the same content is left alone. A file that cannot
+    be read is skipped and listed in ``AddResult.unreadable`` with the reason.
     """
     src_path = Path(src)
     if not src_path.exists():
@@ -121,7 +126,13 @@ def add_to_corpus(
 
     result = AddResult()
     for path in tqdm(files, desc="corpus", unit="file", disable=not show_progress):
-        text, kind = to_text(path.read_bytes())
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            # one unreadable file (permissions, EIO on a bad sector) must not stop the copy
+            result.unreadable.append((str(path), e.strerror or str(e)))
+            continue
+        text, kind = to_text(raw)
         if text is None:
             if kind == "binary":
                 result.skipped_binary += 1

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from lmrs.model import GPT, ModelConfig, rotate_half
+from lmrs.options import ENGINES
 from lmrs.precision import native_bf16
 
 DTYPES = {
@@ -163,7 +164,6 @@ def prepare_weights(
     return kept[key]
 
 
-ENGINES = ("auto", "torch", "rust")
 
 
 def resolve_engine(engine: str, device: torch.device, dtype: torch.dtype) -> str:

@@ -29,8 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lmrs.errors import LmrsError
-
-STRATEGIES = ("ddp", "fsdp")
+from lmrs.options import STRATEGIES
 
 # prefixes that wrappers add to parameter names: DDP / FSDP1 (`module.`), torch.compile
 # (`_orig_mod.`); checkpoints use the plain names of the bare model

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-POSITIONS = ("learned", "rope")
+from lmrs.options import POSITIONS, PRESETS
 
 
 @dataclass
@@ -312,10 +312,6 @@ def create_model(
 
 
 # named shapes for `lmrs train --size`; any ModelConfig field can be overridden
-PRESETS: dict[str, dict[str, Any]] = {
-    "small": {"embed_dim": 128, "num_heads": 4, "num_layers": 2, "ff_dim": 512},
-    "full": {"embed_dim": 256, "num_heads": 8, "num_layers": 6, "ff_dim": 1024},
-}
 
 
 def model_from_preset(name: str, vocab_size: int, **overrides: Any) -> GPT:

@@ -19,7 +19,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -42,101 +42,17 @@ from lmrs.checkpoint import (
     load_model_weights,
     restore_rng_state,
     save_checkpoint,
+    verified_file,
 )
 from lmrs.data import Batch, TokenDataset, TokenSplit, micro_batch_size, token_byte_lengths
+from lmrs.errors import LmrsError
 from lmrs.evaluate import EvalResult, evaluation_sums
 from lmrs.optim import MuonAdamW, muon_parameter_groups, parameter_groups
+from lmrs.options import TRAIN_DTYPES, TrainConfig
 from lmrs.precision import native_bf16
 
-OPTIMIZERS = ("adamw", "adam", "sgd", "muon")
-DTYPES = ("auto", "float32", "bfloat16")
+DTYPES = TRAIN_DTYPES  # the name this module exported before options.py
 METRICS_FILE = "metrics.jsonl"
-
-
-@dataclass
-class TrainConfig:
-    """Everything that shapes a training run (saved as the checkpoint's train_config.json)."""
-
-    batch_size: int = 32  # global batch, in sequences per optimizer step (all processes)
-    seq_len: int = 128
-    # length of the run: the first of these that is set decides the schedule; max_steps and
-    # time_budget_s both stop the run (whichever comes first); none set → 1 epoch
-    max_steps: Optional[int] = None
-    epochs: Optional[float] = None
-    time_budget_s: Optional[float] = None
-    stop_at_step: Optional[int] = None  # end this session early; the schedule is unchanged
-    learning_rate: float = 1e-4
-    min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
-    warmup_steps: int = 100
-    weight_decay: float = 0.1  # AdamW / SGD, only on parameters with >= 2 dimensions
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    momentum: float = 0.9  # sgd only
-    muon_momentum: float = 0.95  # muon only (its hidden matrices; the rest runs AdamW)
-    grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
-    grad_accum_steps: int = 1
-    optimizer: str = "adamw"
-    eval_every: int = 200  # steps between evaluations (0: only at the end)
-    eval_batches: int = 20
-    eval_batch_size: Optional[int] = None  # default: batch_size // grad_accum_steps
-    log_every: int = 10
-    checkpoint_every: int = 0  # steps between checkpoints (0: only at the end)
-    out_dir: Optional[str] = None
-    device: str = "auto"  # auto: CUDA → MPS → CPU
-    dtype: str = "auto"  # auto: bf16 autocast where the device has native bf16, else float32
-    compile: bool = False
-    seed: int = 0
-    val_fraction: float = 0.1  # held out by document when data is a whole TokenDataset
-    strategy: str = "ddp"  # "ddp" or "fsdp" when launched with several processes
-    dist_timeout_s: float = 300.0
-    show_progress: bool = True
-
-    def validate(self) -> None:
-        positive = {
-            "batch_size": self.batch_size,
-            "seq_len": self.seq_len,
-            "grad_accum_steps": self.grad_accum_steps,
-            "eval_batches": self.eval_batches,
-        }
-        for name, value in positive.items():
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
-        if self.time_budget_s is not None and self.time_budget_s <= 0:
-            raise ValueError(f"time_budget_s must be > 0, got {self.time_budget_s}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("warmup_steps, weight_decay and grad_clip must be >= 0")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.optimizer == "muon" and self.strategy == "fsdp":
-            raise ValueError(
-                "optimizer muon orthogonalises whole matrices, FSDP shards them: "
-                "use strategy ddp (or optimizer adamw with fsdp)"
-            )
-        if not 0.0 <= self.muon_momentum < 1.0:
-            raise ValueError(f"muon_momentum must be in [0, 1), got {self.muon_momentum}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if self.strategy not in dist_utils.STRATEGIES:
-            raise ValueError(f"strategy must be one of {dist_utils.STRATEGIES}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass
@@ -175,6 +91,10 @@ class TrainResult:
 # ---------------------------------------------------------------------------------------
 # Schedule and optimiser
 # ---------------------------------------------------------------------------------------
+
+
+class TrainingDiverged(LmrsError, FloatingPointError):
+    """The loss stopped being a finite number; nothing is saved after that step."""
 
 
 def learning_rate_at(
@@ -437,12 +357,17 @@ def _resume(run: _Run, resume_from: Union[str, os.PathLike[str]]) -> dict[str, A
             f"{checkpoint.path / MODEL_CONFIG_FILE}: saved for a different model: "
             + ", ".join(differences)
         )
-    weights = load_model_weights(checkpoint.path / MODEL_FILE)
+    weights = load_model_weights(verified_file(checkpoint.path, MODEL_FILE))
     dist_utils.load_full_state_dict(run.model, weights, run.ctx)
     optimizer_path = checkpoint.path / OPTIMIZER_FILE
     if not optimizer_path.is_file():
         raise CheckpointError(f"{optimizer_path}: missing, cannot resume the optimizer")
-    optimizer_state = torch.load(optimizer_path, map_location="cpu", weights_only=True)
+    try:
+        optimizer_state = torch.load(
+            verified_file(checkpoint.path, OPTIMIZER_FILE), map_location="cpu", weights_only=True
+        )
+    except (RuntimeError, ValueError, EOFError) as e:
+        raise CheckpointError(f"{optimizer_path}: cannot read the optimizer state: {e}") from e
     try:
         dist_utils.load_full_optimizer_state_dict(
             run.model, run.optimizer, optimizer_state, run.ctx
@@ -632,9 +557,16 @@ def _train(
                 optimizer.zero_grad(set_to_none=True)
                 step_loss_value = dist_utils.all_reduce_mean(loss_sum / accum, ctx)
             if not math.isfinite(step_loss_value):
-                raise FloatingPointError(
-                    f"training loss became {step_loss_value} at step {step + 1}; "
-                    f"try a lower learning rate (now {lr:.3g})"
+                kept = (
+                    f"; the last good checkpoint ({checkpoint_path}) is kept"
+                    if checkpoint_path is not None
+                    else "; the checkpoint it resumed from is unchanged"
+                    if resume_from is not None
+                    else "; no checkpoint was written"
+                )
+                raise TrainingDiverged(
+                    f"training loss became {step_loss_value} at step {step + 1} "
+                    f"(learning rate {lr:.3g}): lower --lr{kept}"
                 )
             step_time = time.perf_counter() - started
             train_time += step_time
@@ -761,6 +693,7 @@ def _state(
 __all__ = [
     "TrainConfig",
     "TrainResult",
+    "TrainingDiverged",
     "create_optimizer",
     "learning_rate_at",
     "parameter_groups",

@@ -1,0 +1,111 @@
+"""Training configuration and the option lists, with no PyTorch import.
+
+The CLI builds its options (choices and defaults) from these, so ``lmrs train --help`` and
+``TrainConfig`` cannot drift apart, and ``lmrs --help`` starts without importing torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Optional
+
+OPTIMIZERS = ("adamw", "adam", "sgd", "muon")
+TRAIN_DTYPES = ("auto", "float32", "bfloat16")  # training precision (autocast)
+STRATEGIES = ("ddp", "fsdp")  # data parallelism under torchrun
+POSITIONS = ("learned", "rope")  # ModelConfig.position
+ENGINES = ("auto", "torch", "rust")  # decoding implementations
+SAMPLING_DTYPES = ("auto", "float32", "bfloat16", "float16")
+PRESETS: dict[str, dict[str, Any]] = {
+    "small": {"embed_dim": 128, "num_heads": 4, "num_layers": 2, "ff_dim": 512},
+    "full": {"embed_dim": 256, "num_heads": 8, "num_layers": 6, "ff_dim": 1024},
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that shapes a training run (saved as the checkpoint's train_config.json)."""
+
+    batch_size: int = 32  # global batch, in sequences per optimizer step (all processes)
+    seq_len: int = 128
+    # length of the run: the first of these that is set decides the schedule; max_steps and
+    # time_budget_s both stop the run (whichever comes first); none set → 1 epoch
+    max_steps: Optional[int] = None
+    epochs: Optional[float] = None
+    time_budget_s: Optional[float] = None
+    stop_at_step: Optional[int] = None  # end this session early; the schedule is unchanged
+    learning_rate: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.1  # AdamW / SGD, only on parameters with >= 2 dimensions
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    momentum: float = 0.9  # sgd only
+    muon_momentum: float = 0.95  # muon only (its hidden matrices; the rest runs AdamW)
+    grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
+    grad_accum_steps: int = 1
+    optimizer: str = "adamw"
+    eval_every: int = 200  # steps between evaluations (0: only at the end)
+    eval_batches: int = 20
+    eval_batch_size: Optional[int] = None  # default: batch_size // grad_accum_steps
+    log_every: int = 10
+    checkpoint_every: int = 0  # steps between checkpoints (0: only at the end)
+    out_dir: Optional[str] = None
+    device: str = "auto"  # auto: CUDA → MPS → CPU
+    dtype: str = "auto"  # auto: bf16 autocast where the device has native bf16, else float32
+    compile: bool = False
+    seed: int = 0
+    val_fraction: float = 0.1  # held out by document when data is a whole TokenDataset
+    strategy: str = "ddp"  # "ddp" or "fsdp" when launched with several processes
+    dist_timeout_s: float = 300.0
+    show_progress: bool = True
+
+    def validate(self) -> None:
+        positive = {
+            "batch_size": self.batch_size,
+            "seq_len": self.seq_len,
+            "grad_accum_steps": self.grad_accum_steps,
+            "eval_batches": self.eval_batches,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ValueError(f"time_budget_s must be > 0, got {self.time_budget_s}")
+        if not 0 < self.learning_rate < math.inf:
+            raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("warmup_steps, weight_decay and grad_clip must be >= 0")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.optimizer == "muon" and self.strategy == "fsdp":
+            raise ValueError(
+                "optimizer muon orthogonalises whole matrices, FSDP shards them: "
+                "use strategy ddp (or optimizer adamw with fsdp)"
+            )
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise ValueError(f"muon_momentum must be in [0, 1), got {self.muon_momentum}")
+        if self.dtype not in TRAIN_DTYPES:
+            raise ValueError(f"dtype must be one of {TRAIN_DTYPES}, got {self.dtype!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+TRAIN_DEFAULTS = TrainConfig()
