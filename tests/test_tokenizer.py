@@ -93,6 +93,23 @@ def test_decode_of_a_cut_character_uses_replacement(tok: Tokenizer) -> None:
         tok.decode([tok.vocab_size])
 
 
+@pytest.mark.parametrize("bad", [-1, -(2**40), 2**32, 2**70])
+def test_decode_of_an_impossible_id_names_it_and_the_vocab_size(tok: Tokenizer, bad: int) -> None:
+    expected = f"token id {bad} is out of range \\(vocab size {tok.vocab_size}\\)"
+    for decode in (tok.decode, tok.decode_bytes):
+        with pytest.raises(ValueError, match=expected):
+            decode([1, 2, bad])
+    with pytest.raises(ValueError, match=expected):
+        tok.decode_batch([[1], [2, bad]])
+    if abs(bad) < 2**63:
+        with pytest.raises(ValueError, match=expected):
+            tok.decode(np.array([1, bad], dtype=np.int64))
+    with pytest.raises(ValueError, match=expected):
+        tok.id_to_token(bad)
+    with pytest.raises(TypeError):
+        tok.decode(["a"])  # type: ignore[list-item]
+
+
 def test_batch_numpy_and_lookup(tok: Tokenizer) -> None:
     texts = make_texts(10, seed=5)
     batch = tok.encode_batch(texts)

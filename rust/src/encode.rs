@@ -57,6 +57,14 @@ pub struct Encoder {
     special_ids: Vec<u32>,
 }
 
+/// The error for a token id the vocab does not have; `id` is shown as given, so that a
+/// negative or huge id from Python is named as such.
+pub fn id_out_of_range(id: impl std::fmt::Display, vocab_size: usize) -> Error {
+    Error::Invalid(format!(
+        "token id {id} is out of range (vocab size {vocab_size})"
+    ))
+}
+
 #[inline]
 fn pair_key(a: u32, b: u32) -> u64 {
     ((a as u64) << 32) | b as u64
@@ -229,12 +237,9 @@ impl Encoder {
     pub fn decode_bytes(&self, ids: &[u32]) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(ids.len() * 4);
         for &id in ids {
-            let bytes = self.token_bytes(id).ok_or_else(|| {
-                Error::Invalid(format!(
-                    "token id {id} is out of range (vocab size {})",
-                    self.vocab_size()
-                ))
-            })?;
+            let bytes = self
+                .token_bytes(id)
+                .ok_or_else(|| id_out_of_range(id, self.vocab_size()))?;
             out.extend_from_slice(bytes);
         }
         Ok(out)

@@ -16,10 +16,10 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBytes, PyDict, PyInt};
 
 use crate::corpus::{collect_files as collect, count_words_in_files, WordCounts};
-use crate::encode::{AllowedSpecial, Encoder};
+use crate::encode::{id_out_of_range, AllowedSpecial, Encoder};
 use crate::pretokenize::{Pretokenizer, GPT4_PATTERN};
 use crate::token_file::{self, TokenFileOptions};
 use crate::train::{train_bpe_owned, TrainOptions};
@@ -124,6 +124,34 @@ impl CoreTokenizer {
         Ok(Self {
             encoder: Arc::new(Encoder::new(vocab).map_err(to_py_err)?),
         })
+    }
+
+    /// One token id. An int outside u32 (negative, huge) is out of the vocab like any
+    /// other: the same ValueError naming it, not PyO3's OverflowError without the id.
+    fn token_id(&self, id: &Bound<'_, PyAny>) -> PyResult<u32> {
+        id.extract::<u32>()
+            .map_err(|e| self.bad_id(id).unwrap_or(e))
+    }
+
+    /// A sequence of token ids; the fast path is one extraction, the slow path (only on
+    /// failure) finds the id to name.
+    fn token_ids(&self, ids: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+        ids.extract::<Vec<u32>>().map_err(|e| {
+            ids.try_iter()
+                .ok()
+                .and_then(|items| items.flatten().find_map(|id| self.bad_id(&id)))
+                .unwrap_or(e)
+        })
+    }
+
+    /// The out-of-range error for an int that is not a u32; None for anything else
+    /// (not an int at all keeps its TypeError).
+    fn bad_id(&self, id: &Bound<'_, PyAny>) -> Option<PyErr> {
+        if !id.is_instance_of::<PyInt>() || id.extract::<u32>().is_ok() {
+            return None;
+        }
+        let shown = id.str().ok()?.to_string();
+        Some(to_py_err(id_out_of_range(shown, self.encoder.vocab_size())))
     }
 }
 
@@ -256,18 +284,28 @@ impl CoreTokenizer {
         py.detach(|| self.encoder.encode_batch(&texts, &allowed))
     }
 
-    fn decode_bytes<'py>(&self, py: Python<'py>, ids: Vec<u32>) -> PyResult<Bound<'py, PyBytes>> {
+    fn decode_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        ids: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let ids = self.token_ids(ids)?;
         let bytes = self.encoder.decode_bytes(&ids).map_err(to_py_err)?;
         Ok(PyBytes::new(py, &bytes))
     }
 
     /// Decodes to str; invalid UTF-8 becomes U+FFFD (like errors="replace").
-    fn decode(&self, ids: Vec<u32>) -> PyResult<String> {
+    fn decode(&self, ids: &Bound<'_, PyAny>) -> PyResult<String> {
+        let ids = self.token_ids(ids)?;
         self.encoder.decode(&ids).map_err(to_py_err)
     }
 
-    fn decode_batch(&self, py: Python<'_>, batch: Vec<Vec<u32>>) -> PyResult<Vec<String>> {
+    fn decode_batch(&self, py: Python<'_>, batch: Vec<Bound<'_, PyAny>>) -> PyResult<Vec<String>> {
         use rayon::prelude::*;
+        let batch = batch
+            .iter()
+            .map(|ids| self.token_ids(ids))
+            .collect::<PyResult<Vec<_>>>()?;
         py.detach(|| {
             batch
                 .par_iter()
@@ -281,13 +319,17 @@ impl CoreTokenizer {
         self.encoder.token_to_id(token)
     }
 
-    fn id_to_token<'py>(&self, py: Python<'py>, id: u32) -> PyResult<Bound<'py, PyBytes>> {
-        let bytes = self.encoder.token_bytes(id).ok_or_else(|| {
-            PyValueError::new_err(format!(
-                "token id {id} is out of range (vocab size {})",
-                self.encoder.vocab_size()
-            ))
-        })?;
+    fn id_to_token<'py>(
+        &self,
+        py: Python<'py>,
+        id: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let vocab_size = self.encoder.vocab_size();
+        let id = self.token_id(id)?;
+        let bytes = self
+            .encoder
+            .token_bytes(id)
+            .ok_or_else(|| to_py_err(id_out_of_range(id, vocab_size)))?;
         Ok(PyBytes::new(py, bytes))
     }
 
