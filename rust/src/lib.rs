@@ -21,4 +21,4 @@ mod py;
 #[cfg(feature = "python")]
 mod py_decode;
 
-pub use error::{Error, Result};
+pub use error::{catch_panic, Error, Result};

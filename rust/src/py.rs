@@ -1,5 +1,9 @@
 //! PyO3 glue only: argument conversion, GIL release, errors → exceptions.
 //!
+//! Every binding's body (all but the getters of stored fields) runs inside [`guard`], so that a panic (a bug) reaches Python as
+//! a RuntimeError naming the binding, never as PyO3's `PanicException`. Errors map to
+//! exceptions by variant in [`to_py_err`], never by their message.
+//!
 //! Long work runs with the GIL released. Work that reports progress runs on a scoped
 //! worker thread that bumps an `AtomicU64`; the calling thread (holding the GIL between
 //! waits) polls it and calls the Python callback with the running total, and turns
@@ -13,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use numpy::{IntoPyArray, PyArray1};
 use pyo3::create_exception;
-use pyo3::exceptions::{PyKeyboardInterrupt, PyValueError};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyBytes, PyDict, PyInt};
@@ -37,14 +41,20 @@ create_exception!(
 /// Texts at least this long are encoded with the GIL released.
 const DETACH_BYTES: usize = 1 << 14;
 
-fn to_py_err(e: Error) -> PyErr {
+pub(crate) fn to_py_err(e: Error) -> PyErr {
     match e {
         Error::Io { .. } | Error::Format { .. } => TokenizerError::new_err(e.to_string()),
-        Error::Invalid(message) if message == "interrupted" => {
-            PyKeyboardInterrupt::new_err(message)
-        }
         Error::Invalid(message) => PyValueError::new_err(message),
+        Error::Interrupted => PyKeyboardInterrupt::new_err(e.to_string()),
+        Error::Internal(message) => PyRuntimeError::new_err(message),
     }
+}
+
+/// Runs the body of the binding `name`. A panic in it becomes a RuntimeError "lmrs
+/// internal error in NAME: MESSAGE": PyO3 would raise `PanicException`, a BaseException
+/// that `except Exception` and the CLI's one-line error handling both miss.
+pub(crate) fn guard<T>(name: &str, body: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+    crate::catch_panic(name, body).unwrap_or_else(|e| Err(to_py_err(e)))
 }
 
 /// Runs `work` on a worker thread; while it runs, calls `callback(total)` with the
@@ -61,7 +71,10 @@ fn run_with_progress<T: Send>(
         let (tx, rx) = mpsc::channel();
         let (counter, stop) = (&counter, &stop);
         scope.spawn(move || {
-            let _ = tx.send(work(counter, stop));
+            // Caught here, a panic is reported with its message; left to the scope, it
+            // would resurface as "a scoped thread panicked" with nothing to go on.
+            let result = crate::catch_panic("a worker thread", || work(counter, stop));
+            let _ = tx.send(result.and_then(|r| r));
         });
         let mut rx = rx;
         let mut reported = u64::MAX;
@@ -75,9 +88,9 @@ fn run_with_progress<T: Send>(
             let finished = match received {
                 Ok(result) => Some(result),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    Some(Err(Error::Invalid("worker thread panicked".into())))
-                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => Some(Err(Error::Internal(
+                    "lmrs internal error: a worker thread stopped without a result".into(),
+                ))),
             };
             if pending_err.is_none() {
                 let now = counter.load(Ordering::Relaxed);
@@ -166,8 +179,10 @@ impl CoreTokenizer {
         pattern: Option<String>,
         special_tokens: Vec<String>,
     ) -> PyResult<Self> {
-        let pattern = pattern.unwrap_or_else(|| GPT4_PATTERN.to_string());
-        Self::from_vocab_obj(Vocab::new(&pattern, merges, &special_tokens).map_err(to_py_err)?)
+        guard("Tokenizer.from_vocab", || {
+            let pattern = pattern.unwrap_or_else(|| GPT4_PATTERN.to_string());
+            Self::from_vocab_obj(Vocab::new(&pattern, merges, &special_tokens).map_err(to_py_err)?)
+        })
     }
 
     /// A tokenizer with explicit special token ids (validated: they follow the merges).
@@ -177,25 +192,31 @@ impl CoreTokenizer {
         pattern: String,
         special_tokens: Vec<(String, u32)>,
     ) -> PyResult<Self> {
-        Self::from_vocab_obj(
-            Vocab::from_parts(&pattern, merges, special_tokens).map_err(to_py_err)?,
-        )
+        guard("Tokenizer.from_vocab", || {
+            Self::from_vocab_obj(
+                Vocab::from_parts(&pattern, merges, special_tokens).map_err(to_py_err)?,
+            )
+        })
     }
 
     #[staticmethod]
     fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
-        let vocab = py.detach(|| Vocab::load(&path)).map_err(to_py_err)?;
-        Self::from_vocab_obj(vocab)
+        guard("Tokenizer.load", || {
+            let vocab = py.detach(|| Vocab::load(&path)).map_err(to_py_err)?;
+            Self::from_vocab_obj(vocab)
+        })
     }
 
-    /// Writes the tokenizer JSON atomically.
+    /// Writes the tokenizer JSON atomically (see `atomic.rs`).
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        py.detach(|| self.encoder.vocab().save(&path))
-            .map_err(to_py_err)
+        guard("Tokenizer.save", || {
+            py.detach(|| self.encoder.vocab().save(&path))
+                .map_err(to_py_err)
+        })
     }
 
-    fn to_json(&self) -> String {
-        self.encoder.vocab().to_json()
+    fn to_json(&self) -> PyResult<String> {
+        guard("Tokenizer.to_json", || Ok(self.encoder.vocab().to_json()))
     }
 
     #[getter]
@@ -230,23 +251,32 @@ impl CoreTokenizer {
     }
 
     /// Encodes with special tokens as plain text.
-    fn encode_ordinary(&self, py: Python<'_>, text: PyBackedStr) -> Vec<u32> {
-        if text.len() >= DETACH_BYTES {
-            py.detach(|| self.encoder.encode_ordinary(&text))
-        } else {
-            self.encoder.encode_ordinary(&text)
-        }
+    fn encode_ordinary(&self, py: Python<'_>, text: PyBackedStr) -> PyResult<Vec<u32>> {
+        guard("Tokenizer.encode_ordinary", || {
+            Ok(if text.len() >= DETACH_BYTES {
+                py.detach(|| self.encoder.encode_ordinary(&text))
+            } else {
+                self.encoder.encode_ordinary(&text)
+            })
+        })
     }
 
     /// Encodes; `allowed` lists the special ids recognised in the text (None: all).
     #[pyo3(signature = (text, allowed=None))]
-    fn encode(&self, py: Python<'_>, text: PyBackedStr, allowed: Option<Vec<u32>>) -> Vec<u32> {
-        let allowed = allowed_from(allowed);
-        if text.len() >= DETACH_BYTES {
-            py.detach(|| self.encoder.encode(&text, &allowed))
-        } else {
-            self.encoder.encode(&text, &allowed)
-        }
+    fn encode(
+        &self,
+        py: Python<'_>,
+        text: PyBackedStr,
+        allowed: Option<Vec<u32>>,
+    ) -> PyResult<Vec<u32>> {
+        guard("Tokenizer.encode", || {
+            let allowed = allowed_from(allowed);
+            Ok(if text.len() >= DETACH_BYTES {
+                py.detach(|| self.encoder.encode(&text, &allowed))
+            } else {
+                self.encoder.encode(&text, &allowed)
+            })
+        })
     }
 
     /// Encodes to a numpy uint32 array (no Python list in between).
@@ -257,14 +287,17 @@ impl CoreTokenizer {
         text: PyBackedStr,
         allowed: Option<Vec<u32>>,
         ordinary: bool,
-    ) -> Bound<'py, PyArray1<u32>> {
-        let allowed = if ordinary {
-            AllowedSpecial::None
-        } else {
-            allowed_from(allowed)
-        };
-        py.detach(|| self.encoder.encode(&text, &allowed))
-            .into_pyarray(py)
+    ) -> PyResult<Bound<'py, PyArray1<u32>>> {
+        guard("Tokenizer.encode_to_numpy", || {
+            let allowed = if ordinary {
+                AllowedSpecial::None
+            } else {
+                allowed_from(allowed)
+            };
+            Ok(py
+                .detach(|| self.encoder.encode(&text, &allowed))
+                .into_pyarray(py))
+        })
     }
 
     /// Encodes many texts in parallel with the GIL released.
@@ -275,13 +308,15 @@ impl CoreTokenizer {
         texts: Vec<PyBackedStr>,
         allowed: Option<Vec<u32>>,
         ordinary: bool,
-    ) -> Vec<Vec<u32>> {
-        let allowed = if ordinary {
-            AllowedSpecial::None
-        } else {
-            allowed_from(allowed)
-        };
-        py.detach(|| self.encoder.encode_batch(&texts, &allowed))
+    ) -> PyResult<Vec<Vec<u32>>> {
+        guard("Tokenizer.encode_batch", || {
+            let allowed = if ordinary {
+                AllowedSpecial::None
+            } else {
+                allowed_from(allowed)
+            };
+            Ok(py.detach(|| self.encoder.encode_batch(&texts, &allowed)))
+        })
     }
 
     fn decode_bytes<'py>(
@@ -289,34 +324,42 @@ impl CoreTokenizer {
         py: Python<'py>,
         ids: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let ids = self.token_ids(ids)?;
-        let bytes = self.encoder.decode_bytes(&ids).map_err(to_py_err)?;
-        Ok(PyBytes::new(py, &bytes))
+        guard("Tokenizer.decode_bytes", || {
+            let ids = self.token_ids(ids)?;
+            let bytes = self.encoder.decode_bytes(&ids).map_err(to_py_err)?;
+            Ok(PyBytes::new(py, &bytes))
+        })
     }
 
     /// Decodes to str; invalid UTF-8 becomes U+FFFD (like errors="replace").
     fn decode(&self, ids: &Bound<'_, PyAny>) -> PyResult<String> {
-        let ids = self.token_ids(ids)?;
-        self.encoder.decode(&ids).map_err(to_py_err)
+        guard("Tokenizer.decode", || {
+            let ids = self.token_ids(ids)?;
+            self.encoder.decode(&ids).map_err(to_py_err)
+        })
     }
 
     fn decode_batch(&self, py: Python<'_>, batch: Vec<Bound<'_, PyAny>>) -> PyResult<Vec<String>> {
         use rayon::prelude::*;
-        let batch = batch
-            .iter()
-            .map(|ids| self.token_ids(ids))
-            .collect::<PyResult<Vec<_>>>()?;
-        py.detach(|| {
-            batch
-                .par_iter()
-                .map(|ids| self.encoder.decode(ids))
-                .collect::<crate::Result<Vec<String>>>()
+        guard("Tokenizer.decode_batch", || {
+            let batch = batch
+                .iter()
+                .map(|ids| self.token_ids(ids))
+                .collect::<PyResult<Vec<_>>>()?;
+            py.detach(|| {
+                batch
+                    .par_iter()
+                    .map(|ids| self.encoder.decode(ids))
+                    .collect::<crate::Result<Vec<String>>>()
+            })
+            .map_err(to_py_err)
         })
-        .map_err(to_py_err)
     }
 
-    fn token_to_id(&self, token: &[u8]) -> Option<u32> {
-        self.encoder.token_to_id(token)
+    fn token_to_id(&self, token: &[u8]) -> PyResult<Option<u32>> {
+        guard("Tokenizer.token_to_id", || {
+            Ok(self.encoder.token_to_id(token))
+        })
     }
 
     fn id_to_token<'py>(
@@ -324,21 +367,25 @@ impl CoreTokenizer {
         py: Python<'py>,
         id: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let vocab_size = self.encoder.vocab_size();
-        let id = self.token_id(id)?;
-        let bytes = self
-            .encoder
-            .token_bytes(id)
-            .ok_or_else(|| to_py_err(id_out_of_range(id, vocab_size)))?;
-        Ok(PyBytes::new(py, bytes))
+        guard("Tokenizer.id_to_token", || {
+            let vocab_size = self.encoder.vocab_size();
+            let id = self.token_id(id)?;
+            let bytes = self
+                .encoder
+                .token_bytes(id)
+                .ok_or_else(|| to_py_err(id_out_of_range(id, vocab_size)))?;
+            Ok(PyBytes::new(py, bytes))
+        })
     }
 
     /// The bytes of every token (specials included), indexed by id.
-    fn all_token_bytes<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
-        (0..self.encoder.vocab_size() as u32)
-            .filter_map(|id| self.encoder.token_bytes(id))
-            .map(|b| PyBytes::new(py, b))
-            .collect()
+    fn all_token_bytes<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        guard("Tokenizer.all_token_bytes", || {
+            Ok((0..self.encoder.vocab_size() as u32)
+                .filter_map(|id| self.encoder.token_bytes(id))
+                .map(|b| PyBytes::new(py, b))
+                .collect())
+        })
     }
 
     /// Encodes files (one document each) into a token file or shard directory; returns
@@ -355,20 +402,22 @@ impl CoreTokenizer {
         part_index: usize,
         progress: Option<Bound<'_, PyAny>>,
     ) -> PyResult<(String, Vec<PathBuf>)> {
-        let options = TokenFileOptions {
-            shard_tokens,
-            num_parts,
-            part_index,
-        };
-        let encoder = &self.encoder;
-        let (written, skipped) = run_with_progress(py, progress.as_ref(), |counter, stop| {
-            let report = |n: u64| {
-                counter.fetch_add(n, Ordering::Relaxed);
-                !stop.load(Ordering::Relaxed)
+        guard("Tokenizer.encode_files", || {
+            let options = TokenFileOptions {
+                shard_tokens,
+                num_parts,
+                part_index,
             };
-            token_file::encode_files(encoder, &paths, &out, &options, &report)
-        })?;
-        Ok((written.to_json(), skipped))
+            let encoder = &self.encoder;
+            let (written, skipped) = run_with_progress(py, progress.as_ref(), |counter, stop| {
+                let report = |n: u64| {
+                    counter.fetch_add(n, Ordering::Relaxed);
+                    !stop.load(Ordering::Relaxed)
+                };
+                token_file::encode_files(encoder, &paths, &out, &options, &report)
+            })?;
+            Ok((written.to_json(), skipped))
+        })
     }
 
     /// Encodes texts (one document each) into a token file or shard directory.
@@ -382,15 +431,19 @@ impl CoreTokenizer {
         num_parts: usize,
         part_index: usize,
     ) -> PyResult<String> {
-        let options = TokenFileOptions {
-            shard_tokens,
-            num_parts,
-            part_index,
-        };
-        let written = py
-            .detach(|| token_file::encode_texts(&self.encoder, &texts, &out, &options, &|_| true))
-            .map_err(to_py_err)?;
-        Ok(written.to_json())
+        guard("Tokenizer.encode_files", || {
+            let options = TokenFileOptions {
+                shard_tokens,
+                num_parts,
+                part_index,
+            };
+            let written = py
+                .detach(|| {
+                    token_file::encode_texts(&self.encoder, &texts, &out, &options, &|_| true)
+                })
+                .map_err(to_py_err)?;
+            Ok(written.to_json())
+        })
     }
 }
 
@@ -406,10 +459,12 @@ impl WordCounter {
     #[new]
     #[pyo3(signature = (pattern=None))]
     fn new(pattern: Option<String>) -> PyResult<Self> {
-        let pattern = pattern.unwrap_or_else(|| GPT4_PATTERN.to_string());
-        Ok(Self {
-            pretokenizer: Pretokenizer::new(&pattern).map_err(to_py_err)?,
-            counts: WordCounts::new(),
+        guard("Tokenizer.train", || {
+            let pattern = pattern.unwrap_or_else(|| GPT4_PATTERN.to_string());
+            Ok(Self {
+                pretokenizer: Pretokenizer::new(&pattern).map_err(to_py_err)?,
+                counts: WordCounts::new(),
+            })
         })
     }
 
@@ -428,29 +483,33 @@ impl WordCounter {
         paths: Vec<PathBuf>,
         progress: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let pretokenizer = &self.pretokenizer;
-        let counted = run_with_progress(py, progress.as_ref(), |counter, _| {
-            let report = |n: u64| {
-                counter.fetch_add(n, Ordering::Relaxed);
-            };
-            count_words_in_files(&paths, pretokenizer, &report)
-        })?;
-        self.counts.merge(counted.words);
-        let stats = PyDict::new(py);
-        stats.set_item("bytes_read", counted.bytes_read)?;
-        stats.set_item("files_read", counted.files_read)?;
-        stats.set_item("files_skipped", counted.files_skipped)?;
-        stats.set_item("skipped_paths", counted.skipped_paths)?;
-        Ok(stats)
+        guard("Tokenizer.train", || {
+            let pretokenizer = &self.pretokenizer;
+            let counted = run_with_progress(py, progress.as_ref(), |counter, _| {
+                let report = |n: u64| {
+                    counter.fetch_add(n, Ordering::Relaxed);
+                };
+                count_words_in_files(&paths, pretokenizer, &report)
+            })?;
+            self.counts.merge(counted.words);
+            let stats = PyDict::new(py);
+            stats.set_item("bytes_read", counted.bytes_read)?;
+            stats.set_item("files_read", counted.files_read)?;
+            stats.set_item("files_skipped", counted.files_skipped)?;
+            stats.set_item("skipped_paths", counted.skipped_paths)?;
+            Ok(stats)
+        })
     }
 
     /// Counts a batch of texts in parallel with the GIL released; returns their bytes.
-    fn add_texts(&mut self, py: Python<'_>, texts: Vec<PyBackedStr>) -> u64 {
-        let (counts, pretokenizer) = (&mut self.counts, &self.pretokenizer);
-        py.detach(|| {
-            let refs: Vec<&str> = texts.iter().map(|t| &**t).collect();
-            counts.add_texts(&refs, pretokenizer);
-            refs.iter().map(|t| t.len() as u64).sum()
+    fn add_texts(&mut self, py: Python<'_>, texts: Vec<PyBackedStr>) -> PyResult<u64> {
+        guard("Tokenizer.train", || {
+            let (counts, pretokenizer) = (&mut self.counts, &self.pretokenizer);
+            Ok(py.detach(|| {
+                let refs: Vec<&str> = texts.iter().map(|t| &**t).collect();
+                counts.add_texts(&refs, pretokenizer);
+                refs.iter().map(|t| t.len() as u64).sum()
+            }))
         })
     }
 
@@ -467,27 +526,30 @@ impl WordCounter {
         max_token_length: Option<usize>,
         progress: Option<Bound<'_, PyAny>>,
     ) -> PyResult<(CoreTokenizer, f64)> {
-        let mut names = vec![crate::vocab::EOT.to_string()];
-        for name in special_tokens {
-            if !names.contains(&name) {
-                names.push(name);
+        guard("Tokenizer.train", || {
+            let mut names = vec![crate::vocab::EOT.to_string()];
+            for name in special_tokens {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
             }
-        }
-        let options = TrainOptions {
-            vocab_size,
-            num_special_tokens: names.len(),
-            min_frequency,
-            max_token_length,
-        };
-        options.num_merges().map_err(to_py_err)?; // fail before the counts are taken
-        let counts = std::mem::take(&mut self.counts);
-        let start = Instant::now();
-        let merges = run_with_progress(py, progress.as_ref(), move |counter, _| {
-            train_bpe_owned(counts, &options, counter)
-        })?;
-        let seconds = start.elapsed().as_secs_f64();
-        let vocab = Vocab::new(self.pretokenizer.pattern(), merges, &names).map_err(to_py_err)?;
-        Ok((CoreTokenizer::from_vocab_obj(vocab)?, seconds))
+            let options = TrainOptions {
+                vocab_size,
+                num_special_tokens: names.len(),
+                min_frequency,
+                max_token_length,
+            };
+            options.num_merges().map_err(to_py_err)?; // fail before the counts are taken
+            let counts = std::mem::take(&mut self.counts);
+            let start = Instant::now();
+            let merges = run_with_progress(py, progress.as_ref(), move |counter, _| {
+                train_bpe_owned(counts, &options, counter)
+            })?;
+            let seconds = start.elapsed().as_secs_f64();
+            let vocab =
+                Vocab::new(self.pretokenizer.pattern(), merges, &names).map_err(to_py_err)?;
+            Ok((CoreTokenizer::from_vocab_obj(vocab)?, seconds))
+        })
     }
 }
 
@@ -496,16 +558,20 @@ impl WordCounter {
 #[pyfunction]
 #[pyo3(signature = (root, extensions=Vec::new()))]
 fn collect_files(py: Python<'_>, root: PathBuf, extensions: Vec<String>) -> PyResult<Vec<PathBuf>> {
-    py.detach(|| collect(&root, &extensions)).map_err(to_py_err)
+    guard("collect_files", || {
+        py.detach(|| collect(&root, &extensions)).map_err(to_py_err)
+    })
 }
 
 /// Rewrites `DIR/manifest.json` from the shards present; returns it as JSON.
 #[pyfunction]
 fn build_manifest(py: Python<'_>, dir: PathBuf) -> PyResult<String> {
-    let manifest = py
-        .detach(|| token_file::build_manifest(&dir))
-        .map_err(to_py_err)?;
-    Ok(token_file::Written::Shards(manifest).to_json())
+    guard("Tokenizer.build_manifest", || {
+        let manifest = py
+            .detach(|| token_file::build_manifest(&dir))
+            .map_err(to_py_err)?;
+        Ok(token_file::Written::Shards(manifest).to_json())
+    })
 }
 
 #[pymodule]

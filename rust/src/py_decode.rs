@@ -13,10 +13,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::decode::{self, Dims, KvCache, Layer, LayerNorm, Linear, Positions};
-
-fn invalid(e: crate::Error) -> PyErr {
-    PyValueError::new_err(e.to_string())
-}
+use crate::py::{guard, to_py_err};
 
 /// The named float32 arrays of a state dict, copied out of Python.
 struct Tensors(HashMap<String, Vec<f32>>);
@@ -31,14 +28,14 @@ impl Tensors {
     fn norm(&mut self, prefix: &str, width: usize) -> PyResult<LayerNorm> {
         let weight = self.take(&format!("{prefix}.weight"))?;
         let bias = self.0.remove(&format!("{prefix}.bias"));
-        LayerNorm::new(prefix, weight, bias, width).map_err(invalid)
+        LayerNorm::new(prefix, weight, bias, width).map_err(to_py_err)
     }
 
     fn linear(&mut self, prefix: &str, cols: usize) -> PyResult<Linear> {
         let weight = self.take(&format!("{prefix}.weight"))?;
         let bias = self.0.remove(&format!("{prefix}.bias"));
         let rows = weight.len() / cols.max(1);
-        Linear::new(prefix, &weight, rows, cols, bias).map_err(invalid)
+        Linear::new(prefix, &weight, rows, cols, bias).map_err(to_py_err)
     }
 }
 
@@ -53,6 +50,27 @@ impl PyDecodeModel {
     /// positions) to C-contiguous float32 arrays.
     #[new]
     fn new(
+        py: Python<'_>,
+        dims: (usize, usize, usize, usize, usize, usize, usize),
+        tensors: HashMap<String, PyReadonlyArrayDyn<'_, f32>>,
+    ) -> PyResult<Self> {
+        guard("DecodeModel", || Self::build(py, dims, tensors))
+    }
+
+    /// An empty key/value cache for `batch` rows of up to `max_len` positions.
+    fn session(&self, batch: usize, max_len: usize) -> PyResult<DecodeSession> {
+        guard("DecodeModel.session", || {
+            let cache = self.0.new_cache(batch, max_len).map_err(to_py_err)?;
+            Ok(DecodeSession {
+                model: Arc::clone(&self.0),
+                cache,
+            })
+        })
+    }
+}
+
+impl PyDecodeModel {
+    fn build(
         py: Python<'_>,
         dims: (usize, usize, usize, usize, usize, usize, usize),
         tensors: HashMap<String, PyReadonlyArrayDyn<'_, f32>>,
@@ -107,17 +125,8 @@ impl PyDecodeModel {
                 tensors.take("token_embedding.weight")?,
                 positions,
             )
-            .map_err(invalid)?;
+            .map_err(to_py_err)?;
             Ok(PyDecodeModel(Arc::new(model)))
-        })
-    }
-
-    /// An empty key/value cache for `batch` rows of up to `max_len` positions.
-    fn session(&self, batch: usize, max_len: usize) -> PyResult<DecodeSession> {
-        let cache = self.0.new_cache(batch, max_len).map_err(invalid)?;
-        Ok(DecodeSession {
-            model: Arc::clone(&self.0),
-            cache,
         })
     }
 }
@@ -137,18 +146,20 @@ impl DecodeSession {
         py: Python<'py>,
         tokens: PyReadonlyArray2<'py, i64>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let seq = tokens.shape()[1];
-        let ids = tokens
-            .as_slice()
-            .map_err(|_| PyValueError::new_err("decode: tokens must be a contiguous array"))?
-            .to_vec();
-        let (model, cache) = (&self.model, &mut self.cache);
-        let logits = py
-            .detach(|| model.step(cache, &ids, seq))
-            .map_err(invalid)?;
-        let rows = logits.len() / model.dims().vocab_size;
-        let flat = PyArray1::from_vec(py, logits);
-        Ok(flat.reshape([rows, model.dims().vocab_size])?.into_any())
+        guard("DecodeSession.step", || {
+            let seq = tokens.shape()[1];
+            let ids = tokens
+                .as_slice()
+                .map_err(|_| PyValueError::new_err("decode: tokens must be a contiguous array"))?
+                .to_vec();
+            let (model, cache) = (&self.model, &mut self.cache);
+            let logits = py
+                .detach(|| model.step(cache, &ids, seq))
+                .map_err(to_py_err)?;
+            let rows = logits.len() / model.dims().vocab_size;
+            let flat = PyArray1::from_vec(py, logits);
+            Ok(flat.reshape([rows, model.dims().vocab_size])?.into_any())
+        })
     }
 
     fn reset(&mut self) {
@@ -178,6 +189,19 @@ pub fn sample_next<'py>(
     top_p: f32,
     uniforms: PyReadonlyArray1<'py, f32>,
 ) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    guard("sample_next", || {
+        pick_next(py, logits, temperature, top_k, top_p, uniforms)
+    })
+}
+
+fn pick_next<'py>(
+    py: Python<'py>,
+    logits: PyReadonlyArray2<'py, f32>,
+    temperature: f32,
+    top_k: usize,
+    top_p: f32,
+    uniforms: PyReadonlyArray1<'py, f32>,
+) -> PyResult<Bound<'py, PyArray1<i64>>> {
     let vocab = logits.shape()[1];
     let rule = crate::sample::SamplingRule {
         temperature,
@@ -190,6 +214,6 @@ pub fn sample_next<'py>(
     let uniforms = uniforms
         .as_slice()
         .map_err(|_| PyValueError::new_err("sampling: uniforms must be a contiguous array"))?;
-    let tokens = crate::sample::pick(logits, vocab, &rule, uniforms).map_err(invalid)?;
+    let tokens = crate::sample::pick(logits, vocab, &rule, uniforms).map_err(to_py_err)?;
     Ok(tokens.into_pyarray(py))
 }

@@ -352,7 +352,7 @@ fn encode_range<'a>(
         }
         done += sizes[start..end].iter().sum::<u64>();
         if !progress(done) {
-            return Err(Error::Invalid("interrupted".into()));
+            return Err(Error::Interrupted);
         }
         start = end;
     }
