@@ -5,11 +5,13 @@
 //! or the pure-Rust modules depends on PyO3; the Python glue lives in `py.rs` behind the
 //! `python` feature so that `cargo test` runs without a Python interpreter.
 
+pub mod atomic;
 pub mod bf16;
 pub mod corpus;
 pub mod decode;
 pub mod encode;
 pub mod error;
+pub mod fault;
 pub mod pretokenize;
 pub mod sample;
 pub mod token_file;

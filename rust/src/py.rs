@@ -574,6 +574,13 @@ fn build_manifest(py: Python<'_>, dir: PathBuf) -> PyResult<String> {
     })
 }
 
+/// The names of the Rust fault points (`rust/src/fault.rs`), in the order a write
+/// reaches them: the fault-injection tests crash at each in turn.
+#[pyfunction]
+fn fault_points() -> Vec<&'static str> {
+    crate::fault::POINTS.to_vec()
+}
+
 #[pymodule]
 fn _lmrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("GPT4_PATTERN", GPT4_PATTERN)?;
@@ -582,6 +589,8 @@ fn _lmrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<WordCounter>()?;
     m.add_function(wrap_pyfunction!(collect_files, m)?)?;
     m.add_function(wrap_pyfunction!(build_manifest, m)?)?;
+    m.add_function(wrap_pyfunction!(fault_points, m)?)?;
+    m.add("FAULT_EXIT_CODE", crate::fault::EXIT_CODE)?;
     m.add_class::<crate::py_decode::PyDecodeModel>()?;
     m.add_class::<crate::py_decode::DecodeSession>()?;
     m.add_function(wrap_pyfunction!(crate::py_decode::decode_kernel, m)?)?;

@@ -15,22 +15,42 @@
 //! the shards present when it finishes; `build_manifest` does it again once all are
 //! there (two parts finishing at the same moment can race; the manifest lists
 //! `missing_parts`, and rebuilding it is cheap).
+//!
+//! Integrity: each sidecar records its data file's `size_bytes` and `head_tail_sha256`
+//! (the sha256 of the first and last [`CHECK_BYTES`] of the file, see
+//! [`head_tail_sha256`]); the manifest records both for every shard (`shard_checks`).
+//! Readers (`lmrs.data`) verify them when opening: a truncated, replaced or overwritten
+//! file is an error naming it, not silently different data. Files written before these
+//! fields existed still open, unchecked.
+//!
+//! Every file and the shard directory are written by the atomic-write policy
+//! ([`crate::atomic`]). A single token file and its sidecar are two names, committed data
+//! first: a crash between the two leaves the new data beside the old sidecar, which the
+//! size and checksum expose.
 
 use std::borrow::Cow;
-use std::io::{BufWriter, Write};
+use std::collections::BTreeMap;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use sha2::{Digest, Sha256};
+
+use crate::atomic;
 use crate::encode::Encoder;
-use crate::vocab::{temp_path, write_atomic};
+use crate::fault;
 use crate::{Error, Result};
 
 pub const FORMAT: &str = "lmrs-tokens";
 pub const MANIFEST_FORMAT: &str = "lmrs-shards";
 pub const VERSION: u64 = 1;
 pub const MANIFEST_NAME: &str = "manifest.json";
+
+/// Bytes hashed at each end of a data file for `head_tail_sha256`: enough to catch a
+/// replaced or overwritten header or tail, cheap enough to check on every open.
+pub const CHECK_BYTES: u64 = 64 << 10;
 
 /// Documents read and encoded together before being written (bounds memory).
 const CHUNK_BYTES: u64 = 32 << 20;
@@ -72,6 +92,19 @@ pub struct TokenFileInfo {
     pub num_parts: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub shard_index: Option<usize>,
+    /// Size of the data file in bytes (absent in files written before it existed).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub size_bytes: Option<u64>,
+    /// [`head_tail_sha256`] of the data file (absent in older files).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub head_tail_sha256: Option<String>,
+}
+
+/// A data file's size and [`head_tail_sha256`], as a manifest records them per shard.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileCheck {
+    pub size_bytes: u64,
+    pub head_tail_sha256: String,
 }
 
 /// `manifest.json` of a shard directory: the sidecar fields summed over the shards.
@@ -90,6 +123,9 @@ pub struct Manifest {
     pub num_parts: usize,
     /// Parts with no shard yet (a multi-part run still going, or a part not copied in).
     pub missing_parts: Vec<usize>,
+    /// Every shard's size and checksum, by shard name.
+    #[serde(default)]
+    pub shard_checks: BTreeMap<String, FileCheck>,
 }
 
 /// What was written: a single token file's sidecar or a shard directory's manifest.
@@ -114,6 +150,24 @@ impl Written {
             Written::Shards(manifest) => manifest.num_tokens,
         }
     }
+}
+
+/// The checksum of a data file's ends: sha256 (hex) of its first `CHECK_BYTES` bytes
+/// followed by its last `CHECK_BYTES` bytes (the whole file once when it is shorter than
+/// twice that: no byte counted twice). Returns (size in bytes, checksum).
+pub fn head_tail_sha256(path: &Path) -> Result<(u64, String)> {
+    let io = |e| Error::io(path, e);
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    let head = size.min(CHECK_BYTES);
+    let tail_start = size.saturating_sub(CHECK_BYTES).max(head);
+    let mut buffer = vec![0u8; (head + (size - tail_start)) as usize];
+    let (first, last) = buffer.split_at_mut(head as usize);
+    file.read_exact(first).map_err(io)?;
+    file.seek(SeekFrom::Start(tail_start)).map_err(io)?;
+    file.read_exact(last).map_err(io)?;
+    let digest = Sha256::digest(&buffer);
+    Ok((size, digest.iter().map(|b| format!("{b:02x}")).collect()))
 }
 
 pub fn dtype_for(vocab_size: usize) -> &'static str {
@@ -240,11 +294,13 @@ fn write_documents<'a>(
     if options.num_parts == 1 {
         // one process writes the whole directory: build it beside `out`, then swap it in
         check_replaceable_dir(out)?;
-        let tmp_dir = temp_path(out);
+        let tmp_dir = atomic::temp_path(out)?;
         std::fs::create_dir_all(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
         let result = encode_to(Layout::Dir(tmp_dir.clone()), range, &mut skipped)
             .and_then(|_| build_manifest(&tmp_dir))
-            .and_then(|manifest| replace_dir(&tmp_dir, out).map(|_| manifest));
+            .and_then(|manifest| {
+                atomic::replace_dir(&tmp_dir, out, "token_file.dir").map(|_| manifest)
+            });
         if result.is_err() {
             let _ = std::fs::remove_dir_all(&tmp_dir);
         }
@@ -297,18 +353,6 @@ fn check_replaceable_dir(out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn replace_dir(new: &Path, out: &Path) -> Result<()> {
-    if out.exists() {
-        let old = temp_path(out);
-        std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
-        std::fs::rename(new, out).map_err(|e| Error::io(out, e))?;
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(new, out).map_err(|e| Error::io(out, e))?;
-    }
-    Ok(())
-}
-
 fn encode_range<'a>(
     encoder: &Encoder,
     sizes: &[u64],
@@ -350,6 +394,7 @@ fn encode_range<'a>(
                 None => skipped.push(i),
             }
         }
+        fault::point("token_file.chunk_written");
         done += sizes[start..end].iter().sum::<u64>();
         if !progress(done) {
             return Err(Error::Interrupted);
@@ -402,6 +447,8 @@ impl ShardSink {
             part_index: sharded.then_some(options.part_index),
             num_parts: sharded.then_some(options.num_parts),
             shard_index: None,
+            size_bytes: None,
+            head_tail_sha256: None,
         };
         Self {
             layout,
@@ -440,8 +487,8 @@ impl ShardSink {
         if self.current.is_none() {
             let index = self.closed.len();
             let path = self.shard_path(index);
-            let tmp = temp_path(&path);
-            let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&path, e))?;
+            let tmp = atomic::temp_path(&path)?;
+            let file = atomic::create_temp(&tmp)?;
             let mut info = self.template.clone();
             if matches!(self.layout, Layout::Dir(_)) {
                 info.shard_index = Some(index);
@@ -501,35 +548,39 @@ impl ShardSink {
                 path,
                 info,
             } = shard;
-            let file = writer
+            let mut info = info;
+            writer
                 .into_inner()
                 .map_err(|e| Error::io(&path, e.into_error()))?;
-            file.sync_all().map_err(|e| Error::io(&path, e))?;
+            // (atomic::commit syncs the file before renaming it)
+            let (size, checksum) = head_tail_sha256(&tmp)?;
+            info.size_bytes = Some(size);
+            info.head_tail_sha256 = Some(checksum);
             self.closed.push((path, tmp, info));
         }
         Ok(())
     }
 
-    /// Closes the last shard, then renames every shard (and writes its sidecar) into
-    /// place. The sidecar goes last, so a sidecar always describes a complete file.
+    /// Closes the last shard, then commits every shard and then its sidecar. Data goes
+    /// first: the old content of the sidecar (if any) records the old size and checksum,
+    /// so a crash between the two renames is caught by readers, never read as valid.
     fn finish(&mut self) -> Result<Vec<(PathBuf, TokenFileInfo)>> {
         if self.current.is_none() && self.closed.is_empty() {
             self.open()?; // an empty part still writes one (empty) file
         }
         self.close()?;
         let mut done = Vec::new();
-        for (path, tmp, info) in std::mem::take(&mut self.closed) {
-            let sidecar = sidecar_path(&path);
-            // An old sidecar must not describe the new file, even for a moment.
-            match std::fs::remove_file(&sidecar) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(Error::io(&sidecar, e))
-                }
-                _ => {}
-            }
-            std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        let mut pending = std::mem::take(&mut self.closed).into_iter();
+        while let Some((path, tmp, info)) = pending.next() {
             let json = serde_json::to_string_pretty(&info).expect("plain data serializes");
-            write_atomic(&sidecar, json.as_bytes())?;
+            let committed = atomic::commit(&tmp, &path, "token_file.data").and_then(|_| {
+                atomic::write_file(&sidecar_path(&path), json.as_bytes(), "token_file.sidecar")
+            });
+            if let Err(e) = committed {
+                let _ = std::fs::remove_file(&tmp);
+                self.closed = pending.collect(); // for abandon()
+                return Err(e);
+            }
             done.push((path, info));
         }
         Ok(done)
@@ -560,12 +611,22 @@ fn remove_stale_shards(
     written: &[(PathBuf, TokenFileInfo)],
 ) -> Result<()> {
     let prefix = format!("shard-{part:05}-");
+    let hidden_prefix = format!(".{prefix}");
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let path = entry.map_err(|e| Error::io(dir, e))?.path();
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        // A crashed earlier run's temporaries, also of shards this run did not write.
+        if let Some((target, _)) = name
+            .strip_prefix('.')
+            .filter(|_| name.starts_with(&hidden_prefix))
+            .and_then(|rest| rest.split_once(".tmp-"))
+        {
+            atomic::remove_leftovers(&dir.join(target));
+            continue;
+        }
         if name.starts_with(&prefix)
             && name.ends_with(".bin")
             && !written.iter().any(|(p, _)| *p == path)
@@ -628,6 +689,7 @@ pub fn build_manifest(dir: &Path) -> Result<Manifest> {
         eot_id: base.eot_id,
         num_parts,
         missing_parts: Vec::new(),
+        shard_checks: BTreeMap::new(),
     };
     let mut present = vec![false; num_parts];
     for shard in &shards {
@@ -660,6 +722,22 @@ pub fn build_manifest(dir: &Path) -> Result<Manifest> {
                 ),
             });
         }
+        let (size_bytes, head_tail_sha256) = head_tail_sha256(shard)?;
+        if info.size_bytes.is_some_and(|s| s != size_bytes)
+            || info
+                .head_tail_sha256
+                .as_ref()
+                .is_some_and(|c| *c != head_tail_sha256)
+        {
+            return Err(Error::Format {
+                path: shard.display().to_string(),
+                message: format!(
+                    "size or checksum does not match its sidecar {} (truncated, replaced or \
+                     overwritten?)",
+                    sidecar.display()
+                ),
+            });
+        }
         if let Some(p) = info.part_index.filter(|&p| p < num_parts) {
             present[p] = true;
         }
@@ -670,11 +748,22 @@ pub fn build_manifest(dir: &Path) -> Result<Manifest> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        manifest.shard_checks.insert(
+            name.clone(),
+            FileCheck {
+                size_bytes,
+                head_tail_sha256,
+            },
+        );
         manifest.shards.push(name);
     }
     manifest.missing_parts = (0..num_parts).filter(|&p| !present[p]).collect();
     let json = serde_json::to_string_pretty(&manifest).expect("plain data serializes");
-    write_atomic(&dir.join(MANIFEST_NAME), json.as_bytes())?;
+    atomic::write_file(
+        &dir.join(MANIFEST_NAME),
+        json.as_bytes(),
+        "token_file.manifest",
+    )?;
     Ok(manifest)
 }
 
@@ -812,6 +901,112 @@ mod tests {
             }
             assert_eq!(next, sizes.len());
         }
+    }
+
+    #[test]
+    fn head_tail_checksum_covers_each_byte_once() {
+        let dir = tmp_dir("check");
+        let path = dir.join("f.bin");
+        let k = CHECK_BYTES as usize;
+        for size in [0, 1, k - 1, k, k + 1, 2 * k, 2 * k + 1, 5 * k + 3] {
+            let data: Vec<u8> = (0..size).map(|i| (i * 7 + i / 251) as u8).collect();
+            std::fs::write(&path, &data).unwrap();
+            let mut hashed = data[..size.min(k)].to_vec();
+            hashed.extend_from_slice(&data[size.saturating_sub(k).max(size.min(k))..]);
+            let expected: String = Sha256::digest(&hashed)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(
+                head_tail_sha256(&path).unwrap(),
+                (size as u64, expected),
+                "{size}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn sidecars_and_manifests_record_size_and_checksum() {
+        let enc = encoder();
+        let dir = tmp_dir("integrity");
+        let out = dir.join("t.bin");
+        let Written::File(info) =
+            encode_texts(&enc, &TEXTS, &out, &TokenFileOptions::default(), ALWAYS).unwrap()
+        else {
+            panic!("expected a file")
+        };
+        let (size, checksum) = head_tail_sha256(&out).unwrap();
+        assert_eq!(info.size_bytes, Some(size));
+        assert_eq!(info.head_tail_sha256.as_deref(), Some(checksum.as_str()));
+
+        let shards = dir.join("shards");
+        let options = TokenFileOptions {
+            shard_tokens: Some(5),
+            ..Default::default()
+        };
+        let Written::Shards(m) = encode_texts(&enc, &TEXTS, &shards, &options, ALWAYS).unwrap()
+        else {
+            panic!("expected shards")
+        };
+        assert_eq!(m.shard_checks.len(), m.shards.len());
+        for name in &m.shards {
+            let (size, checksum) = head_tail_sha256(&shards.join(name)).unwrap();
+            assert_eq!(m.shard_checks[name].size_bytes, size);
+            assert_eq!(m.shard_checks[name].head_tail_sha256, checksum);
+        }
+        // a shard overwritten in place (same size) no longer matches its sidecar
+        let first = shards.join(&m.shards[0]);
+        let mut bytes = std::fs::read(&first).unwrap();
+        bytes[0] ^= 0xff;
+        std::fs::write(&first, bytes).unwrap();
+        let err = build_manifest(&shards).unwrap_err().to_string();
+        assert!(
+            err.contains("checksum") && err.contains(&m.shards[0]),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn writers_collect_their_own_leftovers_of_dead_processes() {
+        let enc = encoder();
+        let dir = tmp_dir("leftovers");
+        let dead = "999999999-1-0"; // a process id above the kernel's limit: never running
+        let debris = [
+            format!(".t.bin.tmp-{dead}"),
+            format!(".t.bin.json.tmp-{dead}"),
+            format!(".shards.tmp-{dead}"),
+            format!("shards.old-{dead}"),
+        ];
+        for name in &debris[..2] {
+            std::fs::write(dir.join(name), "half").unwrap();
+        }
+        for name in &debris[2..] {
+            std::fs::create_dir(dir.join(name)).unwrap();
+            std::fs::write(dir.join(name).join("shard-00000.bin"), "half").unwrap();
+        }
+        std::fs::write(dir.join("unrelated.tmp-1"), "keep").unwrap();
+        encode_texts(
+            &enc,
+            &TEXTS,
+            &dir.join("t.bin"),
+            &TokenFileOptions::default(),
+            ALWAYS,
+        )
+        .unwrap();
+        let options = TokenFileOptions {
+            shard_tokens: Some(5),
+            ..Default::default()
+        };
+        encode_texts(&enc, &TEXTS, &dir.join("shards"), &options, ALWAYS).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["shards", "t.bin", "t.bin.json", "unrelated.tmp-1"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -13,8 +13,7 @@
 //! record it) and catches edits on load.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -237,9 +236,9 @@ impl Vocab {
         Self::from_json(&content, &path.display().to_string())
     }
 
-    /// Writes the file atomically: a temporary file beside `path`, then a rename.
+    /// Writes the file by the atomic-write policy ([`crate::atomic`]).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        write_atomic(path.as_ref(), self.to_json().as_bytes())
+        crate::atomic::write_file(path.as_ref(), self.to_json().as_bytes(), "tokenizer")
     }
 }
 
@@ -284,39 +283,6 @@ fn check_special_tokens(
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A temporary path in the same directory as `path` (so the rename stays on one filesystem).
-pub(crate) fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let unique = format!(
-        ".{name}.tmp-{}-{:?}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    );
-    path.with_file_name(unique)
-}
-
-/// Writes `data` to a temporary file beside `path`, syncs it, then renames it into place.
-pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = temp_path(path);
-    let result = (|| -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(data)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
