@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from lmrs._lmrs import head_tail_sha256
 from lmrs.data import DataError, TokenDataset, micro_batch_size, prepare_training_data
 
 EOT = 99
@@ -162,6 +163,49 @@ def test_bad_sidecar_names_the_file(tmp_path: Path, change: dict, message: str) 
     assert "t.bin" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"num_tokens": "12"}, "'num_tokens' is '12', not a non-negative integer"),
+        ({"num_tokens": 1.5}, "num_tokens"),
+        ({"num_tokens": True}, "num_tokens"),
+        ({"eot_id": -1}, "eot_id"),
+        ({"vocab_size": None}, "vocab_size"),
+        ({"num_documents": [3]}, "num_documents"),
+        ({"tokenizer_hash": 7}, "tokenizer_hash"),
+        ({"dtype": ["uint16"]}, "dtype"),
+        ({"version": True}, "version"),
+        ({"version": 1.0}, "version"),
+        ({"format": {"a": 1}}, "format"),
+        ({"size_bytes": 10}, "has no 'head_tail_sha256'"),
+        ({"head_tail_sha256": "0" * 64}, "has no 'size_bytes'"),
+        ({"size_bytes": "10", "head_tail_sha256": "0" * 64}, "size_bytes"),
+        ({"size_bytes": 10, "head_tail_sha256": "xyz"}, "not a sha256"),
+        ({"size_bytes": 10, "head_tail_sha256": "0" * 64}, "truncated or replaced"),
+    ],
+)
+def test_sidecar_with_wrong_types_is_one_line_naming_it(
+    tmp_path: Path, change: dict, message: str
+) -> None:
+    write_token_file(tmp_path / "t.bin", make_docs(3), **change)
+    with pytest.raises(DataError, match=message) as info:
+        TokenDataset(tmp_path / "t.bin")
+    assert str(info.value).startswith(str(tmp_path / "t.bin")) and "\n" not in str(info.value)
+
+
+def test_sidecar_without_checks_still_opens_and_with_them_is_verified(tmp_path: Path) -> None:
+    docs = make_docs(3)
+    stream = write_token_file(tmp_path / "t.bin", docs)  # as written before the checks
+    assert TokenDataset(tmp_path / "t.bin").num_tokens == len(stream)
+    size, checksum = head_tail_sha256(str(tmp_path / "t.bin"))
+    write_token_file(tmp_path / "t.bin", docs, size_bytes=size, head_tail_sha256=checksum)
+    assert TokenDataset(tmp_path / "t.bin").num_tokens == len(stream)
+    docs[0][0] = (docs[0][0] + 1) % EOT  # the same size, another token: not this sidecar's file
+    write_token_file(tmp_path / "t.bin", docs, size_bytes=size, head_tail_sha256=checksum)
+    with pytest.raises(DataError, match="t.bin: checksum mismatch with t.bin.json"):
+        TokenDataset(tmp_path / "t.bin")
+
+
 def test_missing_sidecar_and_tokenizer_mismatch(tmp_path: Path) -> None:
     write_token_file(tmp_path / "t.bin", make_docs(3))
     with pytest.raises(DataError, match="another tokenizer") as info:
@@ -211,6 +255,53 @@ def test_shard_directory_reads_as_one_stream(tmp_path: Path) -> None:
     (shards / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DataError, match=r"manifest.json: parts \[2\] of 3 are not encoded"):
         TokenDataset(shards)
+
+
+def write_shards(directory: Path, **manifest_overrides: object) -> dict:
+    directory.mkdir(exist_ok=True)
+    first = write_token_file(directory / "shard-00000.bin", make_docs(4, seed=1))
+    second = write_token_file(directory / "shard-00001.bin", make_docs(5, seed=2))
+    manifest = json.loads((directory / "shard-00000.bin.json").read_text())
+    manifest.update(
+        format="lmrs-shards",
+        shards=["shard-00000.bin", "shard-00001.bin"],
+        num_tokens=len(first) + len(second),
+        num_documents=9,
+    )
+    manifest.update(manifest_overrides)
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return manifest
+
+
+@pytest.mark.parametrize(
+    "entry", ["../x.bin", "/etc/passwd", "sub/shard.bin", "..", ".", "", "a\\b.bin", 5, None]
+)
+def test_manifest_entries_must_be_plain_names_in_the_directory(
+    tmp_path: Path, entry: object
+) -> None:
+    write_token_file(tmp_path / "x.bin", make_docs(2))  # a valid token file outside
+    shards = tmp_path / "shards"
+    write_shards(shards, shards=["shard-00000.bin", entry])
+    with pytest.raises(DataError, match="not a plain file name") as info:
+        TokenDataset(shards)
+    assert str(info.value).startswith(f"{shards / 'manifest.json'}: shard entry {entry!r}")
+
+
+def test_manifest_shard_checks_are_verified(tmp_path: Path) -> None:
+    shards = tmp_path / "shards"
+    manifest = write_shards(shards)
+    size, checksum = head_tail_sha256(str(shards / "shard-00001.bin"))
+    good = {"size_bytes": size, "head_tail_sha256": checksum}
+    write_shards(shards, shard_checks={"shard-00001.bin": good})
+    assert TokenDataset(shards).num_tokens == manifest["num_tokens"]
+    bad = dict(good, head_tail_sha256="0" * 64)
+    write_shards(shards, shard_checks={"shard-00001.bin": bad})
+    with pytest.raises(DataError, match="shard-00001.bin: checksum mismatch with manifest.json"):
+        TokenDataset(shards)
+    for checks in ([1], {"shard-00001.bin": 3}, {"shard-00001.bin": {"size_bytes": size}}):
+        write_shards(shards, shard_checks=checks)
+        with pytest.raises(DataError, match="manifest.json"):
+            TokenDataset(shards)
 
 
 # -- sampler ---------------------------------------------------------------------------------

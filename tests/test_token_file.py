@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,8 @@ import pytest
 from tok_corpus import make_texts, write_corpus
 
 from lmrs import Tokenizer, TokenizerError
+from lmrs._lmrs import head_tail_sha256
+from lmrs.data import DataError, TokenDataset
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +139,87 @@ def test_uint32_when_vocab_exceeds_uint16(tmp_path: Path) -> None:
     ids = np.memmap(tmp_path / "big.bin", dtype=np.uint32, mode="r").tolist()
     assert ids == big.encode_ordinary("a" * 7_000) + [big.eot_id, 98, big.eot_id]
     assert ids[0] == big.token_to_id(b"aa") > 65535
+
+
+def test_sidecar_and_manifest_record_size_and_checksum(
+    tok: Tokenizer, corpus: tuple[Path, list[str]]
+) -> None:
+    root, _ = corpus
+    out = root.parent / "tokens.bin"
+    info = tok.encode_files(root, out, show_progress=False)
+    assert (info["size_bytes"], info["head_tail_sha256"]) == head_tail_sha256(str(out))
+    shards = root.parent / "shards"
+    manifest = tok.encode_files(root, shards, shard_tokens=100, show_progress=False)
+    assert sorted(manifest["shard_checks"]) == sorted(manifest["shards"])
+    for name, check in manifest["shard_checks"].items():
+        assert (check["size_bytes"], check["head_tail_sha256"]) == head_tail_sha256(
+            str(shards / name)
+        )
+    TokenDataset(out, tokenizer=tok)
+    TokenDataset(shards, tokenizer=tok)
+
+
+def corrupt(path: Path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        path.write_bytes(bytes(data[:-2]))
+    elif how == "header flipped":
+        data[0] ^= 0xFF
+        data[1] ^= 0x01
+        path.write_bytes(bytes(data))
+    elif how == "tail flipped":
+        data[-1] ^= 0x40
+        path.write_bytes(bytes(data))
+    elif how == "replaced":  # another valid token file of the same length
+        path.write_bytes(bytes(reversed(data)))
+
+
+@pytest.mark.parametrize("how", ["truncated", "header flipped", "tail flipped", "replaced"])
+@pytest.mark.parametrize("layout", ["file", "shards"])
+def test_a_damaged_token_file_is_one_line_naming_it(
+    tok: Tokenizer, corpus: tuple[Path, list[str]], how: str, layout: str
+) -> None:
+    root, _ = corpus
+    if layout == "file":
+        out = victim = root.parent / "tokens.bin"
+        tok.encode_files(root, out, show_progress=False)
+    else:
+        out = root.parent / "shards"
+        manifest = tok.encode_files(root, out, shard_tokens=100, show_progress=False)
+        victim = out / manifest["shards"][1]
+    corrupt(victim, how)
+    with pytest.raises(DataError) as info:
+        TokenDataset(out)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{victim}: ")
+    expected = "truncated or replaced" if how == "truncated" else "checksum mismatch"
+    assert expected in message
+
+
+def test_temporaries_sit_beside_the_target_and_outputs_have_normal_permissions(
+    tok: Tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    out = tmp_path / "out"
+    out.mkdir()
+    # leftovers of crashed writers of these targets (a process id that cannot exist)
+    dead = "999999999-1-0"
+    (out / f".shards.tmp-{dead}").mkdir()
+    (out / f".shards.tmp-{dead}" / "shard-00000.bin").write_bytes(b"half")
+    (out / f"shards.old-{dead}").mkdir()
+    (out / f".t.bin.tmp-{dead}").write_bytes(b"half")
+    (out / f".tok.json.tmp-{dead}").write_bytes(b"{")
+    for _ in range(2):
+        tok.encode_files(["a b c", "d e"], out / "shards/", shard_tokens=3, show_progress=False)
+        tok.encode_files(["a b c", "d e"], out / "t.bin", show_progress=False)
+        tok.save(out / "tok.json")
+    assert list(elsewhere.iterdir()) == []
+    assert sorted(p.name for p in out.iterdir()) == ["shards", "t.bin", "t.bin.json", "tok.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    files = [out / "t.bin", out / "t.bin.json", out / "tok.json", *(out / "shards").iterdir()]
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+    assert stat.S_IMODE((out / "shards").stat().st_mode) == 0o777 & ~umask

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from lmrs import _lmrs
 from lmrs.errors import InputError
 from lmrs.jsonfile import read_json_object
 
@@ -148,42 +149,105 @@ class TokenFileInfo:
 _SIDECAR_FIELDS = ("dtype", "num_tokens", "vocab_size", "tokenizer_hash", "eot_id", "num_bytes")
 
 
+@dataclass(frozen=True)
+class FileCheck:
+    """A data file's size and ``head_tail_sha256`` as a sidecar or manifest records them."""
+
+    size_bytes: int
+    head_tail_sha256: str
+
+
 def _read_json(path: Path, what: str) -> dict[str, Any]:
     return read_json_object(path, what, DataError)
 
 
+def _count(meta: dict[str, Any], key: str, path: Path) -> int:
+    """A non-negative integer field (a JSON bool or float is not one)."""
+    value = meta[key]
+    if type(value) is not int or value < 0:
+        raise DataError(f"{path}: field {key!r} is {value!r}, not a non-negative integer")
+    return value
+
+
+def _text(meta: dict[str, Any], key: str, path: Path) -> str:
+    value = meta[key]
+    if not isinstance(value, str):
+        raise DataError(f"{path}: field {key!r} is {value!r}, not a string")
+    return value
+
+
+def _file_check(meta: Any, path: Path, where: str) -> Optional[FileCheck]:
+    """The size and checksum in ``meta`` (a sidecar, or a manifest's entry for one shard);
+    None when both are absent (files written before lmrs recorded them)."""
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: {where} is {meta!r}, not a JSON object")
+    if "size_bytes" not in meta and "head_tail_sha256" not in meta:
+        return None
+    for key in ("size_bytes", "head_tail_sha256"):
+        if key not in meta:
+            raise DataError(f"{path}: {where} has no {key!r} field")
+    checksum = _text(meta, "head_tail_sha256", path)
+    if len(checksum) != 64 or any(c not in "0123456789abcdef" for c in checksum):
+        raise DataError(f"{path}: {where}: head_tail_sha256 {checksum!r} is not a sha256 hex")
+    return FileCheck(_count(meta, "size_bytes", path), checksum)
+
+
 def _info_from_json(meta: dict[str, Any], path: Path, fmt: str) -> TokenFileInfo:
-    if meta.get("format") != fmt:
+    if not isinstance(meta.get("format"), str) or meta["format"] != fmt:
         raise DataError(f"{path}: format is {meta.get('format')!r}, expected {fmt!r}")
-    if meta.get("version") != 1:
+    if type(meta.get("version")) is not int or meta["version"] != 1:
         raise DataError(f"{path}: unsupported version {meta.get('version')!r} (expected 1)")
     missing = [k for k in _SIDECAR_FIELDS if k not in meta]
     if missing:
         raise DataError(f"{path}: missing field(s) {', '.join(missing)}")
-    if meta["dtype"] not in ("uint16", "uint32"):
-        raise DataError(f"{path}: dtype {meta['dtype']!r} is not uint16 or uint32")
-    try:
-        return TokenFileInfo(
-            path=path,
-            dtype=str(meta["dtype"]),
-            num_tokens=int(meta["num_tokens"]),
-            num_documents=int(meta.get("num_documents", 0)),
-            vocab_size=int(meta["vocab_size"]),
-            tokenizer_hash=str(meta["tokenizer_hash"]),
-            eot_id=int(meta["eot_id"]),
-            num_bytes=int(meta["num_bytes"]),
+    dtype = _text(meta, "dtype", path)
+    if dtype not in ("uint16", "uint32"):
+        raise DataError(f"{path}: dtype {dtype!r} is not uint16 or uint32")
+    return TokenFileInfo(
+        path=path,
+        dtype=dtype,
+        num_tokens=_count(meta, "num_tokens", path),
+        num_documents=_count(meta, "num_documents", path) if "num_documents" in meta else 0,
+        vocab_size=_count(meta, "vocab_size", path),
+        tokenizer_hash=_text(meta, "tokenizer_hash", path),
+        eot_id=_count(meta, "eot_id", path),
+        num_bytes=_count(meta, "num_bytes", path),
+    )
+
+
+def _verify(bin_path: Path, size: int, recorded: FileCheck, by: Path) -> None:
+    """The data file's size and checksum against what ``by`` (its sidecar or manifest)
+    recorded; DataError naming the file when they differ."""
+    if size != recorded.size_bytes:
+        raise DataError(
+            f"{bin_path}: size {size} does not match {by.name} ({recorded.size_bytes}): "
+            "truncated or replaced?"
         )
-    except (TypeError, ValueError) as e:
-        raise DataError(f"{path}: bad field value: {e}") from e
+    try:
+        _, checksum = _lmrs.head_tail_sha256(str(bin_path))
+    except _lmrs.TokenizerError as e:  # an I/O error; the message names the file
+        raise DataError(str(e)) from e
+    if checksum != recorded.head_tail_sha256:
+        raise DataError(f"{bin_path}: checksum mismatch with {by.name}: overwritten or replaced?")
 
 
-def _open_bin(bin_path: Path) -> tuple[TokenFileInfo, np.ndarray]:
+def _open_bin(
+    bin_path: Path, listed: Optional[tuple[FileCheck, Path]] = None
+) -> tuple[TokenFileInfo, np.ndarray]:
+    """A token file and its sidecar, verified; ``listed`` is the check a manifest records
+    for it, and the manifest's path."""
     sidecar = Path(str(bin_path) + ".json")
     if not bin_path.is_file():
         raise DataError(f"{bin_path}: token file not found")
-    info = _info_from_json(_read_json(sidecar, "sidecar"), sidecar, "lmrs-tokens")
+    meta = _read_json(sidecar, "sidecar")
+    info = _info_from_json(meta, sidecar, "lmrs-tokens")
     itemsize = np.dtype(info.dtype).itemsize
     size = bin_path.stat().st_size
+    recorded = _file_check(meta, sidecar, "the sidecar")
+    if recorded is not None:
+        _verify(bin_path, size, recorded, sidecar)
+    if listed is not None:
+        _verify(bin_path, size, *listed)
     if size != info.num_tokens * itemsize:
         raise DataError(
             f"{bin_path}: size {size} bytes does not match the sidecar "
@@ -194,6 +258,18 @@ def _open_bin(bin_path: Path) -> tuple[TokenFileInfo, np.ndarray]:
     else:
         tokens = np.memmap(bin_path, dtype=np.dtype(info.dtype).newbyteorder("<"), mode="r")
     return info, tokens
+
+
+def _is_plain_name(name: object) -> bool:
+    """A file name inside its directory: no separator, not ``.``/``..``, not absolute.
+    Files that name other files (manifests) must not lead a reader anywhere else."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not any(c in name for c in "/\\\0")
+        and not os.path.isabs(name)
+        and Path(name).name == name
+    )
 
 
 class TokenStream:
@@ -270,6 +346,15 @@ class TokenDataset:
         shards = meta.get("shards")
         if not isinstance(shards, list) or not shards:
             raise DataError(f"{manifest_path}: 'shards' must be a non-empty list of file names")
+        for name in shards:
+            if not _is_plain_name(name):
+                raise DataError(
+                    f"{manifest_path}: shard entry {name!r} is not a plain file name "
+                    "inside this directory"
+                )
+        checks = meta.get("shard_checks", {})
+        if not isinstance(checks, dict):
+            raise DataError(f"{manifest_path}: 'shard_checks' is not a JSON object")
         missing = meta.get("missing_parts") or []
         if missing:
             # training on a partial corpus would be silent data loss: refuse it
@@ -280,7 +365,11 @@ class TokenDataset:
         parts: list[np.ndarray] = []
         total = 0
         for name in shards:
-            shard_info, tokens = _open_bin(directory / str(name))
+            listed = None
+            if name in checks:
+                check = _file_check(checks[name], manifest_path, f"shard_checks[{name!r}]")
+                listed = None if check is None else (check, manifest_path)
+            shard_info, tokens = _open_bin(directory / name, listed)
             for field in ("dtype", "vocab_size", "tokenizer_hash", "eot_id"):
                 if getattr(shard_info, field) != getattr(info, field):
                     raise DataError(

@@ -574,6 +574,16 @@ fn build_manifest(py: Python<'_>, dir: PathBuf) -> PyResult<String> {
     })
 }
 
+/// (size in bytes, checksum) of a token file as its sidecar records them: the one
+/// definition of `head_tail_sha256`, shared with `lmrs.data`.
+#[pyfunction]
+fn head_tail_sha256(py: Python<'_>, path: PathBuf) -> PyResult<(u64, String)> {
+    guard("head_tail_sha256", || {
+        py.detach(|| token_file::head_tail_sha256(&path))
+            .map_err(to_py_err)
+    })
+}
+
 /// The names of the Rust fault points (`rust/src/fault.rs`), in the order a write
 /// reaches them: the fault-injection tests crash at each in turn.
 #[pyfunction]
@@ -590,6 +600,7 @@ fn _lmrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(collect_files, m)?)?;
     m.add_function(wrap_pyfunction!(build_manifest, m)?)?;
     m.add_function(wrap_pyfunction!(fault_points, m)?)?;
+    m.add_function(wrap_pyfunction!(head_tail_sha256, m)?)?;
     m.add("FAULT_EXIT_CODE", crate::fault::EXIT_CODE)?;
     m.add_class::<crate::py_decode::PyDecodeModel>()?;
     m.add_class::<crate::py_decode::DecodeSession>()?;
