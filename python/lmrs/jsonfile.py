@@ -15,7 +15,9 @@ def read_json_object(path: Path, what: str, error: type[Exception]) -> dict[str,
     try:
         with open(path, encoding="utf-8") as f:
             value = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:
+        # ValueError: not JSON (JSONDecodeError), bad UTF-8 (UnicodeDecodeError), or an
+        # integer of more digits than Python converts; RecursionError: nesting too deep.
         raise error(f"{path}: cannot read {what}: {e}") from e
     if not isinstance(value, dict):
         raise error(f"{path}: {what} is not a JSON object")

@@ -78,10 +78,19 @@ impl Encoder {
         for (id, bytes) in token_bytes.iter().enumerate() {
             bytes_to_id.entry(bytes.clone()).or_insert(id as u32);
         }
+        // Only splits where both sides have the length of some token can be a pair; checking
+        // that first keeps long tokens (a doubling run "aaaa...") from costing len^2 hashing.
+        let mut has_length = vec![false; token_bytes.iter().map(Vec::len).max().unwrap_or(0) + 1];
+        for bytes in &token_bytes {
+            has_length[bytes.len()] = true;
+        }
         let mut pairs = AHashMap::with_capacity(token_bytes.len() * 2);
         for bytes in token_bytes.iter().skip(256) {
             let id = bytes_to_id[bytes];
             for split in 1..bytes.len() {
+                if !(has_length[split] && has_length[bytes.len() - split]) {
+                    continue;
+                }
                 if let (Some(&left), Some(&right)) = (
                     bytes_to_id.get(&bytes[..split]),
                     bytes_to_id.get(&bytes[split..]),

@@ -242,7 +242,15 @@ impl Vocab {
     }
 }
 
+/// The most bytes all tokens together may hold. Each merge can double a token's length,
+/// so 40 merges in a file of a few hundred bytes could otherwise ask for a terabyte; a
+/// real vocabulary holds well under 1% of this (cl100k: under 1 MB).
+pub const MAX_TOTAL_TOKEN_BYTES: u64 = 1 << 26;
+
 fn check_merges(merges: &[(u32, u32)]) -> std::result::Result<(), String> {
+    let mut lengths: Vec<u64> = vec![1; 256];
+    lengths.reserve(merges.len());
+    let mut total: u64 = 256;
     for (i, &(a, b)) in merges.iter().enumerate() {
         let defined = 256 + i as u32;
         if a >= defined || b >= defined {
@@ -250,6 +258,15 @@ fn check_merges(merges: &[(u32, u32)]) -> std::result::Result<(), String> {
                 "invalid merge {i} [{a}, {b}]: refers to a token not yet defined (ids < {defined} exist)"
             ));
         }
+        let length = lengths[a as usize] + lengths[b as usize];
+        total += length;
+        if total > MAX_TOTAL_TOKEN_BYTES {
+            return Err(format!(
+                "merge {i} [{a}, {b}] makes a token of {length} bytes and the tokens more than \
+                 {MAX_TOTAL_TOKEN_BYTES} bytes in all; not a real vocabulary"
+            ));
+        }
+        lengths.push(length);
     }
     Ok(())
 }
@@ -321,6 +338,16 @@ mod tests {
     fn hash_depends_on_content() {
         let other = Vocab::new(GPT4_PATTERN, vec![(104, 105)], &[]).unwrap();
         assert_ne!(other.hash(), sample().hash());
+    }
+
+    #[test]
+    fn rejects_merges_that_blow_up_exponentially() {
+        // each merge doubles the last token: 2^40 bytes if it were built
+        let merges: Vec<(u32, u32)> = std::iter::once((97, 97))
+            .chain((256..295).map(|id| (id, id)))
+            .collect();
+        let err = Vocab::new(GPT4_PATTERN, merges, &[]).unwrap_err();
+        assert!(err.to_string().contains("not a real vocabulary"), "{err}");
     }
 
     #[test]
