@@ -242,7 +242,7 @@ def train_command(
     tokenizer = _load_tokenizer(tokenizer_path)
     # everything that can refuse the run is checked before the first file is written
     explicit = _explicit_options(click.get_current_context())
-    model = _model_for_training(
+    model, resume_path = _model_for_training(
         resume,
         size,
         tokenizer,
@@ -302,7 +302,7 @@ def train_command(
             out_dir=str(out_dir),
             show_progress=show_progress,
         )
-        result = train(model, dataset, config, tokenizer=tokenizer, resume_from=resume)
+        result = train(model, dataset, config, tokenizer=tokenizer, resume_from=resume_path)
     finally:
         distributed.cleanup(ctx)
     if ctx.is_main:
@@ -330,9 +330,9 @@ def _model_for_training(
     position: str,
     dropout: Optional[float],
     explicit: Optional[set[str]] = None,
-) -> Any:
-    """The model to train: from the checkpoint to resume (its tokenizer and shape checked,
-    and any option that contradicts it refused) or from a preset."""
+) -> tuple[Any, Optional[Path]]:
+    """The model to train and the checkpoint directory it resumes from: the checkpoint's
+    (its tokenizer and shape checked, any option that contradicts it refused) or a preset."""
     from lmrs.checkpoint import check_tokenizer, load_checkpoint, resolve_checkpoint_dir
     from lmrs.model import GPT, ModelConfig, model_from_preset
 
@@ -344,7 +344,7 @@ def _model_for_training(
         context = PRESETS[size].get("max_seq_len", 512)
         if seq_len > context:
             overrides["max_seq_len"] = seq_len
-        return model_from_preset(size, tokenizer.vocab_size, **overrides)
+        return model_from_preset(size, tokenizer.vocab_size, **overrides), None
     path = resolve_checkpoint_dir(resume)
     saved = load_checkpoint(path)
     check_tokenizer(saved.path, saved.model_config, tokenizer)
@@ -371,7 +371,7 @@ def _model_for_training(
         )
     if dropout is not None:
         config.dropout_rate = dropout  # not part of the weights: a resume may change it
-    return GPT(config)
+    return GPT(config), path
 
 
 # ---------------------------------------------------------------------------------------
