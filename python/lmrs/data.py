@@ -359,7 +359,7 @@ class TokenDataset:
         if missing:
             # training on a partial corpus would be silent data loss: refuse it
             raise DataError(
-                f"{manifest_path}: parts {missing} of {meta.get('num_parts')} are not encoded yet "
+                f"{manifest_path}: parts {missing!r} of {meta.get('num_parts')!r} are not encoded yet "
                 "(finish them, then rebuild the manifest with `lmrs encode --manifest-only`)"
             )
         parts: list[np.ndarray] = []
@@ -388,7 +388,7 @@ class TokenDataset:
         where = self.path / "manifest.json" if self.path.is_dir() else f"{self.path}.json"
         if self.info.tokenizer_hash != tokenizer.hash:
             raise DataError(
-                f"{where}: written by another tokenizer (hash {self.info.tokenizer_hash[:12]}…, "
+                f"{where}: written by another tokenizer (hash {self.info.tokenizer_hash[:12]!r}…, "
                 f"the given tokenizer's is {tokenizer.hash[:12]}…)"
             )
         if self.info.vocab_size != tokenizer.vocab_size:

@@ -70,8 +70,16 @@ impl Pretokenizer {
     }
 
     fn compile_regex(pattern: &str) -> Result<fancy_regex::Regex> {
-        fancy_regex::Regex::new(pattern)
-            .map_err(|e| Error::Invalid(format!("invalid pre-tokenization pattern: {e}")))
+        fancy_regex::Regex::new(pattern).map_err(|e| {
+            // The regex engine draws a caret under the error on a second line; errors
+            // are one line (they end up as `lmrs: FILE: problem`).
+            let message = e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            Error::Invalid(format!("invalid pre-tokenization pattern: {message}"))
+        })
     }
 
     pub fn gpt4() -> Self {
@@ -428,7 +436,10 @@ mod tests {
         let p = Pretokenizer::new(r"\w+|\s+").unwrap();
         assert!(!p.is_fast());
         assert_eq!(p.pieces("ab  cd"), vec!["ab", "  ", "cd"]);
-        assert!(Pretokenizer::new("(unclosed").is_err());
+        let err = Pretokenizer::new("(unclosed")
+            .err()
+            .expect("does not compile");
+        assert!(!err.to_string().contains('\n'), "one line: {err}");
     }
 
     #[test]

@@ -224,7 +224,7 @@ impl Vocab {
         let hash = vocab.hash();
         if hash != stored_hash {
             return Err(format_err(format!(
-                "hash mismatch: the content was modified (stored {stored_hash}, computed {hash})"
+                "hash mismatch: the content was modified (stored {stored_hash:?}, computed {hash})"
             )));
         }
         Ok(vocab)
