@@ -134,7 +134,11 @@ pub fn replace_dir(new: &Path, target: &Path, what: &str) -> Result<()> {
     } else if target.exists() {
         let old = old_path(target)?;
         std::fs::rename(target, &old).map_err(|e| Error::io(target, e))?;
-        std::fs::rename(new, target).map_err(|e| Error::io(target, e))?;
+        if let Err(e) = std::fs::rename(new, target) {
+            // put the old directory back rather than leave the target missing
+            let _ = std::fs::rename(&old, target);
+            return Err(Error::io(target, e));
+        }
         Some(old)
     } else {
         std::fs::rename(new, target).map_err(|e| Error::io(target, e))?;
