@@ -25,6 +25,7 @@ accepts the run directory or the checkpoint directory.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import os
@@ -260,10 +261,12 @@ def _write_checked(path: Path, write: Any) -> None:
     """Run ``write(path)``, then give the file normal permissions and fsync it."""
     try:
         write(path)
-    except RuntimeError as e:
-        # torch.save reports a full disk as a RuntimeError from its zip writer
-        if "file write failed" in str(e) or "unexpected pos" in str(e):
-            raise OSError(28, "No space left on device", str(path)) from e
+    except (RuntimeError, SafetensorError) as e:
+        # torch.save's zip writer and safetensors report OS errors as their own types,
+        # with the OS error only in the text: a full disk must still read as one
+        text = str(e)
+        if "No space left on device" in text or "file write failed" in text:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
         raise
     os.chmod(path, default_mode())
     fsync_file(path)
@@ -422,6 +425,35 @@ def read_checkpoint_json(directory: Path, name: str) -> dict[str, Any]:
     return _read_json(verified_file(directory, name))
 
 
+# state.json fields a resume reads, and the types they must have
+STATE_TYPES: dict[str, tuple[type, ...]] = {
+    "step": (int,),
+    "tokens": (int,),
+    "elapsed_s": (int, float),
+    "epoch": (int, float),
+    "world_size": (int,),
+    "rng": (dict,),
+    "metrics": (dict,),
+    "data": (dict,),
+}
+
+
+def check_state(state: Mapping[str, Any], path: Path) -> None:
+    """state.json's fields have the types a resume needs (bool is not a number here)."""
+    for key, types in STATE_TYPES.items():
+        if key not in state:
+            continue
+        value = state[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise CheckpointError(f"{path}: {key!r} must be {types[0].__name__}, got {value!r}")
+        if key in ("step", "tokens") and value < 0:
+            raise CheckpointError(f"{path}: {key!r} must be >= 0, got {value}")
+    rng = state.get("rng", {})
+    for key in ("torch",):
+        if key in rng and not isinstance(rng[key], str):
+            raise CheckpointError(f"{path}: rng.{key} must be a string")
+
+
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """Fields that change the weights and differ, as 'name saved != current'."""
     keys = sorted((set(saved) | set(current)) - CONFIG_FIELDS_NOT_IN_WEIGHTS)
@@ -468,6 +500,7 @@ def load_checkpoint(
     model_config = read_checkpoint_json(path, MODEL_CONFIG_FILE)
     train_config = read_checkpoint_json(path, TRAIN_CONFIG_FILE)
     state = read_checkpoint_json(path, STATE_FILE)
+    check_state(state, path / STATE_FILE)
     if tokenizer is not None:
         check_tokenizer(path, model_config, tokenizer)
     if model is not None:

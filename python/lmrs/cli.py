@@ -47,12 +47,24 @@ def debug_enabled() -> bool:
     return os.environ.get("LMRS_DEBUG", "") not in ("", "0")
 
 
+class LmrsUsageError(click.UsageError):
+    """A bad option or argument, printed as one line with a pointer to the help."""
+
+    def show(self, file: Optional[Any] = None) -> None:
+        hint = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
+        click.echo(f"lmrs: {self.format_message()}{hint}", err=True)
+
+
 class LmrsGroup(click.Group):
     """A click group whose commands' user errors become one line (see the module doc)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:
+            if debug_enabled() or isinstance(e, LmrsUsageError):
+                raise
+            raise LmrsUsageError(e.format_message(), e.ctx) from e
         except click.ClickException as e:
             if debug_enabled() or type(e) is not click.ClickException:
                 raise

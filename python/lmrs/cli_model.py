@@ -135,7 +135,7 @@ def _check_out_dir(out_dir: Path) -> None:
 )
 @click.option(
     "--lr",
-    type=click.FloatRange(min=0, min_open=True, max=1e6),
+    type=click.FloatRange(min=0, min_open=True),
     default=TRAIN_DEFAULTS.learning_rate,
     show_default=True,
 )
@@ -239,6 +239,33 @@ def train_command(
             f"{out_dir}: already holds a trained run; pass --resume {out_dir} to continue it "
             "or --overwrite to replace it"
         )
+    from lmrs.options import TrainConfig
+
+    show_progress = not quiet
+    config = TrainConfig(
+        batch_size=batch_size,
+        seq_len=seq_len,
+        max_steps=max_steps,
+        epochs=epochs,
+        time_budget_s=budget_s,
+        learning_rate=lr,
+        warmup_steps=warmup,
+        optimizer=optimizer,
+        weight_decay=weight_decay,
+        eval_every=eval_every,
+        eval_batches=eval_batches,
+        checkpoint_every=checkpoint_every,
+        val_fraction=val_fraction,
+        device=device,
+        dtype=dtype,
+        compile=use_compile,
+        strategy=strategy,
+        grad_accum_steps=grad_accum,
+        seed=seed,
+        out_dir=str(out_dir),
+        show_progress=show_progress,
+    )
+    config.validate()
     tokenizer = _load_tokenizer(tokenizer_path)
     # everything that can refuse the run is checked before the first file is written
     explicit = _explicit_options(click.get_current_context())
@@ -252,7 +279,6 @@ def train_command(
         explicit=explicit,
     )
     _check_out_dir(out_dir)
-    show_progress = not quiet
     under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
 
     token_path = Path(tokens) if tokens else out_dir / "tokens.bin"
@@ -277,31 +303,8 @@ def train_command(
                 _encode_corpus(tokenizer, corpus, token_path, show_progress)
             distributed.barrier(ctx)
         dataset = _open_dataset(token_path, tokenizer)
-        from lmrs.train import TrainConfig, train
+        from lmrs.train import train
 
-        config = TrainConfig(
-            batch_size=batch_size,
-            seq_len=seq_len,
-            max_steps=max_steps,
-            epochs=epochs,
-            time_budget_s=budget_s,
-            learning_rate=lr,
-            warmup_steps=warmup,
-            optimizer=optimizer,
-            weight_decay=weight_decay,
-            eval_every=eval_every,
-            eval_batches=eval_batches,
-            checkpoint_every=checkpoint_every,
-            val_fraction=val_fraction,
-            device=device,
-            dtype=dtype,
-            compile=use_compile,
-            strategy=strategy,
-            grad_accum_steps=grad_accum,
-            seed=seed,
-            out_dir=str(out_dir),
-            show_progress=show_progress,
-        )
         result = train(model, dataset, config, tokenizer=tokenizer, resume_from=resume_path)
     finally:
         distributed.cleanup(ctx)
