@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import pytest
 import torch
 
 from lmrs import distributed
-from lmrs.distributed import DistContext
+from lmrs.distributed import DistContext, DistributedError
 
 THIS_FILE = Path(__file__).resolve()
 VOCAB = 97
@@ -31,7 +30,15 @@ VOCAB = 97
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = "1"  # two ranks on a 2-core CI machine
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    for name in (
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "TORCHELASTIC_USE_AGENT_STORE",
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE",
+    ):
         env.pop(name, None)
     return env
 
@@ -39,7 +46,10 @@ def _child_env() -> dict[str, str]:
 def run_torchrun(
     scenario: str, out_dir: Path, *args: str, nproc: int = 2, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    """``torchrun --standalone --nproc-per-node N tests/test_distributed.py SCENARIO ...``."""
+    """``torchrun --standalone --nproc-per-node N tests/test_distributed.py SCENARIO ...``.
+
+    ``--standalone`` binds its rendezvous store to port 0 and the ranks reuse that store,
+    so no port is chosen before it is bound."""
     command = [
         sys.executable,
         "-m",
@@ -57,12 +67,6 @@ def run_torchrun(
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def run_ranks_unsupervised(
     scenario: str,
     out_dir: Path,
@@ -71,13 +75,18 @@ def run_ranks_unsupervised(
     timeout: float = 60,
     env: dict[str, str] | None = None,
     wait_for: list[int] | None = None,
-) -> list[tuple[Any, str, float]]:
+) -> list[tuple[Any, str]]:
     """Start the ranks as plain processes (no torchrun agent to stop the others when one
     fails), so a dead or hung rank must be noticed by the survivors themselves.
-    Returns (exit code, stderr, seconds) per rank; a rank still running at ``timeout``
-    is killed and reported with exit code None. Once the ranks in ``wait_for`` (default:
-    all) have exited, the others are killed (a deliberately hung rank)."""
-    port = _free_port()
+    Returns (exit code, stderr) per rank; a rank still running at ``timeout`` is killed and
+    reported with exit code None. Once the ranks in ``wait_for`` (default: all) have exited,
+    the others are killed at once and reported with None: still running when the awaited
+    ones had stopped (a deliberately hung rank)."""
+    # the rendezvous store lives here, bound to port 0 and kept open until every rank is
+    # done; the ranks connect to it as torchrun's workers connect to the agent's store
+    store = torch.distributed.TCPStore(
+        "127.0.0.1", 0, world_size, is_master=True, wait_for_workers=False
+    )
     procs = []
     start = time.monotonic()
     for rank in range(world_size):
@@ -88,7 +97,8 @@ def run_ranks_unsupervised(
             LOCAL_RANK=str(rank),
             WORLD_SIZE=str(world_size),
             MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
+            MASTER_PORT=str(store.port),
+            TORCHELASTIC_USE_AGENT_STORE="True",
         )
         procs.append(
             subprocess.Popen(
@@ -99,18 +109,19 @@ def run_ranks_unsupervised(
                 text=True,
             )
         )
-    results: dict[int, tuple[Any, str, float]] = {}
+    results: dict[int, tuple[Any, str]] = {}
     waited = range(world_size) if wait_for is None else wait_for
     for rank in [*waited, *(r for r in range(world_size) if r not in waited)]:
         proc = procs[rank]
         remaining = max(0.1, timeout - (time.monotonic() - start)) if rank in waited else 0.1
         try:
             _, err = proc.communicate(timeout=remaining)
-            results[rank] = (proc.returncode, err, time.monotonic() - start)
+            results[rank] = (proc.returncode, err)
         except subprocess.TimeoutExpired:
             proc.kill()
             _, err = proc.communicate()
-            results[rank] = (None, err, time.monotonic() - start)
+            results[rank] = (None, err)
+    del store
     return [results[rank] for rank in range(world_size)]
 
 
@@ -162,6 +173,45 @@ def test_bad_environment_and_arguments_raise_clear_errors(
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="inside torchrun"):
         distributed.launch_local(2, ["train"])
+
+
+def test_collective_guard_converts_collective_failures_by_type_not_text() -> None:
+    ctx = DistContext(rank=1, world_size=2, enabled=True, backend="gloo", timeout_s=7)
+    guard = distributed.collective_guard
+    # a RuntimeError worded like every backend failure is still the caller's own error
+    words = "gloo nccl connection timed out, timeout: peer socket closed"
+    with pytest.raises(RuntimeError) as raised:
+        with guard(ctx, "training step 3"):
+            raise RuntimeError(words)
+    assert type(raised.value) is RuntimeError and str(raised.value) == words
+    dist = torch.distributed
+    for kind in (dist.DistError, dist.DistBackendError, dist.DistNetworkError, dist.DistStoreError):
+        with pytest.raises(DistributedError) as converted:
+            with guard(ctx, "training step 3"):
+                raise kind("the backend's first line\nand the rest")
+        assert str(converted.value) == (
+            "rank 1: training step 3 failed: another rank stopped or is unreachable "
+            "(timeout 7 s): the backend's first line"
+        )
+        assert type(converted.value.__cause__) is kind
+    # what a communication hook recorded inside the block makes the error a collective one,
+    # named by the hook's error (the raised one may be a wrapped copy)
+    with pytest.raises(DistributedError, match=r"\(timeout 7 s\): Connection closed by peer$"):
+        with guard(ctx, "training step 4"):
+            ctx.failures.record(RuntimeError("Connection closed by peer"))
+            raise RuntimeError("Got the following error when running the callback")
+    # ... but one recorded before the block does not
+    with pytest.raises(RuntimeError) as raised:
+        with guard(ctx, "training step 5"):
+            raise RuntimeError("shape mismatch")
+    assert type(raised.value) is RuntimeError
+    with pytest.raises(ValueError):
+        with guard(ctx, "training step 5"):
+            raise ValueError("not a RuntimeError")
+    # with no process group nothing is converted
+    with pytest.raises(dist.DistBackendError):
+        with guard(DistContext(), "training step 1"):
+            raise dist.DistBackendError("no group")
 
 
 def test_optimizer_state_round_trips_by_name_and_from_positional_form() -> None:
@@ -422,6 +472,10 @@ def _failing_copy(model: torch.nn.Module, at_call: int, how: str) -> torch.nn.Mo
                     sys.stderr.flush()
                     if how == "exit":
                         os._exit(7)  # a crash: no cleanup, the sockets just close
+                    if how == "error":
+                        # a bug in the model, worded like the backend's failures used to be
+                        # recognised: it must not be reported as a collective failure
+                        raise RuntimeError(MODEL_BUG)
                     time.sleep(600)  # a hang: the other rank must time out
             return super().compute_loss(ids, targets, **kw)
 
@@ -508,8 +562,15 @@ def test_two_processes_two_accum_equal_one_process_four_accum(
 FAIL_TIMEOUT_S = 5.0
 
 
-def _dying_run(workspace: Path, name: str, how: str) -> tuple[Path, list[tuple[Any, str, float]]]:
-    """2 unsupervised ranks, checkpoint every 3 steps; rank 1 crashes or hangs in step 4."""
+MODEL_BUG = "model bug: gloo nccl connection timed out, peer socket closed"
+Outcome = list[tuple[Any, str]]  # (exit code, stderr) per rank
+
+
+def _dying_run(
+    workspace: Path, name: str, how: str, failing_rank: int = 1, wait_for: tuple[int, ...] = (0,)
+) -> tuple[Path, Outcome]:
+    """2 unsupervised ranks, checkpoint every 3 steps; ``failing_rank`` crashes, hangs or
+    raises in step 4."""
     run_dir = workspace / name
     results = workspace / f"{name}-results"
     results.mkdir()
@@ -520,7 +581,7 @@ def _dying_run(workspace: Path, name: str, how: str) -> tuple[Path, list[tuple[A
     spec = {
         "tokens": str(workspace / "tokens.bin"),
         "config": config,
-        "fail": {"rank": 1, "at_call": micro_steps_before + 1, "how": how},
+        "fail": {"rank": failing_rank, "at_call": micro_steps_before + 1, "how": how},
     }
     outcome = run_ranks_unsupervised(
         "train",
@@ -528,7 +589,7 @@ def _dying_run(workspace: Path, name: str, how: str) -> tuple[Path, list[tuple[A
         json.dumps(spec),
         timeout=60,
         env={"LMRS_TEST_TIMEOUT_S": str(FAIL_TIMEOUT_S)},
-        wait_for=[0],
+        wait_for=list(wait_for),
     )
     return run_dir, outcome
 
@@ -542,14 +603,14 @@ def _assert_checkpoint_at(run_dir: Path, step: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def crashed_run(workspace: Path) -> tuple[Path, list[tuple[Any, str, float]]]:
+def crashed_run(workspace: Path) -> tuple[Path, Outcome]:
     return _dying_run(workspace, "crashed", "exit")
 
 
 def test_rank_that_crashes_stops_the_job_with_a_clear_message(
-    crashed_run: tuple[Path, list[tuple[Any, str, float]]],
+    crashed_run: tuple[Path, Outcome],
 ) -> None:
-    run_dir, ((code0, err0, _), (code1, _, _)) = crashed_run
+    run_dir, ((code0, err0), (code1, _)) = crashed_run
     assert code1 == 7  # the injected crash
     assert code0 not in (0, None), err0  # rank 0 stopped by itself, it did not hang
     last_line = err0.strip().splitlines()[-1]
@@ -559,19 +620,35 @@ def test_rank_that_crashes_stops_the_job_with_a_clear_message(
 
 
 def test_rank_that_hangs_makes_the_others_time_out(workspace: Path) -> None:
-    run_dir, ((code0, err0, seconds0), _) = _dying_run(workspace, "hung", "hang")
+    run_dir, ((code0, err0), (code1, _)) = _dying_run(workspace, "hung", "hang")
+    # rank 0 stopped by itself (a rank that had not is reported as None) while the hung rank
+    # was still running: only the collective timeout can have stopped it
     assert code0 not in (0, None), err0
+    assert code1 is None
     last_line = err0.strip().splitlines()[-1]
     assert "DistributedError: rank 0: training step 4 failed" in last_line, err0
     assert f"(timeout {FAIL_TIMEOUT_S:g} s)" in last_line
-    assert seconds0 < 45  # start-up + 3 steps + the 5 s timeout, not a hang
     _assert_checkpoint_at(run_dir, CHECKPOINT_STEP)
+
+
+def test_a_model_error_is_not_reported_as_a_collective_failure(workspace: Path) -> None:
+    # rank 0's own RuntimeError propagates as itself, whatever its text; rank 1, whose peer
+    # is then gone, reports the collective failure
+    _, ((code0, err0), (code1, err1)) = _dying_run(
+        workspace, "model-bug", "error", failing_rank=0, wait_for=(0, 1)
+    )
+    assert code0 not in (0, None), err0
+    last_line = err0.strip().splitlines()[-1].removeprefix("[rank0]: ")  # torch's prefix
+    assert last_line == f"RuntimeError: {MODEL_BUG}", err0
+    assert "DistributedError" not in err0
+    assert code1 not in (0, None), err1
+    assert "DistributedError: rank 1: training step 4 failed" in err1.strip().splitlines()[-1]
 
 
 def test_resume_on_one_process_continues_the_two_process_run(
     workspace: Path,
     reference: dict[str, Any],
-    crashed_run: tuple[Path, list[tuple[Any, str, float]]],
+    crashed_run: tuple[Path, Outcome],
 ) -> None:
     spec = {
         "tokens": str(workspace / "tokens.bin"),
@@ -588,7 +665,7 @@ def test_resume_on_one_process_continues_the_two_process_run(
 def test_resume_on_two_processes_with_fsdp_continues_the_run(
     workspace: Path,
     reference: dict[str, Any],
-    crashed_run: tuple[Path, list[tuple[Any, str, float]]],
+    crashed_run: tuple[Path, Outcome],
 ) -> None:
     # the DDP checkpoint of the crashed run continues under FSDP (a plain full state dict
     # loads into any strategy and world size); FSDP training follows the same curve

@@ -7,15 +7,24 @@ a world of one) no process group is created and every helper here is a cheap no-
 training loop has a single code path.
 
 Failure behaviour: the process group is created with a timeout, so a collective whose peer
-died or hangs raises after ``timeout_s`` instead of blocking forever; :func:`collective_guard`
-turns such failures into a :class:`DistributedError` with a one-line message. torchrun stops
-the remaining ranks as soon as one rank exits with an error.
+died or hangs raises after ``timeout_s`` instead of blocking forever, and the failure becomes
+a :class:`DistributedError` with a one-line message. Which errors are collective failures is
+decided by type and by where they were raised, never by their text: gloo reports a closed
+connection or a timeout as a plain ``RuntimeError``, so the helpers here that only
+communicate convert whatever they raise, DDP's gradient all-reduce runs through a hook that
+records its failures on the :class:`DistContext`, and :func:`collective_guard` converts a
+``torch.distributed.DistError`` (NCCL, store and network failures) or a ``RuntimeError``
+raised while such a failure was recorded; any other error passes through unchanged. Not
+covered on gloo (their plain ``RuntimeError`` passes through): FSDP's own all-gathers and
+reduce-scatters, and the one-off exchange in DDP's second forward that rebuilds its buckets.
+torchrun stops the remaining ranks as soon as one rank exits with an error.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import os
 import subprocess
 import sys
@@ -40,6 +49,17 @@ class DistributedError(LmrsError, RuntimeError):
     """A collective failed: another rank stopped, hung past the timeout, or is unreachable."""
 
 
+class CollectiveFailures:
+    """The errors the communication hooks saw, in order (the hooks run on backend threads,
+    and the error that reaches the caller may be a re-wrapped copy of a different type)."""
+
+    def __init__(self) -> None:
+        self.errors: list[BaseException] = []
+
+    def record(self, error: BaseException) -> None:
+        self.errors.append(error)
+
+
 @dataclass
 class DistContext:
     """Where this process sits in the job. ``enabled`` is True when a process group exists."""
@@ -52,6 +72,9 @@ class DistContext:
     enabled: bool = False
     backend: Optional[str] = None
     timeout_s: float = 300.0
+    failures: CollectiveFailures = field(
+        default_factory=CollectiveFailures, repr=False, compare=False
+    )
 
 
 def resolve_device(
@@ -166,37 +189,73 @@ def cleanup(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
+def _failure(ctx: DistContext, what: str, cause: BaseException) -> DistributedError:
+    text = str(cause).strip()
+    detail = text.splitlines()[0] if text else type(cause).__name__
+    return DistributedError(
+        f"rank {ctx.rank}: {what} failed: another rank stopped or is unreachable "
+        f"(timeout {ctx.timeout_s:g} s): {detail}"
+    )
+
+
 @contextlib.contextmanager
 def collective_guard(ctx: DistContext, what: str = "collective") -> Iterator[None]:
     """Turn a failed collective into a one-line :class:`DistributedError`.
 
     Wrap anything that communicates (a DDP backward, an eval reduction, a barrier): a dead
     or hung peer then reads as "rank 0: all_reduce failed: another rank stopped ... (timeout
-    300 s)" rather than a backend stack trace.
+    300 s)" rather than a backend stack trace. Converted: a ``torch.distributed.DistError``,
+    and a ``RuntimeError`` raised after a communication hook recorded a failure inside the
+    block (gloo's errors are plain RuntimeErrors); every other error propagates unchanged.
     """
     if not ctx.enabled:
         yield
         return
+    recorded = len(ctx.failures.errors)
     try:
         yield
     except DistributedError:
         raise
-    except (RuntimeError, dist.DistError) as error:
-        if not _looks_like_comm_failure(error):
+    except RuntimeError as error:
+        if isinstance(error, dist.DistError):
+            raise _failure(ctx, what, error) from error
+        seen = ctx.failures.errors[recorded:]
+        if not seen:
             raise
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DistributedError(
-            f"rank {ctx.rank}: {what} failed: another rank stopped or is unreachable "
-            f"(timeout {ctx.timeout_s:g} s): {detail}"
-        ) from error
+        # the hook's error names the collective; the one raised here may be a wrapped copy
+        raise _failure(ctx, what, seen[0]) from error
 
 
-def _looks_like_comm_failure(error: BaseException) -> bool:
-    if isinstance(error, dist.DistError):
-        return True
-    text = str(error).lower()
-    markers = ("gloo", "nccl", "connection", "timed out", "timeout", "peer", "socket", "closed")
-    return any(marker in text for marker in markers)
+@contextlib.contextmanager
+def _communicating(ctx: DistContext, what: str) -> Iterator[None]:
+    """Around a call that does nothing but communicate: any RuntimeError it raises (gloo
+    gives no more specific type) is a collective failure."""
+    try:
+        yield
+    except DistributedError:
+        raise
+    except RuntimeError as error:
+        raise _failure(ctx, what, error) from error
+
+
+def _recording_all_reduce(failures: CollectiveFailures, bucket):  # type: ignore[no-untyped-def]
+    """DDP's default gradient all-reduce (average: divide, then sum), with its failures
+    recorded: DDP raises them from backward as RuntimeErrors that say nothing of their
+    origin. ``bucket`` is a ``dist.GradBucket`` and the result a
+    ``torch.futures.Future[torch.Tensor]``, unannotated because DDP compares the hook's
+    annotations with those classes and this module's annotations are strings."""
+    tensor = bucket.buffer()
+    tensor.div_(dist.get_world_size())
+    future = dist.all_reduce(tensor, async_op=True).get_future()
+
+    def finished(done: torch.futures.Future[list[torch.Tensor]]) -> torch.Tensor:
+        try:
+            return done.value()[0]
+        except Exception as error:
+            failures.record(error)
+            raise
+
+    return future.then(finished)
 
 
 def _as_tensor(value: Union[float, int, torch.Tensor], ctx: DistContext) -> torch.Tensor:
@@ -211,7 +270,7 @@ def all_reduce_sum(value: Union[float, int, torch.Tensor], ctx: DistContext) -> 
     """Sum of ``value`` over all ranks, as a Python float (the value itself with no group)."""
     tensor = _as_tensor(value, ctx)
     if ctx.enabled:
-        with collective_guard(ctx, "all_reduce"):
+        with _communicating(ctx, "all_reduce"):
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return float(tensor.sum().item())
 
@@ -225,7 +284,7 @@ def barrier(ctx: DistContext) -> None:
     """Wait for every rank. On gloo a monitored barrier names the rank that did not arrive."""
     if not ctx.enabled:
         return
-    with collective_guard(ctx, "barrier"):
+    with _communicating(ctx, "barrier"):
         if ctx.backend == "gloo":
             dist.monitored_barrier(timeout=timedelta(seconds=ctx.timeout_s))
         elif ctx.device.type == "cuda":
@@ -239,7 +298,7 @@ def broadcast_object(obj: Any, ctx: DistContext, src: int = 0) -> Any:
     if not ctx.enabled:
         return obj
     holder = [obj]
-    with collective_guard(ctx, "broadcast"):
+    with _communicating(ctx, "broadcast"):
         dist.broadcast_object_list(holder, src=src)
     return holder[0]
 
@@ -308,7 +367,18 @@ def wrap_model(model: nn.Module, ctx: DistContext, strategy: str = "ddp") -> nn.
         return model
     if strategy == "ddp":
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        return DataParallel(_LossForward(model), device_ids=device_ids)
+        # buffers that are not saved (rotary tables) are computed the same on every rank, so
+        # broadcasting them before each forward would only add a collective that no hook sees
+        persistent = set(model.state_dict())
+        sync = any(name in persistent for name, _ in model.named_buffers())
+        # newer torch renames the option and warns on the old name; both skip the forward sync
+        parameters = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+        option = (
+            "forward_sync_buffers" if "forward_sync_buffers" in parameters else "broadcast_buffers"
+        )
+        wrapped = DataParallel(_LossForward(model), device_ids=device_ids, **{option: sync})
+        wrapped.register_comm_hook(ctx.failures, _recording_all_reduce)
+        return wrapped
 
     from torch.distributed.fsdp import fully_shard
 
@@ -513,7 +583,10 @@ def strip_nproc(argv: list[str]) -> list[str]:
 
 
 def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
-    """The command :func:`launch_local` runs: torchrun, standalone, ``-m lmrs ARGV``."""
+    """The command :func:`launch_local` runs: torchrun, standalone, ``-m lmrs ARGV``.
+
+    ``--standalone`` binds torchrun's rendezvous store to port 0 (the kernel picks a free
+    one) and the workers connect to that store, so no port is chosen before it is bound."""
     return [
         sys.executable,
         "-m",
@@ -539,6 +612,9 @@ def launch_local(nproc: int, argv: list[str]) -> int:
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         raise ValueError("--nproc cannot be used inside torchrun (the job is already distributed)")
     env = dict(os.environ)
+    # with this opt-out torchrun picks a free port, closes it and has rank 0 bind it later:
+    # another process can take it in between
+    env.pop("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", None)
     if "OMP_NUM_THREADS" not in env and not torch.cuda.is_available():
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     try:
