@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -454,6 +454,18 @@ def check_state(state: Mapping[str, Any], path: Path) -> None:
             raise CheckpointError(f"{path}: rng.{key} must be a string")
 
 
+def check_train_config(train_config: Mapping[str, Any], path: Path) -> None:
+    """train_config.json is a valid TrainConfig (or empty: saved without one)."""
+    if not train_config:
+        return
+    from lmrs.options import TrainConfig
+
+    try:
+        TrainConfig.from_dict(dict(train_config)).validate()
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: invalid training config: {e}") from e
+
+
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """Fields that change the weights and differ, as 'name saved != current'."""
     keys = sorted((set(saved) | set(current)) - CONFIG_FIELDS_NOT_IN_WEIGHTS)
@@ -501,6 +513,7 @@ def load_checkpoint(
     train_config = read_checkpoint_json(path, TRAIN_CONFIG_FILE)
     state = read_checkpoint_json(path, STATE_FILE)
     check_state(state, path / STATE_FILE)
+    check_train_config(train_config, path / TRAIN_CONFIG_FILE)
     if tokenizer is not None:
         check_tokenizer(path, model_config, tokenizer)
     if model is not None:
@@ -537,6 +550,46 @@ def load_checkpoint(
     return Checkpoint(path=path, state=state, model_config=model_config, train_config=train_config)
 
 
+def check_weight_shapes(path: Path, config: Any) -> None:
+    """The weights file holds exactly the tensors ``config`` describes, compared on the
+    safetensors header before any memory is allocated: a config edited to absurd sizes
+    is an error naming it, never an attempt to allocate them."""
+    from lmrs.model import GPT
+
+    weights_path = verified_file(path, MODEL_FILE)
+    try:
+        with safe_open(str(weights_path), framework="pt") as f:
+            stored = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+            aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+    except (OSError, SafetensorError, ValueError) as e:
+        raise CheckpointError(f"{weights_path}: cannot read weights: {e}") from e
+    if not isinstance(aliases, dict):
+        raise CheckpointError(f"{weights_path}: malformed 'aliases' metadata")
+    for alias, target in aliases.items():
+        if target in stored:
+            stored[alias] = stored[target]
+    # cheap checks first, so that an absurd depth or width is never even built on "meta"
+    layers = {name.split(".")[1] for name in stored if name.startswith("blocks.")}
+    embedding = stored.get("token_embedding.weight")
+    if len(layers) != config.num_layers or embedding != (config.vocab_size, config.embed_dim):
+        raise CheckpointError(
+            f"{path / MODEL_CONFIG_FILE}: does not describe the weights in {MODEL_FILE} "
+            f"({len(layers)} layers and embedding {embedding} there; the config gives "
+            f"{config.num_layers} and {(config.vocab_size, config.embed_dim)})"
+        )
+    try:
+        with torch.device("meta"):
+            expected = {name: tuple(t.shape) for name, t in GPT(config).state_dict().items()}
+    except (RuntimeError, ValueError, OverflowError) as e:
+        raise CheckpointError(f"{path / MODEL_CONFIG_FILE}: cannot build this model: {e}") from e
+    for name in sorted(set(expected) | set(stored)):
+        if expected.get(name) != stored.get(name):
+            raise CheckpointError(
+                f"{path / MODEL_CONFIG_FILE}: does not describe the weights in {MODEL_FILE}: "
+                f"{name} is {stored.get(name)} there, the config gives {expected.get(name)}"
+            )
+
+
 def load_model(
     directory: PathLike, *, device: Union[str, torch.device] = "cpu"
 ) -> tuple[nn.Module, Checkpoint]:
@@ -549,6 +602,7 @@ def load_model(
         config = ModelConfig.from_dict(config_dict)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path / MODEL_CONFIG_FILE}: invalid model config: {e}") from e
+    check_weight_shapes(path, config)
     model = GPT(config)
     checkpoint = load_checkpoint(path, model)
     model.to(device).eval()
