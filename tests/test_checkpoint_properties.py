@@ -72,7 +72,7 @@ def load_everything(directory: Path) -> None:
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(data=st.data(), name=st.sampled_from(JSON_FILES), checked=st.booleans())
 def test_mutated_checkpoint_json_loads_or_fails_cleanly(
