@@ -274,7 +274,8 @@ def write_shards(directory: Path, **manifest_overrides: object) -> dict:
 
 
 @pytest.mark.parametrize(
-    "entry", ["../x.bin", "/etc/passwd", "sub/shard.bin", "..", ".", "", "a\\b.bin", 5, None]
+    "entry",
+    ["../x.bin", "/etc/passwd", "sub/shard.bin", "..", ".", "", "a\\b.bin", "a\nb.bin", 5, None],
 )
 def test_manifest_entries_must_be_plain_names_in_the_directory(
     tmp_path: Path, entry: object

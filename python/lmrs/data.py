@@ -261,10 +261,12 @@ def _open_bin(
 
 
 def _is_plain_name(name: object) -> bool:
-    """A file name inside its directory: no separator, not ``.``/``..``, not absolute.
-    Files that name other files (manifests) must not lead a reader anywhere else."""
+    """A file name inside its directory: no separator, not ``.``/``..``, not absolute, and
+    printable (so that an error can name it on one line). Files that name other files
+    (manifests) must not lead a reader anywhere else."""
     return (
         isinstance(name, str)
+        and name.isprintable()
         and name not in ("", ".", "..")
         and not any(c in name for c in "/\\\0")
         and not os.path.isabs(name)
@@ -359,8 +361,8 @@ class TokenDataset:
         if missing:
             # training on a partial corpus would be silent data loss: refuse it
             raise DataError(
-                f"{manifest_path}: parts {missing!r} of {meta.get('num_parts')!r} are not encoded yet "
-                "(finish them, then rebuild the manifest with `lmrs encode --manifest-only`)"
+                f"{manifest_path}: parts {missing!r} of {meta.get('num_parts')!r} are not "
+                "encoded yet (finish them, then rebuild the manifest with `lmrs encode --manifest-only`)"
             )
         parts: list[np.ndarray] = []
         total = 0
