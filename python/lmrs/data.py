@@ -362,7 +362,8 @@ class TokenDataset:
             # training on a partial corpus would be silent data loss: refuse it
             raise DataError(
                 f"{manifest_path}: parts {missing!r} of {meta.get('num_parts')!r} are not "
-                "encoded yet (finish them, then rebuild the manifest with `lmrs encode --manifest-only`)"
+                "encoded yet (finish them, then rebuild the manifest with "
+                "`lmrs encode --manifest-only`)"
             )
         parts: list[np.ndarray] = []
         total = 0
