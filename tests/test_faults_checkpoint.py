@@ -185,3 +185,19 @@ def test_written_files_are_readable_by_others(tmp_path: Path) -> None:
         assert path.stat().st_mode & 0o777 == 0o644, path
     assert (tmp_path / "ckpt").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "ckpt" / STATE_FILE).is_file()
+
+
+def test_atomic_cleanup_spares_live_writers_and_other_targets(tmp_path: Path) -> None:
+    target = tmp_path / "data.json"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    leftovers_ = {
+        f".data.json.tmp-{dead}-abcd1234": True,  # its process is gone: debris
+        f".data.json.tmp-{os.getppid()}-abcd1234": False,  # a live process may be writing
+        f".data.json.x.tmp-{dead}-abcd1234": False,  # another target's (data.json.x)
+    }
+    for name in leftovers_:
+        (tmp_path / name).write_bytes(b"partial")
+    write_atomic(target, b"{}")
+    for name, removed in leftovers_.items():
+        assert (tmp_path / name).exists() != removed, name

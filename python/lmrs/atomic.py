@@ -1,12 +1,14 @@
 """The one atomic-write policy of lmrs (the Rust writers follow it too, ``rust/src/atomic.rs``).
 
-1. write into a temporary name in the target's own directory (``.NAME.XXXX.tmp``),
+1. write into a temporary name in the target's own directory (``.NAME.tmp-PID-XXXXXXXX``,
+   the same form as the Rust writers' so that each cleans up after the other),
 2. fsync the file, 3. rename it over the target, 4. fsync the directory.
 
 A reader, or a crash at any point, sees the old content or the new, never a mix; after
 step 4 the new content survives a power cut. Files get the permissions of any normal
 output (``0o666 & ~umask``), not mkstemp's 0600. Once the new file is in place the writer
-removes its own temporaries left by earlier crashes (other targets' are not touched).
+removes this target's temporaries whose process is gone (a crashed earlier write); a
+concurrent writer's, and other targets', are not touched.
 """
 
 from __future__ import annotations
@@ -46,32 +48,41 @@ def fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def remove_stale(path: Path, prefix: str, keep: Optional[Path] = None) -> int:
-    """Remove ``path``'s siblings whose names start with ``prefix`` (leftovers of crashed
-    writes of the same target), except ``keep``; returns how many were removed."""
+def glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def _process_gone(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # exists, owned by someone else
+    return False
+
+
+def remove_dead_temporaries(path: Path) -> int:
+    """Remove ``.NAME.tmp-PID-*`` files beside ``path`` whose writing process is gone."""
     removed = 0
-    for stale in path.parent.glob(f"{glob_escape(prefix)}*"):
-        if keep is not None and stale == keep:
+    for stale in path.parent.glob(f".{glob_escape(path.name)}.tmp-*"):
+        pid_text = stale.name[len(path.name) + 6 :].split("-", 1)[0]
+        if not pid_text.isdigit() or not _process_gone(int(pid_text)):
             continue
         if stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
         else:
-            try:
-                stale.unlink()
-            except OSError:
-                continue
+            stale.unlink(missing_ok=True)
         removed += 1
     return removed
-
-
-def glob_escape(text: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
 def write_atomic(path: Path, data: bytes, *, mode: Optional[int] = None) -> None:
     """Write ``data`` to ``path`` by the policy above; ``mode`` defaults to 0o666 & ~umask."""
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -86,5 +97,4 @@ def write_atomic(path: Path, data: bytes, *, mode: Optional[int] = None) -> None
         raise
     fault_point("atomic.renamed")
     fsync_dir(path.parent)
-    for stale in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
-        stale.unlink(missing_ok=True)
+    remove_dead_temporaries(path)
