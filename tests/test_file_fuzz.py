@@ -53,7 +53,7 @@ def fresh(tmp_path: Path, name: str) -> Path:
 
 
 @SETTINGS
-@given(data=st.data(), kind=st.sampled_from(["tokenizer", "tokens"]))
+@given(data=st.data(), kind=st.sampled_from(["tokenizer", "tokens", "checkpoint"]))
 def test_mutated_files_load_or_raise_the_documented_error(
     tmp_path: Path, data: st.DataObject, kind: str
 ) -> None:

@@ -1,15 +1,15 @@
-"""Fuzz the loaders of lmrs's own files: tokenizer JSON, and token files (data, sidecar,
-shard manifest).
+"""Fuzz the loaders of lmrs's own files: tokenizer JSON, token files (data, sidecar,
+shard manifest) and checkpoints (every file, with and without checksums.json).
 
 Each case builds a valid file from random parts, mutates it (JSON: keys deleted, retyped or
 replaced by random JSON, nested values changed, the tokenizer's hash recomputed or not so
 that mutations reach the checks behind it; bytes: truncated, flipped, spliced), and loads
 it. The loader must either succeed, and the result then work (a tokenizer round-trips text,
 a token file reads), or raise the documented error: ``TokenizerError`` for a tokenizer,
-``DataError`` for a token file. Any other exception, or a crash of the process, is a
-failure.
+``DataError`` for a token file, ``CheckpointError`` for a checkpoint. Any other exception,
+or a crash of the process, is a failure.
 
-    python tests/fuzz/fuzz_files.py --cases 100000 [--seed 0] [--kind all|tokenizer|tokens]
+    python tests/fuzz/fuzz_files.py --cases 100000 [--seed 0] [--kind all|tokenizer|...]
 
 ``tests/test_file_fuzz.py`` runs the same cases under hypothesis, a few hundred in CI.
 """
@@ -326,6 +326,86 @@ def check_tokens(path: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------
+
+CHECKPOINT_JSON = ["state.json", "model_config.json", "train_config.json", "checksums.json"]
+CHECKPOINT_BINARY = ["model.safetensors", "optimizer.pt", "tokenizer.json"]
+_TEMPLATES: dict[str, Path] = {}
+
+
+def checkpoint_template(root: Path, position: str) -> Path:
+    """A tiny real checkpoint, made once per process and copied for each case."""
+    if position not in _TEMPLATES:
+        import torch
+
+        from lmrs.checkpoint import save_checkpoint
+        from lmrs.model import create_small_model
+        from lmrs.train import TrainConfig, create_optimizer
+
+        model = create_small_model(
+            300, max_seq_len=16, embed_dim=16, num_heads=2, num_layers=2, ff_dim=32,
+            position=position,
+        )  # fmt: skip
+        optimizer = create_optimizer(model, TrainConfig(), torch.device("cpu"))
+        tokenizer = Tokenizer.from_vocab([(97, 98 + i) for i in range(43)])  # 300 ids
+        state = {"step": 3, "tokens": 96, "elapsed_s": 1.5, "rng": {}, "metrics": {}}
+        _TEMPLATES[position] = save_checkpoint(
+            root / f"template-{position}", model, optimizer, state, model.config,
+            TrainConfig(), tokenizer,
+        )  # fmt: skip
+    return _TEMPLATES[position]
+
+
+def checkpoint_case(c: Chooser, where: Path, templates: Path) -> Path:
+    path = where / "checkpoint"
+    shutil.copytree(checkpoint_template(templates, c.choice(["learned", "rope"])), path)
+    if c.chance(0.5):
+        (path / "checksums.json").unlink()  # an old checkpoint: read unverified
+    for _ in range(c.integer(1, 2)):
+        if c.chance(0.7):
+            name = c.choice(CHECKPOINT_JSON)
+            file = path / name
+            if not file.exists():
+                continue
+            try:
+                obj = json.loads(file.read_bytes())
+            except ValueError:  # an earlier round mangled its bytes
+                continue
+            if isinstance(obj, dict):
+                mutate_json(c, obj, sorted(obj) or ["step"])
+                file.write_text(json.dumps(obj))
+            if c.chance(0.15):
+                file.write_bytes(mutate_bytes(c, file.read_bytes()))
+        else:
+            file = path / c.choice(CHECKPOINT_BINARY)
+            if file.exists():
+                file.write_bytes(mutate_bytes(c, file.read_bytes()))
+    return path
+
+
+def check_checkpoint(path: Path) -> str:
+    """'loaded' or 'refused'; raises on anything else."""
+    import torch
+
+    from lmrs.checkpoint import CheckpointError, load_checkpoint, load_model
+    from lmrs.train import TrainConfig, create_optimizer
+
+    try:
+        model, saved = load_model(path)
+        optimizer = create_optimizer(model, TrainConfig(), torch.device("cpu"))
+        load_checkpoint(path, model, optimizer)
+    except CheckpointError as e:
+        message = str(e)
+        if "\n" in message or not message.startswith(str(path)):
+            raise AssertionError(f"error does not name the file in one line: {message!r}") from e
+        return "refused"
+    if saved.step < 0 or not torch.isfinite(model(torch.zeros(1, 4, dtype=torch.long))).all():
+        raise AssertionError("loaded, but the model or its state is not usable")
+    return "loaded"
+
+
+# ---------------------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------------------
 
@@ -334,6 +414,8 @@ def run_case(c: Chooser, kind: str, where: Path) -> str:
     """One case in the empty directory `where`: '<kind> loaded|refused', or raises."""
     if kind == "tokenizer":
         return f"tokenizer {check_tokenizer(tokenizer_case(c), where, c.text())}"
+    if kind == "checkpoint":
+        return f"checkpoint {check_checkpoint(checkpoint_case(c, where, where.parent))}"
     return f"tokens {check_tokens(tokens_case(c, where))}"
 
 
@@ -370,9 +452,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--kind", choices=["all", "tokenizer", "tokens"], default="all")
+    parser.add_argument(
+        "--kind", choices=["all", "tokenizer", "tokens", "checkpoint"], default="all"
+    )
     args = parser.parse_args(argv)
-    kinds = ["tokenizer", "tokens"] if args.kind == "all" else [args.kind]
+    kinds = ["tokenizer", "tokens", "checkpoint"] if args.kind == "all" else [args.kind]
     return 1 if fuzz(args.cases, args.seed, kinds, print) else 0
 
 
