@@ -164,12 +164,18 @@ def test_rust_engine_errors_and_reset():
 
 
 # (CPU kernel, device, dtype) -> the engine "auto" must pick, written out by hand: the Rust
-# step is the default only for bfloat16 on a CPU with AVX512-BF16
+# step is the default only for bfloat16 on a CPU with a SIMD kernel (AVX512-BF16 or AVX2,
+# i.e. x86-64); a CPU with only the portable kernel (ARM, or LMRS_CPU=portable) keeps torch
 AUTO_ENGINE_CASES = [
     ("avx512bf16", "cpu", torch.bfloat16, "rust"),
     ("avx512bf16", "cpu", torch.float32, "torch"),
     ("avx512bf16", "cuda", torch.bfloat16, "torch"),
     ("avx512bf16", "mps", torch.bfloat16, "torch"),
+    ("avx2", "cpu", torch.bfloat16, "rust"),
+    ("avx2", "cpu", torch.float32, "torch"),
+    ("avx2", "cpu", torch.float64, "torch"),
+    ("avx2", "cuda", torch.bfloat16, "torch"),
+    ("avx2", "mps", torch.bfloat16, "torch"),
     ("portable", "cpu", torch.bfloat16, "torch"),
     ("portable", "cpu", torch.float32, "torch"),
     ("portable", "cuda", torch.bfloat16, "torch"),
@@ -181,7 +187,7 @@ def test_auto_engine_rule(monkeypatch, kernel, device, dtype, expected):
     from lmrs import _lmrs
     from lmrs.decode import resolve_engine
 
-    assert _lmrs.decode_kernel() in ("avx512bf16", "portable")  # the answer being replaced
+    assert _lmrs.decode_kernel() in ("avx512bf16", "avx2", "portable")  # the answer replaced
     monkeypatch.setattr(_lmrs, "decode_kernel", lambda: kernel)
     assert resolve_engine("auto", torch.device(device), dtype) == expected
     # an explicit choice is kept whatever the CPU has (a portable kernel stands in)

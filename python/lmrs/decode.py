@@ -5,13 +5,19 @@ multiplies a handful of rows by every weight matrix, so it is bound by reading t
 and by per-operation overhead, not by arithmetic. :class:`Decoder` snapshots a model for
 that workload, with one of two engines (:func:`resolve_engine`):
 
-- **rust** (the default for bfloat16 sampling on CPUs with AVX512-BF16): the whole step is
-  one call into ``lmrs._lmrs`` (``rust/src/decode.rs``), with the GIL released: weights in
-  bfloat16 packed in blocks of 16 output columns for ``vdpbf16ps``, attention over a
-  bfloat16 key/value cache (keys transposed) in AVX-512, everything between the matrix
-  products in plain loops, both cores through rayon. Rows of a batch never mix: a row's
-  logits are bit-identical whatever else is in the batch.
-- **torch** (GPUs, float32/float64 sampling, CPUs without those instructions): eager
+- **rust** (the default for bfloat16 sampling on x86-64 CPUs with AVX2 or AVX512-BF16):
+  the whole step is one call into ``lmrs._lmrs`` (``rust/src/decode.rs``), with the GIL
+  released: weights in bfloat16 packed in blocks of 16 output columns, attention over a
+  bfloat16 key/value cache (keys transposed), everything between the matrix products in
+  plain loops, both cores through rayon. The kernels are chosen once per process for what
+  the CPU has (``lmrs._lmrs.decode_kernel()``): "avx512bf16" (``vdpbf16ps``, AVX-512
+  attention), "avx2" (AVX2 + FMA, the bfloat16 weights widened to float32 in registers)
+  or "portable" (plain Rust); the environment variable ``LMRS_CPU=avx2`` or
+  ``LMRS_CPU=portable`` forces a lower one (a name this CPU cannot run is a ValueError).
+  Rows of a batch never mix: with a given kernel, a row's logits are bit-identical
+  whatever else is in the batch. The kernels round differently from each other, so their
+  logits agree to bfloat16 precision, not to the bit.
+- **torch** (GPUs, float32/float64 sampling, CPUs without AVX2, e.g. ARM): eager
   PyTorch on a prepared copy of the weights in the sampling dtype; on CPU packed once for
   oneDNN (``torch.ops.mkldnn``) with GELU and the residual adds fused into the matrix
   products, the attention scale folded into the query weights, a float32 KV cache.
@@ -169,10 +175,13 @@ def prepare_weights(
 def resolve_engine(engine: str, device: torch.device, dtype: torch.dtype) -> str:
     """Which implementation runs the decoding steps: "rust" or "torch".
 
-    "auto" picks the Rust step (``lmrs._lmrs.DecodeModel``: one call per token, bfloat16
-    dot-product instructions) for bfloat16 sampling on a CPU that has AVX512-BF16, and the
-    PyTorch step everywhere else (GPUs, other dtypes, CPUs without those instructions).
-    "rust" forces it on any CPU (a portable kernel where the instructions are missing).
+    "auto" picks the Rust step (``lmrs._lmrs.DecodeModel``: one call per token) for
+    bfloat16 sampling on a CPU where it has a SIMD kernel, i.e. every x86-64 CPU with AVX2
+    and FMA or with AVX512-BF16 (``lmrs._lmrs.decode_kernel()`` is "avx2" or
+    "avx512bf16"), and the PyTorch step everywhere else (GPUs, other dtypes, CPUs where
+    only the portable kernel runs, such as ARM, or where ``LMRS_CPU=portable`` forces it).
+    "rust" forces the Rust step on any CPU (the portable kernel where there is no other).
+    A bad ``LMRS_CPU`` value is a ValueError from "auto" and "rust" alike.
     """
     if engine not in ENGINES:
         raise ValueError(f"decoding engine must be one of {ENGINES}, got {engine!r}")
@@ -184,7 +193,8 @@ def resolve_engine(engine: str, device: torch.device, dtype: torch.dtype) -> str
     if engine == "auto":
         from lmrs import _lmrs
 
-        return "rust" if rust_ok and _lmrs.decode_kernel() == "avx512bf16" else "torch"
+        simd = rust_ok and _lmrs.decode_kernel() in ("avx512bf16", "avx2")
+        return "rust" if simd else "torch"
     return engine
 
 

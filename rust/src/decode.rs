@@ -15,6 +15,7 @@
 use rayon::prelude::*;
 
 use crate::bf16;
+use crate::cpu::{self, Isa};
 use crate::{Error, Result};
 
 const LAYER_NORM_EPS: f32 = 1e-5;
@@ -103,9 +104,9 @@ impl Linear {
     }
 
     /// `out` (m × rows) = x (m × cols, bfloat16) · Wᵀ + b.
-    fn forward(&self, x: &[u16], m: usize, out: &mut Vec<f32>) {
+    fn forward(&self, isa: Isa, x: &[u16], m: usize, out: &mut Vec<f32>) {
         out.resize(m * self.rows(), 0.0);
-        bf16::matmul(x, m, &self.weight, self.bias.as_deref(), out);
+        bf16::matmul(isa, x, m, &self.weight, self.bias.as_deref(), out);
     }
 }
 
@@ -162,6 +163,8 @@ pub struct DecodeModel {
     lm_head: Linear,
     token_embedding: Vec<f32>,
     positions: Positions,
+    /// the kernels of the matrix products and of attention
+    isa: Isa,
 }
 
 /// Keys and values of every layer for `batch` rows of up to `max_len` positions.
@@ -189,6 +192,8 @@ impl KvCache {
 }
 
 impl DecodeModel {
+    /// The model, run with the kernels [`cpu::selected`] picks (an error where `LMRS_CPU`
+    /// asks for one this CPU lacks).
     pub fn new(
         dims: Dims,
         layers: Vec<Layer>,
@@ -197,6 +202,7 @@ impl DecodeModel {
         token_embedding: Vec<f32>,
         positions: Positions,
     ) -> Result<Self> {
+        let isa = cpu::selected()?;
         dims.check()?;
         let d = dims.embed_dim;
         check_len(
@@ -255,7 +261,18 @@ impl DecodeModel {
             lm_head,
             token_embedding,
             positions,
+            isa,
         })
+    }
+
+    /// The same model run with the kernels of `isa` (tests compare them in one process).
+    pub fn with_kernel(mut self, isa: Isa) -> Self {
+        self.isa = isa;
+        self
+    }
+
+    pub fn kernel(&self) -> Isa {
+        self.isa
     }
 
     pub fn dims(&self) -> Dims {
@@ -335,21 +352,24 @@ impl DecodeModel {
         let mut attended = Vec::new();
         let mut attended_bf16 = Vec::new();
         let mut hidden = Vec::new();
+        let isa = self.isa;
         for (index, layer) in self.layers.iter().enumerate() {
             layer.ln_attn.forward_bf16(&x, &mut normed);
-            layer.qkv.forward(&normed, rows, &mut buffer);
+            layer.qkv.forward(isa, &normed, rows, &mut buffer);
             self.rotate(&mut buffer, batch, seq, start);
             self.store_keys_values(cache, index, &buffer, batch, seq, start);
             self.attend(cache, index, &buffer, batch, seq, start, &mut attended);
             bf16::to_bf16_into(&attended, &mut attended_bf16);
-            layer.out_proj.forward(&attended_bf16, rows, &mut buffer);
+            layer
+                .out_proj
+                .forward(isa, &attended_bf16, rows, &mut buffer);
             add_into(&mut x, &buffer);
 
             layer.ln_ffn.forward_bf16(&x, &mut normed);
-            layer.up.forward(&normed, rows, &mut buffer);
+            layer.up.forward(isa, &normed, rows, &mut buffer);
             buffer.iter_mut().for_each(|v| *v = gelu_tanh(*v));
             bf16::to_bf16_into(&buffer, &mut hidden);
-            layer.down.forward(&hidden, rows, &mut buffer);
+            layer.down.forward(isa, &hidden, rows, &mut buffer);
             add_into(&mut x, &buffer);
         }
         cache.len = start + seq;
@@ -360,7 +380,7 @@ impl DecodeModel {
             .collect();
         self.ln_final.forward_bf16(&last, &mut normed);
         let mut logits = Vec::new();
-        self.lm_head.forward(&normed, batch, &mut logits);
+        self.lm_head.forward(isa, &normed, batch, &mut logits);
         Ok(logits)
     }
 
@@ -440,7 +460,7 @@ impl DecodeModel {
         let group = heads / dims.kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let (keys, values, max_len) = (&cache.keys[layer], &cache.values[layer], cache.max_len);
-        let simd = has_avx512();
+        let isa = self.isa;
         // one task per (row, head): its outputs for the seq new positions, (seq, head_dim)
         let per_head: Vec<Vec<f32>> = (0..batch * heads)
             .into_par_iter()
@@ -461,7 +481,7 @@ impl DecodeModel {
                         max_len,
                         visible,
                     };
-                    attend_one(simd, q, &head, scale, &mut scores, y);
+                    attend_one(isa, q, &head, scale, &mut scores, y);
                 }
                 result
             })
@@ -478,19 +498,6 @@ impl DecodeModel {
     }
 }
 
-fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// One head's cache as attention reads it: the first `visible` positions.
 struct HeadCache<'a> {
     /// (head_dim, max_len)
@@ -503,9 +510,9 @@ struct HeadCache<'a> {
 
 /// One query over the cached positions: `y = softmax(scale · q · Kᵀ) · V`. The two loops
 /// over the cache have an AVX-512 version (sums kept in registers, 16 positions or 16
-/// head dimensions at a time) used where the CPU has it, and a portable one.
+/// head dimensions at a time), an AVX2 one (8 at a time) and a portable one; `isa` picks.
 fn attend_one(
-    simd: bool,
+    isa: Isa,
     q: &[f32],
     head: &HeadCache,
     scale: f32,
@@ -514,13 +521,12 @@ fn attend_one(
 ) {
     scores.clear();
     scores.resize(head.visible, 0.0);
-    #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: `simd` is true only when the CPU reports avx512f, avx512bw and avx512vl
-        unsafe { attention_avx512::scores(q, head, scale, scores) };
-    }
-    if !simd {
-        portable_scores(q, head, scale, scores);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16(proof) => attention_avx512::scores(proof, q, head, scale, scores),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma(proof) => attention_avx2::scores(proof, q, head, scale, scores),
+        _ => portable_scores(q, head, scale, scores),
     }
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut total = 0.0;
@@ -528,13 +534,12 @@ fn attend_one(
         *score = exp_poly(*score - max);
         total += *score;
     }
-    #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: as above
-        unsafe { attention_avx512::weighted_values(scores, head.values, y) };
-    }
-    if !simd {
-        portable_weighted_values(scores, head.values, y);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16(proof) => attention_avx512::weighted_values(proof, scores, head.values, y),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma(proof) => attention_avx2::weighted_values(proof, scores, head.values, y),
+        _ => portable_weighted_values(scores, head.values, y),
     }
     let inv_total = 1.0 / total;
     y.iter_mut().for_each(|v| *v *= inv_total);
@@ -566,7 +571,31 @@ fn portable_weighted_values(weights: &[f32], values: &[u16], y: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 mod attention_avx512 {
     use super::HeadCache;
+    use crate::cpu::Avx512Bf16;
     use std::arch::x86_64::*;
+
+    /// `scores[s] = scale · q · K[s]` for the visible positions.
+    pub fn scores(_proof: Avx512Bf16, q: &[f32], head: &HeadCache, scale: f32, scores: &mut [f32]) {
+        assert!(head.visible <= head.max_len && scores.len() == head.visible);
+        assert!(
+            head.keys.len() >= q.len() * head.max_len,
+            "keys are not head_dim × max_len"
+        );
+        // SAFETY: the token exists only where the CPU reported avx512f, avx512bw, avx512vl
+        // and avx512bf16 (crate::cpu); masked loads read positions below `visible` of each
+        // of the q.len() key rows and masked stores write below `visible`, bounded above
+        unsafe { scores_unchecked(q, head, scale, scores) }
+    }
+
+    /// `y = Σ_s weights[s] · V[s]`.
+    pub fn weighted_values(_proof: Avx512Bf16, weights: &[f32], values: &[u16], y: &mut [f32]) {
+        assert!(
+            values.len() >= weights.len() * y.len(),
+            "values are not visible × head_dim"
+        );
+        // SAFETY: as above; loads read head_dim values of each of the weights.len() rows
+        unsafe { weighted_values_unchecked(weights, values, y) }
+    }
 
     /// Sixteen bfloat16 values (the lanes of `m`) widened to float32: a bfloat16 is the
     /// upper half of a float32.
@@ -588,9 +617,8 @@ mod attention_avx512 {
     /// Sixteen positions at a time: their sums stay in one register while it runs down
     /// the head_dim rows of the transposed keys.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    pub unsafe fn scores(q: &[f32], head: &HeadCache, scale: f32, scores: &mut [f32]) {
+    unsafe fn scores_unchecked(q: &[f32], head: &HeadCache, scale: f32, scores: &mut [f32]) {
         let (visible, max_len) = (head.visible, head.max_len);
-        debug_assert!(head.keys.len() >= q.len() * max_len && scores.len() == visible);
         for start in (0..visible).step_by(16) {
             let m = mask(visible - start);
             let mut acc = _mm512_setzero_ps();
@@ -605,9 +633,8 @@ mod attention_avx512 {
 
     /// Sixteen head dimensions at a time, summed over every position in a register.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    pub unsafe fn weighted_values(weights: &[f32], values: &[u16], y: &mut [f32]) {
+    unsafe fn weighted_values_unchecked(weights: &[f32], values: &[u16], y: &mut [f32]) {
         let hd = y.len();
-        debug_assert!(values.len() >= weights.len() * hd);
         for start in (0..hd).step_by(16) {
             let m = mask(hd - start);
             let mut acc = _mm512_setzero_ps();
@@ -616,6 +643,122 @@ mod attention_avx512 {
                 acc = _mm512_fmadd_ps(_mm512_set1_ps(weight), value, acc);
             }
             _mm512_mask_storeu_ps(y.as_mut_ptr().add(start), m, acc);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod attention_avx2 {
+    use super::HeadCache;
+    use crate::bf16::from_bf16;
+    use crate::cpu::Avx2Fma;
+    use std::arch::x86_64::*;
+
+    /// `scores[s] = scale · q · K[s]` for the visible positions.
+    pub fn scores(_proof: Avx2Fma, q: &[f32], head: &HeadCache, scale: f32, scores: &mut [f32]) {
+        assert!(head.visible <= head.max_len && scores.len() == head.visible);
+        assert!(
+            head.keys.len() >= q.len() * head.max_len,
+            "keys are not head_dim × max_len"
+        );
+        // SAFETY: the token exists only where the CPU reported avx2 and fma (crate::cpu);
+        // the vector loads read groups of 8 positions only where they end inside the key
+        // row (start + 8·groups ≤ max_len), of q.len() rows, bounded above; stores go
+        // through a local array
+        unsafe { scores_unchecked(q, head, scale, scores) }
+    }
+
+    /// `y = Σ_s weights[s] · V[s]`.
+    pub fn weighted_values(_proof: Avx2Fma, weights: &[f32], values: &[u16], y: &mut [f32]) {
+        assert!(
+            values.len() >= weights.len() * y.len(),
+            "values are not visible × head_dim"
+        );
+        // SAFETY: as above; the vector loads and stores cover whole groups of 8 head
+        // dimensions (start + 8·groups ≤ head_dim) of the weights.len() rows, bounded above
+        unsafe { weighted_values_unchecked(weights, values, y) }
+    }
+
+    /// Eight bfloat16 values widened to float32: a bfloat16 is the upper half of a float32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load_bf16(ptr: *const u16) -> __m256 {
+        let halves = _mm_loadu_si128(ptr as *const __m128i);
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(halves)))
+    }
+
+    /// Eight positions per register, their sums built down the head_dim rows of the
+    /// transposed keys, four registers at a time while 32 positions fit in the key row
+    /// (independent chains of multiply-adds), then one (lanes past `visible` are computed
+    /// from whatever the cache holds there and dropped); the last positions of a full
+    /// cache one by one, with the same fused multiply-adds in the same order: every score
+    /// is the same whichever path computed it.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn scores_unchecked(q: &[f32], head: &HeadCache, scale: f32, scores: &mut [f32]) {
+        let (visible, max_len) = (head.visible, head.max_len);
+        let keys = head.keys.as_ptr();
+        let mut start = 0;
+        while start < visible && start + 8 <= max_len {
+            let groups = if start + 32 <= max_len && visible - start > 24 {
+                4
+            } else {
+                1
+            };
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for (d, &qd) in q.iter().enumerate() {
+                let qd = _mm256_set1_ps(qd);
+                for (g, acc) in acc.iter_mut().enumerate().take(groups) {
+                    let keys = load_bf16(keys.add(d * max_len + start + 8 * g));
+                    *acc = _mm256_fmadd_ps(qd, keys, *acc);
+                }
+            }
+            let mut lanes = [0f32; 32];
+            for (g, acc) in acc.iter().enumerate().take(groups) {
+                let scaled = _mm256_mul_ps(*acc, _mm256_set1_ps(scale));
+                _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * g), scaled);
+            }
+            let count = (visible - start).min(8 * groups);
+            scores[start..start + count].copy_from_slice(&lanes[..count]);
+            start += 8 * groups;
+        }
+        for (s, score) in scores.iter_mut().enumerate().skip(start) {
+            let mut acc = 0f32;
+            for (d, &qd) in q.iter().enumerate() {
+                acc = qd.mul_add(from_bf16(head.keys[d * max_len + s]), acc);
+            }
+            *score = acc * scale;
+        }
+    }
+
+    /// Eight head dimensions per register, summed over every position, up to four
+    /// registers in one pass over the positions; the last head_dim % 8 one by one, with
+    /// the same fused multiply-adds in the same order.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn weighted_values_unchecked(weights: &[f32], values: &[u16], y: &mut [f32]) {
+        let hd = y.len();
+        let full = hd / 8 * 8;
+        let mut start = 0;
+        while start < full {
+            let groups = ((full - start) / 8).min(4);
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for (s, &weight) in weights.iter().enumerate() {
+                let weight = _mm256_set1_ps(weight);
+                for (g, acc) in acc.iter_mut().enumerate().take(groups) {
+                    let value = load_bf16(values.as_ptr().add(s * hd + start + 8 * g));
+                    *acc = _mm256_fmadd_ps(weight, value, *acc);
+                }
+            }
+            for (g, acc) in acc.iter().enumerate().take(groups) {
+                _mm256_storeu_ps(y.as_mut_ptr().add(start + 8 * g), *acc);
+            }
+            start += 8 * groups;
+        }
+        for (d, out) in y.iter_mut().enumerate().skip(full) {
+            let mut acc = 0f32;
+            for (s, &weight) in weights.iter().enumerate() {
+                acc = weight.mul_add(from_bf16(values[s * hd + d]), acc);
+            }
+            *out = acc;
         }
     }
 }
@@ -766,15 +909,18 @@ mod tests {
 
     #[test]
     fn rows_of_a_batch_equal_rows_run_alone() {
-        let model = tiny_model(true, 2);
-        let prompts: [[i64; 3]; 3] = [[1, 2, 3], [40, 41, 42], [7, 7, 7]];
-        let flat: Vec<i64> = prompts.iter().flatten().copied().collect();
-        let mut cache = model.new_cache(3, 10).unwrap();
-        let batch = model.step(&mut cache, &flat, 3).unwrap();
-        for (i, prompt) in prompts.iter().enumerate() {
-            let mut alone = model.new_cache(1, 10).unwrap();
-            let logits = model.step(&mut alone, prompt, 3).unwrap();
-            assert_eq!(logits, batch[i * 50..(i + 1) * 50].to_vec(), "row {i}");
+        for isa in cpu::available() {
+            let model = tiny_model(true, 2).with_kernel(isa);
+            let prompts: [[i64; 3]; 3] = [[1, 2, 3], [40, 41, 42], [7, 7, 7]];
+            let flat: Vec<i64> = prompts.iter().flatten().copied().collect();
+            let mut cache = model.new_cache(3, 10).unwrap();
+            let batch = model.step(&mut cache, &flat, 3).unwrap();
+            for (i, prompt) in prompts.iter().enumerate() {
+                let mut alone = model.new_cache(1, 10).unwrap();
+                let logits = model.step(&mut alone, prompt, 3).unwrap();
+                let row = batch[i * 50..(i + 1) * 50].to_vec();
+                assert_eq!(logits, row, "{} row {i}", isa.name());
+            }
         }
     }
 
@@ -814,39 +960,121 @@ mod tests {
 
     #[test]
     fn attention_kernels_agree_with_a_plain_softmax() {
-        let (hd, max_len, visible) = (24, 40, 37); // tails in both loops
-        let q = values(hd, 1, 1.0);
-        let as_bf16 = |v: Vec<f32>| -> Vec<u16> { v.into_iter().map(bf16::to_bf16).collect() };
-        let keys = as_bf16(values(hd * max_len, 2, 1.0)); // transposed: (hd, max_len)
-        let vals = as_bf16(values(max_len * hd, 3, 1.0));
-        let head = HeadCache {
-            keys: &keys,
-            values: &vals[..visible * hd],
-            max_len,
-            visible,
+        // head_dim with and without a tail of 8 and 16; visible positions below, at and past
+        // multiples of 8 and 16, up to a full cache (the AVX2 scores' scalar tail)
+        let shapes = [
+            (24, 40, 37),
+            (32, 116, 116),
+            (8, 20, 1),
+            (5, 17, 9),
+            (64, 33, 32),
+            (40, 70, 66),
+            (16, 64, 50),
+        ];
+        for (hd, max_len, visible) in shapes {
+            let q = values(hd, 1, 1.0);
+            let as_bf16 = |v: Vec<f32>| -> Vec<u16> { v.into_iter().map(bf16::to_bf16).collect() };
+            let keys = as_bf16(values(hd * max_len, 2, 1.0)); // transposed: (hd, max_len)
+            let vals = as_bf16(values(max_len * hd, 3, 1.0));
+            let head = HeadCache {
+                keys: &keys,
+                values: &vals[..visible * hd],
+                max_len,
+                visible,
+            };
+            let scale = 0.3;
+            let logits: Vec<f64> = (0..visible)
+                .map(|s| {
+                    let key = |d: usize| bf16::from_bf16(keys[d * max_len + s]) as f64;
+                    (0..hd).map(|d| q[d] as f64 * key(d)).sum::<f64>() * scale
+                })
+                .collect();
+            let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let weights: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+            let total: f64 = weights.iter().sum();
+            for isa in cpu::available() {
+                let mut y = vec![0f32; hd];
+                attend_one(isa, &q, &head, scale as f32, &mut Vec::new(), &mut y);
+                for (d, got) in y.iter().enumerate() {
+                    let want: f64 = (0..visible)
+                        .map(|s| weights[s] * bf16::from_bf16(vals[s * hd + d]) as f64)
+                        .sum::<f64>()
+                        / total;
+                    assert!(
+                        (*got as f64 - want).abs() < 1e-5,
+                        "{} {hd}x{visible}: {got} vs {want}",
+                        isa.name()
+                    );
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_scores_are_the_same_in_vectors_and_one_by_one() {
+        // a full cache ends with positions scored one by one (fused multiply-adds in the
+        // same order as the vector lanes): the same keys in a longer cache, where every
+        // position is in a vector, give the same bits
+        let Some(Isa::Avx2Fma(proof)) = cpu::Isa::get(cpu::Kernel::Avx2Fma) else {
+            return; // no AVX2 here
         };
-        let scale = 0.3;
-        let logits: Vec<f64> = (0..visible)
-            .map(|s| {
-                let key = |d: usize| bf16::from_bf16(keys[d * max_len + s]) as f64;
-                (0..hd).map(|d| q[d] as f64 * key(d)).sum::<f64>() * scale
-            })
-            .collect();
-        let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let weights: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
-        let total: f64 = weights.iter().sum();
-        for simd in [false, has_avx512()] {
-            let mut y = vec![0f32; hd];
-            attend_one(simd, &q, &head, scale as f32, &mut Vec::new(), &mut y);
-            for (d, got) in y.iter().enumerate() {
-                let want: f64 = (0..visible)
-                    .map(|s| weights[s] * bf16::from_bf16(vals[s * hd + d]) as f64)
-                    .sum::<f64>()
-                    / total;
-                assert!(
-                    (*got as f64 - want).abs() < 1e-5,
-                    "simd {simd}: {got} vs {want}"
-                );
+        let (hd, visible) = (24, 45);
+        let q = values(hd, 5, 1.0);
+        let keys_of = |max_len: usize| -> Vec<u16> {
+            let mut keys = vec![0u16; hd * max_len];
+            for (i, v) in values(hd * visible, 6, 1.0).into_iter().enumerate() {
+                keys[(i / visible) * max_len + i % visible] = bf16::to_bf16(v);
+            }
+            keys
+        };
+        let mut results = Vec::new();
+        for max_len in [visible, 96] {
+            let keys = keys_of(max_len);
+            let head = HeadCache {
+                keys: &keys,
+                values: &[],
+                max_len,
+                visible,
+            };
+            let mut scores = vec![0f32; visible];
+            attention_avx2::scores(proof, &q, &head, 0.7, &mut scores);
+            results.push(scores);
+        }
+        assert_eq!(results[0], results[1]);
+    }
+
+    #[test]
+    fn every_kernel_runs_the_same_model() {
+        // whole steps (prompt, chunk, single tokens) with each kernel this CPU has: the
+        // kernels round differently, so the logits agree to bfloat16 precision, not bits
+        for (rotary, kv_heads) in [(false, 4), (true, 2), (false, 1)] {
+            let tokens: Vec<i64> = vec![3, 17, 42, 0, 8, 49, 21, 5, 5, 30, 11, 2];
+            let run = |isa: Isa| -> Vec<Vec<f32>> {
+                let model = tiny_model(rotary, kv_heads).with_kernel(isa);
+                assert_eq!(model.kernel().kernel(), isa.kernel());
+                let mut cache = model.new_cache(2, 12).unwrap();
+                let mut steps = vec![model.step(&mut cache, &tokens[..8], 4).unwrap()];
+                steps.push(model.step(&mut cache, &tokens[8..10], 1).unwrap());
+                steps.push(model.step(&mut cache, &tokens[10..], 1).unwrap());
+                steps
+            };
+            let portable = run(Isa::Portable);
+            let spread = {
+                let all: Vec<f32> = portable.concat();
+                let mean = all.iter().sum::<f32>() / all.len() as f32;
+                (all.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / all.len() as f32).sqrt()
+            };
+            for isa in cpu::available() {
+                for (got, want) in run(isa).iter().zip(&portable) {
+                    for (a, b) in got.iter().zip(want) {
+                        assert!(
+                            (a - b).abs() < 0.02 * spread,
+                            "{} rotary {rotary} kv {kv_heads}: {a} vs {b}",
+                            isa.name()
+                        );
+                    }
+                }
             }
         }
     }

@@ -8,6 +8,7 @@
 pub mod atomic;
 pub mod bf16;
 pub mod corpus;
+pub mod cpu;
 pub mod decode;
 pub mod encode;
 pub mod error;

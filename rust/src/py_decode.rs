@@ -171,10 +171,16 @@ impl DecodeSession {
     }
 }
 
-/// The matrix-product kernel this CPU runs: "avx512bf16" or "portable".
+/// The kernels a `DecodeModel` runs here: "avx512bf16", "avx2" or "portable" (the best
+/// this CPU has, or the lower one the environment variable `LMRS_CPU` names, read once per
+/// process). ValueError where `LMRS_CPU` is not a kernel name or names one this CPU lacks.
 #[pyfunction]
-pub fn decode_kernel() -> &'static str {
-    crate::bf16::kernel_name()
+pub fn decode_kernel() -> PyResult<&'static str> {
+    guard("decode_kernel", || {
+        crate::cpu::selected()
+            .map(|isa| isa.name())
+            .map_err(to_py_err)
+    })
 }
 
 /// The next token of every row of `logits` (rows, vocab) float32: greedy at temperature 0,
