@@ -1,11 +1,19 @@
 """lmrs GPT vs Hugging Face GPT-2 of the same shape, on this machine.
 
 Speed (default): training tokens/s with AdamW in fp32 (and % of the measured fp32 matmul
-peak), and sampling tokens/s at batch 1 and 16. Quality (``--quality``): both models
-trained for the same wall-clock budget on a corpus directory, held-out bits per byte.
+peak), and sampling tokens/s at batch 1 and 16 (``--sampling-only``: sampling alone).
+Quality (``--quality``): both models trained for the same wall-clock budget on a corpus
+directory, held-out bits per byte.
 
     python benchmarks/bench_model.py
+    python benchmarks/bench_model.py --sampling-only
     python benchmarks/bench_model.py --quality --corpus /work/shared/corpora/shakespeare
+
+The CPU's model and the SIMD features the Rust decoding engine uses are printed first;
+every sampling row names its engine (and the Rust kernel). The Rust engine's lower kernels
+are measured too, each in a subprocess with ``LMRS_CPU`` set (it is read once per process):
+every kernel this CPU runs, e.g. avx2 and portable on an AVX2-only CPU, avx512bf16, avx2
+and portable on one with AVX512-BF16.
 
 Timings take the best of ``--repeats`` interleaved runs, so load from other processes on a
 shared machine hurts both sides alike and shows up as noise rather than bias.
@@ -14,7 +22,12 @@ shared machine hurts both sides alike and shows up as noise rather than bias.
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
+import platform
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -48,6 +61,45 @@ class SpeedOptions:
     prompt_len: int = 16
     new_tokens: int = 100
     device: str = "cpu"
+    train: bool = True  # False: the sampling part alone
+
+
+KERNELS = ("avx512bf16", "avx2", "portable")  # the Rust decoding kernels, best first
+# /proc/cpuinfo flag -> how the feature is printed
+CPU_FLAGS = {
+    "avx2": "AVX2",
+    "fma": "FMA",
+    "avx512f": "AVX-512F",
+    "avx512bw": "AVX-512BW",
+    "avx512vl": "AVX-512VL",
+    "avx512_bf16": "AVX512-BF16",
+    "amx_tile": "AMX",
+}
+
+
+def cpu_description() -> str:
+    """The CPU's model name and which of the decoding engine's features it has."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        return f"CPU {model} (features unknown: no /proc/cpuinfo)"
+    features = ", ".join(
+        f"{name} {'yes' if flag in flags else 'no'}" for flag, name in CPU_FLAGS.items()
+    )
+    return f"CPU {model}, {os.cpu_count()} logical cores; {features}"
+
+
+def engine_label(device: str, dtype: str, engine: str = "auto") -> str:
+    """What a sampling run with these arguments runs on: "rust avx2", "torch", ..."""
+    resolved_dtype = resolve_dtype(dtype, torch.device(device))
+    resolved = resolve_engine(engine, torch.device(device), resolved_dtype)
+    return f"rust {_lmrs.decode_kernel()}" if resolved == "rust" else "torch"
 
 
 def hf_gpt2(vocab_size: int, dropout: float | None = None) -> nn.Module:
@@ -159,41 +211,115 @@ def best_of(repeats: int, runs: dict[str, Callable[[], float]]) -> dict[str, flo
     return best
 
 
+LABEL = 58  # width of a row's label
+
+
 def row(label: str, ours: float, theirs: float, unit: str) -> str:
-    return f"{label:<50} {ours:>12,.0f} {theirs:>12,.0f} {ours / theirs:>7.2f}x  {unit}"
+    return f"{label:<{LABEL}} {ours:>12,.0f} {theirs:>12,.0f} {ours / theirs:>7.2f}x  {unit}"
+
+
+def load_average() -> str:
+    try:
+        return ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    except (AttributeError, OSError):
+        return "unknown"
+
+
+def forced_kernels(device: str) -> list[str]:
+    """The Rust kernels at or below this process's one (LMRS_CPU can only go lower)."""
+    if device != "cpu":
+        return []
+    return list(KERNELS[KERNELS.index(_lmrs.decode_kernel()) :])
+
+
+def sample_in_subprocess(kernel: str, workdir: Path, opts: SpeedOptions) -> dict[int, float]:
+    """One timed bfloat16 Rust-engine sampling run per batch size in a fresh process with
+    ``LMRS_CPU=kernel`` (the variable is read once per process), on the weights and
+    prompts saved in ``workdir``."""
+    command = [
+        sys.executable,
+        __file__,
+        "--sample-worker",
+        kernel,
+        "--worker-dir",
+        str(workdir),
+        "--new-tokens",
+        str(opts.new_tokens),
+    ]
+    done = subprocess.run(
+        command, env=dict(os.environ, LMRS_CPU=kernel), capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"LMRS_CPU={kernel} sampling worker failed:\n{done.stderr[-2000:]}")
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    return {int(b): tokens_per_s for b, tokens_per_s in answer.items()}
+
+
+def sample_worker(kernel: str, workdir: Path, new_tokens: int) -> None:
+    """``--sample-worker``: prints {batch: tokens/s} for the Rust engine with ``kernel``."""
+    got = _lmrs.decode_kernel()
+    if got != kernel:
+        raise SystemExit(f"LMRS_CPU={kernel} gave the {got} kernel")
+    model = create_model(VOCAB, **SHAPE)
+    model.load_state_dict(torch.load(workdir / "weights.pt", weights_only=True))
+    prompts = json.loads((workdir / "prompts.json").read_text())
+
+    def run(batch: int, max_length: int) -> Any:
+        return generate(
+            model,
+            prompts[str(batch)],
+            max_length=max_length,
+            temperature=0.8,
+            top_k=50,
+            seed=0,
+            dtype="bfloat16",
+            engine="rust",
+        )
+
+    run(1, 2)  # builds the Rust model (once per process; the main process reuses its own)
+    result = {
+        b: generation_tokens_per_s(lambda b=b: run(b, new_tokens), new_tokens, b) for b in (1, 16)
+    }
+    print(json.dumps(result))
 
 
 def speed_section(opts: SpeedOptions) -> None:
     device = opts.device
-    print(f"device {device}, torch threads {torch.get_num_threads()}, torch {torch.__version__}")
+    print(cpu_description())
+    print(
+        f"device {device}, torch threads {torch.get_num_threads()}, torch {torch.__version__}, "
+        f"lmrs decode kernel here {_lmrs.decode_kernel()}; load average {load_average()}"
+    )
     measure_peak = matmul_peak_flops if device == "cpu" else _cuda_peak
 
     ours_default = create_model(VOCAB, **SHAPE).to(device)
-    ours_nodrop = create_model(VOCAB, **SHAPE, dropout_rate=0.0).to(device)
     theirs_default = hf_gpt2(VOCAB).to(device)
-    theirs_nodrop = hf_gpt2(VOCAB, dropout=0.0).to(device)
     flops_per_token = ours_default.estimate_flops_per_token(opts.seq_len)
     theirs_params = sum(p.numel() for p in theirs_default.parameters())
     print(
         f"shape: {SHAPE}, vocab {VOCAB}; parameters ours {ours_default.num_parameters():,}, "
         f"GPT-2 {theirs_params:,}; {flops_per_token / 1e6:.1f} MFLOP/token (6N + attention)"
     )
-    train = best_of(
-        opts.repeats,
-        {
-            "ours": lambda: train_tokens_per_s(ours_default, ours_loss, opts, "auto"),
-            "gpt2": lambda: train_tokens_per_s(theirs_default, hf_loss, opts),
-            "ours32": lambda: train_tokens_per_s(ours_default, ours_loss, opts),
-            "ours0": lambda: train_tokens_per_s(ours_nodrop, ours_loss, opts),
-            "gpt20": lambda: train_tokens_per_s(theirs_nodrop, hf_loss, opts),
-            "oursbf": lambda: train_tokens_per_s(ours_default, ours_loss, opts, "bfloat16"),
-            "gpt2bf": lambda: train_tokens_per_s(theirs_default, hf_loss, opts, "bfloat16"),
-            # timed between the runs too: on a shared machine the best one is the real peak
-            "peak": measure_peak,
-        },
-    )
-    peak = train["peak"]
-    print(f"measured fp32 matmul peak: {peak / 1e9:,.0f} GFLOP/s (best of {opts.repeats})")
+    train: dict[str, float] = {}
+    if opts.train:
+        ours_nodrop = create_model(VOCAB, **SHAPE, dropout_rate=0.0).to(device)
+        theirs_nodrop = hf_gpt2(VOCAB, dropout=0.0).to(device)
+        train = best_of(
+            opts.repeats,
+            {
+                "ours": lambda: train_tokens_per_s(ours_default, ours_loss, opts, "auto"),
+                "gpt2": lambda: train_tokens_per_s(theirs_default, hf_loss, opts),
+                "ours32": lambda: train_tokens_per_s(ours_default, ours_loss, opts),
+                "ours0": lambda: train_tokens_per_s(ours_nodrop, ours_loss, opts),
+                "gpt20": lambda: train_tokens_per_s(theirs_nodrop, hf_loss, opts),
+                "oursbf": lambda: train_tokens_per_s(ours_default, ours_loss, opts, "bfloat16"),
+                "gpt2bf": lambda: train_tokens_per_s(theirs_default, hf_loss, opts, "bfloat16"),
+                # timed between the runs too: on a shared machine the best one is the real peak
+                "peak": measure_peak,
+            },
+        )
+        peak = train["peak"]
+        print(f"measured fp32 matmul peak: {peak / 1e9:,.0f} GFLOP/s (best of {opts.repeats})")
 
     batch_prompts = {b: torch.randint(0, VOCAB, (b, opts.prompt_len)).tolist() for b in (1, 16)}
 
@@ -245,39 +371,69 @@ def speed_section(opts: SpeedOptions) -> None:
         runs[f"ours{b}-bf16-torch"] = lambda b=b: ours_sample(b, "bfloat16", "torch")
         runs[f"gpt2{b}"] = lambda b=b: theirs_sample(b, theirs_default)
         runs[f"gpt2{b}-bf16"] = lambda b=b: theirs_sample(b, theirs_bf16)
-    sample = best_of(opts.repeats, runs)
-
-    def mfu(tokens_per_s: float) -> str:
-        return f"{100 * tokens_per_s * flops_per_token / peak:.0f}%"
+    # the Rust engine with each kernel, in subprocesses on the same weights and prompts,
+    # interleaved with the runs above
+    kernels = forced_kernels(device)
+    workdir = Path(tempfile.mkdtemp(prefix="lmrs-bench-sample-"))
+    torch.save(ours_default.state_dict(), workdir / "weights.pt")
+    (workdir / "prompts.json").write_text(json.dumps(batch_prompts))
+    sample = {name: 0.0 for name in runs}
+    for _ in range(opts.repeats):
+        for name, run in runs.items():
+            sample[name] = max(sample[name], run())
+        for kernel in kernels:
+            for b, tokens_per_s in sample_in_subprocess(kernel, workdir, opts).items():
+                name = f"ours{b}-{kernel}"
+                sample[name] = max(sample.get(name, 0.0), tokens_per_s)
 
     b, t = opts.batch_size, opts.seq_len
-    train_auto = "bfloat16 autocast" if native_bf16(torch.device(device)) else "float32"
     print()
-    print(f"{'':<50} {'lmrs':>12} {'HF GPT-2':>12} {'ratio':>8}")
-    print(row(f"train tok/s {b}x{t}, defaults", train["ours"], train["gpt2"], "tokens/s"))
-    print(row("train tok/s, both float32", train["ours32"], train["gpt2"], ""))
-    print(f"{'  % of fp32 matmul peak':<50} {mfu(train['ours32']):>12} {mfu(train['gpt2']):>12}")
-    print(row("train tok/s, both float32, dropout 0", train["ours0"], train["gpt20"], ""))
-    print(row("train tok/s, both bfloat16 autocast", train["oursbf"], train["gpt2bf"], ""))
+    print(f"{'':<{LABEL}} {'lmrs':>12} {'HF GPT-2':>12} {'ratio':>8}")
+    if opts.train:
+
+        def mfu(tokens_per_s: float) -> str:
+            return f"{100 * tokens_per_s * flops_per_token / peak:.0f}%"
+
+        print(row(f"train tok/s {b}x{t}, defaults", train["ours"], train["gpt2"], "tokens/s"))
+        print(row("train tok/s, both float32", train["ours32"], train["gpt2"], ""))
+        print(
+            f"{'  % of fp32 matmul peak':<{LABEL}} {mfu(train['ours32']):>12} "
+            f"{mfu(train['gpt2']):>12}"
+        )
+        print(row("train tok/s, both float32, dropout 0", train["ours0"], train["gpt20"], ""))
+        print(row("train tok/s, both bfloat16 autocast", train["oursbf"], train["gpt2bf"], ""))
     for b in (1, 16):
         label = f"sample tok/s, batch {b}"
-        print(row(f"{label}, defaults", sample[f"ours{b}"], sample[f"gpt2{b}"], "tokens/s"))
-        print(row(f"{label}, both float32", sample[f"ours{b}-fp32"], sample[f"gpt2{b}"], ""))
-        print(row(f"{label}, both bfloat16", sample[f"ours{b}-bf16"], sample[f"gpt2{b}-bf16"], ""))
-        torch_engine = sample[f"ours{b}-bf16-torch"]
+        gpt2, gpt2_bf16 = sample[f"gpt2{b}"], sample[f"gpt2{b}-bf16"]
+        rows = [
+            (f"defaults [{engine_label(device, 'auto')}]", sample[f"ours{b}"], gpt2, "tokens/s"),
+            (f"both float32 [{engine_label(device, 'float32')}]", sample[f"ours{b}-fp32"], gpt2),
+            (
+                f"both bfloat16 [{engine_label(device, 'bfloat16')}]",
+                sample[f"ours{b}-bf16"],
+                gpt2_bf16,
+            ),
+            ("both bfloat16 [torch]", sample[f"ours{b}-bf16-torch"], gpt2_bf16),
+        ]
+        for kernel in kernels:
+            # against GPT-2 in float32, its default and its faster dtype on CPUs without
+            # native bfloat16
+            rows.append((f"bfloat16 [rust, LMRS_CPU={kernel}]", sample[f"ours{b}-{kernel}"], gpt2))
+        for name, ours, theirs, *unit in rows:
+            print(row(f"{label}, {name}", ours, theirs, unit[0] if unit else ""))
+    if opts.train:
+        train_auto = "bfloat16 autocast" if native_bf16(torch.device(device)) else "float32"
         print(
-            row(f"{label}, both bf16, lmrs torch engine", torch_engine, sample[f"gpt2{b}-bf16"], "")
+            f"defaults: lmrs trains in {train_auto} here, dropout 0.1 on embeddings/residuals, "
+            "none on attention weights; GPT-2 float32, dropout 0.1 on all three."
         )
-    print(
-        f"defaults: lmrs trains in {train_auto} here, dropout 0.1 on embeddings/residuals, "
-        "none on attention weights; GPT-2 float32, dropout 0.1 on all three."
-    )
     print(
         f"sampling: {opts.new_tokens} new tokens after a {opts.prompt_len}-token prompt, top-k 50, "
         f"temperature 0.8; lmrs default dtype here: {str(auto).replace('torch.', '')}, "
-        f"engine {resolve_engine('auto', torch.device(device), auto)} "
-        f"(decode kernel {_lmrs.decode_kernel()}); GPT-2 default: float32"
+        f"engine {engine_label(device, 'auto')}; GPT-2 default: float32. [engine kernel] per "
+        f"row; LMRS_CPU rows: a subprocess each, compared with GPT-2 float32."
     )
+    print(f"load average at the end: {load_average()} (1, 5, 15 min; {os.cpu_count()} cores)")
 
 
 def _cuda_peak(size: int = 8192) -> float:
@@ -399,6 +555,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timing runs")
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per run")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument(
+        "--sampling-only", action="store_true", help="speed part: sampling rows only, no training"
+    )
+    parser.add_argument("--new-tokens", type=int, default=100, help="sampling: new tokens")
+    parser.add_argument("--sample-worker", choices=KERNELS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--cuda", action="store_true", help="run the speed part on CUDA")
     parser.add_argument("--quality", action="store_true", help="also train both, compare bpb")
     parser.add_argument("--corpus", type=Path, default=Path("/work/shared/corpora/shakespeare"))
@@ -418,13 +580,24 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    if args.sample_worker:
+        sample_worker(args.sample_worker, args.worker_dir, args.new_tokens)
+        return
     if not args.skip_speed:
         device = "cpu"
         if args.cuda:
             if not torch.cuda.is_available():
                 raise SystemExit("--cuda: no CUDA device available")
             device = "cuda"
-        speed_section(SpeedOptions(repeats=args.repeats, steps=args.steps, device=device))
+        speed_section(
+            SpeedOptions(
+                repeats=args.repeats,
+                steps=args.steps,
+                device=device,
+                new_tokens=args.new_tokens,
+                train=not args.sampling_only,
+            )
+        )
     models = tuple(m for m in args.models.split(",") if m)
     if not models or set(models) - {"lmrs", "gpt2"}:
         raise SystemExit(f"--models: give lmrs, gpt2 or both, got {args.models!r}")
