@@ -238,6 +238,37 @@ def test_optimizer_state_round_trips_by_name_and_from_positional_form() -> None:
         distributed.load_full_optimizer_state_dict(model, optimizer, named, ctx)
 
 
+def test_model_builds_under_a_default_device_with_its_cpu_generator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # CUDA refuses to fill a CUDA tensor from the CPU generator the model seeds its weights
+    # with; the meta device (the stand-in for a GPU here) does not check, so the check that
+    # CUDA makes is added
+    real_normal = torch.Tensor.normal_
+
+    def strict_normal(self: torch.Tensor, *args: Any, generator: Any = None, **kw: Any) -> Any:
+        if generator is not None and generator.device.type != self.device.type:
+            raise RuntimeError(
+                f"Expected a '{self.device.type}' device type for generator but found "
+                f"'{generator.device.type}'"
+            )
+        return real_normal(self, *args, generator=generator, **kw)
+
+    monkeypatch.setattr(torch.Tensor, "normal_", strict_normal)
+    from lmrs.model import create_model
+
+    for position in ("learned", "rope"):
+        with torch.device("meta"):
+            model = create_model(VOCAB, max_seq_len=16, embed_dim=32, num_heads=2,
+                                 num_layers=1, ff_dim=64, position=position)  # fmt: skip
+        assert {p.device.type for p in model.parameters()} == {"meta"}
+        assert {b.device.type for b in model.buffers()} <= {"meta"}
+        assert model.lm_head.weight is model.token_embedding.weight
+    # on the CPU the weights are the seed's, as before
+    first, second = _tiny_model(), _tiny_model()
+    assert all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters()))
+
+
 def test_launch_local_command_drops_nproc() -> None:
     argv = ["train", "--nproc", "2", "--corpus", "c", "--nproc=3", "--max-steps", "5"]
     command = distributed.torchrun_command(2, argv)

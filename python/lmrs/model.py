@@ -206,11 +206,11 @@ class GPT(nn.Module):
                 if module is self.lm_head and self.config.tie_weights:
                     continue  # it is the token embedding, initialised below
                 std = residual_std if getattr(module, "residual_projection", False) else 0.02
-                nn.init.normal_(module.weight, 0.0, std, generator=generator)
+                _normal_from(generator, module.weight, std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, 0.0, 0.02, generator=generator)
+                _normal_from(generator, module.weight, 0.02)
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 if module.bias is not None:
@@ -278,13 +278,34 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
 
 
+def _normal_from(generator: torch.Generator, weight: torch.Tensor, std: float) -> None:
+    """Fill ``weight`` with N(0, std) drawn from the CPU ``generator``, wherever it lives.
+
+    The values are drawn on the CPU and copied in: a model built under
+    ``with torch.device("cuda")`` has CUDA weights, which a CPU generator cannot fill
+    directly, and drawing on the CPU gives the same weights for a seed on every device.
+    """
+    with torch.no_grad():
+        values = torch.empty(weight.shape, dtype=weight.dtype, device="cpu")
+        weight.copy_(values.normal_(0.0, std, generator=generator))
+
+
 def _rope_tables(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables (max_seq_len, head_dim) for rotary positions (rotate-half layout)."""
+    """cos/sin tables (max_seq_len, head_dim) for rotary positions (rotate-half layout).
+
+    Computed in float64 on the CPU whatever the default device (MPS has no float64), then
+    moved to the default device in float32.
+    """
     half = config.head_dim // 2
-    inv_freq = 1.0 / (config.rope_base ** (torch.arange(half, dtype=torch.float64) / half))
-    angles = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float64), inv_freq)
+    cpu = torch.device("cpu")
+    inv_freq = 1.0 / (
+        config.rope_base ** (torch.arange(half, dtype=torch.float64, device=cpu) / half)
+    )
+    positions = torch.arange(config.max_seq_len, dtype=torch.float64, device=cpu)
+    angles = torch.outer(positions, inv_freq)
     angles = torch.cat((angles, angles), dim=-1)
-    return angles.cos().float(), angles.sin().float()
+    target = torch.empty(0).device  # the default device (a `with torch.device(...)` block)
+    return angles.cos().float().to(target), angles.sin().float().to(target)
 
 
 def create_model(
