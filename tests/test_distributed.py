@@ -238,6 +238,46 @@ def test_optimizer_state_round_trips_by_name_and_from_positional_form() -> None:
         distributed.load_full_optimizer_state_dict(model, optimizer, named, ctx)
 
 
+def test_single_process_reductions_stay_off_the_device_and_never_use_float64_on_mps() -> None:
+    # a Mac trains on MPS, which has no float64: with one process the value is returned as
+    # it is, never copied to the device (torch here has no MPS, so touching it would fail)
+    ctx = DistContext(device=torch.device("mps"))
+    assert distributed.all_reduce_sum(torch.tensor(2.5), ctx) == 2.5
+    assert distributed.all_reduce_mean(torch.tensor([1.0, 2.0]), ctx) == 3.0
+    assert distributed.all_reduce_sum(4, ctx) == 4.0
+    assert distributed.reduction_dtype(torch.device("mps")) == torch.float32
+    assert distributed.reduction_dtype(torch.device("cuda", 1)) == torch.float64
+    assert distributed.reduction_dtype(torch.device("cpu")) == torch.float64
+
+
+def test_collective_reduction_dtype_follows_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    reduced: list[torch.Tensor] = []
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda t, op=None: reduced.append(t))
+    ctx = DistContext(world_size=2, enabled=True, backend="gloo")
+    assert distributed.all_reduce_mean(torch.tensor(3.0), ctx) == 1.5
+    assert distributed.all_reduce_sum(1.25, ctx) == 1.25
+    assert [t.dtype for t in reduced] == [torch.float64, torch.float64]
+
+
+def test_single_process_on_cuda_n_makes_it_the_current_device(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    current: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: current.append(device))
+    ctx = distributed.init_distributed("cuda:2")
+    assert (ctx.device, ctx.enabled) == (torch.device("cuda", 2), False)
+    assert current == [torch.device("cuda", 2)]
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert distributed.init_distributed("auto").device == torch.device("cuda", 3)
+    assert current[-1] == torch.device("cuda", 3)
+    distributed.init_distributed("cpu")
+    assert len(current) == 2  # not for the CPU
+
+
 def test_model_builds_under_a_default_device_with_its_cpu_generator(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -267,6 +307,146 @@ def test_model_builds_under_a_default_device_with_its_cpu_generator(
     # on the CPU the weights are the seed's, as before
     first, second = _tiny_model(), _tiny_model()
     assert all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters()))
+
+
+def test_checkpoint_state_keeps_tied_weights_one_tensor(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    from lmrs.checkpoint import load_model_weights, save_model_weights
+
+    model = _tiny_model()
+    state = distributed.full_state_dict(model, DistContext())
+    assert state["lm_head.weight"] is state["token_embedding.weight"]
+    save_model_weights(state, tmp_path / "model.safetensors")
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        stored = set(f.keys())
+    assert len(stored & {"lm_head.weight", "token_embedding.weight"}) == 1
+    loaded = load_model_weights(tmp_path / "model.safetensors")
+    assert torch.equal(loaded["lm_head.weight"], model.lm_head.weight.detach())
+    # an untied model keeps both
+    from lmrs.model import create_model
+
+    untied = create_model(VOCAB, max_seq_len=16, embed_dim=32, num_heads=2, num_layers=1,
+                          ff_dim=64, tie_weights=False)  # fmt: skip
+    separate = distributed.full_state_dict(untied, DistContext())
+    assert separate["lm_head.weight"] is not separate["token_embedding.weight"]
+
+
+def test_restored_optimizer_keeps_its_own_fused_and_foreach_choices() -> None:
+    torch.manual_seed(0)
+    model = _tiny_model()
+    trained = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)  # as on a CPU
+    ids = torch.randint(0, VOCAB, (2, 8))
+    model.compute_loss(ids, ids).backward()
+    trained.step()
+    saved = trained.state_dict()
+    named = distributed.full_optimizer_state_dict(model, trained, DistContext())
+    for state in (saved, named):
+        # the resumed run picked the fused kernel (as it does on CUDA; CPU has one too)
+        fresh = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+        distributed.load_full_optimizer_state_dict(model, fresh, state, DistContext())
+        group = fresh.param_groups[0]
+        assert (group["fused"], group["foreach"]) == (True, None)
+        assert group["lr"] == 1e-2 and group["betas"] == (0.9, 0.999)  # learned state restored
+        fresh.step()  # the fused kernel accepts the restored state
+    assert saved["param_groups"][0]["foreach"] is False  # the caller's dict is untouched
+
+
+@pytest.fixture
+def one_rank_group(tmp_path: Path) -> Any:
+    """A real (gloo, CPU) process group of one rank in this process, for the wrappers."""
+    store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        yield DistContext(world_size=1, enabled=True, backend="gloo")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_does_not_broadcast_buffers_and_skips_sync_on_early_micro_steps(
+    one_rank_group: DistContext,
+) -> None:
+    from lmrs.model import create_model
+
+    model = create_model(VOCAB, max_seq_len=16, embed_dim=32, num_heads=2, num_layers=1,
+                         ff_dim=64, position="rope")  # fmt: skip
+    wrapped = distributed.wrap_model(model, one_rank_group, "ddp")
+    assert (
+        getattr(wrapped, "forward_sync_buffers", getattr(wrapped, "broadcast_buffers", 1)) is False
+    )
+    syncs = []
+    for last in (False, True):
+        with distributed.micro_step(wrapped, one_rank_group, last=last):
+            syncs.append(wrapped.require_backward_grad_sync)
+    assert syncs == [False, True]
+
+
+def test_fsdp_gathers_bf16_reduces_float32_and_syncs_only_the_last_micro_step(
+    one_rank_group: DistContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torch.distributed import fsdp
+
+    policies = []
+    real_fully_shard = fsdp.fully_shard
+
+    def recording_fully_shard(module: torch.nn.Module, **kwargs: Any) -> Any:
+        policies.append(kwargs.get("mp_policy"))
+        return real_fully_shard(module, **kwargs)
+
+    monkeypatch.setattr(fsdp, "fully_shard", recording_fully_shard)
+    model = distributed.wrap_model(
+        _tiny_model(), one_rank_group, "fsdp", param_dtype=torch.bfloat16
+    )
+    assert len(policies) == 3  # two blocks and the root
+    assert all((p.param_dtype, p.reduce_dtype) == (torch.bfloat16, torch.float32) for p in policies)
+    gathered: list[torch.dtype] = []
+    model.blocks[0].register_forward_pre_hook(
+        lambda module, args: gathered.append(next(module.parameters()).dtype)
+    )
+    flags: list[bool] = []
+    bare = distributed.unwrap_model(model)
+    real_set = bare.set_requires_gradient_sync
+    monkeypatch.setattr(
+        bare, "set_requires_gradient_sync", lambda v, **kw: (flags.append(v), real_set(v, **kw))
+    )
+    ids = torch.randint(0, VOCAB, (2, 16))
+    for micro in range(3):
+        with distributed.micro_step(model, one_rank_group, last=micro == 2):
+            model.compute_loss(ids, ids).backward()
+    assert flags == [False, False, True]
+    assert gathered == [torch.bfloat16] * 3
+    assert all(
+        p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters()
+    )
+    # without bf16 training nothing is cast
+    policies.clear()
+    distributed.wrap_model(_tiny_model(), one_rank_group, "fsdp")
+    assert all(p.param_dtype is None and p.reduce_dtype is None for p in policies)
+
+
+def test_compile_is_applied_to_the_bare_model_before_wrapping(
+    one_rank_group: DistContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compiled: list[Any] = []
+
+    def fake_compile(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        compiled.append(getattr(fn, "__self__", fn))  # nn.Module.compile passes _call_impl
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    single = _tiny_model()
+    assert distributed.wrap_model(single, DistContext(), compile=True) is single
+    assert compiled == [single]
+    compiled.clear()
+    bare = _tiny_model()
+    wrapped = distributed.wrap_model(bare, one_rank_group, "ddp", compile=True)
+    assert compiled == [bare] and wrapped is not bare  # the model inside DDP, not DDP
+    compiled.clear()
+    sharded = _tiny_model()
+    distributed.wrap_model(sharded, one_rank_group, "fsdp", compile=True)
+    assert compiled == list(sharded.blocks)  # block by block, inside FSDP's units
+    distributed.uncompile(wrapped)
+    assert bare._compiled_call_impl is None
 
 
 def test_launch_local_command_drops_nproc() -> None:

@@ -18,12 +18,22 @@ raised while such a failure was recorded; any other error passes through unchang
 covered on gloo (their plain ``RuntimeError`` passes through): FSDP's own all-gathers and
 reduce-scatters, and the one-off exchange in DDP's second forward that rebuilds its buckets.
 torchrun stops the remaining ranks as soon as one rank exits with an error.
+
+Under NCCL (CUDA) a dead or hung peer is usually *not* seen as a :class:`DistributedError`:
+NCCL collectives run asynchronously, and the failure is found by NCCL's watchdog thread
+after ``timeout_s``. With ``TORCH_NCCL_ASYNC_ERROR_HANDLING`` (set to 1 here unless the
+environment says otherwise) the watchdog aborts the communicator and then the whole
+process, with torch's "Watchdog caught collective operation timeout" on stderr and no
+Python exception; torchrun then stops the other ranks. What can be converted is: a
+``DistError`` raised on the calling thread (a communicator already aborted, a failed
+store or connection), by :func:`collective_guard`. The last complete checkpoint is kept in
+every case. Give ``timeout_s`` (``lmrs train --dist-timeout``) room for the longest time
+one rank works alone, such as rank 0 encoding a large corpus while the others wait.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import inspect
 import os
 import subprocess
@@ -128,11 +138,12 @@ def init_distributed(device: str = "auto", timeout_s: float = 300.0) -> DistCont
         raise ValueError(f"environment variable WORLD_SIZE={world_size} must be at least 1")
     if world_size == 1:
         local_rank = _env_int("LOCAL_RANK", 0)
-        return DistContext(
-            device=resolve_device(device, local_rank),
-            local_rank=local_rank,
-            timeout_s=timeout_s,
-        )
+        resolved = resolve_device(device, local_rank)
+        if resolved.type == "cuda":
+            # kernels, caching allocator and the fused optimizer's buffers follow the current
+            # device; without this a run on cuda:1 would also allocate on cuda:0
+            torch.cuda.set_device(resolved)
+        return DistContext(device=resolved, local_rank=local_rank, timeout_s=timeout_s)
 
     rank = _env_int("RANK")
     local_rank = _env_int("LOCAL_RANK", rank)
@@ -258,25 +269,30 @@ def _recording_all_reduce(failures: CollectiveFailures, bucket):  # type: ignore
     return future.then(finished)
 
 
-def _as_tensor(value: Union[float, int, torch.Tensor], ctx: DistContext) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        tensor = value.detach().to(device=ctx.device, dtype=torch.float64)
-    else:
-        tensor = torch.tensor(float(value), dtype=torch.float64, device=ctx.device)
-    return tensor.clone()
+def reduction_dtype(device: torch.device) -> torch.dtype:
+    """The dtype loss and evaluation sums are reduced in on ``device``: float64, except on
+    MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def all_reduce_sum(value: Union[float, int, torch.Tensor], ctx: DistContext) -> float:
     """Sum of ``value`` over all ranks, as a Python float (the value itself with no group)."""
-    tensor = _as_tensor(value, ctx)
-    if ctx.enabled:
-        with _communicating(ctx, "all_reduce"):
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    if not ctx.enabled:
+        if isinstance(value, torch.Tensor):
+            # to the host first, then widen: the device may have no float64 (MPS)
+            return float(value.detach().cpu().double().sum())
+        return float(value)
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().to(ctx.device).to(reduction_dtype(ctx.device)).clone()
+    else:
+        tensor = torch.tensor(float(value), dtype=reduction_dtype(ctx.device), device=ctx.device)
+    with _communicating(ctx, "all_reduce"):
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return float(tensor.sum().item())
 
 
 def all_reduce_mean(value: Union[float, int, torch.Tensor], ctx: DistContext) -> float:
-    """Mean of ``value`` over all ranks, as a Python float (float64 reduction)."""
+    """Mean of ``value`` over all ranks, as a Python float (see :func:`all_reduce_sum`)."""
     return all_reduce_sum(value, ctx) / ctx.world_size
 
 
@@ -348,8 +364,15 @@ class DataParallel(nn.parallel.DistributedDataParallel):
         return self(ids, targets, **kwargs)
 
 
-def wrap_model(model: nn.Module, ctx: DistContext, strategy: str = "ddp") -> nn.Module:
-    """Move ``model`` to ``ctx.device`` and wrap it for data-parallel training.
+def wrap_model(
+    model: nn.Module,
+    ctx: DistContext,
+    strategy: str = "ddp",
+    *,
+    param_dtype: Optional[torch.dtype] = None,
+    compile: bool = False,
+) -> nn.Module:
+    """Move ``model`` to ``ctx.device``, optionally compile it, and wrap it for data parallelism.
 
     ``"ddp"``: :class:`DataParallel` (DistributedDataParallel: every rank holds the whole
     model and optimizer state; gradients are averaged in backward). ``"fsdp"``: FSDP2
@@ -357,38 +380,88 @@ def wrap_model(model: nn.Module, ctx: DistContext, strategy: str = "ddp") -> nn.
     optimizer state are split across ranks; build the optimizer *after* wrapping. With no
     process group the model is only moved. In every case the result keeps ``model(ids)``
     and ``model.compute_loss(ids, targets)``; call those on the wrapped model (not on
-    :func:`unwrap_model`'s result) while training, and use ``no_sync()`` under DDP for
-    accumulation micro-steps.
+    :func:`unwrap_model`'s result) while training, and enter :func:`micro_step` around each
+    accumulation micro-step.
+
+    ``param_dtype`` (FSDP only): the dtype parameters are gathered in for the forward and
+    backward (bfloat16 when training under bf16 autocast); gradients are still reduced in
+    float32 and the sharded parameters and optimizer state stay float32. ``compile``:
+    ``torch.compile`` the bare model in place (each block under FSDP) *before* wrapping, so
+    the compiled code is the model's and the wrapper's hooks and collectives stay outside
+    it; :func:`uncompile` undoes it.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
     model = model.to(ctx.device)
+    sharded = ctx.enabled and strategy == "fsdp"
+    if compile:
+        units = _fsdp_units(model) if sharded else []
+        # FSDP2 gathers each block's parameters in hooks around the block: compiling the
+        # blocks one by one keeps those hooks between compiled regions
+        for unit in units or [model]:
+            unit.compile()
     if not ctx.enabled:
         return model
     if strategy == "ddp":
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        # buffers that are not saved (rotary tables) are computed the same on every rank, so
-        # broadcasting them before each forward would only add a collective that no hook sees
-        persistent = set(model.state_dict())
-        sync = any(name in persistent for name, _ in model.named_buffers())
-        # newer torch renames the option and warns on the old name; both skip the forward sync
+        # buffers are not broadcast before each forward: the model's only buffers are the
+        # rotary tables, computed the same on every rank, and the broadcast would be one more
+        # collective per step that no failure hook sees
         parameters = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+        # newer torch renames the option and warns on the old name; both skip the forward sync
         option = (
             "forward_sync_buffers" if "forward_sync_buffers" in parameters else "broadcast_buffers"
         )
-        wrapped = DataParallel(_LossForward(model), device_ids=device_ids, **{option: sync})
+        wrapped = DataParallel(_LossForward(model), device_ids=device_ids, **{option: False})
         wrapped.register_comm_hook(ctx.failures, _recording_all_reduce)
         return wrapped
 
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    policy = MixedPrecisionPolicy(
+        param_dtype=param_dtype,
+        # summing the ranks' gradients in bfloat16 would lose their low bits
+        reduce_dtype=torch.float32 if param_dtype is not None else None,
+    )
     # tied weights (lm head = token embedding) must live in the same FSDP unit: the root
     # owns everything outside the blocks, so sharding only the blocks keeps the tie intact.
     # FSDP2 hooks the root's forward, which compute_loss calls, so both stay usable.
     for unit in _fsdp_units(model):
-        fully_shard(unit)
-    fully_shard(model)
+        fully_shard(unit, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
     return model
+
+
+def uncompile(model: nn.Module) -> None:
+    """Undo :func:`wrap_model`'s in-place compile: the caller's model runs eagerly again."""
+    for module in unwrap_model(model).modules():
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            module._compiled_call_impl = None
+
+
+@contextlib.contextmanager
+def micro_step(model: nn.Module, ctx: DistContext, last: bool) -> Iterator[None]:
+    """Around one gradient-accumulation micro-step (its forward and backward).
+
+    Gradients are exchanged only on the ``last`` micro-step of an optimizer step: DDP skips
+    its all-reduce inside ``no_sync()``, FSDP2 (which has no ``no_sync``) its reduce-scatter
+    after ``set_requires_gradient_sync(False)`` and keeps the unsharded gradients until then.
+    """
+    if not ctx.enabled or (last and not is_fsdp(model)):
+        yield
+        return
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        with model.no_sync():
+            yield
+        return
+    bare = unwrap_model(model)
+    setter = getattr(bare, "set_requires_gradient_sync", None)
+    if setter is None:
+        yield
+        return
+    # set on every micro-step (True on the last), so no step inherits an earlier one's flag
+    setter(last)
+    yield
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -444,7 +517,22 @@ def full_state_dict(model: nn.Module, ctx: DistContext) -> dict[str, torch.Tenso
             )
     else:
         state = unwrap_model(model).state_dict()
-    return {_plain_key(k): v.detach().to("cpu", copy=True) for k, v in state.items()}
+    plain = {_plain_key(k): v.detach().to("cpu", copy=True) for k, v in state.items()}
+    # each copy above is a tensor of its own, so tied weights (lm head = token embedding)
+    # would be saved twice and load untied: point every name of a shared parameter at one
+    for names in _tied_names(unwrap_model(model)):
+        present = [name for name in names if name in plain]
+        for name in present[1:]:
+            plain[name] = plain[present[0]]
+    return plain
+
+
+def _tied_names(model: nn.Module) -> list[list[str]]:
+    """Groups of parameter names that are one parameter (tied weights), plain keys."""
+    groups: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(parameter), []).append(_plain_key(name))
+    return [names for names in groups.values() if len(names) > 1]
 
 
 def full_optimizer_state_dict(
@@ -494,8 +582,9 @@ def load_full_state_dict(
 ) -> None:
     """Load plain-key weights (from :func:`full_state_dict`) into a possibly wrapped model.
 
-    Under FSDP every rank must call it; only rank 0's ``state`` is read (it is broadcast).
-    Under DDP load before wrapping, or on every rank (DDP also broadcasts rank 0 at wrap).
+    Under FSDP every rank must call it; only rank 0's ``state`` is read (it is broadcast;
+    the other ranks may pass ``{}``). Under DDP load before wrapping, or on every rank (DDP
+    also broadcasts rank 0 at wrap).
     """
     if ctx.enabled and is_fsdp(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -539,11 +628,19 @@ def load_full_optimizer_state_dict(
     model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], ctx: DistContext
 ) -> None:
     """Inverse of :func:`full_optimizer_state_dict`; also reads ``optimizer.state_dict()``'s
-    positional form. Every rank passes the state it loaded (under FSDP rank 0's is broadcast
-    and the call is collective; call it before the first backward)."""
+    positional form. Under FSDP the call is collective (call it before the first backward)
+    and only rank 0's state is read and broadcast: the other ranks may pass ``{}``, so they
+    never hold the whole state. The optimizer keeps its own ``fused`` / ``foreach`` choices."""
     raw = unwrap_model(model)
-    positional = any(isinstance(i, int) for g in state["param_groups"] for i in g["params"])
-    if not (ctx.enabled and is_fsdp(model)):
+    sharded = ctx.enabled and is_fsdp(model)
+    if sharded and not ctx.is_main:
+        state = {}  # rank 0's state is broadcast; the others' is never read
+    if state:
+        state = _keep_implementation(optimizer, state)
+    positional = bool(state) and any(
+        isinstance(i, int) for g in state["param_groups"] for i in g["params"]
+    )
+    if not sharded:
         if not positional:
             state = _positional_optimizer_state(raw, optimizer, state)
         optimizer.load_state_dict(state)
@@ -557,9 +654,36 @@ def load_full_optimizer_state_dict(
         set_optimizer_state_dict(
             raw,
             optimizer,
-            copy.deepcopy(state),  # the loader moves and reshards tensors in place
+            state,
             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
         )
+
+
+# how an optimizer runs, not what it learned: chosen for this run's device, never restored
+_IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def _keep_implementation(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with each param group's implementation choices (``fused``, ``foreach``, ...)
+    taken from ``optimizer``: a CPU checkpoint resumed on CUDA keeps the fused kernels, and
+    torch also decides from these keys where to put the restored ``step`` counters.
+
+    A new dict (the nested dicts copied, the tensors shared): the loaders replace entries
+    in place, and the caller's state must stay as it was."""
+    groups = state.get("param_groups", [])
+    if len(groups) != len(optimizer.param_groups):
+        raise ValueError(
+            f"saved optimizer state has {len(groups)} parameter groups, "
+            f"the optimizer {len(optimizer.param_groups)}"
+        )
+    return {
+        **state,
+        "state": {key: dict(value) for key, value in state.get("state", {}).items()},
+        "param_groups": [
+            {**saved, **{k: current[k] for k in _IMPLEMENTATION_KEYS if k in current}}
+            for saved, current in zip(groups, optimizer.param_groups)
+        ],
+    }
 
 
 # --- launching --------------------------------------------------------------------------
