@@ -1,9 +1,9 @@
-"""The decoding path of generation: a GPT's weights prepared once, then a few tokens per call.
+"""The decoding path of generation: the model's next-token logits, a few tokens per call.
 
-Training wants autograd and large matrix products. Decoding is another workload: each step
-multiplies a handful of rows by every weight matrix, so it is bound by reading the weights
-and by per-operation overhead, not by arithmetic. :class:`Decoder` snapshots a model for
-that workload, with one of two engines (:func:`resolve_engine`):
+The model is defined once, in :mod:`lmrs.model`: ``GPT.forward`` takes a key/value cache
+(:class:`lmrs.model.KVCache`), so the prompt runs in one call and each new token in one
+more. :class:`Decoder` runs that definition with one of two engines (:func:`resolve_engine`),
+each on a snapshot of the weights (later training does not change a Decoder):
 
 - **rust** (the default for bfloat16 sampling on x86-64 CPUs with AVX2 or AVX512-BF16):
   the whole step is one call into ``lmrs._lmrs`` (``rust/src/decode.rs``), with the GIL
@@ -17,28 +17,24 @@ that workload, with one of two engines (:func:`resolve_engine`):
   Rows of a batch never mix: with a given kernel, a row's logits are bit-identical
   whatever else is in the batch. The kernels round differently from each other, so their
   logits agree to bfloat16 precision, not to the bit.
-- **torch** (GPUs, float32/float64 sampling, CPUs without AVX2, e.g. ARM): eager
-  PyTorch on a prepared copy of the weights in the sampling dtype; on CPU packed once for
-  oneDNN (``torch.ops.mkldnn``) with GELU and the residual adds fused into the matrix
-  products, the attention scale folded into the query weights, a float32 KV cache.
+- **torch** (GPUs, float32/float64 sampling, CPUs without AVX2, e.g. ARM): the model's
+  own ``forward`` with a cache, on a frozen copy in the sampling dtype
+  (:func:`sampling_model`). It is the reference: the Rust engine is tested against it, and
+  it against the full forward without a cache.
 
-Measured on two CPU cores (``benchmarks/bench_model.py``, HF GPT-2 of the same shape): the
-rust engine samples about 16x GPT-2's tokens/s at batch 1 and 4x at batch 16; the torch
-engine about 3x at both.
-
-The prepared weights are a copy: a Decoder does not follow later changes to the model's
-parameters (a new one, or the next ``generate`` call, prepares them again).
+The Rust engine is a faster way to run the same definition, not a second model: a model
+option it does not run is refused by it with a reason, and "auto" falls back to torch.
+README.md has the measured tokens/s of both engines.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
 from typing import Any, Optional, Union
 
 import torch
-import torch.nn.functional as F
 
-from lmrs.model import GPT, ModelConfig, rotate_half
+from lmrs.model import GPT, KVCache
 from lmrs.options import ENGINES
 from lmrs.precision import native_bf16
 
@@ -75,101 +71,27 @@ def resolve_dtype(
     return dtype
 
 
-@dataclass(frozen=True)
-class _Linear:
-    """``x @ weight.T + bias`` (optionally followed by tanh-GELU) with a prepared weight."""
-
-    weight: torch.Tensor  # oneDNN-packed when ``packed``, else (out, in)
-    bias: Optional[torch.Tensor]
-    packed: bool
-
-    def __call__(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
-        if self.packed:
-            post_op, algorithm = ("gelu", "tanh") if gelu else ("none", "")
-            return torch.ops.mkldnn._linear_pointwise(
-                x, self.weight, self.bias, post_op, [], algorithm
-            )
-        y = F.linear(x, self.weight, self.bias)
-        return F.gelu(y, approximate="tanh") if gelu else y
-
-    def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``residual + self(x)``, the add fused into the matmul where oneDNN does it."""
-        if self.packed:
-            return torch.ops.mkldnn._linear_pointwise.binary(
-                x, residual, self.weight, self.bias, "add"
-            )
-        return residual + F.linear(x, self.weight, self.bias)
-
-
-def _prepare_linear(
-    weight: torch.Tensor, bias: Optional[torch.Tensor], dtype: torch.dtype, pack: bool
-) -> _Linear:
-    weight = weight.detach().to(dtype, memory_format=torch.contiguous_format, copy=True)
-    bias = None if bias is None else bias.detach().to(dtype, copy=True)
-    if pack:
-        try:
-            return _Linear(torch.ops.mkldnn._reorder_linear_weight(weight, None), bias, True)
-        except (RuntimeError, AttributeError, NotImplementedError):
-            pass  # no oneDNN kernel for this dtype/build: plain matmul below
-    return _Linear(weight, bias, False)
-
-
-@dataclass(frozen=True)
-class _Layer:
-    ln_attn: tuple[torch.Tensor, Optional[torch.Tensor]]
-    qkv: _Linear  # query rows pre-scaled by 1/sqrt(head_dim)
-    out_proj: _Linear
-    ln_ffn: tuple[torch.Tensor, Optional[torch.Tensor]]
-    up: _Linear  # GELU fused
-    down: _Linear
-
-
-@dataclass(frozen=True)
-class DecodeWeights:
-    """A model's parameters prepared for decoding; see :func:`prepare_weights`."""
-
-    config: ModelConfig
-    dtype: torch.dtype  # of the weights, the matrix products and the residual stream
-    attn_dtype: torch.dtype  # of attention and its key/value cache
-    layers: tuple[_Layer, ...]
-    ln_final: tuple[torch.Tensor, Optional[torch.Tensor]]
-    lm_head: _Linear
-    token_embedding: torch.Tensor
-    position_embedding: Optional[torch.Tensor]
-    rope: Optional[tuple[torch.Tensor, torch.Tensor]]
-
-    @property
-    def device(self) -> torch.device:
-        return self.token_embedding.device
-
-
-def _snapshot_key(model: GPT, dtype: torch.dtype, pack: bool) -> tuple[Any, ...]:
+def _snapshot_key(model: GPT, dtype: torch.dtype) -> tuple[Any, ...]:
     # a parameter changed in place bumps its version; a replaced one has a new address
     state = tuple((p.data_ptr(), p._version) for p in model.parameters())
-    return (dtype, pack, state)
+    return (dtype, state)
 
 
-def prepare_weights(
-    model: GPT, dtype: Union[str, torch.dtype, None] = "auto", pack: Optional[bool] = None
-) -> DecodeWeights:
-    """The model's weights prepared for decoding (a copy: later training does not change it).
-
-    Preparing packs every matrix (about 15 ms for the 6M-parameter "full" model on two CPU
-    cores), so the result is kept on the model and reused until a parameter changes.
-    ``pack=None`` packs for oneDNN on CPU when available; False always uses F.linear.
-    """
+def sampling_model(model: GPT, dtype: Union[str, torch.dtype, None] = "auto") -> GPT:
+    """A frozen copy of ``model`` in the sampling dtype, in eval mode: the torch engine runs
+    this copy's own ``forward`` with a :class:`KVCache`, so sampling and training share one
+    definition of the model. Kept on the model and reused until a parameter changes."""
     weight = model.token_embedding.weight
     resolved = resolve_dtype(dtype, weight.device, weight.dtype)
-    if pack is None:
-        pack = weight.device.type == "cpu" and torch.backends.mkldnn.is_available()
-    key = _snapshot_key(model, resolved, pack)
-    kept: dict[tuple[Any, ...], DecodeWeights] = model.__dict__.setdefault("_decode_weights", {})
+    key = ("torch",) + _snapshot_key(model, resolved)
+    kept: dict[tuple[Any, ...], Any] = model.__dict__.setdefault("_decode_weights", {})
     if key not in kept:
         kept.clear()  # keep one snapshot: the weights of an older state are dead
-        kept[key] = _prepare(model, resolved, pack)
+        # the memo entry keeps the copy from copying the snapshots kept on the original
+        clone = copy.deepcopy(model, memo={id(kept): {}})
+        clone.to(resolved).eval().requires_grad_(False)
+        kept[key] = clone
     return kept[key]
-
-
 
 
 def resolve_engine(engine: str, device: torch.device, dtype: torch.dtype) -> str:
@@ -203,7 +125,7 @@ def rust_decode_model(model: GPT) -> Any:
     on the model until a parameter changes, like :func:`prepare_weights`."""
     from lmrs import _lmrs
 
-    key = ("rust",) + _snapshot_key(model, torch.bfloat16, False)
+    key = ("rust",) + _snapshot_key(model, torch.bfloat16)
     kept: dict[tuple[Any, ...], Any] = model.__dict__.setdefault("_decode_weights", {})
     if key not in kept:
         kept.clear()
@@ -229,67 +151,16 @@ def rust_decode_model(model: GPT) -> Any:
     return kept[key]
 
 
-def _prepare(model: GPT, dtype: torch.dtype, pack: bool) -> DecodeWeights:
-    config = model.config
-    device = model.token_embedding.weight.device
-    # attention in at least float32 on CPU, where half-precision batched matmuls are slow
-    attn_dtype = dtype if device.type != "cpu" else torch.promote_types(dtype, torch.float32)
-
-    def snapshot(tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.detach().to(dtype, copy=True)
-
-    def norm(module: torch.nn.LayerNorm) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        return snapshot(module.weight), None if module.bias is None else snapshot(module.bias)
-
-    def linear(module: torch.nn.Linear) -> _Linear:
-        return _prepare_linear(module.weight, module.bias, dtype, pack)
-
-    query_rows = config.num_heads * config.head_dim
-    scale = config.head_dim**-0.5
-    layers = []
-    for block in model.blocks:
-        qkv_weight = block.attn.qkv.weight.detach().clone()
-        qkv_weight[:query_rows] *= scale
-        qkv_bias = block.attn.qkv.bias
-        if qkv_bias is not None:
-            qkv_bias = qkv_bias.detach().clone()
-            qkv_bias[:query_rows] *= scale
-        layers.append(
-            _Layer(
-                ln_attn=norm(block.ln_attn),
-                qkv=_prepare_linear(qkv_weight, qkv_bias, dtype, pack),
-                out_proj=linear(block.attn.out_proj),
-                ln_ffn=norm(block.ln_ffn),
-                up=linear(block.ffn.up),
-                down=linear(block.ffn.down),
-            )
-        )
-    position = model.position_embedding
-    return DecodeWeights(
-        config=config,
-        dtype=dtype,
-        attn_dtype=attn_dtype,
-        layers=tuple(layers),
-        ln_final=norm(model.ln_final),
-        lm_head=linear(model.lm_head),
-        token_embedding=snapshot(model.token_embedding.weight),
-        position_embedding=None if position is None else snapshot(position.weight),
-        rope=(
-            (model.rope_cos.to(attn_dtype), model.rope_sin.to(attn_dtype))
-            if config.position == "rope"
-            else None
-        ),
-    )
-
-
 class Decoder:
-    """Prepared weights plus a key/value cache for ``batch_size`` rows of ``max_len`` positions.
+    """A model's next-token logits with a key/value cache for ``batch_size`` rows of up to
+    ``max_len`` positions.
 
-    ``decoder(ids)`` takes the next ``T`` tokens of every row (B, T), stores their keys and
-    values, and returns the logits (B, vocab) of the last of them, in the sampling dtype.
-    The first call is the prompt; each later call one new token. ``reset()`` empties the cache.
-    ``engine`` picks the implementation (see :func:`resolve_engine`); the Rust one returns
-    float32 logits.
+    ``decoder(ids)`` takes the next ``T`` tokens of every row (B, T) and returns the logits
+    (B, vocab) of the last of them: the first call is the prompt, each later call one new
+    token. ``reset()`` empties the cache. ``engine`` picks the implementation (see
+    :func:`resolve_engine`): "torch" runs the model's own ``forward`` (a copy in the
+    sampling dtype, :func:`sampling_model`) with a :class:`lmrs.model.KVCache`; "rust" runs
+    the same computation in ``lmrs._lmrs`` (float32 logits), tested against it.
     """
 
     def __init__(
@@ -298,7 +169,6 @@ class Decoder:
         batch_size: int,
         max_len: Optional[int] = None,
         dtype: Union[str, torch.dtype, None] = "auto",
-        pack: Optional[bool] = None,
         engine: str = "auto",
     ) -> None:
         config = model.config
@@ -309,19 +179,17 @@ class Decoder:
         resolved = resolve_dtype(dtype, device, model.token_embedding.weight.dtype)
         self.engine = resolve_engine(engine, device, resolved)
         self.batch_size = batch_size
-        self.length = 0
+        self._dtype = resolved
         self._session: Any = None
+        self._cache: Optional[KVCache] = None
+        self.length = 0
         if self.engine == "rust":
             self._session = rust_decode_model(model).session(batch_size, self.max_len)
-            self._dtype = resolved
             return
-        self.weights = prepare_weights(model, resolved, pack)
-        self._dtype = self.weights.dtype
-        # uninitialised: attention only ever reads positions [0, length), all written first
-        shape = (batch_size, config.kv_heads, self.max_len, config.head_dim)
-        device, attn_dtype = self.weights.device, self.weights.attn_dtype
-        self.keys = [torch.empty(shape, device=device, dtype=attn_dtype) for _ in model.blocks]
-        self.values = [torch.empty(shape, device=device, dtype=attn_dtype) for _ in model.blocks]
+        self._model = sampling_model(model, resolved)
+        self._cache = KVCache.empty(
+            config, batch_size, self.max_len, dtype=resolved, device=device
+        )
 
     @property
     def dtype(self) -> torch.dtype:
@@ -329,87 +197,28 @@ class Decoder:
         return self._dtype
 
     @property
-    def layers(self) -> tuple[_Layer, ...]:
-        return self.weights.layers
+    def cache(self) -> Optional[KVCache]:
+        """The torch engine's key/value cache (the Rust engine keeps its own)."""
+        return self._cache
 
     def reset(self) -> None:
         self.length = 0
         if self._session is not None:
             self._session.reset()
+        if self._cache is not None:
+            self._cache.reset()
 
     @torch.inference_mode()
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         batch, seq = ids.shape
-        start, end = self.length, self.length + seq
+        end = self.length + seq
         if batch != self.batch_size:
             raise ValueError(f"Decoder was built for {self.batch_size} rows, got {batch}")
         if end > self.max_len:
             raise ValueError(f"sequence of {end} tokens is longer than the cache ({self.max_len})")
         if self._session is not None:
-            logits = self._session.step(ids.to(torch.int64).contiguous().numpy())
-            self.length = end
-            return torch.from_numpy(logits)
-        w = self.weights
-        cfg = w.config
-        heads, kv_heads, head_dim = cfg.num_heads, cfg.kv_heads, cfg.head_dim
-        width = (cfg.embed_dim,)
-        x = w.token_embedding[ids]
-        if w.position_embedding is not None:
-            x = x + w.position_embedding[start:end]
-        x = x.view(batch * seq, cfg.embed_dim)
-        # causal mask: none needed for one new token (it sees every cached one); is_causal
-        # for a whole sequence from position 0; an explicit one for a chunk after a prefix
-        mask = None
-        if seq > 1 and start > 0:
-            mask = torch.ones(seq, end, dtype=torch.bool, device=x.device).tril(start)
-        for layer, keys, values in zip(w.layers, self.keys, self.values):
-            qkv = layer.qkv(F.layer_norm(x, width, *layer.ln_attn))
-            q = qkv[:, : heads * head_dim].view(batch, seq, heads, head_dim).transpose(1, 2)
-            q = q.to(w.attn_dtype)
-            kv = qkv[:, heads * head_dim :].view(batch, seq, 2, kv_heads, head_dim)
-            k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
-            if w.rope is not None:
-                cos, sin = w.rope[0][start:end], w.rope[1][start:end]
-                q = q * cos + rotate_half(q) * sin
-                k = k.to(w.attn_dtype)
-                k = k * cos + rotate_half(k) * sin
-            keys.narrow(2, start, seq).copy_(k)  # converts to the cache dtype
-            values.narrow(2, start, seq).copy_(v)
-            if seq == 1 and batch > 1:
-                y = _one_query_attention(q, keys[:, :, :end], values[:, :, :end])
-            else:
-                y = F.scaled_dot_product_attention(
-                    q,
-                    keys[:, :, :end],
-                    values[:, :, :end],
-                    attn_mask=mask,
-                    is_causal=start == 0,
-                    scale=1.0,  # folded into the query weights
-                    enable_gqa=kv_heads != heads,
-                )
-            y = y.transpose(1, 2).reshape(batch * seq, heads * head_dim).to(w.dtype)
-            x = layer.out_proj.add_to(x, y)
-            h = layer.up(F.layer_norm(x, width, *layer.ln_ffn), gelu=True)
-            x = layer.down.add_to(x, h)
+            logits = torch.from_numpy(self._session.step(ids.to(torch.int64).contiguous().numpy()))
+        else:
+            logits = self._model(ids, cache=self._cache)[:, -1]
         self.length = end
-        last = x.view(batch, seq, cfg.embed_dim)[:, -1]
-        return w.lm_head(F.layer_norm(last, width, *w.ln_final))
-
-
-def _one_query_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Attention of one new query per row (B, H, 1, hd) over the cache (B, KVH, L, hd).
-
-    Two batched matmuls over (row, key/value head) pairs, reading the cache in place; the
-    query heads that share a key/value head ride along as rows of one matrix, so GQA/MQA
-    need no repeated keys. At batch 16 this beats the SDPA kernel (per-head setup dominates
-    it when there is one query); at batch 1 SDPA is faster, so that case stays with it.
-    """
-    batch, heads, _, head_dim = q.shape
-    kv_heads, length = keys.shape[1], keys.shape[2]
-    pairs = batch * kv_heads
-    q = q.reshape(pairs, heads // kv_heads, head_dim)
-    # (B, KVH, L, hd) slices of a (B, KVH, max_len, hd) cache: one stride per pair
-    keys = keys.as_strided((pairs, length, head_dim), (keys.stride(1), head_dim, 1))
-    values = values.as_strided((pairs, length, head_dim), (values.stride(1), head_dim, 1))
-    scores = torch.bmm(q, keys.transpose(1, 2)).softmax(dim=-1)  # (pairs, group, L)
-    return torch.bmm(scores, values).view(batch, heads, 1, head_dim)
+        return logits

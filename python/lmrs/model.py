@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +96,55 @@ class ModelConfig:
         return cls(**data)
 
 
+@dataclass
+class KVCache:
+    """Keys and values of every layer for ``batch`` rows of up to ``max_len`` positions.
+
+    ``GPT.forward(ids, cache=cache)`` runs the next ``T`` tokens of every row after the
+    ``cache.length`` already seen, writes their keys and values, and advances ``length``:
+    the prompt in one call, then one token per call. Positions ``[0, length)`` are valid;
+    the rest is uninitialised and never read.
+    """
+
+    keys: list[torch.Tensor]  # per layer (batch, kv_heads, max_len, head_dim)
+    values: list[torch.Tensor]
+    length: int = 0
+
+    @classmethod
+    def empty(
+        cls,
+        config: ModelConfig,
+        batch: int,
+        max_len: Optional[int] = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: Union[str, torch.device, None] = None,
+    ) -> KVCache:
+        max_len = config.max_seq_len if max_len is None else max_len
+        if not 0 < max_len <= config.max_seq_len:
+            raise ValueError(f"max_len must be in [1, {config.max_seq_len}], got {max_len}")
+        shape = (batch, config.kv_heads, max_len, config.head_dim)
+
+        def layer() -> torch.Tensor:
+            return torch.empty(shape, dtype=dtype, device=device)
+
+        return cls(
+            keys=[layer() for _ in range(config.num_layers)],
+            values=[layer() for _ in range(config.num_layers)],
+        )
+
+    @property
+    def max_len(self) -> int:
+        return self.keys[0].shape[2]
+
+    @property
+    def batch(self) -> int:
+        return self.keys[0].shape[0]
+
+    def reset(self) -> None:
+        self.length = 0
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     first, second = x.chunk(2, dim=-1)
     return torch.cat((-second, first), dim=-1)
@@ -116,8 +165,14 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout_rate)
 
     def forward(
-        self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]]
+        self,
+        x: torch.Tensor,
+        rope: Optional[tuple[torch.Tensor, torch.Tensor]],
+        cache: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        start: int = 0,
     ) -> torch.Tensor:
+        """``cache``: this layer's (keys, values) buffers; ``x`` holds positions
+        ``[start, start + seq)`` and attends to every cached position before them."""
         batch, seq, _ = x.shape
         q_size = self.num_heads * self.head_dim
         kv_size = self.kv_heads * self.head_dim
@@ -129,12 +184,23 @@ class CausalSelfAttention(nn.Module):
             cos, sin = rope  # (seq, head_dim)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
+        mask = None
+        if cache is not None:
+            end = start + seq
+            keys, values = cache
+            keys[:, :, start:end] = k  # converts to the cache's dtype
+            values[:, :, start:end] = v
+            k, v = keys[:, :, :end].to(q.dtype), values[:, :, :end].to(q.dtype)
+            if seq > 1 and start > 0:  # a chunk after a prefix: causal within the chunk
+                mask = torch.ones(seq, end, dtype=torch.bool, device=x.device).tril(start)
         y = F.scaled_dot_product_attention(
             q,
             k,
             v,
+            attn_mask=mask,
             dropout_p=self.attn_dropout if self.training else 0.0,
-            is_causal=True,
+            # one new token sees every cached one; a sequence from position 0 is causal
+            is_causal=mask is None and seq > 1 and start == 0,
             enable_gqa=self.kv_heads != self.num_heads,
         )
         y = y.transpose(1, 2).reshape(batch, seq, q_size)
@@ -165,9 +231,13 @@ class Block(nn.Module):
         self.ffn = FeedForward(config)
 
     def forward(
-        self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self,
+        x: torch.Tensor,
+        rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        cache: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        start: int = 0,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_attn(x), rope)
+        x = x + self.attn(self.ln_attn(x), rope, cache, start)
         return x + self.ffn(self.ln_ffn(x))
 
 
@@ -242,32 +312,41 @@ class GPT(nn.Module):
         matmul += self.lm_head.weight.numel()
         return 6.0 * matmul + 12.0 * cfg.num_layers * seq_len * cfg.embed_dim
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
         """Logits (B, T, vocab_size) for token ids (B, T).
 
-        Generation does not come through here: :class:`lmrs.decode.Decoder` runs the same
-        computation with a key/value cache and weights prepared for one token at a time.
+        With a :class:`KVCache` the ids are the next ``T`` positions after ``cache.length``
+        (their keys and values are stored, and the cache advances): generation runs this
+        same code, the prompt in one call and then one token per call.
         """
         _, seq = ids.shape
-        if seq > self.config.max_seq_len:
+        start = 0 if cache is None else cache.length
+        end = start + seq
+        limit = self.config.max_seq_len if cache is None else cache.max_len
+        if end > limit:
             raise ValueError(
-                f"sequence of {seq} tokens is longer than max_seq_len {self.config.max_seq_len}"
+                f"sequence of {end} tokens is longer than "
+                + (f"max_seq_len {limit}" if cache is None else f"the cache ({limit})")
             )
         x = self.token_embedding(ids)
         rope = None
         if self.position_embedding is not None:
-            x = x + self.position_embedding(torch.arange(seq, device=ids.device))
+            x = x + self.position_embedding(torch.arange(start, end, device=ids.device))
         else:
-            rope = (self.rope_cos[:seq], self.rope_sin[:seq])
+            rope = (self.rope_cos[start:end].to(x.dtype), self.rope_sin[start:end].to(x.dtype))
         x = self.dropout(x)
         use_checkpoint = (
             self.config.gradient_checkpointing and self.training and torch.is_grad_enabled()
         )
-        for block in self.blocks:
-            if use_checkpoint:
+        for index, block in enumerate(self.blocks):
+            if cache is not None:
+                x = block(x, rope, (cache.keys[index], cache.values[index]), start)
+            elif use_checkpoint:
                 x = checkpoint(block, x, rope, use_reentrant=False)
             else:
                 x = block(x, rope)
+        if cache is not None:
+            cache.length = end
         return self.lm_head(self.ln_final(x))
 
     def compute_loss(
