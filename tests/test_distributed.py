@@ -475,6 +475,52 @@ def test_launch_local_returns_the_jobs_exit_code(monkeypatch: pytest.MonkeyPatch
     assert distributed.launch_local(2, ["no-such-command", "--nproc", "2"]) != 0
 
 
+def test_lmrs_train_dist_timeout_reaches_the_process_group_and_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    from lmrs.cli import cli
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    cli_model = importlib.import_module("lmrs.cli_model")
+    train_module = importlib.import_module("lmrs.train")
+    seen: dict[str, float] = {}
+    real_init = distributed.init_distributed
+
+    def init(device: str = "auto", timeout_s: float = 300.0) -> DistContext:
+        seen["process group"] = timeout_s
+        return real_init(device, timeout_s)
+
+    def fake_train(model: Any, data: Any, config: Any, **kwargs: Any) -> Any:
+        seen["run"] = config.dist_timeout_s
+        return SimpleNamespace(summary=lambda: "trained")
+
+    monkeypatch.setattr(distributed, "init_distributed", init)
+    monkeypatch.setattr(train_module, "train", fake_train)
+    monkeypatch.setattr(
+        cli_model, "_load_tokenizer", lambda path: SimpleNamespace(vocab_size=VOCAB)
+    )
+    monkeypatch.setattr(cli_model, "_open_dataset", lambda path, tokenizer: None)
+    base = ["train", "--tokens", "t.bin", "--tokenizer", "t.json", "--device", "cpu", "--quiet"]
+    runner = CliRunner()
+    for given, seconds in (("30m", 1800.0), ("45", 45.0), (None, 300.0)):
+        seen.clear()
+        extra = [] if given is None else ["--dist-timeout", given]
+        out = ["--out", str(tmp_path / f"run-{given}")]
+        done = runner.invoke(cli, [*base, *out, *extra])
+        assert done.exit_code == 0, done.output
+        assert seen == {"process group": seconds, "run": seconds}
+    for bad in ("0", "soon", "-5m"):
+        done = runner.invoke(cli, [*base, "--out", str(tmp_path / "bad"), "--dist-timeout", bad])
+        assert done.exit_code == 2 and "--dist-timeout" in done.output, done.output
+    assert "--dist-timeout DURATION" in runner.invoke(cli, ["train", "--help"]).output
+
+
 def test_lmrs_train_nproc_2_trains_on_two_processes(tmp_path: Path) -> None:
     from lmrs import Tokenizer
 
@@ -630,8 +676,10 @@ def train_config(out_dir: Path, grad_accum_steps: int, **overrides: Any) -> dict
         "warmup_steps": 2,
         "grad_accum_steps": grad_accum_steps,
         "eval_every": 0,
-        "eval_batches": 2,
-        "eval_batch_size": 4,  # the same validation windows whatever the split of work
+        # the same 9 validation windows whatever the split of work; 3 and 3 do not divide
+        # among 2 processes, so this also checks that none is dropped or counted twice
+        "eval_batches": 3,
+        "eval_batch_size": 3,
         "log_every": 1,
         "device": "cpu",
         "dtype": "float32",  # the 1e-5 agreements below are float32 ones
@@ -716,11 +764,35 @@ def _watch_writes(root: Path) -> list[str]:
     return seen
 
 
+def _count_checkpoint_reads() -> list[str]:
+    """Record each time this process reads weights or optimizer state from a checkpoint."""
+    import importlib
+
+    train_module = importlib.import_module("lmrs.train")  # `lmrs.train` is the function
+    reads: list[str] = []
+    load_weights, load = train_module.load_model_weights, torch.load
+
+    def weights(*args: Any, **kwargs: Any) -> Any:
+        reads.append("weights")
+        return load_weights(*args, **kwargs)
+
+    def optimizer(source: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(source, (str, Path)) and Path(source).name == "optimizer.pt":
+            reads.append("optimizer")  # (broadcast_object_list unpickles with torch.load too)
+        return load(source, *args, **kwargs)
+
+    train_module.load_model_weights = weights
+    torch.load = optimizer
+    return reads
+
+
 def _scenario_train(ctx: DistContext, out_dir: Path, spec_json: str) -> dict[str, Any]:
     spec = json.loads(spec_json)
     writes = _watch_writes(Path(spec["config"]["out_dir"]).parent) if not ctx.is_main else []
+    reads = _count_checkpoint_reads()
     seen = run_training(spec)
     seen["writes"] = writes
+    seen["checkpoint_reads"] = reads
     return seen
 
 
@@ -892,7 +964,14 @@ def test_resume_on_two_processes_with_fsdp_continues_the_run(
     np.testing.assert_allclose(seen["losses"], expected, rtol=0, atol=1e-5)
     assert seen["val_loss"] == pytest.approx(reference["val_loss"], abs=1e-5)
     assert seen["rank1"]["writes"] == []
+    # rank 0 alone reads the weights and optimizer state; FSDP broadcasts them shard by shard
+    assert seen["checkpoint_reads"] == ["weights", "optimizer"]
+    assert seen["rank1"]["checkpoint_reads"] == []
     _assert_checkpoint_at(run_dir, STEPS)
+    from safetensors import safe_open
+
+    with safe_open(str(run_dir / "checkpoint" / "model.safetensors"), "pt") as f:
+        assert "lm_head.weight" not in set(f.keys())  # the gathered tied weight, stored once
 
 
 # ---------------------------------------------------------------------------------------

@@ -69,3 +69,30 @@ def test_tf32_only_on_cuda_and_only_for_the_duration() -> None:
     assert torch.get_float32_matmul_precision() == before
 
 
+def test_training_and_evaluation_run_under_tf32_on_their_device(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib
+
+    from lmrs.data import prepare_training_data
+    from lmrs.evaluate import evaluate
+    from lmrs.model import create_small_model
+    from lmrs.train import train
+
+    entered: list[torch.device] = []
+    real = precision.fast_float32_matmul
+
+    def recording(device: torch.device) -> Any:
+        entered.append(device)
+        return real(device)
+
+    train_module = importlib.import_module("lmrs.train")
+    evaluate_module = importlib.import_module("lmrs.evaluate")
+    monkeypatch.setattr(train_module, "fast_float32_matmul", recording)
+    monkeypatch.setattr(evaluate_module, "fast_float32_matmul", recording)
+    docs = [[(k + i) % 50 for i in range(60)] for k in range(4)]
+    batches = prepare_training_data(docs, batch_size=4, seq_len=8)
+    model = create_small_model(60, max_seq_len=16, embed_dim=16, num_heads=2, num_layers=1)
+    train(model, batches, max_steps=1, device="cpu", dtype="float32", show_progress=False)
+    evaluate(model, batches[:1], device="cpu")
+    assert entered == [torch.device("cpu"), torch.device("cpu")]

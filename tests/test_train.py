@@ -107,6 +107,11 @@ def test_loss_decreases_and_logs_are_written(tmp_path: Path) -> None:
     assert [r["step"] for r in records if "train_loss" in r] == [1, 10, 20, 30, 40, 50, 60]
     assert (tmp_path / "run/loss.png").stat().st_size > 1000
     assert (tmp_path / "run/checkpoint/model.safetensors").is_file()
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "run/checkpoint/model.safetensors"), "pt") as f:
+        stored = set(f.keys())
+    assert "lm_head.weight" not in stored and "token_embedding.weight" in stored  # tied: once
     assert "val loss" in result.summary()
 
 
@@ -235,10 +240,194 @@ def test_bfloat16_autocast_trains_as_well_as_float32_on_cpu() -> None:
 
 def test_auto_precision_autocasts_only_where_bfloat16_is_native(monkeypatch) -> None:
     train_module = importlib.import_module("lmrs.train")
+    precision = importlib.import_module("lmrs.precision")
     cpu = torch.device("cpu")
     for native in (True, False):
-        monkeypatch.setattr(train_module, "native_bf16", lambda device, native=native: native)
+        monkeypatch.setattr(precision, "native_bf16", lambda device, native=native: native)
         with train_module.autocast_context(cpu, "auto")():
             assert torch.is_autocast_enabled("cpu") == native
     with train_module.autocast_context(cpu, "float32")():
         assert not torch.is_autocast_enabled("cpu")
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation across processes, compile warm-up, resume on other devices, lmrs eval
+# ---------------------------------------------------------------------------------------
+
+
+def _windows(batches: list) -> list[tuple[int, ...]]:
+    """The (input row, target row) pairs that count, as tuples, in order."""
+    rows = []
+    for inputs, targets in batches:
+        for x, y in zip(inputs.tolist(), targets.tolist()):
+            if y[0] != -100:
+                rows.append((*x, *y))
+    return rows
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 8])
+def test_each_rank_evaluates_its_training_micro_batch_and_all_windows_once(
+    tmp_path: Path, world_size: int
+) -> None:
+    from lmrs.distributed import DistContext
+    from lmrs.train import _val_batches
+
+    write_token_file(tmp_path / "t.bin", make_docs(40, low=40, high=80))
+    split = TokenDataset(tmp_path / "t.bin", tokenizer=FakeTokenizer()).full()
+    config = TrainConfig(batch_size=48, grad_accum_steps=2, seq_len=8, eval_batches=3)
+    single = _val_batches(split, config, DistContext())
+    assert [len(x) for x, _ in single] == [24, 24, 24]  # batch_size // grad_accum, 3 batches
+    micro = -(-48 // (2 * world_size))
+    shares = [
+        _val_batches(split, config, DistContext(rank=r, world_size=world_size, enabled=True))
+        for r in range(world_size)
+    ]
+    # the same number of forward passes everywhere, each the size of a training micro-batch
+    assert len({len(share) for share in shares}) == 1
+    assert all(tuple(x.shape) == (micro, 8) for share in shares for x, _ in share)
+    # together: every window of the single-process evaluation, once
+    assert [w for share in shares for w in _windows(share)] == _windows(single)
+
+
+def test_validation_loss_does_not_depend_on_how_the_windows_are_split(tmp_path: Path) -> None:
+    from lmrs.distributed import DistContext
+    from lmrs.evaluate import EvalResult, evaluation_sums
+    from lmrs.train import _val_batches
+
+    write_token_file(tmp_path / "t.bin", make_docs(40, low=40, high=80))
+    dataset = TokenDataset(tmp_path / "t.bin", tokenizer=FakeTokenizer())
+    split = dataset.full()
+    config = TrainConfig(batch_size=5, seq_len=8, eval_batches=3)  # 15 windows
+    model = tiny_model()
+
+    def loss(world_size: int) -> tuple[float, float]:
+        sums = [
+            evaluation_sums(
+                model,
+                _val_batches(
+                    split, config, DistContext(rank=r, world_size=world_size, enabled=True)
+                ),
+                token_bytes=dataset.token_bytes,
+            )
+            for r in range(world_size)
+        ]
+        total = sums[0]
+        for more in sums[1:]:
+            total = total + more
+        result = EvalResult.from_sums(total.nats, total.tokens, total.bytes)
+        assert result.tokens == 15 * 8
+        return result.loss, result.bits_per_byte or 0.0
+
+    reference = loss(1)
+    for world_size in (2, 4, 7):
+        assert loss(world_size) == pytest.approx(reference, abs=1e-6)
+
+
+def test_compile_time_is_kept_out_of_tokens_per_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    train_module = importlib.import_module("lmrs.train")
+    clock = StepClock()
+    fake_time = SimpleNamespace(perf_counter=clock.read, monotonic=clock.read, time=clock.read)
+    monkeypatch.setattr(train_module, "time", fake_time)
+    compiled: list[object] = []
+
+    def fake_compile(fn: object, *args: object, **kwargs: object) -> object:
+        compiled.append(getattr(fn, "__self__", fn))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    batches = prepare_training_data(pattern_docs(), batch_size=4, seq_len=16)
+    model = tiny_model()
+    forwards: list[int] = []
+
+    def tick(*_: object) -> None:
+        # the first two training forward passes compile: 100 s each; then 1 s per step
+        forwards.append(1)
+        clock.now += 100.0 if len(forwards) <= 2 else 1.0
+
+    model.register_forward_pre_hook(tick)
+    result = train(model, batches, max_steps=6, warmup_steps=1, compile=True, **QUIET)
+    assert compiled == [model]  # the bare model itself, not a bound method of a wrapper
+    assert result.warmup_s == pytest.approx(200.0)
+    assert result.tokens_per_s == pytest.approx(4 * 16 / 1.0)  # steady: one step per second
+    assert "compiling" in result.summary()
+    assert model._compiled_call_impl is None  # the caller's model runs eagerly again
+
+
+def test_resume_says_when_cuda_random_states_cannot_be_restored(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lmrs.checkpoint import encode_rng_state
+    from lmrs.distributed import DistContext
+    from lmrs.train import _restore_rng
+
+    restored: list[int] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(
+        torch.cuda, "set_rng_state_all", lambda states: restored.append(len(states))
+    )
+    cpu_state = torch.get_rng_state()
+    one = encode_rng_state(cpu_state)
+    _restore_rng({"torch": one, "cuda": [one]}, DistContext())  # saved with 1 GPU, 2 visible
+    err = capsys.readouterr().err
+    assert "CUDA random states for 1 device(s) and 2 are visible" in err
+    assert restored == []
+    _restore_rng({"torch": one, "cuda": [one, one]}, DistContext())
+    assert restored == [2] and capsys.readouterr().err == ""
+    _restore_rng({"torch": one, "cuda": [one]}, DistContext(rank=1, is_main=False))
+    assert capsys.readouterr().err == ""  # one rank says it, not every rank
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_lmrs_eval_reports_the_loss_training_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str
+) -> None:
+    from click.testing import CliRunner
+
+    from lmrs import Tokenizer
+    from lmrs.cli import cli
+
+    corpus, held_out = tmp_path / "corpus", tmp_path / "held-out"
+    for folder, count in ((corpus, 8), (held_out, 3)):
+        folder.mkdir()
+        for i in range(count):
+            text = f"document {i} of {folder.name}: " + "to be or not to be, " * (8 + i)
+            (folder / f"{i}.txt").write_text(text)
+    tokenizer = Tokenizer.train(corpus, 280, show_progress=False)
+    tokenizer.encode_files(corpus, str(tmp_path / "train.bin"), show_progress=False)
+    tokenizer.encode_files(held_out, str(tmp_path / "val.bin"), show_progress=False)
+    model = create_small_model(tokenizer.vocab_size, max_seq_len=32, embed_dim=32, num_layers=1)
+    result = train(
+        model,
+        TokenDataset(tmp_path / "train.bin", tokenizer),
+        val_data=TokenDataset(tmp_path / "val.bin", tokenizer).full(),
+        tokenizer=tokenizer,
+        batch_size=4,
+        seq_len=16,
+        max_steps=3,
+        eval_batches=3,
+        out_dir=str(tmp_path / "run"),
+        show_progress=False,
+        device="cpu",
+        dtype=dtype,
+    )
+    trained = result.final_eval
+    assert trained is not None
+    reported: list[object] = []
+    evaluate_module = importlib.import_module("lmrs.evaluate")  # `lmrs.evaluate` is the function
+    real_evaluate = evaluate_module.evaluate
+
+    def spy(*args: object, **kwargs: object) -> object:
+        reported.append(real_evaluate(*args, **kwargs))  # type: ignore[arg-type]
+        return reported[-1]
+
+    monkeypatch.setattr(evaluate_module, "evaluate", spy)
+    args = ["eval", "--checkpoint", str(tmp_path / "run"), "--tokens", str(tmp_path / "val.bin")]
+    args += ["--batch-size", "4", "--max-batches", "3", "--device", "cpu"]
+    done = CliRunner().invoke(cli, args)
+    assert done.exit_code == 0, done.output
+    (evaluated,) = reported
+    # the same windows under the same autocast (the checkpoint's dtype): the same numbers
+    assert evaluated.tokens == trained.tokens  # type: ignore[attr-defined]
+    assert evaluated.loss == pytest.approx(trained.loss, abs=1e-6)  # type: ignore[attr-defined]
+    assert evaluated.bits_per_byte == pytest.approx(trained.bits_per_byte, abs=1e-6)  # type: ignore[attr-defined]

@@ -54,6 +54,16 @@ def parse_duration(text: str) -> float:
     return value * {"s": 1, "m": 60, "h": 3600}[unit]
 
 
+def _dist_timeout(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> float:
+    """``--dist-timeout``: seconds or a duration, positive."""
+    if value is None:
+        return TRAIN_DEFAULTS.dist_timeout_s
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise click.BadParameter(f"{value!r} must be longer than 0 s")
+    return seconds
+
+
 def _load_tokenizer(path: str | os.PathLike[str]) -> Any:
     from lmrs.tokenizer import Tokenizer
 
@@ -185,6 +195,15 @@ def _check_out_dir(out_dir: Path) -> None:
 )
 @click.option("--nproc", type=click.IntRange(min=1), default=1, help="Processes on this machine.")
 @click.option(
+    "--dist-timeout",
+    "dist_timeout_s",
+    callback=_dist_timeout,
+    metavar="DURATION",
+    help="How long a process waits for the others in a collective, e.g. 600, 30m "
+    f"[default: {TRAIN_DEFAULTS.dist_timeout_s:g}s]. Raise it when rank 0 encodes a large "
+    "corpus while the others wait.",
+)
+@click.option(
     "--grad-accum",
     type=click.IntRange(min=1),
     default=TRAIN_DEFAULTS.grad_accum_steps,
@@ -220,6 +239,7 @@ def train_command(
     resume: Optional[str],
     strategy: str,
     nproc: int,
+    dist_timeout_s: float,
     grad_accum: int,
     position: str,
     dropout: Optional[float],
@@ -260,6 +280,7 @@ def train_command(
         dtype=dtype,
         compile=use_compile,
         strategy=strategy,
+        dist_timeout_s=dist_timeout_s,
         grad_accum_steps=grad_accum,
         seed=seed,
         out_dir=str(out_dir),
@@ -296,7 +317,7 @@ def train_command(
 
     from lmrs import distributed
 
-    ctx = distributed.init_distributed(device)
+    ctx = distributed.init_distributed(device, dist_timeout_s)
     try:
         if tokens is None:
             if ctx.is_main:
@@ -507,6 +528,13 @@ def sample_command(
 @click.option("--seq-len", type=click.IntRange(min=1), default=None, help="Default: as trained.")
 @click.option("--max-batches", type=click.IntRange(min=1), default=None, help="Default: all.")
 @click.option("--device", default="auto", show_default=True)
+@click.option(
+    "--dtype",
+    type=click.Choice(TRAIN_DTYPES),
+    default=None,
+    help="Precision (autocast) to evaluate in. Default: the one the model was trained "
+    "with, so the loss matches the validation loss training reported.",
+)
 def eval_command(
     checkpoint: str,
     corpus: Optional[str],
@@ -515,6 +543,7 @@ def eval_command(
     seq_len: Optional[int],
     max_batches: Optional[int],
     device: str,
+    dtype: Optional[str],
 ) -> None:
     """Loss, perplexity and bits per byte of a trained model on a corpus."""
     from lmrs.evaluate import evaluate
@@ -541,12 +570,19 @@ def eval_command(
             batch_size=batch_size,
             seq_len=seq_len,
             show_progress=True,
+            dtype=dtype or _trained_dtype(saved.train_config),
         )
     click.echo(
         f"loss {result.loss:.4f}  perplexity {result.perplexity:.2f}  bits per byte "
         + (f"{result.bits_per_byte:.4f}" if result.bits_per_byte is not None else "n/a")
         + f"  ({result.tokens:,} tokens)"
     )
+
+
+def _trained_dtype(train_config: dict[str, Any]) -> str:
+    """The ``--dtype`` a checkpoint was trained with ("auto" when it does not say)."""
+    dtype = train_config.get("dtype", "auto")
+    return dtype if dtype in TRAIN_DTYPES else "auto"
 
 
 # ---------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lmrs.data import Batch, TokenSplit, bytes_of
+from lmrs.precision import autocast_context, fast_float32_matmul
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,11 @@ def _loss_fn(model: nn.Module) -> Any:
     )
 
 
+# targets with this value are padding: evaluated (every rank runs the same forward passes)
+# but not counted; the models' cross-entropy ignores it too
+IGNORE_INDEX = -100
+
+
 @torch.no_grad()
 def evaluation_sums(
     model: nn.Module,
@@ -84,7 +90,11 @@ def evaluation_sums(
     device: Optional[torch.device] = None,
     autocast: Optional[contextlib.AbstractContextManager[Any]] = None,
 ) -> EvalSums:
-    """Sum of target-token losses (nats), tokens and bytes over ``batches``, in eval mode."""
+    """Sum of target-token losses (nats), tokens and bytes over ``batches``, in eval mode.
+
+    Targets equal to ``IGNORE_INDEX`` (padding) count for nothing; a batch of nothing but
+    padding still runs its forward pass.
+    """
     device = device or _model_device(model)
     loss_fn = _loss_fn(model)
     was_training = model.training
@@ -95,8 +105,11 @@ def evaluation_sums(
             inputs, targets = inputs.to(device), targets.to(device)
             with autocast or contextlib.nullcontext():
                 loss = loss_fn(inputs, targets)
-            count = targets.numel()
-            sums = sums + EvalSums(float(loss) * count, count, bytes_of(targets, token_bytes))
+            counted = targets[targets != IGNORE_INDEX]
+            count = int(counted.numel())
+            if count == 0:
+                continue  # the mean over no tokens is NaN, and it weighs nothing
+            sums = sums + EvalSums(float(loss) * count, count, bytes_of(counted, token_bytes))
     finally:
         model.train(was_training)
     return sums
@@ -112,6 +125,7 @@ def evaluate(
     batch_size: int = 16,
     seq_len: Optional[int] = None,
     show_progress: bool = False,
+    dtype: str = "float32",
 ) -> EvalResult:
     """Loss, perplexity and bits per byte of ``model`` on ``data``.
 
@@ -121,7 +135,9 @@ def evaluate(
     the split). ``num_bytes`` gives the bytes the evaluated target tokens stand for; when
     omitted it is computed exactly from a split whose dataset knows token byte lengths,
     approximated from the split's bytes per token otherwise, and None for plain batches.
-    ``show_progress`` draws a tqdm bar.
+    ``show_progress`` draws a tqdm bar. ``dtype`` is a training precision (``auto``,
+    ``float32``, ``bfloat16``): evaluate under the autocast training used, and the loss
+    equals the one training reported on the same batches.
     """
     torch_device = torch.device(device) if device is not None else _model_device(model)
     token_bytes = None
@@ -142,7 +158,14 @@ def evaluate(
         batch_iter, total = batch_list, len(batch_list)
     if show_progress:
         batch_iter = tqdm(batch_iter, total=total, desc="eval", unit="batch", leave=False)
-    sums = evaluation_sums(model, batch_iter, token_bytes=token_bytes, device=torch_device)
+    with fast_float32_matmul(torch_device):
+        sums = evaluation_sums(
+            model,
+            batch_iter,
+            token_bytes=token_bytes,
+            device=torch_device,
+            autocast=autocast_context(torch_device, dtype)(),
+        )
     if num_bytes is None and sums.bytes is not None:
         num_bytes = sums.bytes
     if num_bytes is None and isinstance(data, TokenSplit) and data.num_bytes:

@@ -48,7 +48,9 @@ class TrainConfig:
     optimizer: str = "adamw"
     eval_every: int = 200  # steps between evaluations (0: only at the end)
     eval_batches: int = 20
-    eval_batch_size: Optional[int] = None  # default: batch_size // grad_accum_steps
+    # sequences per evaluation batch, all processes together (each takes its share); default
+    # batch_size // grad_accum_steps, so each process evaluates its training micro-batch
+    eval_batch_size: Optional[int] = None
     log_every: int = 10
     checkpoint_every: int = 0  # steps between checkpoints (0: only at the end)
     out_dir: Optional[str] = None

@@ -17,6 +17,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -46,13 +47,14 @@ from lmrs.checkpoint import (
 )
 from lmrs.data import Batch, TokenDataset, TokenSplit, micro_batch_size, token_byte_lengths
 from lmrs.errors import LmrsError
-from lmrs.evaluate import EvalResult, evaluation_sums
+from lmrs.evaluate import IGNORE_INDEX, EvalResult, evaluation_sums
 from lmrs.optim import MuonAdamW, muon_parameter_groups, parameter_groups
 from lmrs.options import TRAIN_DTYPES, TrainConfig
-from lmrs.precision import native_bf16
+from lmrs.precision import autocast_context, fast_float32_matmul, uses_bf16
 
 DTYPES = TRAIN_DTYPES  # the name this module exported before options.py
 METRICS_FILE = "metrics.jsonl"
+COMPILE_WARMUP_STEPS = 2  # steps of each compiled session left out of tokens/s
 
 
 @dataclass
@@ -68,6 +70,8 @@ class TrainResult:
     evals: list[tuple[int, EvalResult]] = field(default_factory=list)
     out_dir: Optional[Path] = None
     checkpoint: Optional[Path] = None
+    # time of the first steps left out of tokens_per_s (compilation, with config.compile)
+    warmup_s: float = 0.0
 
     @property
     def final_eval(self) -> Optional[EvalResult]:
@@ -78,6 +82,8 @@ class TrainResult:
             f"trained {self.steps - self.start_step} steps (to step {self.steps}, "
             f"{self.tokens:,} tokens) in {self.elapsed_s:.1f} s, {self.tokens_per_s:,.0f} tokens/s"
         )
+        if self.warmup_s:
+            text += f" (after {self.warmup_s:.1f} s compiling)"
         if self.losses:
             text += f"; train loss {self.losses[-1]:.4f}"
         final = self.final_eval
@@ -140,19 +146,6 @@ def create_optimizer(model: nn.Module, config: TrainConfig, device: torch.device
             group["weight_decay"] = 0.0  # plain Adam: no decay (use adamw for decoupled decay)
         return torch.optim.Adam(groups, lr=lr, betas=betas, eps=config.eps, **fused)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=config.eps, **fused)
-
-
-def autocast_context(device: torch.device, dtype: str) -> Callable[[], Any]:
-    """A factory of autocast contexts for the configured precision.
-
-    "auto" autocasts to bfloat16 where the device multiplies it natively (CUDA from Ampere,
-    CPUs with AVX512-BF16 or AMX: about 1.3x the fp32 training speed on two EPYC cores);
-    parameters, optimizer state, LayerNorm, softmax and the loss stay float32.
-    """
-    use_bf16 = dtype == "bfloat16" or (dtype == "auto" and native_bf16(device))
-    if not use_bf16:
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 # ---------------------------------------------------------------------------------------
@@ -285,24 +278,69 @@ def _resolve_data(
     return BatchListSource(data, config), val_data
 
 
+def eval_batch_per_rank(config: TrainConfig, world_size: int) -> int:
+    """Sequences each process evaluates per forward pass: its share of ``eval_batch_size``,
+    by default the training micro-batch (the memory training has already shown it needs)."""
+    size = config.eval_batch_size or max(1, config.batch_size // config.grad_accum_steps)
+    return max(1, -(-size // world_size))
+
+
 def _val_batches(val: Any, config: TrainConfig, ctx: dist_utils.DistContext) -> list[Batch]:
-    """This rank's share of the fixed validation batches (equal counts on every rank)."""
+    """This rank's share of the fixed validation windows.
+
+    The windows are the same whatever the number of processes (``eval_batches`` batches of
+    ``eval_batch_size``, by default ``batch_size // grad_accum_steps``), and together the
+    ranks evaluate each exactly once, so the validation loss does not depend on the world
+    size. Every rank runs the same number of forward passes (FSDP gathers parameters in
+    each); where a rank's share runs short, its batches are filled with padding rows whose
+    targets are ``IGNORE_INDEX`` and count for nothing.
+    """
     if val is None:
         return []
     if isinstance(val, TokenDataset):
         val = val.full()
     if isinstance(val, TokenSplit):
-        # independent of the world size, so every run evaluates the same windows
         size = config.eval_batch_size or max(1, config.batch_size // config.grad_accum_steps)
         total = val.eval_batches(config.seq_len, size, config.eval_batches)
+        per_rank = eval_batch_per_rank(config, ctx.world_size)
     else:
         total = list(val)[: config.eval_batches]
-    if ctx.enabled and total:
-        # every rank must run the same number of forward passes (FSDP gathers in forward)
-        if len(total) < ctx.world_size:
-            total = (total * ctx.world_size)[: ctx.world_size]
-        total = total[: len(total) - len(total) % ctx.world_size]
-    return total[ctx.rank :: ctx.world_size]
+        per_rank = max((len(x) for x, _ in total), default=1)
+        per_rank = max(1, -(-per_rank // ctx.world_size))
+    if not ctx.enabled or not total:
+        return total
+    return _rank_share(total, ctx.rank, ctx.world_size, per_rank)
+
+
+def _rank_share(total: list[Batch], rank: int, world_size: int, per_rank: int) -> list[Batch]:
+    """Rank ``rank``'s contiguous share of the rows of ``total``, in batches of ``per_rank``
+    rows, as many batches on every rank (padding rows where a share runs short)."""
+    rows = [(x[i], y[i]) for x, y in total for i in range(len(x))]
+    share = -(-len(rows) // world_size)
+
+    def groups(r: int) -> list[list[int]]:
+        """Row indices of rank r's batches: full batches of one sequence length."""
+        out: list[list[int]] = []
+        for index in range(r * share, min(len(rows), (r + 1) * share)):
+            same_length = bool(out) and rows[out[-1][0]][0].shape == rows[index][0].shape
+            if same_length and len(out[-1]) < per_rank:
+                out[-1].append(index)
+            else:
+                out.append([index])
+        return out
+
+    passes = max(len(groups(r)) for r in range(world_size))
+    batches = []
+    for indices in groups(rank) + [[]] * (passes - len(groups(rank))):
+        inputs = [rows[i][0] for i in indices]
+        targets = [rows[i][1] for i in indices]
+        # padding repeats a real row (so the forward pass sees ordinary tokens) and
+        # ignores its targets; shape stays (per_rank, seq), one compiled shape
+        filler = rows[indices[0] if indices else 0]
+        inputs += [filler[0]] * (per_rank - len(indices))
+        targets += [torch.full_like(filler[1], IGNORE_INDEX)] * (per_rank - len(indices))
+        batches.append((torch.stack(inputs), torch.stack(targets)))
+    return batches
 
 
 def _evaluate(run: _Run) -> Optional[EvalResult]:
@@ -348,7 +386,12 @@ def _save(run: _Run, state: dict[str, Any]) -> Optional[Path]:
 
 
 def _resume(run: _Run, resume_from: Union[str, os.PathLike[str]]) -> dict[str, Any]:
-    """Load weights and optimizer state on every rank; returns the checkpoint's state."""
+    """Load weights and optimizer state; returns the checkpoint's state.
+
+    Under FSDP only rank 0 reads the weights and the optimizer state (the loaders broadcast
+    them tensor by tensor and each rank keeps its shard), so no other rank ever holds them
+    whole; a file rank 0 cannot read stops every rank with the same error.
+    """
     checkpoint = load_checkpoint(resume_from, tokenizer=run.tokenizer)
     current = run.raw_model.config.to_dict() if hasattr(run.raw_model, "config") else {}
     differences = config_differences(checkpoint.model_config, current) if current else []
@@ -357,17 +400,24 @@ def _resume(run: _Run, resume_from: Union[str, os.PathLike[str]]) -> dict[str, A
             f"{checkpoint.path / MODEL_CONFIG_FILE}: saved for a different model: "
             + ", ".join(differences)
         )
-    weights = load_model_weights(verified_file(checkpoint.path, MODEL_FILE))
+    sharded = run.ctx.enabled and dist_utils.is_fsdp(run.model)
+    weights: dict[str, torch.Tensor] = {}
+    optimizer_state: dict[str, Any] = {}
+    problem: Optional[str] = None
+    if run.ctx.is_main or not sharded:
+        try:
+            weights = load_model_weights(verified_file(checkpoint.path, MODEL_FILE))
+            optimizer_state = _read_optimizer_state(checkpoint.path)
+        except CheckpointError as e:
+            if not sharded:
+                raise
+            problem = str(e)
+    if sharded:
+        problem = dist_utils.broadcast_object(problem, run.ctx)
+        if problem is not None:
+            raise CheckpointError(problem)
     dist_utils.load_full_state_dict(run.model, weights, run.ctx)
     optimizer_path = checkpoint.path / OPTIMIZER_FILE
-    if not optimizer_path.is_file():
-        raise CheckpointError(f"{optimizer_path}: missing, cannot resume the optimizer")
-    try:
-        optimizer_state = torch.load(
-            verified_file(checkpoint.path, OPTIMIZER_FILE), map_location="cpu", weights_only=True
-        )
-    except (RuntimeError, ValueError, EOFError) as e:
-        raise CheckpointError(f"{optimizer_path}: cannot read the optimizer state: {e}") from e
     try:
         dist_utils.load_full_optimizer_state_dict(
             run.model, run.optimizer, optimizer_state, run.ctx
@@ -375,6 +425,37 @@ def _resume(run: _Run, resume_from: Union[str, os.PathLike[str]]) -> dict[str, A
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"{optimizer_path}: does not fit this optimizer: {e}") from e
     return checkpoint.state
+
+
+def _read_optimizer_state(directory: Path) -> dict[str, Any]:
+    path = directory / OPTIMIZER_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing, cannot resume the optimizer")
+    try:
+        state = torch.load(
+            verified_file(directory, OPTIMIZER_FILE), map_location="cpu", weights_only=True
+        )
+    except (RuntimeError, ValueError, EOFError) as e:
+        raise CheckpointError(f"{path}: cannot read the optimizer state: {e}") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: cannot read the optimizer state: not a dict")
+    return state
+
+
+def _restore_rng(state: dict[str, Any], ctx: dist_utils.DistContext) -> None:
+    """Restore the saved RNG states, saying on stderr what cannot be restored."""
+    saved_cuda = state.get("cuda")
+    if torch.cuda.is_available() and ctx.is_main:
+        visible = torch.cuda.device_count()
+        saved = len(saved_cuda) if isinstance(saved_cuda, list) else 0
+        if saved != visible:
+            print(
+                f"lmrs: the checkpoint has CUDA random states for {saved} device(s) and "
+                f"{visible} are visible: CUDA random streams (dropout) start afresh, so the "
+                "resumed run will not repeat an uninterrupted one exactly",
+                file=sys.stderr,
+            )
+    restore_rng_state(state)
 
 
 def train(
@@ -401,7 +482,8 @@ def train(
     owns_group = not torch.distributed.is_initialized()
     ctx = dist_utils.init_distributed(config.device, config.dist_timeout_s)
     try:
-        return _train(model, data, config, ctx, val_data, tokenizer, resume_from)
+        with fast_float32_matmul(ctx.device):
+            return _train(model, data, config, ctx, val_data, tokenizer, resume_from)
     finally:
         if owns_group:  # a group the caller created is the caller's to destroy
             dist_utils.cleanup(ctx)
@@ -444,7 +526,36 @@ def _train(
 
     torch.manual_seed(config.seed + ctx.rank)  # dropout; every batch is chosen by (seed, step)
     raw_model = dist_utils.unwrap_model(model)
-    wrapped = dist_utils.wrap_model(raw_model, ctx, config.strategy)
+    wrapped = dist_utils.wrap_model(
+        raw_model,
+        ctx,
+        config.strategy,
+        param_dtype=torch.bfloat16 if uses_bf16(device, config.dtype) else None,
+        compile=config.compile,
+    )
+    try:
+        return _run_training(
+            raw_model, wrapped, source, val, config, ctx, token_bytes, tokenizer, out_dir,
+            resume_from,
+        )  # fmt: skip
+    finally:
+        if config.compile:
+            dist_utils.uncompile(raw_model)
+
+
+def _run_training(
+    raw_model: nn.Module,
+    wrapped: nn.Module,
+    source: Union[SplitSource, BatchListSource],
+    val: Any,
+    config: TrainConfig,
+    ctx: dist_utils.DistContext,
+    token_bytes: Optional[np.ndarray],
+    tokenizer: Any,
+    out_dir: Optional[Path],
+    resume_from: Union[str, os.PathLike[str], None],
+) -> TrainResult:
+    device = ctx.device
     optimizer = create_optimizer(raw_model, config, device)
     run = _Run(
         config=config,
@@ -469,7 +580,7 @@ def _train(
         tokens_before = int(state.get("tokens", 0))
         # The checkpoint holds rank 0's RNG state; other ranks draw fresh dropout streams,
         # so only single-process (and rank 0) dropout continues bit for bit.
-        restore_rng_state(state.get("rng", {}))
+        _restore_rng(state.get("rng", {}), ctx)
         if ctx.rank > 0:
             torch.manual_seed(config.seed + ctx.rank + 1_000_003 * start_step)
 
@@ -491,14 +602,16 @@ def _train(
             metrics_path.unlink()
     metrics = MetricsLog(metrics_path if ctx.is_main else None)
 
-    step_loss = wrapped.compute_loss
-    if config.compile:
-        step_loss = torch.compile(step_loss)
+    step_loss = wrapped.compute_loss  # compiled inside (wrap_model) when config.compile
 
     tokens_per_step = source.tokens_per_step(ctx.world_size)
     losses: list[float] = []
     evals: list[tuple[int, EvalResult]] = []
     train_time = 0.0
+    # compiling happens in the first steps (and DDP rebuilds its buckets in the second):
+    # their time is reported apart, not averaged into tokens/s
+    warmup_steps = COMPILE_WARMUP_STEPS if config.compile else 0
+    warmup_time = 0.0
     session_start = time.perf_counter()
     step = start_step
     checkpoint_path: Optional[Path] = None
@@ -538,12 +651,7 @@ def _train(
                     inputs, targets = source.micro_batch(step, micro, ctx.rank, ctx.world_size)
                     inputs = inputs.to(device, non_blocking=True)
                     targets = targets.to(device, non_blocking=True)
-                    no_sync = (
-                        wrapped.no_sync()
-                        if ctx.enabled and micro < accum - 1 and hasattr(wrapped, "no_sync")
-                        else contextlib.nullcontext()
-                    )
-                    with no_sync:
+                    with dist_utils.micro_step(wrapped, ctx, last=micro == accum - 1):
                         with run.autocast():
                             loss = step_loss(inputs, targets)
                         (loss / accum).backward()
@@ -569,7 +677,10 @@ def _train(
                     f"(learning rate {lr:.3g}): lower --lr{kept}"
                 )
             step_time = time.perf_counter() - started
-            train_time += step_time
+            if step - start_step < warmup_steps:
+                warmup_time += step_time
+            else:
+                train_time += step_time
             step += 1
             losses.append(step_loss_value)
             tokens_per_s = tokens_per_step / max(step_time, 1e-9)
@@ -644,16 +755,20 @@ def _train(
             with contextlib.suppress(ValueError):
                 plot_metrics(out_dir)
     session_tokens = (step - start_step) * tokens_per_step
+    steady_tokens = max(0, step - start_step - warmup_steps) * tokens_per_step
+    if steady_tokens == 0:  # a run too short to get past compiling: count it all
+        steady_tokens, train_time, warmup_time = session_tokens, train_time + warmup_time, 0.0
     outcome = TrainResult(
         steps=step,
         start_step=start_step,
         losses=losses,
         tokens=session_tokens,
         elapsed_s=time.perf_counter() - session_start,
-        tokens_per_s=session_tokens / train_time if train_time > 0 else 0.0,
+        tokens_per_s=steady_tokens / train_time if train_time > 0 else 0.0,
         evals=evals,
         out_dir=out_dir,
         checkpoint=checkpoint_path,
+        warmup_s=warmup_time,
     )
     if ctx.is_main and config.show_progress:
         print(outcome.summary())
