@@ -545,8 +545,9 @@ def load_checkpoint(
                 optimizer_path, map_location=map_location, weights_only=True
             )
             optimizer.load_state_dict(optimizer_state)
-        except (OSError, RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{optimizer_path}: cannot restore optimizer: {e}") from e
+        except Exception as e:  # noqa: BLE001 - a corrupt pickle can raise nearly anything
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"{optimizer_path}: cannot restore optimizer: {reason}") from e
     return Checkpoint(path=path, state=state, model_config=model_config, train_config=train_config)
 
 
@@ -580,7 +581,7 @@ def check_weight_shapes(path: Path, config: Any) -> None:
     try:
         with torch.device("meta"):
             expected = {name: tuple(t.shape) for name, t in GPT(config).state_dict().items()}
-    except (RuntimeError, ValueError, OverflowError) as e:
+    except (RuntimeError, ValueError, OverflowError, TypeError) as e:
         raise CheckpointError(f"{path / MODEL_CONFIG_FILE}: cannot build this model: {e}") from e
     for name in sorted(set(expected) | set(stored)):
         if expected.get(name) != stored.get(name):

@@ -19,6 +19,10 @@ from torch.utils.checkpoint import checkpoint
 
 from lmrs.options import POSITIONS, PRESETS
 
+# positions a model may have: far beyond what a small model trains on, and small enough
+# that the rotary tables of a hostile config cannot exhaust memory
+MAX_CONTEXT = 1 << 20
+
 
 @dataclass
 class ModelConfig:
@@ -81,6 +85,21 @@ class ModelConfig:
             )
         if self.position == "rope" and self.head_dim % 2:
             raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
+        if self.max_seq_len > MAX_CONTEXT:
+            raise ValueError(
+                f"ModelConfig.max_seq_len {self.max_seq_len} is over the supported "
+                f"{MAX_CONTEXT:,} positions"
+            )
+        rope_base = self.rope_base
+        if isinstance(rope_base, bool) or not isinstance(rope_base, (int, float)):
+            raise ValueError(f"ModelConfig.rope_base must be a number, got {rope_base!r}")
+        if not 1.0 < rope_base < math.inf:
+            raise ValueError(f"ModelConfig.rope_base must be > 1 and finite, got {rope_base}")
+        for name in ("bias", "tie_weights", "attention_dropout", "gradient_checkpointing"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ModelConfig.{name} must be true or false")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"ModelConfig.seed must be an integer, got {self.seed!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
