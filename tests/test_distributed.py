@@ -363,6 +363,34 @@ def one_rank_group(tmp_path: Path) -> Any:
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_training_in_a_group_the_caller_made_wraps_even_a_group_of_one(
+    one_rank_group: DistContext, tmp_path: Path, strategy: str
+) -> None:
+    # how the GPU check runs DDP and FSDP (NCCL) on one GPU: the caller's group of one is
+    # used as it is, and training through the wrapper gives the single-process losses
+    from lmrs.data import prepare_training_data
+    from lmrs.train import train
+
+    ctx = distributed.init_distributed("cpu")
+    assert (ctx.enabled, ctx.world_size, ctx.backend) == (True, 1, "gloo")
+    rng = np.random.default_rng(0)
+    batches = prepare_training_data(rng.integers(0, VOCAB, 600).tolist(), batch_size=2, seq_len=16)
+    settings = dict(max_steps=3, grad_accum_steps=2, warmup_steps=1, device="cpu",
+                    dtype="float32", show_progress=False)  # fmt: skip
+    wrapped_model = _tiny_model()
+    wrapped = train(wrapped_model, batches, strategy=strategy, **settings)
+    assert torch.distributed.is_initialized()  # the caller's group is the caller's to destroy
+    if strategy == "fsdp":
+        assert distributed.is_fsdp(wrapped_model)
+    torch.distributed.destroy_process_group()
+    single = train(_tiny_model(), batches, **settings)
+    torch.distributed.init_process_group(  # for the fixture to destroy
+        "gloo", store=torch.distributed.HashStore(), rank=0, world_size=1
+    )
+    np.testing.assert_allclose(wrapped.losses, single.losses, rtol=0, atol=1e-6)
+
+
 def test_ddp_does_not_broadcast_buffers_and_skips_sync_on_early_micro_steps(
     one_rank_group: DistContext,
 ) -> None:

@@ -127,12 +127,15 @@ def _env_int(name: str, default: Optional[int] = None) -> int:
 def init_distributed(device: str = "auto", timeout_s: float = 300.0) -> DistContext:
     """Create the process group described by torchrun's environment variables.
 
+    A process group that already exists is used as it is (its size, one included).
     ``WORLD_SIZE`` absent or 1 → a single-process context (no process group). Otherwise
     ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` must be set (torchrun does).
     NCCL on CUDA (each rank on ``cuda:LOCAL_RANK``), gloo on CPU.
     """
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+    if dist.is_initialized():
+        return _existing_group(device, timeout_s)
     world_size = _env_int("WORLD_SIZE", 1)
     if world_size < 1:
         raise ValueError(f"environment variable WORLD_SIZE={world_size} must be at least 1")
@@ -190,6 +193,27 @@ def init_distributed(device: str = "auto", timeout_s: float = 300.0) -> DistCont
         is_main=rank == 0,
         enabled=True,
         backend=backend,
+        timeout_s=timeout_s,
+    )
+
+
+def _existing_group(device: str, timeout_s: float) -> DistContext:
+    """The context of a process group the caller created, used as it is, whatever its size:
+    a group of one still wraps the model in DDP or FSDP (how the GPU check runs both on a
+    single GPU). The caller made the group, so the caller destroys it."""
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    local_rank = _env_int("LOCAL_RANK", rank)
+    resolved = resolve_device(device, local_rank, distributed=True)
+    if resolved.type == "cuda":
+        torch.cuda.set_device(resolved)
+    return DistContext(
+        rank=rank,
+        world_size=world_size,
+        local_rank=local_rank,
+        device=resolved,
+        is_main=rank == 0,
+        enabled=True,
+        backend=str(dist.get_backend()),
         timeout_s=timeout_s,
     )
 
