@@ -435,8 +435,9 @@ def _read_optimizer_state(directory: Path) -> dict[str, Any]:
         state = torch.load(
             verified_file(directory, OPTIMIZER_FILE), map_location="cpu", weights_only=True
         )
-    except (RuntimeError, ValueError, EOFError) as e:
-        raise CheckpointError(f"{path}: cannot read the optimizer state: {e}") from e
+    except Exception as e:  # noqa: BLE001 - a corrupt pickle can raise nearly anything
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: cannot read the optimizer state: {reason}") from e
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: cannot read the optimizer state: not a dict")
     return state
