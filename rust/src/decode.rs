@@ -696,30 +696,13 @@ mod attention_avx2 {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn scores_unchecked(q: &[f32], head: &HeadCache, scale: f32, scores: &mut [f32]) {
         let (visible, max_len) = (head.visible, head.max_len);
-        let keys = head.keys.as_ptr();
         let mut start = 0;
         while start < visible && start + 8 <= max_len {
-            let groups = if start + 32 <= max_len && visible - start > 24 {
-                4
+            start += if start + 32 <= max_len && visible - start > 24 {
+                score_groups::<4>(q, head, scale, start, scores)
             } else {
-                1
+                score_groups::<1>(q, head, scale, start, scores)
             };
-            let mut acc = [_mm256_setzero_ps(); 4];
-            for (d, &qd) in q.iter().enumerate() {
-                let qd = _mm256_set1_ps(qd);
-                for (g, acc) in acc.iter_mut().enumerate().take(groups) {
-                    let keys = load_bf16(keys.add(d * max_len + start + 8 * g));
-                    *acc = _mm256_fmadd_ps(qd, keys, *acc);
-                }
-            }
-            let mut lanes = [0f32; 32];
-            for (g, acc) in acc.iter().enumerate().take(groups) {
-                let scaled = _mm256_mul_ps(*acc, _mm256_set1_ps(scale));
-                _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * g), scaled);
-            }
-            let count = (visible - start).min(8 * groups);
-            scores[start..start + count].copy_from_slice(&lanes[..count]);
-            start += 8 * groups;
         }
         for (s, score) in scores.iter_mut().enumerate().skip(start) {
             let mut acc = 0f32;
@@ -728,6 +711,36 @@ mod attention_avx2 {
             }
             *score = acc * scale;
         }
+    }
+
+    /// The scores of the G·8 positions from `start` (those below `visible` kept), G
+    /// registers of sums (independent chains of multiply-adds); returns G·8.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn score_groups<const G: usize>(
+        q: &[f32],
+        head: &HeadCache,
+        scale: f32,
+        start: usize,
+        scores: &mut [f32],
+    ) -> usize {
+        let (keys, max_len) = (head.keys.as_ptr(), head.max_len);
+        let mut acc = [_mm256_setzero_ps(); G];
+        for (d, &qd) in q.iter().enumerate() {
+            let qd = _mm256_set1_ps(qd);
+            let row = keys.add(d * max_len + start);
+            for (g, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(qd, load_bf16(row.add(8 * g)), *acc);
+            }
+        }
+        let mut lanes = [[0f32; 8]; G];
+        for (lanes, acc) in lanes.iter_mut().zip(&acc) {
+            let scaled = _mm256_mul_ps(*acc, _mm256_set1_ps(scale));
+            _mm256_storeu_ps(lanes.as_mut_ptr(), scaled);
+        }
+        let count = (head.visible - start).min(8 * G);
+        scores[start..start + count].copy_from_slice(&lanes.as_flattened()[..count]);
+        8 * G
     }
 
     /// Eight head dimensions per register, summed over every position, up to four
@@ -739,19 +752,12 @@ mod attention_avx2 {
         let full = hd / 8 * 8;
         let mut start = 0;
         while start < full {
-            let groups = ((full - start) / 8).min(4);
-            let mut acc = [_mm256_setzero_ps(); 4];
-            for (s, &weight) in weights.iter().enumerate() {
-                let weight = _mm256_set1_ps(weight);
-                for (g, acc) in acc.iter_mut().enumerate().take(groups) {
-                    let value = load_bf16(values.as_ptr().add(s * hd + start + 8 * g));
-                    *acc = _mm256_fmadd_ps(weight, value, *acc);
-                }
-            }
-            for (g, acc) in acc.iter().enumerate().take(groups) {
-                _mm256_storeu_ps(y.as_mut_ptr().add(start + 8 * g), *acc);
-            }
-            start += 8 * groups;
+            start += match (full - start) / 8 {
+                1 => weighted_groups::<1>(weights, values, start, y),
+                2 => weighted_groups::<2>(weights, values, start, y),
+                3 => weighted_groups::<3>(weights, values, start, y),
+                _ => weighted_groups::<4>(weights, values, start, y),
+            };
         }
         for (d, out) in y.iter_mut().enumerate().skip(full) {
             let mut acc = 0f32;
@@ -760,6 +766,31 @@ mod attention_avx2 {
             }
             *out = acc;
         }
+    }
+
+    /// `y[start..start + 8·G] = Σ_s weights[s] · V[s][start..start + 8·G]`, G registers of
+    /// sums in one pass over the positions; returns 8·G.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn weighted_groups<const G: usize>(
+        weights: &[f32],
+        values: &[u16],
+        start: usize,
+        y: &mut [f32],
+    ) -> usize {
+        let hd = y.len();
+        let mut acc = [_mm256_setzero_ps(); G];
+        for (s, &weight) in weights.iter().enumerate() {
+            let weight = _mm256_set1_ps(weight);
+            let row = values.as_ptr().add(s * hd + start);
+            for (g, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(weight, load_bf16(row.add(8 * g)), *acc);
+            }
+        }
+        for (g, acc) in acc.iter().enumerate() {
+            _mm256_storeu_ps(y.as_mut_ptr().add(start + 8 * g), *acc);
+        }
+        8 * G
     }
 }
 
