@@ -253,8 +253,8 @@ def generate(
     for a float32 model on hardware that computes it natively (CUDA, CPUs with AVX512-BF16
     or AMX), the model's own dtype elsewhere; "float32" gives the model's own numbers.
     ``engine`` picks the decoding implementation ("auto", "rust", "torch"; see
-    :func:`lmrs.decode.resolve_engine`): "auto" runs bfloat16 on CPUs with AVX512-BF16 in
-    Rust, where a row's tokens do not depend on the rest of the batch at all.
+    :func:`lmrs.decode.resolve_engine`): "auto" runs bfloat16 on x86-64 CPUs (AVX2 or
+    AVX512-BF16) in Rust, where a row's tokens do not depend on the rest of the batch at all.
 
     Raises ValueError for an empty prompt, ids outside the vocabulary, temperature < 0,
     top_k < 0, top_p outside (0, 1], or prompt + max_length over ``max_seq_len``.
