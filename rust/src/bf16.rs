@@ -138,6 +138,7 @@ pub fn matmul(
 }
 
 /// The rows of `x` as a kernel reads them.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // bfloat16 rows: AVX-512 only
 enum Inputs<'a> {
     Bf16(&'a [u16]),
     F32(Widened),
@@ -177,10 +178,10 @@ fn task_sums(isa: Isa, inputs: &Inputs, m: usize, w: &PackedMatrix, task: usize,
     assert_eq!(sums.len(), m * COLUMNS_PER_TASK);
     let first_block = task * COLUMNS_PER_TASK / BLOCK;
     let blocks: [&[u16]; BLOCKS_PER_TASK] = std::array::from_fn(|b| w.block(first_block + b));
-    let k = w.k;
     match (isa, inputs) {
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx512Bf16(token), Inputs::Bf16(x)) => {
+            let k = w.k;
             for i0 in (0..m).step_by(TILE_ROWS) {
                 let rows = TILE_ROWS.min(m - i0);
                 let xs = &x[i0 * k..(i0 + rows) * k];
