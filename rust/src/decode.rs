@@ -128,15 +128,16 @@ impl LayerNorm {
     fn forward_bf16(&self, x: &[f32], out: &mut Vec<u16>) {
         let width = self.weight.len();
         out.clear();
-        for row in x.chunks_exact(width) {
+        out.resize(x.len(), 0);
+        map_rows(x, width, out, width, |row, out| {
             let mean = row.iter().sum::<f32>() / width as f32;
             let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / width as f32;
             let inv_std = 1.0 / (var + LAYER_NORM_EPS).sqrt();
-            for (i, &v) in row.iter().enumerate() {
+            for (i, (&v, out)) in row.iter().zip(out.iter_mut()).enumerate() {
                 let bias = self.bias.as_ref().map_or(0.0, |b| b[i]);
-                out.push(bf16::to_bf16((v - mean) * inv_std * self.weight[i] + bias));
+                *out = bf16::to_bf16((v - mean) * inv_std * self.weight[i] + bias);
             }
-        }
+        });
     }
 }
 
@@ -359,7 +360,7 @@ impl DecodeModel {
             self.rotate(&mut buffer, batch, seq, start);
             self.store_keys_values(cache, index, &buffer, batch, seq, start);
             self.attend(cache, index, &buffer, batch, seq, start, &mut attended);
-            bf16::to_bf16_into(&attended, &mut attended_bf16);
+            to_bf16_rows(&attended, dims.q_width(), &mut attended_bf16, |v| v);
             layer
                 .out_proj
                 .forward(isa, &attended_bf16, rows, &mut buffer);
@@ -367,8 +368,8 @@ impl DecodeModel {
 
             layer.ln_ffn.forward_bf16(&x, &mut normed);
             layer.up.forward(isa, &normed, rows, &mut buffer);
-            buffer.iter_mut().for_each(|v| *v = gelu_tanh(*v));
-            bf16::to_bf16_into(&buffer, &mut hidden);
+            let ff = layer.up.rows();
+            to_bf16_rows(&buffer, ff, &mut hidden, gelu_tanh);
             layer.down.forward(isa, &hidden, rows, &mut buffer);
             add_into(&mut x, &buffer);
         }
@@ -422,23 +423,36 @@ impl DecodeModel {
         let dims = self.dims;
         let (hd, q_width, kv_width) = (dims.head_dim, dims.q_width(), dims.kv_width());
         let width = q_width + 2 * kv_width;
-        let max_len = cache.max_len;
-        for (r, row) in qkv.chunks_exact(width).enumerate().take(batch * seq) {
-            let (b, pos) = (r / seq, start + r % seq);
-            for h in 0..dims.kv_heads {
-                let base = (b * dims.kv_heads + h) * max_len * hd;
-                let key = &row[q_width + h * hd..q_width + (h + 1) * hd];
+        let (max_len, kv_heads) = (cache.max_len, dims.kv_heads);
+        // one (row, key/value head) of the cache at a time: disjoint, so in parallel
+        let store = |task: usize, (keys, values): (&mut [u16], &mut [u16])| {
+            let (b, h) = (task / kv_heads, task % kv_heads);
+            for t in 0..seq {
+                let (row, pos) = (&qkv[(b * seq + t) * width..][..width], start + t);
+                let key = &row[q_width + h * hd..][..hd];
                 for (d, &k) in key.iter().enumerate() {
-                    cache.keys[layer][base + d * max_len + pos] = bf16::to_bf16(k);
+                    keys[d * max_len + pos] = bf16::to_bf16(k);
                 }
-                let value = &row[q_width + kv_width + h * hd..q_width + kv_width + (h + 1) * hd];
-                let at = base + pos * hd;
-                let cached = &mut cache.values[layer][at..at + hd];
+                let value = &row[q_width + kv_width + h * hd..][..hd];
+                let cached = &mut values[pos * hd..(pos + 1) * hd];
                 cached
                     .iter_mut()
                     .zip(value)
                     .for_each(|(c, &v)| *c = bf16::to_bf16(v));
             }
+        };
+        let head_size = max_len * hd;
+        let (keys, values) = (&mut cache.keys[layer], &mut cache.values[layer]);
+        if batch * seq >= PARALLEL_ROWS {
+            keys.par_chunks_mut(head_size)
+                .zip(values.par_chunks_mut(head_size))
+                .enumerate()
+                .for_each(|(task, pair)| store(task, pair));
+        } else {
+            keys.chunks_mut(head_size)
+                .zip(values.chunks_mut(head_size))
+                .enumerate()
+                .for_each(|(task, pair)| store(task, pair));
         }
     }
 
@@ -814,6 +828,44 @@ fn exp_poly(x: f32) -> f32 {
     let p = p * r + 1.0;
     let p = p * r + 1.0;
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// Rows at which the elementwise work between the matrix products (LayerNorm, GELU,
+/// rounding, cache stores) is split between threads; below it, a fork costs more than it
+/// saves. Each row is computed the same way either way.
+const PARALLEL_ROWS: usize = 4;
+
+/// `f(input row, output row)` for every row, in parallel from `PARALLEL_ROWS` rows on.
+fn map_rows<A: Sync, B: Send>(
+    input: &[A],
+    input_width: usize,
+    output: &mut [B],
+    output_width: usize,
+    f: impl Fn(&[A], &mut [B]) + Sync + Send,
+) {
+    let rows = output.len() / output_width.max(1);
+    if rows >= PARALLEL_ROWS {
+        output
+            .par_chunks_mut(output_width)
+            .zip(input.par_chunks(input_width))
+            .for_each(|(out, row)| f(row, out));
+    } else {
+        output
+            .chunks_mut(output_width)
+            .zip(input.chunks(input_width))
+            .for_each(|(out, row)| f(row, out));
+    }
+}
+
+/// `out = bf16(f(x))` elementwise, rows of `width`.
+fn to_bf16_rows(x: &[f32], width: usize, out: &mut Vec<u16>, f: impl Fn(f32) -> f32 + Sync + Send) {
+    out.clear();
+    out.resize(x.len(), 0);
+    map_rows(x, width, out, width, |row, out| {
+        out.iter_mut()
+            .zip(row)
+            .for_each(|(o, &v)| *o = bf16::to_bf16(f(v)));
+    });
 }
 
 fn add_into(x: &mut [f32], y: &[f32]) {
