@@ -44,7 +44,7 @@ from torch import nn
 
 from lmrs.atomic import default_mode, fsync_dir, fsync_file, glob_escape
 from lmrs.distributed import unwrap_model
-from lmrs.errors import InputError
+from lmrs.errors import InputError, one_line
 from lmrs.faults import fault_point
 from lmrs.jsonfile import read_json_object
 
@@ -153,10 +153,18 @@ def load_model_weights(path: Path) -> dict[str, torch.Tensor]:
             header_len = int.from_bytes(f.read(8), "little")
             header = json.loads(f.read(header_len))
     except (OSError, SafetensorError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot read weights: {e}") from e
-    aliases = json.loads(header.get("__metadata__", {}).get("aliases", "{}"))
-    for alias, target in aliases.items():
-        tensors[alias] = tensors[target]
+        raise CheckpointError(f"{path}: cannot read weights: {one_line(e)}") from e
+    try:
+        aliases = json.loads(header.get("__metadata__", {}).get("aliases", "{}"))
+        for alias, target in aliases.items():
+            tensors[alias] = tensors[target]
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: malformed 'aliases' metadata: {one_line(e)}") from e
+    for name, tensor in tensors.items():
+        # training never saves a non-finite weight (a NaN loss stops it first): such a
+        # value is damage that no checksum recorded (a checkpoint from before checksums)
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path}: {name} holds NaN or infinite values: corrupted")
     return tensors
 
 
@@ -384,7 +392,7 @@ def verify_file(directory: Path, name: str, expected: Any, sums_path: Path) -> N
     if actual["size"] != expected.get("size"):
         raise CheckpointError(
             f"{path}: size {actual['size']} does not match the checkpoint's record "
-            f"({expected.get('size')}): truncated or replaced"
+            f"({expected.get('size')!r}): truncated or replaced"
         )
     if actual["sha256"] != expected.get("sha256"):
         raise CheckpointError(f"{path}: checksum mismatch: the file is corrupted")
@@ -463,7 +471,7 @@ def check_train_config(train_config: Mapping[str, Any], path: Path) -> None:
     try:
         TrainConfig.from_dict(dict(train_config)).validate()
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: invalid training config: {e}") from e
+        raise CheckpointError(f"{path}: invalid training config: {one_line(e)}") from e
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
@@ -546,8 +554,9 @@ def load_checkpoint(
             )
             optimizer.load_state_dict(optimizer_state)
         except Exception as e:  # noqa: BLE001 - a corrupt pickle can raise nearly anything
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f"{optimizer_path}: cannot restore optimizer: {reason}") from e
+            raise CheckpointError(
+                f"{optimizer_path}: cannot restore optimizer: {one_line(e)}"
+            ) from e
     return Checkpoint(path=path, state=state, model_config=model_config, train_config=train_config)
 
 
@@ -563,7 +572,7 @@ def check_weight_shapes(path: Path, config: Any) -> None:
             stored = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
             aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
     except (OSError, SafetensorError, ValueError) as e:
-        raise CheckpointError(f"{weights_path}: cannot read weights: {e}") from e
+        raise CheckpointError(f"{weights_path}: cannot read weights: {one_line(e)}") from e
     if not isinstance(aliases, dict):
         raise CheckpointError(f"{weights_path}: malformed 'aliases' metadata")
     for alias, target in aliases.items():
@@ -582,7 +591,9 @@ def check_weight_shapes(path: Path, config: Any) -> None:
         with torch.device("meta"):
             expected = {name: tuple(t.shape) for name, t in GPT(config).state_dict().items()}
     except (RuntimeError, ValueError, OverflowError, TypeError) as e:
-        raise CheckpointError(f"{path / MODEL_CONFIG_FILE}: cannot build this model: {e}") from e
+        raise CheckpointError(
+            f"{path / MODEL_CONFIG_FILE}: cannot build this model: {one_line(e)}"
+        ) from e
     for name in sorted(set(expected) | set(stored)):
         if expected.get(name) != stored.get(name):
             raise CheckpointError(
@@ -602,7 +613,9 @@ def load_model(
     try:
         config = ModelConfig.from_dict(config_dict)
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path / MODEL_CONFIG_FILE}: invalid model config: {e}") from e
+        raise CheckpointError(
+            f"{path / MODEL_CONFIG_FILE}: invalid model config: {one_line(e)}"
+        ) from e
     check_weight_shapes(path, config)
     model = GPT(config)
     checkpoint = load_checkpoint(path, model)

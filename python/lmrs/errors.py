@@ -15,3 +15,9 @@ class LmrsError(Exception):
 
 class InputError(LmrsError, ValueError):
     """An argument or an input file that lmrs cannot use (a ValueError for old callers)."""
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of an error's message (messages from torch and pickle run long)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -46,7 +46,7 @@ from lmrs.checkpoint import (
     verified_file,
 )
 from lmrs.data import Batch, TokenDataset, TokenSplit, micro_batch_size, token_byte_lengths
-from lmrs.errors import LmrsError
+from lmrs.errors import LmrsError, one_line
 from lmrs.evaluate import IGNORE_INDEX, EvalResult, evaluation_sums
 from lmrs.optim import MuonAdamW, muon_parameter_groups, parameter_groups
 from lmrs.options import TRAIN_DTYPES, TrainConfig
@@ -423,7 +423,9 @@ def _resume(run: _Run, resume_from: Union[str, os.PathLike[str]]) -> dict[str, A
             run.model, run.optimizer, optimizer_state, run.ctx
         )
     except (ValueError, KeyError) as e:
-        raise CheckpointError(f"{optimizer_path}: does not fit this optimizer: {e}") from e
+        raise CheckpointError(
+            f"{optimizer_path}: does not fit this optimizer: {one_line(e)}"
+        ) from e
     return checkpoint.state
 
 
@@ -436,8 +438,7 @@ def _read_optimizer_state(directory: Path) -> dict[str, Any]:
             verified_file(directory, OPTIMIZER_FILE), map_location="cpu", weights_only=True
         )
     except Exception as e:  # noqa: BLE001 - a corrupt pickle can raise nearly anything
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: cannot read the optimizer state: {reason}") from e
+        raise CheckpointError(f"{path}: cannot read the optimizer state: {one_line(e)}") from e
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: cannot read the optimizer state: not a dict")
     return state

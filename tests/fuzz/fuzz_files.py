@@ -400,7 +400,8 @@ def check_checkpoint(path: Path) -> str:
         if "\n" in message or not message.startswith(str(path)):
             raise AssertionError(f"error does not name the file in one line: {message!r}") from e
         return "refused"
-    if saved.step < 0 or not torch.isfinite(model(torch.zeros(1, 4, dtype=torch.long))).all():
+    ids = torch.zeros(1, min(4, model.config.max_seq_len), dtype=torch.long)
+    if saved.step < 0 or not torch.isfinite(model(ids)).all():
         raise AssertionError("loaded, but the model or its state is not usable")
     return "loaded"
 
