@@ -898,7 +898,7 @@ def _dying_run(
         "train",
         results,
         json.dumps(spec),
-        timeout=60,
+        timeout=240,  # a cap for a loaded machine; the ranks stop on their own well before
         env={"LMRS_TEST_TIMEOUT_S": str(FAIL_TIMEOUT_S)},
         wait_for=list(wait_for),
     )
