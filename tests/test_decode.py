@@ -193,14 +193,26 @@ def test_auto_engine_rule(monkeypatch, kernel, device, dtype, expected):
             resolve_engine("rust", torch.device(device), dtype)
 
 
-def test_auto_dtype_is_bfloat16_only_for_float32_models_on_native_hardware(monkeypatch):
+@pytest.mark.parametrize(
+    "native, kernel, engine, expected",
+    [
+        (True, "portable", "auto", torch.bfloat16),  # native bf16 (CUDA Ampere, AMX...)
+        (False, "avx2", "auto", torch.bfloat16),  # the Rust AVX2 kernel reads bf16 weights
+        (False, "avx512bf16", "rust", torch.bfloat16),
+        (False, "avx2", "torch", torch.float32),  # torch on a CPU without native bf16
+        (False, "portable", "auto", torch.float32),
+        (False, "portable", "rust", torch.float32),
+    ],
+)
+def test_auto_dtype_rule(monkeypatch, native, kernel, engine, expected):
     import lmrs.decode
+    from lmrs import _lmrs
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(lmrs.decode, "native_bf16", lambda device: True)
-    assert resolve_dtype("auto", cpu, torch.float32) == torch.bfloat16
-    assert resolve_dtype("auto", cpu, torch.float64) == torch.float64
-    assert resolve_dtype("float32", cpu, torch.float32) == torch.float32
-    monkeypatch.setattr(lmrs.decode, "native_bf16", lambda device: False)
-    assert resolve_dtype(None, cpu, torch.float32) == torch.float32
-    assert resolve_dtype(torch.bfloat16, cpu, torch.float32) == torch.bfloat16
+    monkeypatch.setattr(lmrs.decode, "native_bf16", lambda device: native)
+    monkeypatch.setattr(_lmrs, "decode_kernel", lambda: kernel)
+    assert resolve_dtype("auto", cpu, torch.float32, engine) == expected
+    assert resolve_dtype(None, cpu, torch.float32, engine) == expected
+    assert resolve_dtype("auto", cpu, torch.float64, engine) == torch.float64
+    assert resolve_dtype("float32", cpu, torch.float32, engine) == torch.float32
+    assert resolve_dtype(torch.bfloat16, cpu, torch.float32, engine) == torch.bfloat16

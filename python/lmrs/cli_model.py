@@ -449,14 +449,15 @@ def stream_text(tokenizer: Any, ids: Iterator[int]) -> Iterator[str]:
     type=click.Choice(SAMPLING_DTYPES),
     default="auto",
     show_default=True,
-    help="Precision of the matrix products; auto: bfloat16 where the hardware has it.",
+    help="Precision of the matrix products; auto: bfloat16 where it is fast (native bf16, "
+    "or the Rust engine's AVX2/AVX512-BF16 kernels).",
 )
 @click.option(
     "--engine",
     type=click.Choice(ENGINES),
     default="auto",
     show_default=True,
-    help="Decoding implementation; auto: rust for bfloat16 on CPUs with AVX512-BF16.",
+    help="Decoding implementation; auto: rust on x86-64 CPUs (AVX2 or AVX512-BF16).",
 )
 def sample_command(
     checkpoint: str,

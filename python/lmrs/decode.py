@@ -38,6 +38,8 @@ from lmrs.model import GPT, KVCache
 from lmrs.options import ENGINES
 from lmrs.precision import native_bf16
 
+SIMD_KERNELS = ("avx512bf16", "avx2")  # Rust kernels faster than the torch engine
+
 DTYPES = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
@@ -50,14 +52,19 @@ def resolve_dtype(
     dtype: Union[str, torch.dtype, None],
     device: torch.device,
     model_dtype: torch.dtype = torch.float32,
+    engine: str = "auto",
 ) -> torch.dtype:
     """The dtype of the matrix products while sampling.
 
-    "auto" (or None): bfloat16 for a float32 model on hardware with native bfloat16, else
-    the model's own dtype. A name from ``DTYPES`` or a torch dtype is taken as given.
+    "auto" (or None): bfloat16 for a float32 model where bfloat16 is fast: hardware with
+    native bfloat16, or (engine "auto" or "rust") a CPU where the Rust engine has a SIMD
+    kernel (AVX2 widens bfloat16 weights in registers: half the bytes read per token);
+    else the model's own dtype. A name from ``DTYPES`` or a torch dtype is taken as given.
     """
     if dtype is None or dtype == "auto":
-        if model_dtype == torch.float32 and native_bf16(device):
+        if model_dtype == torch.float32 and (
+            native_bf16(device) or (engine != "torch" and _rust_has_simd(device))
+        ):
             return torch.bfloat16
         return model_dtype
     if isinstance(dtype, str):
@@ -71,6 +78,22 @@ def resolve_dtype(
     return dtype
 
 
+def _rust_has_simd(device: torch.device) -> bool:
+    """The Rust engine runs a SIMD kernel on this device (a CPU with AVX2 or AVX512-BF16)."""
+    if device.type != "cpu":
+        return False
+    from lmrs import _lmrs
+
+    return _lmrs.decode_kernel() in SIMD_KERNELS
+
+
+def _kept(model: GPT, engine: str) -> dict[tuple[Any, ...], Any]:
+    """The snapshots kept on ``model`` for ``engine`` (one per engine: switching engines
+    does not rebuild the other's, a changed parameter replaces its own)."""
+    kept: dict[str, dict[tuple[Any, ...], Any]] = model.__dict__.setdefault("_decode_weights", {})
+    return kept.setdefault(engine, {})
+
+
 def _snapshot_key(model: GPT, dtype: torch.dtype) -> tuple[Any, ...]:
     # a parameter changed in place bumps its version; a replaced one has a new address
     state = tuple((p.data_ptr(), p._version) for p in model.parameters())
@@ -82,13 +105,14 @@ def sampling_model(model: GPT, dtype: Union[str, torch.dtype, None] = "auto") ->
     this copy's own ``forward`` with a :class:`KVCache`, so sampling and training share one
     definition of the model. Kept on the model and reused until a parameter changes."""
     weight = model.token_embedding.weight
-    resolved = resolve_dtype(dtype, weight.device, weight.dtype)
-    key = ("torch",) + _snapshot_key(model, resolved)
-    kept: dict[tuple[Any, ...], Any] = model.__dict__.setdefault("_decode_weights", {})
+    resolved = resolve_dtype(dtype, weight.device, weight.dtype, engine="torch")
+    key = _snapshot_key(model, resolved)
+    kept = _kept(model, "torch")
     if key not in kept:
         kept.clear()  # keep one snapshot: the weights of an older state are dead
         # the memo entry keeps the copy from copying the snapshots kept on the original
-        clone = copy.deepcopy(model, memo={id(kept): {}})
+        snapshots = model.__dict__["_decode_weights"]
+        clone = copy.deepcopy(model, memo={id(snapshots): {}})
         clone.to(resolved).eval().requires_grad_(False)
         kept[key] = clone
     return kept[key]
@@ -115,7 +139,7 @@ def resolve_engine(engine: str, device: torch.device, dtype: torch.dtype) -> str
     if engine == "auto":
         from lmrs import _lmrs
 
-        simd = rust_ok and _lmrs.decode_kernel() in ("avx512bf16", "avx2")
+        simd = rust_ok and _lmrs.decode_kernel() in SIMD_KERNELS
         return "rust" if simd else "torch"
     return engine
 
@@ -125,8 +149,8 @@ def rust_decode_model(model: GPT) -> Any:
     on the model until a parameter changes, like :func:`prepare_weights`."""
     from lmrs import _lmrs
 
-    key = ("rust",) + _snapshot_key(model, torch.bfloat16)
-    kept: dict[tuple[Any, ...], Any] = model.__dict__.setdefault("_decode_weights", {})
+    key = _snapshot_key(model, torch.bfloat16)
+    kept = _kept(model, "rust")
     if key not in kept:
         kept.clear()
         config = model.config
@@ -176,7 +200,7 @@ class Decoder:
         if not 0 < self.max_len <= config.max_seq_len:
             raise ValueError(f"max_len must be in [1, {config.max_seq_len}], got {self.max_len}")
         device = model.token_embedding.weight.device
-        resolved = resolve_dtype(dtype, device, model.token_embedding.weight.dtype)
+        resolved = resolve_dtype(dtype, device, model.token_embedding.weight.dtype, engine)
         self.engine = resolve_engine(engine, device, resolved)
         self.batch_size = batch_size
         self._dtype = resolved

@@ -166,10 +166,15 @@ def _check_request(
 
 
 def _sampling_dtype(
-    model: GPT, device: Union[str, torch.device, None], dtype: Union[str, torch.dtype, None]
+    model: GPT,
+    device: Union[str, torch.device, None],
+    dtype: Union[str, torch.dtype, None],
+    engine: str = "auto",
 ) -> torch.dtype:
     """Move the model to ``device`` if given; the dtype its matrix products will sample in."""
-    return resolve_dtype(dtype, _model_device(model, device), model.token_embedding.weight.dtype)
+    return resolve_dtype(
+        dtype, _model_device(model, device), model.token_embedding.weight.dtype, engine
+    )
 
 
 def _model_device(model: GPT, device: Union[str, torch.device, None]) -> torch.device:
@@ -264,7 +269,7 @@ def generate(
     _check_request(model, prompts, max_length, options)
     stops = set(stop_tokens or ())
     base_seed = _base_seed(seed)
-    sampling_dtype = _sampling_dtype(model, device, dtype)
+    sampling_dtype = _sampling_dtype(model, device, dtype, engine)
     resolve_engine(engine, model.token_embedding.weight.device, sampling_dtype)  # checked now
 
     outputs: list[list[int]] = [[] for _ in prompts]
@@ -322,7 +327,7 @@ def stream_generate(
     _check_request(model, prompts, max_length, options)
     stops = set(stop_tokens or ())
     seeds = [_base_seed(seed)]
-    sampling_dtype = _sampling_dtype(model, device, dtype)
+    sampling_dtype = _sampling_dtype(model, device, dtype, engine)
     resolve_engine(engine, model.token_embedding.weight.device, sampling_dtype)  # checked now
     steps = _new_tokens(
         model, prompts, max_length, options, seeds, sampling_dtype, use_cache, engine
