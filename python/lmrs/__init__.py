@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "ModelConfig": "lmrs.model",
     "GPT": "lmrs.model",
+    "KVCache": "lmrs.model",
     "create_model": "lmrs.model",
     "create_small_model": "lmrs.model",
     "model_from_preset": "lmrs.model",
