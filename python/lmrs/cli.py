@@ -17,7 +17,7 @@ import click
 from lmrs.cli_corpus import register_corpus_commands
 from lmrs.cli_model import register_model_commands
 from lmrs.cli_tokenizer import register_tokenizer_commands
-from lmrs.errors import LmrsError
+from lmrs.errors import LmrsError, one_line
 from lmrs.tokenizer import TokenizerError
 
 # What the user can fix: each becomes one line. Everything else is a bug: a traceback.
@@ -39,8 +39,7 @@ def describe(error: BaseException) -> str:
         if error.errno == errno.ENOSPC:
             return f"no space left on device writing {name}" if name else reason
         return f"{name}: {reason[:1].lower()}{reason[1:]}" if name else reason
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+    return one_line(error)
 
 
 def debug_enabled() -> bool:
