@@ -13,6 +13,7 @@ concurrent writer's, and other targets', are not touched.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
@@ -48,10 +49,6 @@ def fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def glob_escape(text: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
-
-
 def _process_gone(pid: int) -> bool:
     if pid == os.getpid():
         return False
@@ -67,7 +64,7 @@ def _process_gone(pid: int) -> bool:
 def remove_dead_temporaries(path: Path) -> int:
     """Remove ``.NAME.tmp-PID-*`` files beside ``path`` whose writing process is gone."""
     removed = 0
-    for stale in path.parent.glob(f".{glob_escape(path.name)}.tmp-*"):
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
         pid_text = stale.name[len(path.name) + 6 :].split("-", 1)[0]
         if not pid_text.isdigit() or not _process_gone(int(pid_text)):
             continue

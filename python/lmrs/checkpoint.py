@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import glob
 import hashlib
 import json
 import os
@@ -42,11 +43,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lmrs.atomic import default_mode, fsync_dir, fsync_file, glob_escape
+from lmrs.atomic import default_mode, fsync_dir, fsync_file
 from lmrs.distributed import unwrap_model
 from lmrs.errors import InputError, one_line
 from lmrs.faults import fault_point
-from lmrs.jsonfile import read_json_object
+from lmrs.jsonfile import is_plain_name, read_json_object
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -289,7 +290,7 @@ def remove_checkpoint_leftovers(final: Path) -> int:
     """Remove ``final``'s ``.tmp-*`` / ``.old-*`` siblings (debris of crashed saves)."""
     removed = 0
     for kind in ("tmp", "old"):
-        for stale in final.parent.glob(f"{glob_escape(final.name)}.{kind}-*"):
+        for stale in final.parent.glob(f"{glob.escape(final.name)}.{kind}-*"):
             if stale.is_dir() and not stale.is_symlink():
                 shutil.rmtree(stale, ignore_errors=True)
                 removed += 1
@@ -353,7 +354,7 @@ def _newest_leftover(candidate: Path) -> Optional[tuple[Path, int]]:
     if not candidate.parent.is_dir():
         return None
     for kind in ("old", "tmp"):
-        for directory in candidate.parent.glob(f"{glob_escape(candidate.name)}.{kind}-*"):
+        for directory in candidate.parent.glob(f"{glob.escape(candidate.name)}.{kind}-*"):
             try:
                 verify_checkpoint(directory, require_checksums=True)
                 step = int(_read_json(directory / STATE_FILE).get("step", 0))
@@ -380,7 +381,7 @@ def verify_checkpoint(directory: Path, *, require_checksums: bool = False) -> No
 
 def verify_file(directory: Path, name: str, expected: Any, sums_path: Path) -> None:
     """One file of a checkpoint against its checksums.json entry."""
-    if not _plain_name(name) or not isinstance(expected, dict):
+    if not is_plain_name(name) or not isinstance(expected, dict):
         raise CheckpointError(f"{sums_path}: malformed entry {name!r}")
     path = directory / name
     if not path.is_file():
@@ -396,17 +397,6 @@ def verify_file(directory: Path, name: str, expected: Any, sums_path: Path) -> N
         )
     if actual["sha256"] != expected.get("sha256"):
         raise CheckpointError(f"{path}: checksum mismatch: the file is corrupted")
-
-
-def _plain_name(name: Any) -> bool:
-    """A file name inside its directory: no separator, no '..', not absolute."""
-    return (
-        isinstance(name, str)
-        and name not in ("", ".", "..")
-        and "/" not in name
-        and "\\" not in name
-        and "\0" not in name
-    )
 
 
 def verified_file(directory: Path, name: str) -> Path:
@@ -544,20 +534,35 @@ def load_checkpoint(
                 f"{' '.join(line.strip() for line in first[:3])}"
             ) from e
     if optimizer is not None:
-        optimizer_path = path / OPTIMIZER_FILE
-        if not optimizer_path.is_file():
-            raise CheckpointError(f"{optimizer_path}: missing from the checkpoint")
-        verified_file(path, OPTIMIZER_FILE)
+        optimizer_state = read_optimizer_state(path, map_location)
         try:
-            optimizer_state = torch.load(
-                optimizer_path, map_location=map_location, weights_only=True
-            )
             optimizer.load_state_dict(optimizer_state)
-        except Exception as e:  # noqa: BLE001 - a corrupt pickle can raise nearly anything
+        except Exception as e:  # noqa: BLE001 - a state of the wrong shape fails in many ways
             raise CheckpointError(
-                f"{optimizer_path}: cannot restore optimizer: {one_line(e)}"
+                f"{path / OPTIMIZER_FILE}: cannot restore optimizer: {one_line(e)}"
             ) from e
     return Checkpoint(path=path, state=state, model_config=model_config, train_config=train_config)
+
+
+def read_optimizer_state(
+    directory: Path, map_location: Union[str, torch.device] = "cpu"
+) -> dict[str, Any]:
+    """optimizer.pt of a checkpoint, verified; CheckpointError naming it if it is missing,
+    does not match its checksum, or does not unpickle to a dict."""
+    path = directory / OPTIMIZER_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing, cannot resume the optimizer")
+    try:
+        state = torch.load(
+            verified_file(directory, OPTIMIZER_FILE), map_location=map_location, weights_only=True
+        )
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a corrupt pickle can raise nearly anything
+        raise CheckpointError(f"{path}: cannot read the optimizer state: {one_line(e)}") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: cannot read the optimizer state: not a dict")
+    return state
 
 
 def check_weight_shapes(path: Path, config: Any) -> None:

@@ -252,8 +252,7 @@ def train_command(
     if corpus is None and tokens is None:
         raise click.UsageError("give --corpus DIR or --tokens FILE")
     out_dir = Path(out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir}: exists and is not a directory (--out takes a run directory)")
+    _check_out_dir(out_dir)
     if (out_dir / "checkpoint").exists() and not resume and not overwrite:
         raise InputError(
             f"{out_dir}: already holds a trained run; pass --resume {out_dir} to continue it "
@@ -299,7 +298,6 @@ def train_command(
         dropout=dropout,
         explicit=explicit,
     )
-    _check_out_dir(out_dir)
     under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
 
     token_path = Path(tokens) if tokens else out_dir / "tokens.bin"

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from lmrs import _lmrs
 from lmrs.errors import InputError
-from lmrs.jsonfile import read_json_object
+from lmrs.jsonfile import is_plain_name, read_json_object
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -260,20 +260,6 @@ def _open_bin(
     return info, tokens
 
 
-def _is_plain_name(name: object) -> bool:
-    """A file name inside its directory: no separator, not ``.``/``..``, not absolute, and
-    printable (so that an error can name it on one line). Files that name other files
-    (manifests) must not lead a reader anywhere else."""
-    return (
-        isinstance(name, str)
-        and name.isprintable()
-        and name not in ("", ".", "..")
-        and not any(c in name for c in "/\\\0")
-        and not os.path.isabs(name)
-        and Path(name).name == name
-    )
-
-
 class TokenStream:
     """One or more memory-mapped token files read as one stream of ids."""
 
@@ -349,7 +335,7 @@ class TokenDataset:
         if not isinstance(shards, list) or not shards:
             raise DataError(f"{manifest_path}: 'shards' must be a non-empty list of file names")
         for name in shards:
-            if not _is_plain_name(name):
+            if not is_plain_name(name):
                 raise DataError(
                     f"{manifest_path}: shard entry {name!r} is not a plain file name "
                     "inside this directory"

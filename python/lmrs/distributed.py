@@ -47,7 +47,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lmrs.errors import LmrsError
+from lmrs.errors import LmrsError, one_line
 from lmrs.options import STRATEGIES
 
 # prefixes that wrappers add to parameter names: DDP / FSDP1 (`module.`), torch.compile
@@ -225,8 +225,7 @@ def cleanup(ctx: DistContext) -> None:
 
 
 def _failure(ctx: DistContext, what: str, cause: BaseException) -> DistributedError:
-    text = str(cause).strip()
-    detail = text.splitlines()[0] if text else type(cause).__name__
+    detail = one_line(cause)
     return DistributedError(
         f"rank {ctx.rank}: {what} failed: another rank stopped or is unreachable "
         f"(timeout {ctx.timeout_s:g} s): {detail}"

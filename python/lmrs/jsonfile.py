@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,3 +23,17 @@ def read_json_object(path: Path, what: str, error: type[Exception]) -> dict[str,
     if not isinstance(value, dict):
         raise error(f"{path}: {what} is not a JSON object")
     return value
+
+
+def is_plain_name(name: object) -> bool:
+    """A file name inside its directory: no separator, not ``.``/``..``, not absolute, and
+    printable (so that an error can name it on one line). Files that name other files
+    (manifests, checksums) must not lead a reader anywhere else."""
+    return (
+        isinstance(name, str)
+        and name.isprintable()
+        and name not in ("", ".", "..")
+        and not any(c in name for c in "/\\\0")
+        and not os.path.isabs(name)
+        and Path(name).name == name
+    )

@@ -41,6 +41,7 @@ from lmrs.checkpoint import (
     config_differences,
     load_checkpoint,
     load_model_weights,
+    read_optimizer_state,
     restore_rng_state,
     save_checkpoint,
     verified_file,
@@ -407,7 +408,7 @@ def _resume(run: _Run, resume_from: Union[str, os.PathLike[str]]) -> dict[str, A
     if run.ctx.is_main or not sharded:
         try:
             weights = load_model_weights(verified_file(checkpoint.path, MODEL_FILE))
-            optimizer_state = _read_optimizer_state(checkpoint.path)
+            optimizer_state = read_optimizer_state(checkpoint.path)
         except CheckpointError as e:
             if not sharded:
                 raise
@@ -427,21 +428,6 @@ def _resume(run: _Run, resume_from: Union[str, os.PathLike[str]]) -> dict[str, A
             f"{optimizer_path}: does not fit this optimizer: {one_line(e)}"
         ) from e
     return checkpoint.state
-
-
-def _read_optimizer_state(directory: Path) -> dict[str, Any]:
-    path = directory / OPTIMIZER_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing, cannot resume the optimizer")
-    try:
-        state = torch.load(
-            verified_file(directory, OPTIMIZER_FILE), map_location="cpu", weights_only=True
-        )
-    except Exception as e:  # noqa: BLE001 - a corrupt pickle can raise nearly anything
-        raise CheckpointError(f"{path}: cannot read the optimizer state: {one_line(e)}") from e
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: cannot read the optimizer state: not a dict")
-    return state
 
 
 def _restore_rng(state: dict[str, Any], ctx: dist_utils.DistContext) -> None:
