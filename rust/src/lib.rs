@@ -16,6 +16,7 @@ pub mod fault;
 pub mod pretokenize;
 pub mod sample;
 pub mod token_file;
+pub mod token_stream;
 pub mod train;
 pub mod vocab;
 
@@ -23,5 +24,7 @@ pub mod vocab;
 mod py;
 #[cfg(feature = "python")]
 mod py_decode;
+#[cfg(feature = "python")]
+mod py_token_stream;
 
 pub use error::{catch_panic, Error, Result};

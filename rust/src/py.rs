@@ -128,8 +128,8 @@ fn allowed_from(allowed: Option<Vec<u32>>) -> AllowedSpecial {
 
 /// The Rust tokenizer: a vocab and its encoder. Immutable, so threads share it freely.
 #[pyclass(frozen, module = "lmrs._lmrs")]
-struct CoreTokenizer {
-    encoder: Arc<Encoder>,
+pub(crate) struct CoreTokenizer {
+    pub(crate) encoder: Arc<Encoder>,
 }
 
 impl CoreTokenizer {
@@ -597,6 +597,7 @@ fn _lmrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TokenizerError", m.py().get_type::<TokenizerError>())?;
     m.add_class::<CoreTokenizer>()?;
     m.add_class::<WordCounter>()?;
+    m.add_class::<crate::py_token_stream::PyTokenStream>()?;
     m.add_function(wrap_pyfunction!(collect_files, m)?)?;
     m.add_function(wrap_pyfunction!(build_manifest, m)?)?;
     m.add_function(wrap_pyfunction!(fault_points, m)?)?;

@@ -335,7 +335,7 @@ fn encode_into<'a>(
 }
 
 /// A shard directory may replace `out` only if `out` is one already, or empty, or absent.
-fn check_replaceable_dir(out: &Path) -> Result<()> {
+pub(crate) fn check_replaceable_dir(out: &Path) -> Result<()> {
     if out.is_dir() && !out.join(MANIFEST_NAME).is_file() {
         let empty = std::fs::read_dir(out)
             .map_err(|e| Error::io(out, e))?
@@ -403,7 +403,7 @@ fn encode_range<'a>(
     Ok(())
 }
 
-enum Layout {
+pub(crate) enum Layout {
     /// One token file at this path (no shards).
     Single(PathBuf),
     /// Shards in this directory.
@@ -418,7 +418,7 @@ struct OpenShard {
 }
 
 /// Writes ids into shard files (or one file), starting a new shard when one is full.
-struct ShardSink {
+pub(crate) struct ShardSink {
     layout: Layout,
     limit: u64,
     wide: bool,
@@ -430,7 +430,7 @@ struct ShardSink {
 }
 
 impl ShardSink {
-    fn new(encoder: &Encoder, layout: Layout, options: &TokenFileOptions) -> Self {
+    pub(crate) fn new(encoder: &Encoder, layout: Layout, options: &TokenFileOptions) -> Self {
         let sharded = matches!(layout, Layout::Dir(_));
         let vocab_size = encoder.vocab_size();
         let template = TokenFileInfo {
@@ -502,7 +502,7 @@ impl ShardSink {
         Ok(self.current.as_mut().expect("just opened"))
     }
 
-    fn write_document(&mut self, ids: &[u32], num_bytes: u64) -> Result<()> {
+    pub(crate) fn write_document(&mut self, ids: &[u32], num_bytes: u64) -> Result<()> {
         let mut rest = ids;
         let mut buffer = std::mem::take(&mut self.buffer);
         let (limit, wide) = (self.limit, self.wide);
@@ -563,7 +563,7 @@ impl ShardSink {
     /// Closes the last shard, then commits every shard and then its sidecar. Data goes
     /// first: the old content of the sidecar (if any) records the old size and checksum,
     /// so a crash between the two renames is caught by readers, never read as valid.
-    fn finish(&mut self) -> Result<Vec<(PathBuf, TokenFileInfo)>> {
+    pub(crate) fn finish(&mut self) -> Result<Vec<(PathBuf, TokenFileInfo)>> {
         if self.current.is_none() && self.closed.is_empty() {
             self.open()?; // an empty part still writes one (empty) file
         }
@@ -586,7 +586,7 @@ impl ShardSink {
     }
 
     /// Removes the temporary files after an error.
-    fn abandon(&mut self) {
+    pub(crate) fn abandon(&mut self) {
         if let Some(shard) = self.current.take() {
             drop(shard.writer);
             let _ = std::fs::remove_file(&shard.tmp);

@@ -1,0 +1,61 @@
+//! PyO3 glue for [`crate::token_stream`]: `lmrs._lmrs.TokenStream`, fed batches of texts
+//! by `lmrs.records` (the GIL is released while a batch is encoded and written).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedStr;
+
+use crate::encode::Encoder;
+use crate::py::{guard, to_py_err, CoreTokenizer};
+use crate::token_stream::TokenStream;
+
+#[pyclass(module = "lmrs._lmrs", name = "TokenStream")]
+pub(crate) struct PyTokenStream {
+    encoder: Arc<Encoder>,
+    stream: TokenStream,
+}
+
+#[pymethods]
+impl PyTokenStream {
+    /// A token file at `out` (a shard directory with `shard_tokens`), written by
+    /// `write(texts)` calls and committed by `finish()`.
+    #[new]
+    #[pyo3(signature = (tokenizer, out, shard_tokens=None))]
+    fn new(
+        tokenizer: PyRef<'_, CoreTokenizer>,
+        out: PathBuf,
+        shard_tokens: Option<u64>,
+    ) -> PyResult<Self> {
+        guard("TokenStream", || {
+            let encoder = Arc::clone(&tokenizer.encoder);
+            let stream = TokenStream::create(&encoder, &out, shard_tokens).map_err(to_py_err)?;
+            Ok(Self { encoder, stream })
+        })
+    }
+
+    /// Appends the texts (one document each, each followed by `eot_id`); returns the
+    /// UTF-8 bytes written.
+    fn write(&mut self, py: Python<'_>, texts: Vec<PyBackedStr>) -> PyResult<u64> {
+        guard("TokenStream.write", || {
+            let (encoder, stream) = (&self.encoder, &mut self.stream);
+            py.detach(|| stream.write(encoder, &texts))
+                .map_err(to_py_err)
+        })
+    }
+
+    /// Commits the file(s); returns the sidecar or manifest JSON.
+    fn finish(&mut self, py: Python<'_>) -> PyResult<String> {
+        guard("TokenStream.finish", || {
+            let stream = &mut self.stream;
+            let written = py.detach(|| stream.finish()).map_err(to_py_err)?;
+            Ok(written.to_json())
+        })
+    }
+
+    /// Removes what was written (nothing appears at `out`).
+    fn abandon(&mut self) {
+        self.stream.abandon();
+    }
+}
