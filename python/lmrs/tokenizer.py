@@ -314,16 +314,27 @@ class Tokenizer:
             ids.append(self._special_tokens[name])
         return ids
 
-    def encode(self, text: str, *, allowed_special: AllowedSpecial = "all") -> list[int]:
+    def encode(
+        self,
+        text: str,
+        *,
+        allowed_special: AllowedSpecial = "all",
+        add_special_tokens: bool = False,
+    ) -> list[int]:
         """Text → ids. Special tokens in the text become their ids when allowed
-        (default: all); others are encoded as plain text."""
+        (default: all); others are encoded as plain text. ``add_special_tokens=True``
+        appends ``<|endoftext|>`` (the seed API's meaning: one finished document)."""
         if allowed_special == "none":
-            return self.encode_ordinary(text)
-        allowed = self._allowed_ids(allowed_special)
-        try:
-            return self._core.encode(text, allowed)
-        except UnicodeEncodeError:
-            return self._core.encode(_replace_surrogates(text), allowed)
+            ids = self.encode_ordinary(text)
+        else:
+            allowed = self._allowed_ids(allowed_special)
+            try:
+                ids = self._core.encode(text, allowed)
+            except UnicodeEncodeError:
+                ids = self._core.encode(_replace_surrogates(text), allowed)
+        if add_special_tokens:
+            ids.append(self.eot_id)
+        return ids
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Text → ids, special tokens treated as plain text."""
