@@ -16,10 +16,10 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from lmrs.data import Batch, TokenSplit, bytes_of
 from lmrs.precision import autocast_context, fast_float32_matmul
+from lmrs.progress import tqdm
 
 
 @dataclass(frozen=True)
