@@ -34,7 +34,7 @@ import secrets
 import shutil
 import sys
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -102,6 +102,14 @@ def _as_dict(config: Any) -> dict[str, Any]:
     if is_dataclass(config) and not isinstance(config, type):
         return asdict(config)
     raise TypeError(f"cannot turn {type(config).__name__} into a config dict")
+
+
+def _field_defaults(config: Any) -> dict[str, Any]:
+    """Defaults of a config dataclass: a field added after a checkpoint was saved takes its
+    default there (new fields default to the older code's behaviour)."""
+    if not is_dataclass(config) or isinstance(config, type):
+        return {}
+    return {f.name: f.default for f in fields(config) if f.default is not MISSING}
 
 
 def _fsync_write(path: Path, data: bytes) -> None:
@@ -516,9 +524,11 @@ def load_checkpoint(
         check_tokenizer(path, model_config, tokenizer)
     if model is not None:
         plain = unwrap_model(model)
-        current = _as_dict(getattr(plain, "config", None))
+        config = getattr(plain, "config", None)
+        current = _as_dict(config)
         if current:
-            differences = config_differences(model_config, current)
+            saved = {**_field_defaults(config), **model_config}
+            differences = config_differences(saved, current)
             if differences:
                 raise CheckpointError(
                     f"{path / MODEL_CONFIG_FILE}: saved for a different model: "

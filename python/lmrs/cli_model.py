@@ -26,7 +26,10 @@ import click
 
 from lmrs.errors import InputError
 from lmrs.options import (
+    ARCHITECTURES,
     ENGINES,
+    MLPS,
+    NORMS,
     OPTIMIZERS,
     POSITIONS,
     PRESETS,
@@ -209,7 +212,22 @@ def _check_out_dir(out_dir: Path) -> None:
     default=TRAIN_DEFAULTS.grad_accum_steps,
     show_default=True,
 )
-@click.option("--position", type=click.Choice(POSITIONS), default="learned")
+@click.option(
+    "--arch",
+    type=click.Choice(sorted(ARCHITECTURES)),
+    default="gpt2",
+    show_default=True,
+    help="Architecture options (lmrs.options.ARCHITECTURES); the flags below override them.",
+)
+@click.option("--position", type=click.Choice(POSITIONS), help="[default: the --arch's]")
+@click.option("--norm", type=click.Choice(NORMS), help="[default: the --arch's]")
+@click.option("--qk-norm/--no-qk-norm", default=None, help="[default: the --arch's]")
+@click.option("--mlp", type=click.Choice(MLPS), help="[default: the --arch's]")
+@click.option(
+    "--softcap",
+    type=click.FloatRange(min=0),
+    help="Logit soft-cap: cap * tanh(logits / cap); 0 turns it off [default: the --arch's].",
+)
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None)
 @click.option("--seed", type=int, default=TRAIN_DEFAULTS.seed, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
@@ -241,7 +259,12 @@ def train_command(
     nproc: int,
     dist_timeout_s: float,
     grad_accum: int,
-    position: str,
+    arch: str,
+    position: Optional[str],
+    norm: Optional[str],
+    qk_norm: Optional[bool],
+    mlp: Optional[str],
+    softcap: Optional[float],
     dropout: Optional[float],
     seed: int,
     overwrite: bool,
@@ -294,7 +317,9 @@ def train_command(
         size,
         tokenizer,
         seq_len=seq_len,
-        position=position,
+        architecture=_architecture(
+            arch, position=position, norm=norm, qk_norm=qk_norm, mlp=mlp, softcap=softcap
+        ),
         dropout=dropout,
         explicit=explicit,
     )
@@ -343,13 +368,36 @@ def _explicit_options(ctx: click.Context) -> set[str]:
     }
 
 
+# `lmrs train` flags that set one ModelConfig field each, over the --arch's value
+ARCH_FLAGS = {
+    "position": "position",
+    "norm": "norm",
+    "qk_norm": "qk_norm",
+    "mlp": "mlp",
+    "softcap": "logit_softcap",
+}
+
+
+def _architecture(arch: str, **flags: Any) -> dict[str, Any]:
+    """The ModelConfig options of ``--arch``, each flag given (not None) winning."""
+    options = dict(ARCHITECTURES[arch])
+    for flag, value in flags.items():
+        if value is not None:
+            options[ARCH_FLAGS[flag]] = value
+    if options.get("logit_softcap") == 0:
+        options["logit_softcap"] = None
+    if options.get("norm") == "layernorm":
+        options["norm_scale"] = True  # LayerNorm always has its gain
+    return options
+
+
 def _model_for_training(
     resume: Optional[str],
     size: str,
     tokenizer: Any,
     *,
     seq_len: int,
-    position: str,
+    architecture: dict[str, Any],
     dropout: Optional[float],
     explicit: Optional[set[str]] = None,
 ) -> tuple[Any, Optional[Path]]:
@@ -360,7 +408,7 @@ def _model_for_training(
 
     explicit = explicit or set()
     if not resume:
-        overrides: dict[str, Any] = {"position": position}
+        overrides: dict[str, Any] = dict(architecture)
         if dropout is not None:
             overrides["dropout_rate"] = dropout
         context = PRESETS[size].get("max_seq_len", 512)
@@ -379,8 +427,14 @@ def _model_for_training(
         shape = {key: getattr(config, key) for key in PRESETS[size]}
         if shape != PRESETS[size]:
             contradictions.append(f"--size {size} (the checkpoint's model has {shape})")
-    if "position" in explicit and position != config.position:
-        contradictions.append(f"--position {position} (the checkpoint's is {config.position})")
+    # an explicit --arch asks for all its fields, a flag for its own
+    asked = set(architecture) if "arch" in explicit else set()
+    asked |= {ARCH_FLAGS[flag] for flag in explicit & ARCH_FLAGS.keys()}
+    for field in sorted(asked):
+        if architecture[field] != getattr(config, field):
+            contradictions.append(
+                f"{field} {architecture[field]!r} (the checkpoint's is {getattr(config, field)!r})"
+            )
     if contradictions:
         raise InputError(
             f"{saved.path}: cannot resume with " + "; ".join(contradictions)

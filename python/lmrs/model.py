@@ -1,9 +1,12 @@
 """A GPT-style decoder-only transformer (nanoGPT-shaped, readable).
 
 Token embedding (+ learned positions, or rotary positions inside attention), a stack of
-pre-LayerNorm blocks (causal self-attention through ``F.scaled_dot_product_attention``,
-then a GELU feed-forward), a final LayerNorm and a language-model head tied to the token
-embedding. Everything the model needs to know lives in :class:`ModelConfig`.
+pre-norm blocks (causal self-attention through ``F.scaled_dot_product_attention``, then a
+feed-forward), a final norm and a language-model head (tied to the token embedding or not).
+The defaults are GPT-2's (LayerNorm, GELU, biases, tied head); the options of newer small
+models (RMSNorm, QK-norm, ReLU² or SwiGLU, logit soft-capping, zero-initialised output
+projections) are fields too. Everything the model needs to know lives in
+:class:`ModelConfig`; ``lmrs.options.ARCHITECTURES`` names sets of these options.
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from lmrs.options import POSITIONS, PRESETS
+from lmrs.options import ARCHITECTURES, MLPS, NORMS, POSITIONS, PRESETS
 
 # positions a model may have: far beyond what a small model trains on, and small enough
 # that the rotary tables of a hostile config cannot exhaust memory
 MAX_CONTEXT = 1 << 20
+# every engine uses these (the Rust engine and the exports read them from here)
+LAYER_NORM_EPS = 1e-5  # torch's and GPT-2's
+RMS_NORM_EPS = 1e-6  # the model norms and QK-norm (nanochat, modded-nanogpt)
 
 
 @dataclass
@@ -43,8 +49,19 @@ class ModelConfig:
     attention_dropout: bool = False  # dropout on attention weights (off: faster SDPA kernel)
     rope_base: float = 10000.0
     seed: int = 0  # seeds the weight initialisation (global RNG is left untouched)
+    # architecture options; the defaults are GPT-2's, so configs saved before these existed
+    # load unchanged
+    norm: str = "layernorm"  # "layernorm" or "rmsnorm": before attention, FFN and the head
+    norm_scale: bool = True  # RMSNorm with a learned gain (False: parameter-free)
+    qk_norm: bool = False  # parameter-free RMSNorm of queries and keys per head, before rope
+    mlp: str = "gelu"  # "gelu", "relu2" (relu(x)**2) or "swiglu" (down(silu(gate x) * up x))
+    logit_softcap: Optional[float] = None  # logits = cap * tanh(logits / cap)
+    zero_init_proj: bool = False  # attention out_proj and ffn.down start at zero
 
     def __post_init__(self) -> None:
+        # JSON and the CLI may give a whole number; one type keeps to_dict/from_dict equal
+        if isinstance(self.logit_softcap, int) and not isinstance(self.logit_softcap, bool):
+            self.logit_softcap = float(self.logit_softcap)
         self.validate()
 
     @property
@@ -95,9 +112,32 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.rope_base must be a number, got {rope_base!r}")
         if not 1.0 < rope_base < math.inf:
             raise ValueError(f"ModelConfig.rope_base must be > 1 and finite, got {rope_base}")
-        for name in ("bias", "tie_weights", "attention_dropout", "gradient_checkpointing"):
+        booleans = (
+            "bias",
+            "tie_weights",
+            "attention_dropout",
+            "gradient_checkpointing",
+            "norm_scale",
+            "qk_norm",
+            "zero_init_proj",
+        )
+        for name in booleans:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelConfig.{name} must be true or false")
+        if self.norm not in NORMS:
+            raise ValueError(f"ModelConfig.norm must be one of {NORMS}, got {self.norm!r}")
+        if self.norm == "layernorm" and not self.norm_scale:
+            raise ValueError(
+                "ModelConfig.norm_scale false needs norm 'rmsnorm' (LayerNorm has a gain)"
+            )
+        if self.mlp not in MLPS:
+            raise ValueError(f"ModelConfig.mlp must be one of {MLPS}, got {self.mlp!r}")
+        cap = self.logit_softcap
+        if cap is not None:
+            if isinstance(cap, bool) or not isinstance(cap, (int, float)):
+                raise ValueError(f"ModelConfig.logit_softcap must be a number or null, got {cap!r}")
+            if not 0.0 < cap < math.inf:
+                raise ValueError(f"ModelConfig.logit_softcap must be > 0 and finite, got {cap}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"ModelConfig.seed must be an integer, got {self.seed!r}")
 
@@ -175,6 +215,7 @@ class CausalSelfAttention(nn.Module):
         self.num_heads = config.num_heads
         self.kv_heads = config.kv_heads
         self.head_dim = config.head_dim
+        self.qk_norm = config.qk_norm
         # one fused projection for queries, keys and values: one matmul instead of three
         qkv_dim = (config.num_heads + 2 * config.kv_heads) * config.head_dim
         self.qkv = nn.Linear(config.embed_dim, qkv_dim, bias=config.bias)
@@ -199,6 +240,9 @@ class CausalSelfAttention(nn.Module):
         q = q.view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
         k = k.view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
+        if self.qk_norm:
+            q = F.rms_norm(q, (self.head_dim,), eps=RMS_NORM_EPS)
+            k = F.rms_norm(k, (self.head_dim,), eps=RMS_NORM_EPS)
         if rope is not None:
             cos, sin = rope  # (seq, head_dim)
             q = q * cos + rotate_half(q) * sin
@@ -227,26 +271,48 @@ class CausalSelfAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
+    """``down(act(up(x)))`` with GELU (GPT-2) or ReLU²; SwiGLU: ``down(silu(gate x) * up x)``."""
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        self.kind = config.mlp
+        self.gate = (
+            nn.Linear(config.embed_dim, config.ff_dim, bias=config.bias)
+            if config.mlp == "swiglu"
+            else None
+        )
         self.up = nn.Linear(config.embed_dim, config.ff_dim, bias=config.bias)
         self.down = nn.Linear(config.ff_dim, config.embed_dim, bias=config.bias)
         self.down.residual_projection = True  # type: ignore[assignment]
         self.dropout = nn.Dropout(config.dropout_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # the tanh approximation is GPT-2's GELU, fused into one kernel here
-        return self.dropout(self.down(F.gelu(self.up(x), approximate="tanh")))
+        if self.gate is not None:
+            hidden = F.silu(self.gate(x)) * self.up(x)
+        elif self.kind == "relu2":
+            hidden = F.relu(self.up(x)).square()
+        else:
+            # the tanh approximation is GPT-2's GELU, fused into one kernel here
+            hidden = F.gelu(self.up(x), approximate="tanh")
+        return self.dropout(self.down(hidden))
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    """The model's normalisation over embed_dim: LayerNorm (bias follows ``config.bias``) or
+    RMSNorm (a learned gain when ``norm_scale``, else parameter-free)."""
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.embed_dim, eps=RMS_NORM_EPS, elementwise_affine=config.norm_scale)
+    return nn.LayerNorm(config.embed_dim, eps=LAYER_NORM_EPS, bias=config.bias)
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + ffn(ln(x))."""
+    """Pre-norm transformer block: x + attn(norm(x)), then x + ffn(norm(x))."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.ln_attn = nn.LayerNorm(config.embed_dim, bias=config.bias)
+        self.ln_attn = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_ffn = nn.LayerNorm(config.embed_dim, bias=config.bias)
+        self.ln_ffn = make_norm(config)
         self.ffn = FeedForward(config)
 
     def forward(
@@ -277,7 +343,7 @@ class GPT(nn.Module):
             )
             self.dropout = nn.Dropout(config.dropout_rate)
             self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
-            self.ln_final = nn.LayerNorm(config.embed_dim, bias=config.bias)
+            self.ln_final = make_norm(config)
             self.lm_head = nn.Linear(config.embed_dim, config.vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.token_embedding.weight
@@ -288,21 +354,26 @@ class GPT(nn.Module):
         self._init_weights(torch.Generator().manual_seed(config.seed))
 
     def _init_weights(self, generator: torch.Generator) -> None:
-        """GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2 * num_layers)."""
+        """GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2 * num_layers), or
+        zero with ``zero_init_proj`` (each block then starts as the identity)."""
         residual_std = 0.02 / math.sqrt(2 * self.config.num_layers)
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 if module is self.lm_head and self.config.tie_weights:
                     continue  # it is the token embedding, initialised below
-                std = residual_std if getattr(module, "residual_projection", False) else 0.02
-                _normal_from(generator, module.weight, std)
+                residual = getattr(module, "residual_projection", False)
+                if residual and self.config.zero_init_proj:
+                    nn.init.zeros_(module.weight)
+                else:
+                    _normal_from(generator, module.weight, residual_std if residual else 0.02)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 _normal_from(generator, module.weight, 0.02)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                if module.bias is not None:
+            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+                if module.weight is not None:
+                    nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
@@ -366,7 +437,11 @@ class GPT(nn.Module):
                 x = block(x, rope)
         if cache is not None:
             cache.length = end
-        return self.lm_head(self.ln_final(x))
+        logits = self.lm_head(self.ln_final(x))
+        cap = self.config.logit_softcap
+        if cap is not None:
+            logits = cap * torch.tanh(logits / cap)
+        return logits
 
     def compute_loss(
         self, ids: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100
@@ -414,9 +489,13 @@ def create_model(
     num_layers: int = 6,
     ff_dim: int = 1024,
     dropout_rate: float = 0.1,
+    *,
+    arch: Optional[str] = None,
     **options: Any,
 ) -> GPT:
-    """A GPT of the given shape; ``options`` are any other :class:`ModelConfig` fields."""
+    """A GPT of the given shape; ``arch`` names a set of options in ``ARCHITECTURES``
+    (``gpt2``, ``modern``), and ``options`` are any other :class:`ModelConfig` fields
+    (they win over the architecture's)."""
     config = ModelConfig(
         vocab_size=vocab_size,
         max_seq_len=max_seq_len,
@@ -425,19 +504,31 @@ def create_model(
         num_layers=num_layers,
         ff_dim=ff_dim,
         dropout_rate=dropout_rate,
-        **options,
+        **{**architecture(arch), **options},
     )
     return GPT(config)
+
+
+def architecture(name: Optional[str]) -> dict[str, Any]:
+    """The ModelConfig options of ``ARCHITECTURES[name]`` (none for ``None``)."""
+    if name is None:
+        return {}
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(ARCHITECTURES)}")
+    return dict(ARCHITECTURES[name])
 
 
 # named shapes for `lmrs train --size`; any ModelConfig field can be overridden
 
 
-def model_from_preset(name: str, vocab_size: int, **overrides: Any) -> GPT:
-    """A GPT with the shape of ``PRESETS[name]``, any field overridden by keyword."""
+def model_from_preset(
+    name: str, vocab_size: int, *, arch: Optional[str] = None, **overrides: Any
+) -> GPT:
+    """A GPT with the shape of ``PRESETS[name]`` and the options of ``ARCHITECTURES[arch]``,
+    any field overridden by keyword."""
     if name not in PRESETS:
         raise ValueError(f"unknown model size {name!r}; choose one of {sorted(PRESETS)}")
-    return create_model(vocab_size, **{**PRESETS[name], **overrides})
+    return create_model(vocab_size, arch=arch, **{**PRESETS[name], **overrides})
 
 
 def create_small_model(vocab_size: int, **overrides: Any) -> GPT:

@@ -14,11 +14,40 @@ OPTIMIZERS = ("adamw", "adam", "sgd", "muon")
 TRAIN_DTYPES = ("auto", "float32", "bfloat16")  # training precision (autocast)
 STRATEGIES = ("ddp", "fsdp")  # data parallelism under torchrun
 POSITIONS = ("learned", "rope")  # ModelConfig.position
+NORMS = ("layernorm", "rmsnorm")  # ModelConfig.norm
+MLPS = ("gelu", "relu2", "swiglu")  # ModelConfig.mlp
 ENGINES = ("auto", "torch", "rust")  # decoding implementations
 SAMPLING_DTYPES = ("auto", "float32", "bfloat16", "float16")
 PRESETS: dict[str, dict[str, Any]] = {
     "small": {"embed_dim": 128, "num_heads": 4, "num_layers": 2, "ff_dim": 512},
     "full": {"embed_dim": 256, "num_heads": 8, "num_layers": 6, "ff_dim": 1024},
+}
+# named sets of ModelConfig options, each combinable with every size preset. "gpt2" is the
+# ModelConfig defaults (GPT-2's shape, kept for compatibility and export); "modern" is the
+# recipe of the small-model speed runs (nanochat, modded-nanogpt), to be tuned by measurement
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "gpt2": {
+        "position": "learned",
+        "norm": "layernorm",
+        "norm_scale": True,
+        "qk_norm": False,
+        "mlp": "gelu",
+        "bias": True,
+        "tie_weights": True,
+        "logit_softcap": None,
+        "zero_init_proj": False,
+    },
+    "modern": {
+        "position": "rope",
+        "norm": "rmsnorm",
+        "norm_scale": False,
+        "qk_norm": True,
+        "mlp": "relu2",
+        "bias": False,
+        "tie_weights": False,
+        "logit_softcap": 15.0,
+        "zero_init_proj": True,
+    },
 }
 
 
