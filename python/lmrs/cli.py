@@ -15,6 +15,7 @@ from typing import Any, Optional
 import click
 
 from lmrs.cli_corpus import register_corpus_commands
+from lmrs.cli_export import register_export_commands
 from lmrs.cli_model import register_model_commands
 from lmrs.cli_tokenizer import register_tokenizer_commands
 from lmrs.errors import LmrsError, one_line
@@ -103,6 +104,7 @@ def cli() -> None:
 register_corpus_commands(cli)
 register_tokenizer_commands(cli)
 register_model_commands(cli)
+register_export_commands(cli)
 
 
 def main() -> None:
