@@ -15,6 +15,7 @@ import types
 from typing import Any
 
 from lmrs.corpus import add_to_corpus
+from lmrs.seed_api import BytePairEncoding, Transformer, compress
 from lmrs.tokenizer import Tokenizer, TokenizerError
 
 __version__ = "0.1.0"
@@ -42,7 +43,16 @@ _LAZY = {
     "load_checkpoint": "lmrs.checkpoint",
 }
 
-__all__ = ["Tokenizer", "TokenizerError", "add_to_corpus", "__version__", *_LAZY]
+__all__ = [
+    "Tokenizer",
+    "TokenizerError",
+    "add_to_corpus",
+    "BytePairEncoding",
+    "Transformer",
+    "compress",
+    "__version__",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -25,6 +25,7 @@ from typing import Any, Optional
 import click
 
 from lmrs.errors import InputError
+from lmrs.metrics_sinks import check_sinks, parse_log_option
 from lmrs.options import (
     ARCHITECTURES,
     ENGINES,
@@ -73,13 +74,23 @@ def _load_tokenizer(path: str | os.PathLike[str]) -> Any:
     return Tokenizer.load(str(path))
 
 
-def _encode_corpus(tokenizer: Any, corpus: Any, out_path: Path, show_progress: bool) -> None:
-    """Encode a corpus into a token file; errors → one line, and nothing left behind."""
+def _encode_corpus(
+    tokenizer: Any, corpus: Any, out_path: Path, show_progress: bool, text_field: str = "text"
+) -> None:
+    """Encode a corpus (text files, or a record file / datasets folder: one document per
+    record) into a token file; errors → one line, and nothing left behind."""
+    from lmrs.record_tokens import RecordRun, encode_corpus
+
     started = time.perf_counter()
     created = not out_path.parent.exists()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        info = tokenizer.encode_files(corpus, str(out_path), show_progress=show_progress)
+        run = RecordRun()
+        info = encode_corpus(
+            tokenizer, corpus, out_path, text_field=text_field, show_progress=show_progress, run=run
+        )
+        if run.reader is not None and run.reader.bad.total:
+            click.echo(f"lmrs: {run.reader.bad.summary()}", err=True)
         tokens = int(info.get("num_tokens", 0)) if isinstance(info, dict) else 0
         if tokens == 0:
             for written in (out_path, Path(f"{out_path}.json")):
@@ -124,7 +135,19 @@ def _check_out_dir(out_dir: Path) -> None:
 
 
 @click.command("train")
-@click.option("--corpus", type=click.Path(exists=True), help="Corpus folder (or file) to train on.")
+@click.option(
+    "--corpus",
+    type=click.Path(exists=True),
+    help="Corpus folder (or file, or .jsonl/.json/.parquet/.csv/datasets folder) to train on.",
+)
+@click.option("--text-field", default="text", show_default=True, help="Text field of record files.")
+@click.option(
+    "--log",
+    "log_to",
+    multiple=True,
+    help="Also log metrics to: tensorboard, wandb (repeatable or comma list; "
+    "metrics.jsonl and loss.png are always written).",
+)
 @click.option(
     "--tokenizer",
     "tokenizer_path",
@@ -234,6 +257,8 @@ def _check_out_dir(out_dir: Path) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train_command(
     corpus: Optional[str],
+    text_field: str,
+    log_to: tuple[str, ...],
     tokenizer_path: str,
     out: str,
     size: str,
@@ -307,8 +332,10 @@ def train_command(
         seed=seed,
         out_dir=str(out_dir),
         show_progress=show_progress,
+        log_to=parse_log_option(log_to),
     )
     config.validate()
+    check_sinks(config.log_to)
     tokenizer = _load_tokenizer(tokenizer_path)
     # everything that can refuse the run is checked before the first file is written
     explicit = _explicit_options(click.get_current_context())
@@ -329,7 +356,7 @@ def train_command(
     if nproc > 1 and not under_torchrun:
         # Encode once here, then re-run this command as nproc processes reading the file.
         if tokens is None:
-            _encode_corpus(tokenizer, corpus, token_path, show_progress)
+            _encode_corpus(tokenizer, corpus, token_path, show_progress, text_field)
         _open_dataset(token_path, tokenizer)  # check before launching
         from lmrs.distributed import launch_local
 
@@ -344,7 +371,7 @@ def train_command(
     try:
         if tokens is None:
             if ctx.is_main:
-                _encode_corpus(tokenizer, corpus, token_path, show_progress)
+                _encode_corpus(tokenizer, corpus, token_path, show_progress, text_field)
             distributed.barrier(ctx)
         dataset = _open_dataset(token_path, tokenizer)
         from lmrs.train import train

@@ -12,9 +12,13 @@ from pathlib import Path
 import click
 
 from lmrs.errors import InputError
+from lmrs.record_tokens import RecordRun, encode_corpus, train_tokenizer
 from lmrs.tokenizer import Tokenizer
 
 EXT_HELP = "Only files with this extension (repeatable), e.g. --ext .py"
+TEXT_FIELD_HELP = (
+    "Field (JSONL/JSON), column (Parquet/CSV/datasets folder) holding each document's text."
+)
 
 
 @click.command("vocab")
@@ -53,6 +57,7 @@ EXT_HELP = "Only files with this extension (repeatable), e.g. --ext .py"
 )
 @click.option("--ext", "extensions", multiple=True, help=EXT_HELP)
 @click.option("--pattern", default=None, help="Pre-tokenization regex (default: GPT-4's).")
+@click.option("--text-field", default="text", show_default=True, help=TEXT_FIELD_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def vocab_command(
     corpus: Path,
@@ -63,16 +68,21 @@ def vocab_command(
     max_token_length: int | None,
     extensions: tuple[str, ...],
     pattern: str | None,
+    text_field: str,
     quiet: bool,
 ) -> None:
-    """Train a BPE vocabulary on the text files under CORPUS."""
+    """Train a BPE vocabulary on the text files under CORPUS (or the records of a .jsonl,
+    .json, .parquet, .csv file or datasets folder)."""
     if not corpus.exists():
         raise InputError(f"{corpus}: no such file or directory")
     if not output.parent.is_dir():
         raise InputError(f"{output.parent}: output directory does not exist")
-    tokenizer = Tokenizer.train(
+    run = RecordRun()
+    tokenizer = train_tokenizer(
         corpus,
         vocab_size,
+        text_field=text_field,
+        run=run,
         special_tokens=special_tokens,
         min_frequency=min_frequency,
         max_token_length=max_token_length,
@@ -83,6 +93,8 @@ def vocab_command(
     tokenizer.save(output)
     stats = tokenizer.train_stats
     assert stats is not None
+    if run.reader is not None:
+        click.echo(run.describe(), err=True)
     click.echo(f"{stats.summary()} -> {output}")
 
 
@@ -131,6 +143,7 @@ def vocab_command(
     is_flag=True,
     help="Only rebuild OUTPUT/manifest.json from the shards present.",
 )
+@click.option("--text-field", default="text", show_default=True, help=TEXT_FIELD_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def encode_command(
     corpus: Path,
@@ -141,10 +154,12 @@ def encode_command(
     num_parts: int,
     part_index: int,
     manifest_only: bool,
+    text_field: str,
     quiet: bool,
 ) -> None:
-    """Encode the text files under CORPUS into a token file (one document per file,
-    each followed by <|endoftext|>)."""
+    """Encode the text files under CORPUS into a token file (one document per file, or per
+    record of a .jsonl, .json, .parquet, .csv file or datasets folder; each followed by
+    <|endoftext|>)."""
     if manifest_only:
         manifest = Tokenizer.build_manifest(output)
         missing = manifest["missing_parts"]
@@ -160,9 +175,13 @@ def encode_command(
         raise InputError(f"{corpus}: no such file or directory")
     tokenizer = Tokenizer.load(tokenizer_path)
     start = time.perf_counter()
-    info = tokenizer.encode_files(
+    run = RecordRun()
+    info = encode_corpus(
+        tokenizer,
         corpus,
         output,
+        text_field=text_field,
+        run=run,
         extensions=extensions or None,
         shard_tokens=shard_tokens,
         num_parts=num_parts,
@@ -178,6 +197,9 @@ def encode_command(
     )
     if info["skipped_files"]:
         line += f", {len(info['skipped_files'])} files skipped (not text)"
+    if run.reader is not None and run.reader.bad.total:
+        click.echo(f"lmrs: {run.reader.bad.summary()}", err=True)
+        line += f", {run.reader.bad.total} bad records skipped"
     if num_parts > 1 and info.get("missing_parts"):
         line += f"; parts still missing: {info['missing_parts']}"
     click.echo(f"{line} -> {output}")

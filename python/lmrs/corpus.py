@@ -12,9 +12,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from lmrs.atomic import write_atomic
+from lmrs.progress import tqdm
+from lmrs.records import BadRecords, RecordOptions, RecordReader, record_format
+
+# Record documents are written this many to a folder (a corpus folder may get millions).
+RECORDS_PER_FOLDER = 10_000
 
 # A file whose invalid UTF-8 bytes exceed this fraction is "beyond repair" (binary or
 # another encoding); below it, the few bad bytes become U+FFFD and the file is kept.
@@ -33,6 +36,8 @@ class AddResult:
     bytes_added: int = 0
     # (file, reason) for each source file that could not be read; the copy goes on
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    # records skipped when SRC was a record file (None for text files)
+    bad_records: BadRecords | None = None
 
     @property
     def skipped(self) -> int:
@@ -46,6 +51,8 @@ class AddResult:
         parts.append(f"{self.skipped} skipped (not text)")
         if self.unreadable:
             parts.append(f"{len(self.unreadable)} unreadable (skipped, named above)")
+        if self.bad_records is not None and self.bad_records.total:
+            parts.append(f"{self.bad_records.total} bad records skipped (named above)")
         return ", ".join(parts) + f" -> {corpus_dir}"
 
 
@@ -103,9 +110,15 @@ def add_to_corpus(
     corpus_dir: str | os.PathLike[str],
     extensions: Sequence[str] | None = None,
     *,
+    text_field: str = "text",
     show_progress: bool = True,
 ) -> AddResult:
     """Copy the text files under `src` (matching `extensions`) into `corpus_dir`.
+
+    When `src` is a record file (.jsonl, .json, .parquet, .csv) or a ``datasets`` folder,
+    each record's `text_field` becomes one text file (one document):
+    ``CORPUS/NAME/KKKKK/NNNNNNNNN.txt``, numbered in record order, so the corpus keeps the
+    record boundaries; bad records are counted in ``AddResult.bad_records``.
 
     Relative paths are kept (a single file lands at the top of the corpus). Files with NUL
     bytes, or with more than 1% invalid UTF-8, are skipped and counted; files with a few
@@ -120,6 +133,8 @@ def add_to_corpus(
     if corpus_path.exists() and not corpus_path.is_dir():
         raise NotADirectoryError(f"{corpus_path}: exists and is not a directory")
     corpus_path.mkdir(parents=True, exist_ok=True)
+    if record_format(src_path) is not None:
+        return _add_records(src_path, corpus_path, text_field, show_progress)
     exts = normalize_extensions(extensions)
     base = src_path.parent if src_path.is_file() else src_path
     files = list(iter_source_files(src_path, exts, exclude=corpus_path.resolve()))
@@ -150,4 +165,26 @@ def add_to_corpus(
         write_atomic(dest, data)
         result.added += 1
         result.bytes_added += len(data)
+    return result
+
+
+def _add_records(src: Path, corpus_path: Path, text_field: str, show_progress: bool) -> AddResult:
+    reader = RecordReader(src, RecordOptions(text_field=text_field))
+    result = AddResult(bad_records=reader.bad)
+    base = corpus_path / (src.name if src.is_dir() else src.stem)
+    index = 0
+    with tqdm(desc="corpus", unit="record", disable=not show_progress) as bar:
+        for batch in reader.batches():
+            for text in batch:
+                dest = base / f"{index // RECORDS_PER_FOLDER:05d}" / f"{index:09d}.txt"
+                index += 1
+                data = text.encode("utf-8")
+                if dest.is_file() and dest.read_bytes() == data:
+                    result.unchanged += 1
+                    continue
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(dest, data)
+                result.added += 1
+                result.bytes_added += len(data)
+            bar.update(len(batch))
     return result

@@ -13,6 +13,7 @@ from typing import Any, Optional
 OPTIMIZERS = ("adamw", "adam", "sgd", "muon")
 TRAIN_DTYPES = ("auto", "float32", "bfloat16")  # training precision (autocast)
 STRATEGIES = ("ddp", "fsdp")  # data parallelism under torchrun
+LOG_SINKS = ("tensorboard", "wandb")  # metric sinks besides metrics.jsonl (lmrs.metrics_sinks)
 POSITIONS = ("learned", "rope")  # ModelConfig.position
 NORMS = ("layernorm", "rmsnorm")  # ModelConfig.norm
 MLPS = ("gelu", "relu2", "swiglu")  # ModelConfig.mlp
@@ -91,6 +92,7 @@ class TrainConfig:
     strategy: str = "ddp"  # "ddp" or "fsdp" when launched with several processes
     dist_timeout_s: float = 300.0
     show_progress: bool = True
+    log_to: tuple[str, ...] = ()  # extra metric sinks, from LOG_SINKS
 
     def validate(self) -> None:
         positive = {
@@ -129,6 +131,8 @@ class TrainConfig:
             raise ValueError(f"strategy must be one of {STRATEGIES}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if any(name not in LOG_SINKS for name in self.log_to):
+            raise ValueError(f"log_to must name sinks from {LOG_SINKS}, got {self.log_to}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

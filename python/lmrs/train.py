@@ -49,6 +49,7 @@ from lmrs.checkpoint import (
 from lmrs.data import Batch, TokenDataset, TokenSplit, micro_batch_size, token_byte_lengths
 from lmrs.errors import LmrsError, one_line
 from lmrs.evaluate import IGNORE_INDEX, EvalResult, evaluation_sums
+from lmrs.metrics_sinks import attach as attach_sinks
 from lmrs.optim import MuonAdamW, muon_parameter_groups, parameter_groups
 from lmrs.options import TRAIN_DTYPES, TrainConfig
 from lmrs.precision import autocast_context, fast_float32_matmul, uses_bf16
@@ -588,7 +589,9 @@ def _run_training(
             truncate_metrics(metrics_path, start_step)
         elif metrics_path.exists():
             metrics_path.unlink()
-    metrics = MetricsLog(metrics_path if ctx.is_main else None)
+    # also to TensorBoard / W&B when config.log_to names them (rank 0 only)
+    main_dir = out_dir if ctx.is_main else None
+    metrics = attach_sinks(MetricsLog(main_dir and metrics_path), config.log_to, main_dir)
 
     step_loss = wrapped.compute_loss  # compiled inside (wrap_model) when config.compile
 

@@ -1,0 +1,115 @@
+"""Tokenizers and token files from record files (see :mod:`lmrs.records`).
+
+The commands call these with any corpus path: a record file or ``datasets`` folder goes
+through :class:`~lmrs.records.RecordReader` (batches into the Rust word counter or
+``lmrs._lmrs.TokenStream``), anything else to ``Tokenizer.train`` / ``encode_files`` as
+before. Both paths give one document per record or file, each followed by
+``<|endoftext|>`` in a token file, so the same documents give the same ids and vocab.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from tqdm import tqdm
+
+from lmrs import _lmrs
+from lmrs.errors import InputError
+from lmrs.records import RecordOptions, RecordReader, record_format
+from lmrs.tokenizer import Tokenizer
+
+__all__ = ["RecordRun", "encode_corpus", "train_tokenizer"]
+
+
+@dataclass
+class RecordRun:
+    """What a command read from a record source (None when the corpus was text files)."""
+
+    reader: Optional[RecordReader] = None
+
+    def describe(self) -> str:
+        return self.reader.describe() if self.reader is not None else ""
+
+
+def _reader(corpus: Any, text_field: str) -> Optional[RecordReader]:
+    if isinstance(corpus, (str, os.PathLike)) and record_format(corpus) is not None:
+        return RecordReader(corpus, RecordOptions(text_field=text_field))
+    return None
+
+
+def train_tokenizer(
+    corpus: Any,
+    vocab_size: int,
+    *,
+    text_field: str = "text",
+    run: Optional[RecordRun] = None,
+    **options: Any,
+) -> Tokenizer:
+    """``Tokenizer.train`` on `corpus`, which may also be a record file or ``datasets``
+    folder (one document per record). `run`, when given, receives the reader (its
+    counts of bad records)."""
+    reader = _reader(corpus, text_field)
+    if reader is None:
+        return Tokenizer.train(corpus, vocab_size, **options)
+    if run is not None:
+        run.reader = reader
+    options.pop("extensions", None)  # a record file has no member files to filter
+    tokenizer = Tokenizer.train(reader.texts(), vocab_size, **options)
+    if reader.num_records == 0:
+        raise InputError(f"{reader.path}: no usable records ({reader.bad.summary() or 'empty'})")
+    return tokenizer
+
+
+def encode_corpus(
+    tokenizer: Tokenizer,
+    corpus: Any,
+    out_path: str | os.PathLike[str],
+    *,
+    text_field: str = "text",
+    extensions: Optional[Sequence[str]] = None,
+    shard_tokens: Optional[int] = None,
+    num_parts: int = 1,
+    part_index: int = 0,
+    show_progress: bool = True,
+    run: Optional[RecordRun] = None,
+) -> dict[str, Any]:
+    """``tokenizer.encode_files`` on `corpus`, which may also be a record file or
+    ``datasets`` folder: its records are read in batches and streamed into the token file
+    (or shard directory with `shard_tokens`). Returns the sidecar/manifest as a dict plus
+    "skipped_files" (and "bad_records", the count, for record sources)."""
+    reader = _reader(corpus, text_field)
+    if reader is None:
+        return tokenizer.encode_files(
+            corpus,
+            out_path,
+            extensions=extensions,
+            shard_tokens=shard_tokens,
+            num_parts=num_parts,
+            part_index=part_index,
+            show_progress=show_progress,
+        )
+    if run is not None:
+        run.reader = reader
+    if num_parts != 1:
+        raise InputError(
+            f"{reader.path}: --num-parts needs a folder of text files; "
+            "split a record file into several files and encode each instead"
+        )
+    # The stream lives in Rust; it takes the tokenizer's Rust core.
+    stream = _lmrs.TokenStream(tokenizer._core, str(Path(out_path)), shard_tokens)
+    try:
+        with tqdm(unit="B", unit_scale=True, desc="encode", disable=not show_progress) as bar:
+            for batch in reader.batches():
+                bar.update(stream.write(batch))
+        info: dict[str, Any] = json.loads(stream.finish())
+    except BaseException:
+        stream.abandon()
+        raise
+    info["skipped_files"] = []
+    info["bad_records"] = reader.bad.total
+    return info

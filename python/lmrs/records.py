@@ -1,0 +1,472 @@
+"""Documents from record files: one document per record of a JSONL / JSON / Parquet / CSV
+file or of a Hugging Face ``datasets`` folder (written by ``Dataset.save_to_disk``).
+
+This module turns such a path into an iterator of document batches (lists of str, about
+``batch_bytes`` each) and counts the records it could not use, so that the Rust scan and
+encoder get batches, never one string at a time. Parquet is read a row group at a time
+and Arrow files a record batch at a time (memory-mapped): a dataset is never in memory
+whole. JSON arrays (``.json`` starting with ``[``) are the exception: ``json`` reads them
+whole; JSON lines in a ``.json`` file are read a line at a time.
+
+A bad record (missing field, null, not a string, invalid UTF-8, a JSON syntax error on one
+line) is skipped and counted in :class:`BadRecords`, never dropped silently; a file that
+cannot be read at all (not Parquet, truncated, no such column) is an
+:class:`~lmrs.errors.InputError` naming it, in one line.
+
+pyarrow is needed only for Parquet and ``datasets`` folders (``pip install 'lmrs[data]'``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from lmrs.errors import InputError
+
+__all__ = [
+    "BadRecords",
+    "RecordOptions",
+    "RecordReader",
+    "record_format",
+]
+
+# Suffix → format of a record file.
+SUFFIXES = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".csv": "csv",
+}
+# The files `Dataset.save_to_disk` writes beside its .arrow files.
+HF_STATE = "state.json"
+HF_INFO = "dataset_info.json"
+HF_DICT = "dataset_dict.json"
+PYARROW_HINT = "install pyarrow (pip install 'lmrs[data]')"
+
+
+@dataclass(frozen=True)
+class RecordOptions:
+    """How to read records: the field holding each document's text, and the size of the
+    batches handed on (in characters, summed over a batch's texts)."""
+
+    text_field: str = "text"
+    batch_chars: int = 8 << 20
+    # how many bad records are named (with their line/row) in the summary
+    max_examples: int = 5
+
+
+@dataclass
+class BadRecords:
+    """Records skipped, by reason, with the first few named by file and line/row."""
+
+    max_examples: int = 5
+    counts: dict[str, int] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def add(self, where: str, reason: str) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        if len(self.examples) < self.max_examples:
+            self.examples.append(f"{where}: {reason}")
+
+    def summary(self) -> str:
+        """One line: how many, why, and the first few (empty when there were none)."""
+        if not self.counts:
+            return ""
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.counts.items()))
+        line = f"{self.total} bad records skipped ({reasons}); first: " + "; ".join(self.examples)
+        return line
+
+
+def record_format(path: str | os.PathLike[str]) -> Optional[str]:
+    """The record format of `path` ("jsonl", "json", "parquet", "csv", "datasets"), or None
+    for anything else (a text file or a folder of text files)."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / HF_DICT).is_file() or ((p / HF_STATE).is_file() and (p / HF_INFO).is_file()):
+            return "datasets"
+        return None
+    return SUFFIXES.get(p.suffix.lower())
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+class RecordReader:
+    """The documents of one record file or ``datasets`` folder.
+
+    ``batches()`` yields lists of texts in record order; after (or during) the iteration
+    ``bad`` holds the records skipped, ``num_records`` the documents yielded and
+    ``row_groups_read`` the Parquet row groups (or Arrow record batches) read.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], options: RecordOptions = RecordOptions()
+    ) -> None:
+        self.path = Path(path)
+        self.options = options
+        fmt = record_format(self.path)
+        if fmt is None:
+            raise InputError(
+                f"{self.path}: not a record file (expected .jsonl, .json, .parquet, .csv "
+                "or a datasets folder)"
+            )
+        self.format = fmt
+        self.bad = BadRecords(options.max_examples)
+        self.num_records = 0
+        self.num_chars = 0
+        self.row_groups_read = 0
+        if not self.path.exists():
+            raise InputError(f"{self.path}: no such file or directory")
+        self.check()
+
+    def check(self) -> None:
+        """Fails now, before any progress bar, when the file cannot be read at all: not
+        Parquet/Arrow, no such column, pyarrow missing (reads the metadata only)."""
+        if self.format == "parquet":
+            self._open_parquet().close()
+        elif self.format == "datasets":
+            pa = self._pyarrow()
+            for path in self._arrow_files():
+                with self._arrow_reader(pa, path)[0]:
+                    pass
+
+    # ---- public iteration -----------------------------------------------------------
+
+    def batches(self) -> Iterator[list[str]]:
+        """Lists of document texts, about ``options.batch_chars`` characters each."""
+        readers = {
+            "jsonl": self._jsonl,
+            "json": self._json,
+            "parquet": self._parquet,
+            "csv": self._csv,
+            "datasets": self._datasets,
+        }
+        batch: list[str] = []
+        size = 0
+        for text in readers[self.format]():
+            batch.append(text)
+            size += len(text)
+            self.num_records += 1
+            self.num_chars += len(text)
+            if size >= self.options.batch_chars:
+                yield batch
+                batch, size = [], 0
+        if batch:
+            yield batch
+
+    def texts(self) -> Iterator[str]:
+        """The documents one by one (what ``Tokenizer.train`` takes; it batches them)."""
+        for batch in self.batches():
+            yield from batch
+
+    def describe(self) -> str:
+        """A closing line: records read, and the bad ones when there were any."""
+        line = f"{self.num_records:,} records from {self.path} ({self.format})"
+        if self.bad.total:
+            line += f"; {self.bad.summary()}"
+        return line
+
+    # ---- checks shared by the formats -------------------------------------------------
+
+    def _checked(self, value: Any, where: str) -> Optional[str]:
+        """The value as a document, or None after counting why it is not one."""
+        field_name = self.options.text_field
+        if value is None:
+            self.bad.add(where, f"field {field_name!r} is null")
+            return None
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            try:
+                value = bytes(value).decode("utf-8")
+            except UnicodeDecodeError:
+                self.bad.add(where, "invalid UTF-8")
+                return None
+        if not isinstance(value, str):
+            self.bad.add(where, f"field {field_name!r} is {_type_name(value)}, not a string")
+            return None
+        if _has_surrogates(value):
+            # undecodable bytes (csv) or a lone \ud800 escape (JSON): not text
+            self.bad.add(where, "invalid UTF-8")
+            return None
+        return value
+
+    def _from_object(self, record: Any, where: str) -> Optional[str]:
+        if not isinstance(record, dict):
+            self.bad.add(where, f"{_type_name(record)}, not an object")
+            return None
+        if self.options.text_field not in record:
+            self.bad.add(where, f"missing field {self.options.text_field!r}")
+            return None
+        return self._checked(record[self.options.text_field], where)
+
+    def _open(self) -> io.BufferedReader:
+        try:
+            return open(self.path, "rb")  # noqa: SIM115 (closed by the caller's with)
+        except OSError as e:
+            raise InputError(f"{self.path}: {e.strerror or e}") from None
+
+    # ---- JSON lines / JSON ------------------------------------------------------------
+
+    def _jsonl(self) -> Iterator[str]:
+        with self._open() as f:
+            yield from self._json_lines(f, 0)
+
+    def _json_lines(self, f: Iterable[bytes], first_line: int) -> Iterator[str]:
+        for number, raw in enumerate(f, start=first_line + 1):
+            where = f"{self.path} line {number}"
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                self.bad.add(where, "invalid UTF-8")
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                self.bad.add(where, f"JSON syntax error ({e.msg})")
+                continue
+            text = self._from_object(record, where)
+            if text is not None:
+                yield text
+
+    def _json(self) -> Iterator[str]:
+        with self._open() as f:
+            head = f.read(4096).lstrip()
+            f.seek(0)
+            if not head.startswith(b"["):
+                yield from self._json_lines(f, 0)
+                return
+            try:
+                records = json.load(f)
+            except UnicodeDecodeError:
+                raise InputError(
+                    f"{self.path}: invalid UTF-8 (a JSON array is read whole)"
+                ) from None
+            except json.JSONDecodeError as e:
+                raise InputError(
+                    f"{self.path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
+                ) from None
+        for index, record in enumerate(records):
+            text = self._from_object(record, f"{self.path} record {index}")
+            if text is not None:
+                yield text
+
+    # ---- CSV --------------------------------------------------------------------------
+
+    def _csv(self) -> Iterator[str]:
+        # Documents are often longer than the csv module's default field limit (128 KiB);
+        # the limit is process-wide, so it is only ever raised.
+        csv.field_size_limit(max(csv.field_size_limit(), min(sys.maxsize, 2**31 - 1)))
+        with self._open() as raw:
+            # surrogateescape keeps undecodable bytes visible (as lone surrogates) so that
+            # one bad row is counted instead of failing the whole file
+            text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+            reader = csv.reader(text)
+            try:
+                header = next(reader, None)
+                if header is None:
+                    return
+                if self.options.text_field not in header:
+                    columns = ", ".join(repr(c) for c in header[:10])
+                    raise InputError(
+                        f"{self.path}: no column {self.options.text_field!r} "
+                        f"(columns: {columns}); pass --text-field"
+                    )
+                column = header.index(self.options.text_field)
+                for number, row in enumerate(reader, start=1):
+                    where = f"{self.path} row {number}"
+                    if not row:
+                        continue
+                    if column >= len(row):
+                        self.bad.add(where, f"missing field {self.options.text_field!r}")
+                        continue
+                    value = self._checked(row[column], where)
+                    if value is not None:
+                        yield value
+            except csv.Error as e:
+                raise InputError(f"{self.path} line {reader.line_num}: bad CSV ({e})") from None
+
+    # ---- Arrow: Parquet and datasets folders --------------------------------------------
+
+    def _pyarrow(self) -> Any:
+        try:
+            import pyarrow
+        except ImportError:
+            raise InputError(
+                f"{self.path}: reading {self.format} needs pyarrow: {PYARROW_HINT}"
+            ) from None
+        return pyarrow
+
+    def _column_values(self, column: Any, first_row: int, what: str) -> Iterator[str]:
+        """The values of one Arrow chunk of the text column, checked."""
+        pa = self._pyarrow()
+        kind = column.type
+        if not (
+            pa.types.is_string(kind)
+            or pa.types.is_large_string(kind)
+            or pa.types.is_binary(kind)
+            or pa.types.is_large_binary(kind)
+            or getattr(pa.types, "is_string_view", lambda _: False)(kind)
+        ):
+            raise InputError(
+                f"{self.path}: column {self.options.text_field!r} is {kind}, not a string column"
+            )
+        try:
+            values = column.to_pylist()
+        except UnicodeDecodeError:
+            # a string column holding invalid UTF-8: read its bytes and check each value
+            values = column.cast(pa.large_binary()).to_pylist()
+        for offset, value in enumerate(values):
+            text = self._checked(value, f"{self.path} {what} {first_row + offset}")
+            if text is not None:
+                yield text
+
+    def _text_column(self, schema: Any, where: Path) -> None:
+        if self.options.text_field not in schema.names:
+            columns = ", ".join(repr(c) for c in schema.names[:10])
+            raise InputError(
+                f"{where}: no column {self.options.text_field!r} (columns: {columns}); "
+                "pass --text-field"
+            )
+
+    def _open_parquet(self) -> Any:
+        pa = self._pyarrow()
+        import pyarrow.parquet as pq
+
+        try:
+            parquet = pq.ParquetFile(self.path)
+        except (pa.ArrowException, OSError) as e:
+            raise InputError(
+                f"{self.path}: not a readable Parquet file ({_first_line(e)})"
+            ) from None
+        try:
+            self._text_column(parquet.schema_arrow, self.path)
+        except InputError:
+            parquet.close()
+            raise
+        return parquet
+
+    def _parquet(self) -> Iterator[str]:
+        pa = self._pyarrow()
+        with self._open_parquet() as parquet:
+            row = 0
+            for index in range(parquet.num_row_groups):
+                try:
+                    table = parquet.read_row_group(index, columns=[self.options.text_field])
+                except (pa.ArrowException, OSError) as e:
+                    raise InputError(
+                        f"{self.path}: row group {index} unreadable ({_first_line(e)})"
+                    ) from None
+                self.row_groups_read += 1
+                for chunk in table.column(0).chunks:
+                    yield from self._column_values(chunk, row, "row")
+                    row += len(chunk)
+
+    def _arrow_files(self) -> list[Path]:
+        """The Arrow files of a ``datasets`` folder, in order, from its state.json."""
+        if (self.path / HF_DICT).is_file():
+            splits = _json_field(self.path / HF_DICT, "splits")
+            names = ", ".join(str(s) for s in splits) if isinstance(splits, list) else "?"
+            first = str(splits[0]) if isinstance(splits, list) and splits else "train"
+            raise InputError(
+                f"{self.path}: a DatasetDict (splits: {names}); pass one split's folder, "
+                f"e.g. {self.path / first}"
+            )
+        files = _json_field(self.path / HF_STATE, "_data_files")
+        if not isinstance(files, list) or not all(
+            isinstance(f, dict) and isinstance(f.get("filename"), str) for f in files
+        ):
+            raise InputError(f"{self.path / HF_STATE}: '_data_files' is not a list of files")
+        paths = []
+        for entry in files:
+            name = entry["filename"]
+            if os.sep in name or "/" in name or name in ("", ".", ".."):
+                raise InputError(f"{self.path / HF_STATE}: {name!r} is not a plain file name")
+            paths.append(self.path / name)
+        return paths
+
+    def _datasets(self) -> Iterator[str]:
+        pa = self._pyarrow()
+        row = 0
+        for path in self._arrow_files():
+            for batch in self._arrow_batches(pa, path):
+                self.row_groups_read += 1
+                yield from self._column_values(batch.column(0), row, "row")
+                row += batch.num_rows
+
+    def _arrow_reader(self, pa: Any, path: Path) -> tuple[Any, Any, Iterable[Any]]:
+        """(memory map, reader, its record batches) of one Arrow IPC file, stream or file
+        form (``save_to_disk`` writes streams), its schema checked."""
+        try:
+            source = pa.memory_map(str(path))
+        except (pa.ArrowException, OSError) as e:
+            raise InputError(f"{path}: {_first_line(e)}") from None
+        try:
+            try:
+                reader: Any = pa.ipc.open_stream(source)
+                batches: Iterable[Any] = reader
+            except pa.ArrowInvalid:
+                source.seek(0)
+                try:
+                    file_reader = pa.ipc.open_file(source)
+                except (pa.ArrowException, OSError) as e:
+                    raise InputError(f"{path}: not an Arrow file ({_first_line(e)})") from None
+                reader = file_reader
+                batches = (file_reader.get_batch(i) for i in range(file_reader.num_record_batches))
+            self._text_column(reader.schema, path)
+        except BaseException:
+            source.close()
+            raise
+        return source, reader, batches
+
+    def _arrow_batches(self, pa: Any, path: Path) -> Iterator[Any]:
+        """Record batches of the text column of one Arrow IPC file."""
+        source, reader, batches = self._arrow_reader(pa, path)
+        with source:
+            index = reader.schema.get_field_index(self.options.text_field)
+            iterator = iter(batches)
+            while True:
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    return
+                except (pa.ArrowException, OSError) as e:
+                    raise InputError(f"{path}: truncated or corrupt ({_first_line(e)})") from None
+                yield batch.select([index])
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _json_field(path: Path, key: str) -> Any:
+    try:
+        with open(path, "rb") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: unreadable ({_first_line(e)})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: not a JSON object")
+    return data.get(key)

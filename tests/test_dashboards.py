@@ -1,0 +1,90 @@
+"""`lmrs train --log tensorboard`: event files beside metrics.jsonl with the same scalars;
+`--log` errors are one line; a record-file corpus trains like a folder."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from lmrs.cli import cli
+from lmrs.errors import InputError
+from lmrs.metrics_sinks import SCALARS, check_sinks, parse_log_option
+from lmrs.tokenizer import Tokenizer
+
+event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+
+TRAIN = ["--batch-size", "4", "--seq-len", "16", "--warmup", "2", "--eval-every", "10"]
+TINY = ["--eval-batches", "1", "--quiet", "--max-steps", "12"]
+
+
+def write_jsonl(path: Path) -> Path:
+    words = ["alpha", "beta", "gamma", "delta", "naïve", "x = 1", "return"]
+    docs = [" ".join(words[(i * 3 + k) % len(words)] for k in range(40)) for i in range(30)]
+    path.write_text("\n".join(json.dumps({"text": d}) for d in docs) + "\n", encoding="utf-8")
+    return path
+
+
+def scalars_from_events(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    acc = event_accumulator.EventAccumulator(str(log_dir))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def scalars_from_jsonl(path: Path) -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list[tuple[int, float]]] = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        for key, tag in SCALARS.items():
+            if key in record:
+                out.setdefault(tag, []).append((record["step"], record[key]))
+    return out
+
+
+def test_tensorboard_events_match_metrics_jsonl(tmp_path: Path) -> None:
+    corpus = write_jsonl(tmp_path / "docs.jsonl")
+    tok = Tokenizer.train(corpus.read_text().splitlines(), 300, show_progress=False)
+    tok.save(tmp_path / "tok.json")
+    out = tmp_path / "run"
+    args = ["train", "--corpus", str(corpus), "--tokenizer", str(tmp_path / "tok.json")]
+    result = CliRunner().invoke(
+        cli, [*args, "--out", str(out), "--log", "tensorboard", *TRAIN, *TINY]
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "metrics.jsonl").is_file() and (out / "loss.png").is_file()
+    # the corpus was read as records: 30 documents, each ended by <|endoftext|>
+    assert json.loads((out / "tokens.bin.json").read_text())["num_documents"] == 30
+    expected = scalars_from_jsonl(out / "metrics.jsonl")
+    got = scalars_from_events(out / "tensorboard")
+    assert {"train/loss", "train/lr", "train/tokens_per_s", "val/loss", "val/bpb"} <= set(got)
+    assert set(got) == set(expected)
+    for tag, points in expected.items():
+        assert [s for s, _ in got[tag]] == [s for s, _ in points], tag
+        assert [v for _, v in got[tag]] == pytest.approx([v for _, v in points], rel=1e-6), tag
+
+    # --overwrite starts the curves afresh: no events of the first run remain
+    result = CliRunner().invoke(
+        cli,
+        [*args, "--out", str(out), "--log", "jsonl,tensorboard", "--overwrite", *TRAIN, *TINY],
+    )
+    assert result.exit_code == 0, result.output
+    again = scalars_from_events(out / "tensorboard")
+    assert [s for s, _ in again["train/loss"]] == [s for s, _ in expected["train/loss"]]
+
+
+def test_log_option_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse_log_option(["tensorboard,wandb", "tensorboard"]) == ("tensorboard", "wandb")
+    assert parse_log_option(["jsonl"]) == ()
+    with pytest.raises(InputError, match="--log mlflow: unknown"):
+        parse_log_option(["mlflow"])
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.raises(InputError, match=r"--log wandb needs the wandb package \(pip install"):
+        check_sinks(["wandb"])
+    result = CliRunner().invoke(
+        cli, ["train", "--tokens", "x.bin", "--tokenizer", "t.json", "--out", "r", "--log", "wandb"]
+    )
+    assert result.exit_code != 0
+    assert result.output.strip().splitlines()[-1].startswith("lmrs: --log wandb needs")

@@ -1,0 +1,272 @@
+"""Record files (JSONL, JSON, Parquet, CSV, datasets folders) as corpora: the same documents
+give the same token ids and vocab as text files; bad records are counted; corrupt files
+are one-line errors; Parquet is read a row group at a time."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from click.testing import CliRunner
+from tok_corpus import make_texts
+
+from lmrs import add_to_corpus
+from lmrs.cli import cli
+from lmrs.errors import InputError
+from lmrs.records import RecordOptions, RecordReader
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+DOCS = [*make_texts(24, seed=3), "", "a literal <|endoftext|> stays text"]
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.output
+
+
+def write_text_folder(root: Path, docs: list[str]) -> Path:
+    root.mkdir()
+    for i, doc in enumerate(docs):
+        (root / f"doc{i:04d}.txt").write_bytes(doc.encode("utf-8"))
+    return root
+
+
+def write_jsonl(path: Path, docs: list[str]) -> Path:
+    lines = [json.dumps({"id": i, "text": d}) for i, d in enumerate(docs)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_json_array(path: Path, docs: list[str]) -> Path:
+    path.write_text(json.dumps([{"text": d} for d in docs]), encoding="utf-8")
+    return path
+
+
+def write_parquet(path: Path, docs: list[str]) -> Path:
+    table = pa.table({"id": list(range(len(docs))), "text": docs})
+    pq.write_table(table, path, row_group_size=5)  # several row groups
+    return path
+
+
+def write_csv(path: Path, docs: list[str]) -> Path:
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "text"])
+        for i, doc in enumerate(docs):
+            writer.writerow([i, doc])
+    return path
+
+
+def write_datasets(path: Path, docs: list[str]) -> Path:
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({"text": docs, "n": list(range(len(docs)))}).save_to_disk(str(path))
+    return path
+
+
+WRITERS: dict[str, tuple[str, Callable[[Path, list[str]], Path]]] = {
+    "jsonl": ("data.jsonl", write_jsonl),
+    "json": ("data.json", write_json_array),
+    "parquet": ("data.parquet", write_parquet),
+    "csv": ("data.csv", write_csv),
+    "datasets": ("data_ds", write_datasets),
+}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The text-folder baseline: a tokenizer trained on it and its token file."""
+    root = tmp_path_factory.mktemp("ref")
+    folder = write_text_folder(root / "texts", DOCS)
+    tok = root / "tok.json"
+    code, out = run("vocab", str(folder), "--size", "300", "-o", str(tok), "-q")
+    assert code == 0, out
+    tokens = root / "tokens.bin"
+    code, out = run("encode", str(folder), "-t", str(tok), "-o", str(tokens), "-q")
+    assert code == 0, out
+    return {"folder": folder, "tok": tok, "tokens": tokens}
+
+
+@pytest.mark.parametrize("fmt", sorted(WRITERS))
+def test_same_ids_and_vocab_as_text_files(
+    fmt: str, tmp_path: Path, reference: dict[str, Path]
+) -> None:
+    name, writer = WRITERS[fmt]
+    source = writer(tmp_path / name, DOCS)
+    tok = tmp_path / "tok.json"
+    code, out = run("vocab", str(source), "--size", "300", "-o", str(tok), "-q")
+    assert code == 0, out
+    assert (
+        json.loads(tok.read_text())["merges"] == json.loads(reference["tok"].read_text())["merges"]
+    )
+    tokens = tmp_path / "tokens.bin"
+    code, out = run("encode", str(source), "-t", str(reference["tok"]), "-o", str(tokens), "-q")
+    assert code == 0, out
+    assert tokens.read_bytes() == reference["tokens"].read_bytes()
+    sidecar = json.loads(Path(f"{tokens}.json").read_text())
+    expected = json.loads(Path(f"{reference['tokens']}.json").read_text())
+    # one document per record, each ended by <|endoftext|>
+    assert sidecar["num_documents"] == len(DOCS) == expected["num_documents"]
+    assert sidecar["num_bytes"] == expected["num_bytes"]
+
+
+def test_shards_from_records_concatenate_to_the_single_file(
+    tmp_path: Path, reference: dict[str, Path]
+) -> None:
+    source = write_parquet(tmp_path / "d.parquet", DOCS)
+    out = tmp_path / "shards"
+    code, output = run(
+        "encode", str(source), "-t", str(reference["tok"]), "-o", str(out), "--shard-tokens",
+        "100", "-q",
+    )  # fmt: skip
+    assert code == 0, output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["shards"]) > 1
+    joined = b"".join((out / s).read_bytes() for s in manifest["shards"])
+    assert joined == reference["tokens"].read_bytes()
+
+
+def test_parquet_is_read_by_row_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = write_parquet(tmp_path / "d.parquet", DOCS)
+    groups = pq.ParquetFile(source).num_row_groups
+    assert groups > 2
+
+    def whole(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("read the whole file")
+
+    monkeypatch.setattr(pq.ParquetFile, "read", whole)
+    monkeypatch.setattr(pq, "read_table", whole)
+    reader = RecordReader(source, RecordOptions(batch_chars=1))
+    batches = list(reader.batches())
+    assert reader.row_groups_read == groups
+    assert [t for b in batches for t in b] == DOCS
+    assert len(batches) > groups  # batches follow their size, not the row groups
+
+
+def test_bad_jsonl_records_are_counted_and_named(
+    tmp_path: Path, reference: dict[str, Path]
+) -> None:
+    good = ["first document", "second document"]
+    lines = [
+        json.dumps({"text": good[0]}).encode(),
+        b'{"body": "no text field"}',
+        b'{"text": 42}',
+        b'{"text": "unterminated',
+        b'{"text": "bad \xff byte"}',
+        b'{"text": null}',
+        b'{"text": "lone \\ud800 surrogate"}',
+        b"[1, 2]",
+        b"",
+        json.dumps({"text": good[1]}).encode(),
+    ]
+    source = tmp_path / "bad.jsonl"
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    reader = RecordReader(source, RecordOptions(max_examples=3))
+    assert [t for b in reader.batches() for t in b] == good
+    assert reader.bad.total == 7
+    assert reader.bad.counts["invalid UTF-8"] == 2
+    assert reader.bad.counts["missing field 'text'"] == 1
+    assert reader.bad.examples[0] == f"{source} line 2: missing field 'text'"
+    assert len(reader.bad.examples) == 3
+
+    tokens = tmp_path / "t.bin"
+    result = CliRunner().invoke(
+        cli, ["encode", str(source), "-t", str(reference["tok"]), "-o", str(tokens), "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "7 bad records skipped" in result.output
+    assert f"{source} line 3: field 'text' is int, not a string" in result.output
+    assert json.loads(Path(f"{tokens}.json").read_text())["num_documents"] == 2
+
+
+def test_bad_csv_rows_are_counted(tmp_path: Path) -> None:
+    source = tmp_path / "bad.csv"
+    source.write_bytes(b'id,text\n1,good one\n2\n3,bad \xfe bytes\n4,"good, two"\n')
+    reader = RecordReader(source)
+    assert [t for b in reader.batches() for t in b] == ["good one", "good, two"]
+    assert reader.bad.counts == {"missing field 'text'": 1, "invalid UTF-8": 1}
+    assert reader.bad.examples[1] == f"{source} row 3: invalid UTF-8"
+
+
+def test_parquet_nulls_and_binary_values(tmp_path: Path) -> None:
+    source = tmp_path / "b.parquet"
+    table = pa.table({"text": pa.array([b"ok", None, b"\xff\xfe", "caf\u00e9".encode()])})
+    pq.write_table(table, source)
+    reader = RecordReader(source)
+    assert [t for b in reader.batches() for t in b] == ["ok", "café"]
+    assert reader.bad.counts == {"field 'text' is null": 1, "invalid UTF-8": 1}
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: p.write_bytes(b"PAR1 this is not parquet PAR1"),
+        lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),
+    ],
+    ids=["garbage", "truncated"],
+)
+def test_corrupt_parquet_is_one_line(
+    make: Callable[[Path], None], tmp_path: Path, reference: dict[str, Path]
+) -> None:
+    source = write_parquet(tmp_path / "c.parquet", DOCS)
+    make(source)
+    code, out = run("encode", str(source), "-t", str(reference["tok"]), "-o", str(tmp_path / "t"))
+    assert code != 0
+    lines = out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"lmrs: {source}"), out
+    assert not (tmp_path / "t").exists()
+
+
+def test_wrong_column_and_datasetdict_are_one_line(tmp_path: Path) -> None:
+    source = write_parquet(tmp_path / "c.parquet", DOCS)
+    code, out = run(
+        "vocab", str(source), "--text-field", "body", "-o", str(tmp_path / "t.json"), "-q"
+    )
+    assert code != 0 and "no column 'body' (columns: 'id', 'text')" in out
+    assert len(out.strip().splitlines()) == 1
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_dict({"text": ["a", "b"]})
+    datasets.DatasetDict({"train": ds, "test": ds}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(InputError, match="DatasetDict .*pass one split's folder"):
+        list(RecordReader(tmp_path / "dd").batches())
+    assert list(RecordReader(tmp_path / "dd" / "train").texts()) == ["a", "b"]
+
+
+def test_missing_pyarrow_says_how_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = write_parquet(tmp_path / "c.parquet", DOCS)
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    with pytest.raises(InputError, match=r"install pyarrow \(pip install 'lmrs\[data\]'\)"):
+        list(RecordReader(source).batches())
+
+
+def test_num_parts_needs_text_files(tmp_path: Path, reference: dict[str, Path]) -> None:
+    source = write_jsonl(tmp_path / "d.jsonl", DOCS)
+    code, out = run(
+        "encode", str(source), "-t", str(reference["tok"]), "-o", str(tmp_path / "s"),
+        "--num-parts", "2",
+    )  # fmt: skip
+    assert code != 0 and "--num-parts needs a folder of text files" in out
+
+
+def test_corpus_add_keeps_record_boundaries(tmp_path: Path, reference: dict[str, Path]) -> None:
+    source = write_jsonl(tmp_path / "d.jsonl", [*DOCS, "x"])
+    with open(source, "ab") as f:
+        f.write(b'{"nope": 1}\n')
+    corpus = tmp_path / "corpus"
+    result = add_to_corpus(source, corpus, show_progress=False)
+    assert result.added == len(DOCS) + 1 and result.bad_records is not None
+    assert result.bad_records.total == 1
+    again = add_to_corpus(source, corpus, show_progress=False)
+    assert again.added == 0 and again.unchanged == len(DOCS) + 1
+    files = sorted((corpus / "d").rglob("*.txt"))
+    assert [f.read_bytes().decode("utf-8") for f in files] == [*DOCS, "x"]
+
+    code, out = run("corpus", "add", str(source), str(tmp_path / "c2"), "--quiet")
+    assert code == 0 and "1 bad records skipped" in out
