@@ -22,23 +22,82 @@ each on a snapshot of the weights (later training does not change a Decoder):
   (:func:`sampling_model`). It is the reference: the Rust engine is tested against it, and
   it against the full forward without a cache.
 
-The Rust engine is a faster way to run the same definition, not a second model: a model
-option it does not run is refused by it with a reason, and "auto" falls back to torch.
+The Rust engine is a faster way to run the same definition, not a second model: it is
+built from the model's engine spec (:func:`lmrs.engine_spec.engine_spec`: named fields and
+tensors, no parameter names of the Python model in Rust), and every ``ModelConfig`` field
+is classified in :data:`RUST_ENGINE_FIELDS`: a value it does not run is refused with a
+reason (:func:`rust_unsupported`), "auto" then falls back to torch (the reason is
+``Decoder.fallback_reason`` and logged at debug level) and "rust" is a ValueError.
 README.md has the measured tokens/s of both engines.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
+from dataclasses import fields
 from typing import Any, Optional, Union
 
 import torch
 
-from lmrs.model import GPT, KVCache
-from lmrs.options import ENGINES
+from lmrs.model import GPT, KVCache, ModelConfig
+from lmrs.options import ENGINES, MLPS, NORMS, POSITIONS
 from lmrs.precision import native_bf16
 
+log = logging.getLogger(__name__)
+
 SIMD_KERNELS = ("avx512bf16", "avx2")  # Rust kernels faster than the torch engine
+
+# How the Rust engine treats every ModelConfig field (tests/test_engine_matrix.py checks
+# that each field is here): SHAPE is read through the engine spec whatever its value,
+# TRAINING_ONLY changes nothing at inference, and a tuple lists the values the engine
+# runs (any other value is refused; a new choice added to options.py is refused until the
+# engine runs it and it is added here).
+SHAPE = "shape"
+TRAINING_ONLY = "training only"
+RUST_ENGINE_FIELDS: dict[str, Union[str, tuple[Any, ...]]] = {
+    "vocab_size": SHAPE,
+    "max_seq_len": SHAPE,
+    "embed_dim": SHAPE,
+    "num_heads": SHAPE,
+    "num_layers": SHAPE,
+    "ff_dim": SHAPE,
+    "num_kv_heads": SHAPE,  # grouped/multi-query attention: kv_heads in the spec
+    "rope_base": SHAPE,  # the spec's rope tables
+    "logit_softcap": SHAPE,  # None or any cap > 0 (ModelConfig checks)
+    "dropout_rate": TRAINING_ONLY,
+    "attention_dropout": TRAINING_ONLY,
+    "gradient_checkpointing": TRAINING_ONLY,
+    "seed": TRAINING_ONLY,
+    "zero_init_proj": TRAINING_ONLY,
+    "position": ("learned", "rope"),
+    "norm": ("layernorm", "rmsnorm"),
+    "norm_scale": (True, False),
+    "qk_norm": (True, False),
+    "mlp": ("gelu", "relu2", "swiglu"),
+    "bias": (True, False),
+    "tie_weights": (True, False),
+}
+# the option lists whose every value RUST_ENGINE_FIELDS must classify (tests use this)
+OPTION_CHOICES: dict[str, tuple[Any, ...]] = {
+    "position": POSITIONS,
+    "norm": NORMS,
+    "mlp": MLPS,
+}
+
+
+def rust_unsupported(config: ModelConfig) -> Optional[str]:
+    """None if the Rust engine runs ``config``, else one line saying why not."""
+    for entry in fields(config):
+        name, value = entry.name, getattr(config, entry.name)
+        treatment = RUST_ENGINE_FIELDS.get(name)
+        if treatment is None:
+            return f"the Rust engine does not know ModelConfig.{name} (= {value!r}) yet"
+        if isinstance(treatment, tuple) and value not in treatment:
+            runs = ", ".join(repr(v) for v in treatment)
+            return f"the Rust engine does not run {name}={value!r} (it runs {runs})"
+    return None
+
 
 DTYPES = {
     "float32": torch.float32,
@@ -53,18 +112,23 @@ def resolve_dtype(
     device: torch.device,
     model_dtype: torch.dtype = torch.float32,
     engine: str = "auto",
+    config: Optional[ModelConfig] = None,
 ) -> torch.dtype:
     """The dtype of the matrix products while sampling.
 
     "auto" (or None): bfloat16 for a float32 model where bfloat16 is fast: hardware with
     native bfloat16, or (engine "auto" or "rust") a CPU where the Rust engine has a SIMD
-    kernel (AVX2 widens bfloat16 weights in registers: half the bytes read per token);
-    else the model's own dtype. A name from ``DTYPES`` or a torch dtype is taken as given.
+    kernel (AVX2 widens bfloat16 weights in registers: half the bytes read per token) and
+    runs ``config`` (when given: see :func:`rust_unsupported`); else the model's own
+    dtype. A name from ``DTYPES`` or a torch dtype is taken as given.
     """
     if dtype is None or dtype == "auto":
-        if model_dtype == torch.float32 and (
-            native_bf16(device) or (engine != "torch" and _rust_has_simd(device))
-        ):
+        rust_fast = (
+            engine != "torch"
+            and (config is None or rust_unsupported(config) is None)
+            and _rust_has_simd(device)
+        )
+        if model_dtype == torch.float32 and (native_bf16(device) or rust_fast):
             return torch.bfloat16
         return model_dtype
     if isinstance(dtype, str):
@@ -118,7 +182,12 @@ def sampling_model(model: GPT, dtype: Union[str, torch.dtype, None] = "auto") ->
     return kept[key]
 
 
-def resolve_engine(engine: str, device: torch.device, dtype: torch.dtype) -> str:
+def resolve_engine(
+    engine: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    config: Optional[ModelConfig] = None,
+) -> str:
     """Which implementation runs the decoding steps: "rust" or "torch".
 
     "auto" picks the Rust step (``lmrs._lmrs.DecodeModel``: one call per token) for
@@ -127,7 +196,9 @@ def resolve_engine(engine: str, device: torch.device, dtype: torch.dtype) -> str
     "avx512bf16"), and the PyTorch step everywhere else (GPUs, other dtypes, CPUs where
     only the portable kernel runs, such as ARM, or where ``LMRS_CPU=portable`` forces it).
     "rust" forces the Rust step on any CPU (the portable kernel where there is no other).
-    A bad ``LMRS_CPU`` value is a ValueError from "auto" and "rust" alike.
+    A bad ``LMRS_CPU`` value is a ValueError from "auto" and "rust" alike. With ``config``,
+    a model the Rust engine does not run (:func:`rust_unsupported`) makes "auto" pick
+    torch (logged at debug level) and "rust" a ValueError with the reason.
     """
     if engine not in ENGINES:
         raise ValueError(f"decoding engine must be one of {ENGINES}, got {engine!r}")
@@ -136,6 +207,12 @@ def resolve_engine(engine: str, device: torch.device, dtype: torch.dtype) -> str
         raise ValueError(
             f"the rust decoding engine runs bfloat16 on the CPU, not {dtype} on {device.type}"
         )
+    refused = None if config is None or engine == "torch" else rust_unsupported(config)
+    if engine == "rust" and refused is not None:
+        raise ValueError(f"the rust decoding engine cannot run this model: {refused}")
+    if engine == "auto" and refused is not None:
+        log.debug("decoding with torch: %s", refused)
+        return "torch"
     if engine == "auto":
         from lmrs import _lmrs
 
@@ -145,33 +222,20 @@ def resolve_engine(engine: str, device: torch.device, dtype: torch.dtype) -> str
 
 
 def rust_decode_model(model: GPT) -> Any:
-    """The model's weights as an ``lmrs._lmrs.DecodeModel`` (bfloat16, built in Rust), kept
-    on the model until a parameter changes, like :func:`prepare_weights`."""
+    """The model's weights as an ``lmrs._lmrs.DecodeModel`` (bfloat16, built in Rust from
+    :func:`lmrs.engine_spec.engine_spec`), kept on the model until a parameter changes,
+    like :func:`sampling_model`. ValueError for a model the engine does not run."""
     from lmrs import _lmrs
+    from lmrs.engine_spec import engine_spec
 
+    refused = rust_unsupported(model.config)
+    if refused is not None:
+        raise ValueError(f"the rust decoding engine cannot run this model: {refused}")
     key = _snapshot_key(model, torch.bfloat16)
     kept = _kept(model, "rust")
     if key not in kept:
         kept.clear()
-        config = model.config
-        with torch.no_grad():
-            tensors = {
-                name: tensor.detach().float().cpu().contiguous().numpy()
-                for name, tensor in model.state_dict().items()
-            }
-            if config.position == "rope":
-                tensors["rope_cos"] = model.rope_cos.float().cpu().contiguous().numpy()
-                tensors["rope_sin"] = model.rope_sin.float().cpu().contiguous().numpy()
-        dims = (
-            config.embed_dim,
-            config.num_heads,
-            config.kv_heads,
-            config.head_dim,
-            config.vocab_size,
-            config.max_seq_len,
-            config.num_layers,
-        )
-        kept[key] = _lmrs.DecodeModel(dims, tensors)
+        kept[key] = _lmrs.DecodeModel(engine_spec(model))
     return kept[key]
 
 
@@ -200,8 +264,14 @@ class Decoder:
         if not 0 < self.max_len <= config.max_seq_len:
             raise ValueError(f"max_len must be in [1, {config.max_seq_len}], got {self.max_len}")
         device = model.token_embedding.weight.device
-        resolved = resolve_dtype(dtype, device, model.token_embedding.weight.dtype, engine)
-        self.engine = resolve_engine(engine, device, resolved)
+        weight_dtype = model.token_embedding.weight.dtype
+        resolved = resolve_dtype(dtype, device, weight_dtype, engine, config)
+        self.engine = resolve_engine(engine, device, resolved, config)
+        # why "auto" did not pick the Rust engine for this model (None: it did, or never
+        # could for this device and dtype)
+        self.fallback_reason = (
+            rust_unsupported(config) if engine == "auto" and self.engine == "torch" else None
+        )
         self.batch_size = batch_size
         self._dtype = resolved
         self._session: Any = None

@@ -44,7 +44,7 @@ impl Kernel {
         }
     }
 
-    fn from_name(name: &str) -> Option<Kernel> {
+    pub fn from_name(name: &str) -> Option<Kernel> {
         Kernel::ALL.into_iter().find(|k| k.name() == name)
     }
 }

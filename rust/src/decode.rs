@@ -1,12 +1,16 @@
 //! A GPT's forward pass for decoding on the CPU: a few new tokens per row, with a key/value
 //! cache, weights in bfloat16.
 //!
-//! The same network as `lmrs.model.GPT` (pre-LayerNorm blocks, causal attention with
-//! grouped key/value heads, tanh-GELU feed-forward, learned or rotary positions, final
-//! LayerNorm, language-model head). Written for the decoding workload, where eager PyTorch
-//! spends more time dispatching ~150 small operations per token than computing them:
-//! here a whole step is one call, the matrix products are [`bf16::matmul`], and everything
-//! between them (LayerNorm, attention over the cache, GELU, residual adds) is a short loop.
+//! The same network as `lmrs.model.GPT`, built from its engine spec (`lmrs.engine_spec`,
+//! read by `py_decode.rs`): pre-norm blocks (LayerNorm or RMSNorm, with or without a
+//! scale), causal attention with grouped key/value heads (optionally RMS-normalised
+//! queries and keys), a feed-forward of tanh-GELU, ReLU² or SwiGLU, learned or rotary
+//! positions, a final norm and a language-model head (optionally soft-capped logits).
+//! Written for the decoding workload, where eager PyTorch spends more time dispatching
+//! ~150 small operations per token than computing them: here a whole step is one call, the
+//! matrix products are [`bf16::matmul`] (the only part with a kernel per CPU), and
+//! everything between them (norms, attention over the cache, activations, residual adds)
+//! is a short loop shared by every kernel.
 //!
 //! Numerics: weights, matrix-product inputs and the key/value cache in bfloat16 (the
 //! cache is read whole at every step: at batch 16 it is as many bytes as the weights);
@@ -17,8 +21,6 @@ use rayon::prelude::*;
 use crate::bf16;
 use crate::cpu::{self, Isa};
 use crate::{Error, Result};
-
-const LAYER_NORM_EPS: f32 = 1e-5;
 
 /// The shape of the network.
 #[derive(Clone, Copy, Debug)]
@@ -110,44 +112,154 @@ impl Linear {
     }
 }
 
-pub struct LayerNorm {
-    weight: Vec<f32>,
+/// How a [`Norm`] normalises a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormKind {
+    /// `(x - mean) / sqrt(var + eps)`
+    Layer,
+    /// `x / sqrt(mean(x²) + eps)`
+    Rms,
+}
+
+/// A LayerNorm or RMSNorm over rows of `width`, with an optional scale and bias.
+pub struct Norm {
+    kind: NormKind,
+    width: usize,
+    eps: f32,
+    weight: Option<Vec<f32>>,
     bias: Option<Vec<f32>>,
 }
 
-impl LayerNorm {
-    pub fn new(name: &str, weight: Vec<f32>, bias: Option<Vec<f32>>, width: usize) -> Result<Self> {
-        check_len(&format!("{name}.weight"), weight.len(), width)?;
+impl Norm {
+    pub fn new(
+        name: &str,
+        kind: NormKind,
+        width: usize,
+        eps: f32,
+        weight: Option<Vec<f32>>,
+        bias: Option<Vec<f32>>,
+    ) -> Result<Self> {
+        if !(eps.is_finite() && eps > 0.0) {
+            return Err(Error::Invalid(format!(
+                "decode: {name} epsilon must be finite and > 0, got {eps}"
+            )));
+        }
+        if let Some(weight) = &weight {
+            check_len(&format!("{name}.weight"), weight.len(), width)?;
+        }
         if let Some(bias) = &bias {
             check_len(&format!("{name}.bias"), bias.len(), width)?;
         }
-        Ok(LayerNorm { weight, bias })
+        Ok(Norm {
+            kind,
+            width,
+            eps,
+            weight,
+            bias,
+        })
+    }
+
+    /// `1 / sqrt(variance + eps)` (LayerNorm, after subtracting `mean`) or
+    /// `1 / sqrt(mean square + eps)` (RMSNorm, `mean` is 0) of one row.
+    #[inline]
+    fn statistics(kind: NormKind, row: &[f32], eps: f32) -> (f32, f32) {
+        let width = row.len() as f32;
+        let mean = match kind {
+            NormKind::Layer => row.iter().sum::<f32>() / width,
+            NormKind::Rms => 0.0,
+        };
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / width;
+        (mean, 1.0 / (var + eps).sqrt())
     }
 
     /// Each row of `x` normalised, rounded to bfloat16: the input of the next matrix product.
     fn forward_bf16(&self, x: &[f32], out: &mut Vec<u16>) {
-        let width = self.weight.len();
+        let width = self.width;
         out.clear();
         out.resize(x.len(), 0);
         map_rows(x, width, out, width, |row, out| {
-            let mean = row.iter().sum::<f32>() / width as f32;
-            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / width as f32;
-            let inv_std = 1.0 / (var + LAYER_NORM_EPS).sqrt();
+            let (mean, inv_std) = Self::statistics(self.kind, row, self.eps);
             for (i, (&v, out)) in row.iter().zip(out.iter_mut()).enumerate() {
+                let scale = self.weight.as_ref().map_or(1.0, |w| w[i]);
                 let bias = self.bias.as_ref().map_or(0.0, |b| b[i]);
-                *out = bf16::to_bf16((v - mean) * inv_std * self.weight[i] + bias);
+                *out = bf16::to_bf16((v - mean) * inv_std * scale + bias);
             }
         });
     }
 }
 
+/// Parameter-free RMSNorm of every `width` values of `x`, in place (QK-norm: each head of
+/// the queries and keys).
+fn rms_norm_in_place(x: &mut [f32], width: usize, eps: f32) {
+    for head in x.chunks_exact_mut(width) {
+        let (_, inv) = Norm::statistics(NormKind::Rms, head, eps);
+        head.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+/// The feed-forward's non-linearity between `up` and `down`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// GELU, tanh approximation
+    GeluTanh,
+    /// relu(x)²
+    Relu2,
+    /// silu(gate) · up: the `up` matrix holds the gate's rows first, then the up rows, so
+    /// both come out of one matrix product
+    SwiGlu,
+}
+
+impl Activation {
+    /// The hidden width (the input width of `down`) for an `up` matrix of `rows` rows.
+    fn hidden(self, rows: usize) -> usize {
+        match self {
+            Activation::SwiGlu => rows / 2,
+            _ => rows,
+        }
+    }
+
+    /// `out` (rows × hidden, bfloat16) from `up`'s output (rows × up rows).
+    fn forward_bf16(self, up: &[f32], up_rows: usize, out: &mut Vec<u16>) {
+        match self {
+            Activation::GeluTanh => to_bf16_rows(up, up_rows, out, gelu_tanh),
+            Activation::Relu2 => to_bf16_rows(up, up_rows, out, |v| {
+                let r = v.max(0.0);
+                r * r
+            }),
+            Activation::SwiGlu => {
+                let hidden = up_rows / 2;
+                out.clear();
+                out.resize(up.len() / 2, 0);
+                map_rows(up, up_rows, out, hidden, |row, out| {
+                    let (gate, up) = row.split_at(hidden);
+                    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                        *o = bf16::to_bf16(silu(g) * u);
+                    }
+                });
+            }
+        }
+    }
+}
+
 pub struct Layer {
-    pub ln_attn: LayerNorm,
+    pub attn_norm: Norm,
     pub qkv: Linear,
     pub out_proj: Linear,
-    pub ln_ffn: LayerNorm,
+    pub mlp_norm: Norm,
+    /// (hidden, embed), or (2 · hidden, embed) for SwiGLU: gate rows, then up rows
     pub up: Linear,
     pub down: Linear,
+}
+
+/// What the blocks share beyond the shapes.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    pub activation: Activation,
+    /// RMS-normalise each query and key head (no scale) with this epsilon, before rotary
+    /// positions
+    pub qk_norm_eps: Option<f32>,
+    /// logits = cap · tanh(logits / cap)
+    pub logit_softcap: Option<f32>,
 }
 
 pub enum Positions {
@@ -159,9 +271,10 @@ pub enum Positions {
 
 pub struct DecodeModel {
     dims: Dims,
+    options: Options,
     layers: Vec<Layer>,
-    ln_final: LayerNorm,
-    lm_head: Linear,
+    final_norm: Norm,
+    head: Linear,
     token_embedding: Vec<f32>,
     positions: Positions,
     /// the kernels of the matrix products and of attention
@@ -197,14 +310,29 @@ impl DecodeModel {
     /// asks for one this CPU lacks).
     pub fn new(
         dims: Dims,
+        options: Options,
         layers: Vec<Layer>,
-        ln_final: LayerNorm,
-        lm_head: Linear,
+        final_norm: Norm,
+        head: Linear,
         token_embedding: Vec<f32>,
         positions: Positions,
     ) -> Result<Self> {
         let isa = cpu::selected()?;
         dims.check()?;
+        if let Some(eps) = options.qk_norm_eps {
+            if !(eps.is_finite() && eps > 0.0) {
+                return Err(Error::Invalid(format!(
+                    "decode: QK-norm epsilon must be finite and > 0, got {eps}"
+                )));
+            }
+        }
+        if let Some(cap) = options.logit_softcap {
+            if !(cap.is_finite() && cap > 0.0) {
+                return Err(Error::Invalid(format!(
+                    "decode: logit soft-cap must be finite and > 0, got {cap}"
+                )));
+            }
+        }
         let d = dims.embed_dim;
         check_len(
             "token_embedding",
@@ -246,20 +374,30 @@ impl DecodeModel {
                 d,
                 dims.q_width(),
             )?;
-            let ff = layer.up.rows();
-            shape(format!("layer {i} up"), &layer.up, ff, d)?;
+            let up_rows = layer.up.rows();
+            let ff = options.activation.hidden(up_rows);
+            if options.activation == Activation::SwiGlu && !up_rows.is_multiple_of(2) {
+                return Err(Error::Invalid(format!(
+                    "decode: layer {i} SwiGLU gate+up has an odd number of rows ({up_rows})"
+                )));
+            }
+            shape(format!("layer {i} up"), &layer.up, up_rows, d)?;
             shape(format!("layer {i} down"), &layer.down, d, ff)?;
-            for (name, norm) in [("ln_attn", &layer.ln_attn), ("ln_ffn", &layer.ln_ffn)] {
-                check_len(&format!("layer {i} {name}"), norm.weight.len(), d)?;
+            for (name, norm) in [
+                ("attn_norm", &layer.attn_norm),
+                ("mlp_norm", &layer.mlp_norm),
+            ] {
+                check_len(&format!("layer {i} {name}"), norm.width, d)?;
             }
         }
-        check_len("ln_final", ln_final.weight.len(), d)?;
-        shape("lm_head".into(), &lm_head, dims.vocab_size, d)?;
+        check_len("final_norm", final_norm.width, d)?;
+        shape("head".into(), &head, dims.vocab_size, d)?;
         Ok(DecodeModel {
             dims,
+            options,
             layers,
-            ln_final,
-            lm_head,
+            final_norm,
+            head,
             token_embedding,
             positions,
             isa,
@@ -355,8 +493,9 @@ impl DecodeModel {
         let mut hidden = Vec::new();
         let isa = self.isa;
         for (index, layer) in self.layers.iter().enumerate() {
-            layer.ln_attn.forward_bf16(&x, &mut normed);
+            layer.attn_norm.forward_bf16(&x, &mut normed);
             layer.qkv.forward(isa, &normed, rows, &mut buffer);
+            self.normalise_queries_keys(&mut buffer);
             self.rotate(&mut buffer, batch, seq, start);
             self.store_keys_values(cache, index, &buffer, batch, seq, start);
             self.attend(cache, index, &buffer, batch, seq, start, &mut attended);
@@ -366,10 +505,10 @@ impl DecodeModel {
                 .forward(isa, &attended_bf16, rows, &mut buffer);
             add_into(&mut x, &buffer);
 
-            layer.ln_ffn.forward_bf16(&x, &mut normed);
+            layer.mlp_norm.forward_bf16(&x, &mut normed);
             layer.up.forward(isa, &normed, rows, &mut buffer);
-            let ff = layer.up.rows();
-            to_bf16_rows(&buffer, ff, &mut hidden, gelu_tanh);
+            let activation = self.options.activation;
+            activation.forward_bf16(&buffer, layer.up.rows(), &mut hidden);
             layer.down.forward(isa, &hidden, rows, &mut buffer);
             add_into(&mut x, &buffer);
         }
@@ -379,10 +518,30 @@ impl DecodeModel {
             .chunks_exact(seq * d)
             .flat_map(|row| row[(seq - 1) * d..].iter().copied())
             .collect();
-        self.ln_final.forward_bf16(&last, &mut normed);
+        self.final_norm.forward_bf16(&last, &mut normed);
         let mut logits = Vec::new();
-        self.lm_head.forward(isa, &normed, batch, &mut logits);
+        self.head.forward(isa, &normed, batch, &mut logits);
+        if let Some(cap) = self.options.logit_softcap {
+            let inv = 1.0 / cap;
+            logits
+                .iter_mut()
+                .for_each(|v| *v = cap * tanh_rational(*v * inv));
+        }
         Ok(logits)
+    }
+
+    /// QK-norm, in place on `qkv` (rows × qkv width): every query and key head divided by
+    /// its root mean square; the values are left alone.
+    fn normalise_queries_keys(&self, qkv: &mut [f32]) {
+        let Some(eps) = self.options.qk_norm_eps else {
+            return;
+        };
+        let dims = self.dims;
+        let width = dims.q_width() + 2 * dims.kv_width();
+        let normed = dims.q_width() + dims.kv_width(); // queries, then keys
+        for row in qkv.chunks_exact_mut(width) {
+            rms_norm_in_place(&mut row[..normed], dims.head_dim, eps);
+        }
     }
 
     /// Rotary positions applied in place to the queries and keys of `qkv` (rows × qkv width).
@@ -830,7 +989,7 @@ fn exp_poly(x: f32) -> f32 {
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-/// Rows at which the elementwise work between the matrix products (LayerNorm, GELU,
+/// Rows at which the elementwise work between the matrix products (norms, activations,
 /// rounding, cache stores) is split between threads; below it, a fork costs more than it
 /// saves. Each row is computed the same way either way.
 const PARALLEL_ROWS: usize = 4;
@@ -870,6 +1029,11 @@ fn to_bf16_rows(x: &[f32], width: usize, out: &mut Vec<u16>, f: impl Fn(f32) -> 
 
 fn add_into(x: &mut [f32], y: &[f32]) {
     x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}
+
+/// x · sigmoid(x), the sigmoid as (1 + tanh(x/2)) / 2: branch-free, so it vectorises.
+fn silu(x: f32) -> f32 {
+    0.5 * x * (1.0 + tanh_rational(0.5 * x))
 }
 
 /// GELU, tanh approximation (as `F.gelu(x, approximate="tanh")`).
@@ -919,12 +1083,55 @@ mod tests {
         Linear::new(name, &values(rows * cols, seed, 0.2), rows, cols, bias).unwrap()
     }
 
-    fn norm(width: usize, seed: u64) -> LayerNorm {
+    /// The architecture options of a test model beyond positions and heads.
+    #[derive(Clone, Copy)]
+    struct Variant {
+        norm: NormKind,
+        scale: bool,
+        options: Options,
+    }
+
+    const GPT2: Variant = Variant {
+        norm: NormKind::Layer,
+        scale: true,
+        options: Options {
+            activation: Activation::GeluTanh,
+            qk_norm_eps: None,
+            logit_softcap: None,
+        },
+    };
+
+    /// RMSNorm without scale, QK-norm, `activation`, soft-capped logits.
+    fn modern(activation: Activation) -> Variant {
+        Variant {
+            norm: NormKind::Rms,
+            scale: false,
+            options: Options {
+                activation,
+                qk_norm_eps: Some(1e-6),
+                logit_softcap: Some(3.0),
+            },
+        }
+    }
+
+    fn norm(variant: Variant, width: usize, seed: u64) -> Norm {
         let weight = values(width, seed, 0.1).iter().map(|v| 1.0 + v).collect();
-        LayerNorm::new("ln", weight, Some(values(width, seed + 1, 0.1)), width).unwrap()
+        let (weight, bias) = match variant.norm {
+            NormKind::Layer => (Some(weight), Some(values(width, seed + 1, 0.1))),
+            NormKind::Rms => (variant.scale.then_some(weight), None),
+        };
+        Norm::new("norm", variant.norm, width, 1e-5, weight, bias).unwrap()
     }
 
     fn tiny_model(rotary: bool, kv_heads: usize) -> DecodeModel {
+        tiny_variant(rotary, kv_heads, GPT2)
+    }
+
+    fn tiny_variant(rotary: bool, kv_heads: usize, variant: Variant) -> DecodeModel {
+        build_variant(rotary, kv_heads, variant).unwrap()
+    }
+
+    fn build_variant(rotary: bool, kv_heads: usize, variant: Variant) -> Result<DecodeModel> {
         let dims = Dims {
             embed_dim: 32,
             num_heads: 4,
@@ -934,13 +1141,17 @@ mod tests {
             max_seq_len: 24,
         };
         let qkv_rows = dims.q_width() + 2 * dims.kv_width();
+        let up_rows = match variant.options.activation {
+            Activation::SwiGlu => 128,
+            _ => 64,
+        };
         let layers = (0..2)
             .map(|i| Layer {
-                ln_attn: norm(32, 10 * i),
+                attn_norm: norm(variant, 32, 10 * i),
                 qkv: linear("qkv", qkv_rows, 32, 10 * i + 2),
                 out_proj: linear("out", 32, 32, 10 * i + 3),
-                ln_ffn: norm(32, 10 * i + 4),
-                up: linear("up", 64, 32, 10 * i + 5),
+                mlp_norm: norm(variant, 32, 10 * i + 4),
+                up: linear("up", up_rows, 32, 10 * i + 5),
                 down: linear("down", 32, 64, 10 * i + 6),
             })
             .collect();
@@ -955,16 +1166,16 @@ mod tests {
         } else {
             Positions::Learned(values(24 * 32, 99, 0.5))
         };
-        let lm_head = linear("lm_head", 50, 32, 77);
+        let head = linear("head", 50, 32, 77);
         DecodeModel::new(
             dims,
+            variant.options,
             layers,
-            norm(32, 55),
-            lm_head,
+            norm(variant, 32, 55),
+            head,
             values(50 * 32, 98, 1.0),
             positions,
         )
-        .unwrap()
     }
 
     #[test]
@@ -988,6 +1199,59 @@ mod tests {
             }
             assert_eq!(chunked.len(), tokens.len());
         }
+    }
+
+    #[test]
+    fn every_architecture_option_runs_the_same_chunked_and_whole() {
+        let variants = [
+            modern(Activation::Relu2),
+            modern(Activation::SwiGlu),
+            Variant {
+                scale: true,
+                ..modern(Activation::GeluTanh)
+            },
+        ];
+        let tokens: Vec<i64> = vec![3, 17, 42, 0, 8, 49, 21, 5];
+        for (v, variant) in variants.into_iter().enumerate() {
+            for isa in cpu::available() {
+                let model = tiny_variant(true, 2, variant).with_kernel(isa);
+                let mut whole = model.new_cache(1, 8).unwrap();
+                let expected = model.step(&mut whole, &tokens, 8).unwrap();
+                let mut chunked = model.new_cache(1, 8).unwrap();
+                model.step(&mut chunked, &tokens[..5], 5).unwrap();
+                model.step(&mut chunked, &tokens[5..7], 2).unwrap();
+                let last = model.step(&mut chunked, &tokens[7..], 1).unwrap();
+                for (a, b) in last.iter().zip(&expected) {
+                    assert!(
+                        (a - b).abs() < 1e-4,
+                        "variant {v} {}: {a} vs {b}",
+                        isa.name()
+                    );
+                    assert!(
+                        a.abs() <= 3.0,
+                        "soft-capped logits stay within the cap: {a}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_options_are_errors() {
+        let bad = |options: Options| {
+            let variant = Variant { options, ..GPT2 };
+            build_variant(false, 4, variant).is_err()
+        };
+        assert!(bad(Options {
+            logit_softcap: Some(0.0),
+            ..GPT2.options
+        }));
+        assert!(bad(Options {
+            qk_norm_eps: Some(f32::NAN),
+            ..GPT2.options
+        }));
+        assert!(Norm::new("n", NormKind::Rms, 4, -1.0, None, None).is_err());
+        assert!(Norm::new("n", NormKind::Rms, 4, 1e-6, Some(vec![1.0; 3]), None).is_err());
     }
 
     #[test]
@@ -1159,6 +1423,30 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn silu_and_relu2_match_their_definitions() {
+        for i in -800..=800 {
+            let x = i as f32 / 50.0;
+            let want = x as f64 / (1.0 + (-x as f64).exp());
+            assert!((silu(x) as f64 - want).abs() < 1e-5, "silu({x})");
+        }
+        let mut out = Vec::new();
+        Activation::Relu2.forward_bf16(&[-2.0, 0.5, 3.0], 3, &mut out);
+        let got: Vec<f32> = out.into_iter().map(bf16::from_bf16).collect();
+        assert_eq!(got, vec![0.0, 0.25, 9.0]);
+    }
+
+    #[test]
+    fn rms_norm_is_x_over_its_root_mean_square() {
+        let mut x = vec![3.0, -4.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0];
+        rms_norm_in_place(&mut x, 4, 1e-12);
+        let rms = (25.0f32 / 4.0).sqrt();
+        let want = [3.0 / rms, -4.0 / rms, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0];
+        for (a, b) in x.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
         }
     }
 
