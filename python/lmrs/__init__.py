@@ -41,6 +41,7 @@ _LAZY = {
     "EvalResult": "lmrs.evaluate",
     "save_checkpoint": "lmrs.checkpoint",
     "load_checkpoint": "lmrs.checkpoint",
+    "export": "lmrs.export_run",
 }
 
 __all__ = [

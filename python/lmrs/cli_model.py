@@ -151,9 +151,8 @@ def _check_out_dir(out_dir: Path) -> None:
 @click.option(
     "--tokenizer",
     "tokenizer_path",
-    required=True,
     type=click.Path(),
-    help="tokenizer.json from `lmrs vocab`.",
+    help="tokenizer.json from `lmrs vocab` (with --init-from: the folder's, by default).",
 )
 @click.option("--out", required=True, type=click.Path(), help="Run directory (e.g. runs/NAME).")
 @click.option(
@@ -216,6 +215,12 @@ def _check_out_dir(out_dir: Path) -> None:
 @click.option("--dtype", type=click.Choice(TRAIN_DTYPES), default=TRAIN_DEFAULTS.dtype)
 @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model.")
 @click.option("--resume", type=click.Path(), help="Continue from a run or checkpoint directory.")
+@click.option(
+    "--init-from",
+    type=click.Path(),
+    help="Start from the weights of a local Hugging Face model folder (GPT-2 architecture; "
+    "config.json + model.safetensors or pytorch_model.bin) and its tokenizer.json.",
+)
 @click.option(
     "--strategy", type=click.Choice(STRATEGIES), default=TRAIN_DEFAULTS.strategy, show_default=True
 )
@@ -280,6 +285,7 @@ def train_command(
     dtype: str,
     use_compile: bool,
     resume: Optional[str],
+    init_from: Optional[str],
     strategy: str,
     nproc: int,
     dist_timeout_s: float,
@@ -336,20 +342,23 @@ def train_command(
     )
     config.validate()
     check_sinks(config.log_to)
-    tokenizer = _load_tokenizer(tokenizer_path)
+    tokenizer = _init_tokenizer(tokenizer_path, init_from, resume)
     # everything that can refuse the run is checked before the first file is written
     explicit = _explicit_options(click.get_current_context())
-    model, resume_path = _model_for_training(
-        resume,
-        size,
-        tokenizer,
-        seq_len=seq_len,
-        architecture=_architecture(
-            arch, position=position, norm=norm, qk_norm=qk_norm, mlp=mlp, softcap=softcap
-        ),
-        dropout=dropout,
-        explicit=explicit,
-    )
+    if init_from:
+        model, resume_path = _pretrained_for_training(init_from, tokenizer, seq_len, dropout)
+    else:
+        model, resume_path = _model_for_training(
+            resume,
+            size,
+            tokenizer,
+            seq_len=seq_len,
+            architecture=_architecture(
+                arch, position=position, norm=norm, qk_norm=qk_norm, mlp=mlp, softcap=softcap
+            ),
+            dropout=dropout,
+            explicit=explicit,
+        )
     under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
 
     token_path = Path(tokens) if tokens else out_dir / "tokens.bin"
@@ -416,6 +425,48 @@ def _architecture(arch: str, **flags: Any) -> dict[str, Any]:
     if options.get("norm") == "layernorm":
         options["norm_scale"] = True  # LayerNorm always has its gain
     return options
+
+
+def _init_tokenizer(
+    tokenizer_path: Optional[str], init_from: Optional[str], resume: Optional[str]
+) -> Any:
+    """The tokenizer to train with: --tokenizer, else the --init-from folder's."""
+    if init_from and resume:
+        raise click.UsageError("--init-from starts a new run; --resume continues one: give one")
+    if tokenizer_path:
+        return _load_tokenizer(tokenizer_path)
+    if not init_from:
+        raise click.UsageError("give --tokenizer FILE (or --init-from a model folder)")
+    from lmrs.import_hf import load_pretrained_tokenizer
+
+    return load_pretrained_tokenizer(init_from)
+
+
+def _pretrained_for_training(
+    init_from: str, tokenizer: Any, seq_len: int, dropout: Optional[float]
+) -> tuple[Any, None]:
+    """The --init-from model, checked against the tokenizer and --seq-len."""
+    from lmrs.import_hf import load_pretrained
+
+    model = load_pretrained(init_from)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise InputError(
+            f"{init_from}: the tokenizer has {tokenizer.vocab_size} tokens, the model only "
+            f"{model.config.vocab_size}"
+        )
+    if seq_len > model.config.max_seq_len:
+        raise InputError(
+            f"{init_from}: --seq-len {seq_len} is longer than the model's context "
+            f"({model.config.max_seq_len})"
+        )
+    if dropout is not None:
+        from torch import nn
+
+        model.config.dropout_rate = dropout
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = dropout
+    return model.train(), None
 
 
 def _model_for_training(

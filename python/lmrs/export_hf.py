@@ -81,23 +81,22 @@ def choose_target(config: ModelConfig, what: str = "Hugging Face") -> Target:
             f"cannot export to {what}: logit_softcap {cap} has no exact equivalent in "
             "GPT-2, Llama or Qwen3 (train without --logit-softcap to export)"
         )
-    best: Optional[tuple[Target, list[str]]] = None
+    misses: list[tuple[Target, list[tuple[str, Any]]]] = []
     for target in TARGETS:
-        wrong = [
-            f"{name} {option(config, name)!r}"
-            for name, value in target.needs
-            if option(config, name) != value
-        ]
+        wrong = [(name, value) for name, value in target.needs if option(config, name) != value]
         if not wrong:
             return target
-        if best is None or len(wrong) < len(best[1]):
-            best = (target, wrong)
-    assert best is not None
-    target, wrong = best
-    needs = ", ".join(f"{name} {value!r}" for name, value in target.needs)
+        misses.append((target, wrong))
+    fewest = min(len(wrong) for _, wrong in misses)
+    nearest = [(target, wrong) for target, wrong in misses if len(wrong) == fewest]
+    ours = dict.fromkeys(f"{name} {option(config, name)!r}" for _, w in nearest for name, _ in w)
+    needs = "; ".join(
+        f"{target.class_name} needs " + ", ".join(f"{name} {value!r}" for name, value in wrong)
+        for target, wrong in nearest
+    )
     raise InputError(
-        f"cannot export to {what}: {', '.join(wrong)} has no exact transformers "
-        f"architecture (the nearest, {target.class_name}, needs {needs})"
+        f"cannot export to {what}: {', '.join(ours)} has no exact transformers "
+        f"architecture (nearest: {needs})"
     )
 
 

@@ -450,6 +450,19 @@ class GPT(nn.Module):
         logits = self(ids)
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
 
+    def to_huggingface(self, path: Any, tokenizer: Any = None, *, dtype: str = "f32") -> Any:
+        """Write a transformers folder (see :mod:`lmrs.export_hf`); returns its path."""
+        from lmrs.export_hf import export_huggingface
+
+        return export_huggingface(self, path, tokenizer, dtype=dtype)
+
+    @classmethod
+    def from_pretrained(cls, path: Any) -> GPT:
+        """A GPT from a local Hugging Face model folder (see :mod:`lmrs.import_hf`)."""
+        from lmrs.import_hf import load_pretrained
+
+        return load_pretrained(path)
+
 
 def _normal_from(generator: torch.Generator, weight: torch.Tensor, std: float) -> None:
     """Fill ``weight`` with N(0, std) drawn from the CPU ``generator``, wherever it lives.
