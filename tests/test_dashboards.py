@@ -12,13 +12,13 @@ from click.testing import CliRunner
 
 from lmrs.cli import cli
 from lmrs.errors import InputError
-from lmrs.metrics_sinks import SCALARS, check_sinks, parse_log_option
+from lmrs.metrics_sinks import SCALARS, TensorBoardSink, check_sinks, parse_log_option
 from lmrs.tokenizer import Tokenizer
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 
 TRAIN = ["--batch-size", "4", "--seq-len", "16", "--warmup", "2", "--eval-every", "10"]
-TINY = ["--eval-batches", "1", "--quiet", "--max-steps", "12"]
+TINY = ["--eval-batches", "1", "--quiet", "--max-steps", "11"]
 
 
 def write_jsonl(path: Path) -> Path:
@@ -65,14 +65,21 @@ def test_tensorboard_events_match_metrics_jsonl(tmp_path: Path) -> None:
         assert [s for s, _ in got[tag]] == [s for s, _ in points], tag
         assert [v for _, v in got[tag]] == pytest.approx([v for _, v in points], rel=1e-6), tag
 
-    # --overwrite starts the curves afresh: no events of the first run remain
-    result = CliRunner().invoke(
-        cli,
-        [*args, "--out", str(out), "--log", "jsonl,tensorboard", "--overwrite", *TRAIN, *TINY],
-    )
-    assert result.exit_code == 0, result.output
-    again = scalars_from_events(out / "tensorboard")
-    assert [s for s, _ in again["train/loss"]] == [s for s, _ in expected["train/loss"]]
+
+def test_fresh_run_replaces_old_events_and_resume_purges(tmp_path: Path) -> None:
+    first = TensorBoardSink(tmp_path)
+    for step in (1, 10, 20):
+        first.write(step, {"train/loss": float(step)})
+    first.close()
+    resumed = TensorBoardSink(tmp_path)  # a resume from step 10 writes step 11 first
+    resumed.write(11, {"train/loss": 11.0})
+    resumed.close()
+    steps = [s for s, _ in scalars_from_events(tmp_path / "tensorboard")["train/loss"]]
+    assert steps == [1, 10, 11]  # step 20 of the first session purged
+    fresh = TensorBoardSink(tmp_path)  # a new run (--overwrite) starts at step 1
+    fresh.write(1, {"train/loss": 5.0})
+    fresh.close()
+    assert scalars_from_events(tmp_path / "tensorboard")["train/loss"] == [(1, 5.0)]
 
 
 def test_log_option_errors(monkeypatch: pytest.MonkeyPatch) -> None:

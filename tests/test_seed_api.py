@@ -44,7 +44,7 @@ def test_transformer_aliases() -> None:
 
     ids = [list(range(i, i + 40)) for i in range(0, 200, 40)]
     batches = lmrs.prepare_training_data(ids, batch_size=2, seq_len=16, eot_id=299)
-    options = {"max_steps": 3, "warmup_steps": 1, "eval_every": 0, "show_progress": False}
+    options = {"max_steps": 2, "warmup_steps": 1, "eval_every": 0, "show_progress": False}
     seed_run = Transformer.train(model, batches, **options)
     lmrs_run = lmrs.train(same, batches, **options)
     assert seed_run.losses == lmrs_run.losses
