@@ -363,9 +363,10 @@ def one_rank_group(tmp_path: Path) -> Any:
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_training_in_a_group_the_caller_made_wraps_even_a_group_of_one(
-    one_rank_group: DistContext, tmp_path: Path, strategy: str
+    one_rank_group: DistContext, tmp_path: Path, strategy: str, optimizer: str
 ) -> None:
     # how the GPU check runs DDP and FSDP (NCCL) on one GPU: the caller's group of one is
     # used as it is, and training through the wrapper gives the single-process losses
@@ -377,7 +378,7 @@ def test_training_in_a_group_the_caller_made_wraps_even_a_group_of_one(
     rng = np.random.default_rng(0)
     batches = prepare_training_data(rng.integers(0, VOCAB, 600).tolist(), batch_size=2, seq_len=16)
     settings = dict(max_steps=3, grad_accum_steps=2, warmup_steps=1, device="cpu",
-                    dtype="float32", show_progress=False)  # fmt: skip
+                    dtype="float32", show_progress=False, optimizer=optimizer)  # fmt: skip
     wrapped_model = _tiny_model()
     wrapped = train(wrapped_model, batches, strategy=strategy, **settings)
     assert torch.distributed.is_initialized()  # the caller's group is the caller's to destroy
@@ -1000,6 +1001,94 @@ def test_resume_on_two_processes_with_fsdp_continues_the_run(
 
     with safe_open(str(run_dir / "checkpoint" / "model.safetensors"), "pt") as f:
         assert "lm_head.weight" not in set(f.keys())  # the gathered tied weight, stored once
+
+
+# ---------------------------------------------------------------------------------------
+# Muon: the orthogonalisation split across ranks (DDP) and across shards (FSDP)
+# ---------------------------------------------------------------------------------------
+
+# Newton-Schulz runs in bfloat16: a float-rounding difference in a gradient (the ranks sum
+# in another order) can flip one bfloat16 rounding of the update, so the curves agree less
+# tightly than AdamW's 1e-5
+MUON_ATOL = 1e-4
+
+
+def muon_config(out_dir: Path, grad_accum_steps: int, **overrides: Any) -> dict[str, Any]:
+    return train_config(
+        out_dir, grad_accum_steps, optimizer="muon", learning_rate=2e-2, **overrides
+    )
+
+
+@pytest.fixture(scope="module")
+def muon_reference(workspace: Path) -> dict[str, Any]:
+    """Muon on one process × 4 accumulation steps, uninterrupted."""
+    spec = {"tokens": str(workspace / "tokens.bin"), "config": muon_config(workspace / "mref", 4)}
+    seen = run_training(spec)
+    assert seen["losses"][-1] < seen["losses"][0]
+    return seen
+
+
+@pytest.fixture(scope="module")
+def muon_ddp_run(workspace: Path) -> tuple[Path, dict[str, Any]]:
+    """Muon under DDP, 2 processes × 2, stopped (and checkpointed) after 3 of the 6 steps."""
+    run_dir = workspace / "muon-ddp"
+    config = muon_config(run_dir, 2, stop_at_step=CHECKPOINT_STEP)
+    spec = {"tokens": str(workspace / "tokens.bin"), "config": config}
+    return run_dir, _train_on_two(workspace, "muon-ddp", spec)
+
+
+def test_muon_under_ddp_follows_the_single_process_curve(
+    muon_reference: dict[str, Any], muon_ddp_run: tuple[Path, dict[str, Any]]
+) -> None:
+    _, seen = muon_ddp_run
+    expected = muon_reference["losses"][:CHECKPOINT_STEP]
+    np.testing.assert_allclose(seen["losses"], expected, rtol=0, atol=MUON_ATOL)
+    # every rank applied the same update: their losses are identical, not merely close
+    assert seen["rank1"]["losses"] == seen["losses"]
+
+
+def test_muon_state_resumes_on_one_process(
+    workspace: Path,
+    muon_reference: dict[str, Any],
+    muon_ddp_run: tuple[Path, dict[str, Any]],
+) -> None:
+    from lmrs.checkpoint import read_optimizer_state
+
+    run_dir, _ = muon_ddp_run
+    saved = read_optimizer_state(run_dir / "checkpoint")
+    buffers = [v["momentum_buffer"] for v in saved["state"].values() if "momentum_buffer" in v]
+    assert len(buffers) == 8 and all(b.abs().sum() > 0 for b in buffers)  # 4 per block
+    spec = {
+        "tokens": str(workspace / "tokens.bin"),
+        "config": muon_config(workspace / "muon-on-1", 4),
+        "resume": str(run_dir),
+    }
+    seen = run_training(spec)
+    assert (seen["start_step"], seen["steps"]) == (CHECKPOINT_STEP, STEPS)
+    expected = muon_reference["losses"][CHECKPOINT_STEP:]
+    np.testing.assert_allclose(seen["losses"], expected, rtol=0, atol=MUON_ATOL)
+
+
+def test_muon_under_fsdp_resumes_the_ddp_run_and_follows_the_curve(
+    workspace: Path,
+    muon_reference: dict[str, Any],
+    muon_ddp_run: tuple[Path, dict[str, Any]],
+) -> None:
+    # the momentum buffers saved by DDP are sharded on load; FSDP's Muon gathers each matrix
+    # on the rank that orthogonalises it and hands the shards back
+    run_dir = workspace / "muon-fsdp"
+    spec = {
+        "tokens": str(workspace / "tokens.bin"),
+        "config": muon_config(run_dir, 2, strategy="fsdp"),
+        "resume": str(muon_ddp_run[0]),
+    }
+    seen = _train_on_two(workspace, "muon-fsdp", spec)
+    assert (seen["start_step"], seen["steps"]) == (CHECKPOINT_STEP, STEPS)
+    expected = muon_reference["losses"][CHECKPOINT_STEP:]
+    np.testing.assert_allclose(seen["losses"], expected, rtol=0, atol=MUON_ATOL)
+    assert seen["val_loss"] == pytest.approx(muon_reference["val_loss"], abs=MUON_ATOL)
+    assert seen["rank1"]["losses"] == seen["losses"]
+    _assert_checkpoint_at(run_dir, STEPS)
 
 
 # ---------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import torch
 from test_train import QUIET, pattern_docs, tiny_model
 
 from lmrs.data import prepare_training_data
-from lmrs.optim import MuonAdamW, muon_parameter_groups, orthogonalize
+from lmrs.optim import MuonAdamW, _chunks, muon_parameter_groups, orthogonalize
 from lmrs.train import TrainConfig, train
 
 
@@ -122,8 +122,16 @@ def test_train_with_muon_learns_and_resumes_exactly(tmp_path: Path) -> None:
     assert resumed.losses == pytest.approx(straight.losses[15:], abs=1e-6)
 
 
-def test_muon_and_fsdp_do_not_mix() -> None:
-    with pytest.raises(ValueError, match="muon.*FSDP"):
-        TrainConfig(optimizer="muon", strategy="fsdp").validate()
+def test_muon_works_with_fsdp_and_checks_its_momentum() -> None:
+    TrainConfig(optimizer="muon", strategy="fsdp").validate()  # tests/test_distributed.py
     with pytest.raises(ValueError, match="muon_momentum"):
         TrainConfig(optimizer="muon", muon_momentum=1.0).validate()
+
+
+def test_work_is_split_in_chunks_of_one_shape_one_matrix_per_rank() -> None:
+    shapes = [(96, 32), (32, 32), (64, 32), (96, 32), (32, 32), (64, 32), (96, 32)]
+    params = [torch.zeros(shape) for shape in shapes]
+    # two ranks: same-shaped matrices paired in order of appearance, the odd one alone
+    assert _chunks(params, 2) == [[0, 3], [6], [1, 4], [2, 5]]
+    assert _chunks(params, 4) == [[0, 3, 6], [1, 4], [2, 5]]
+    assert _chunks(params, 1) == [[i] for i in (0, 3, 6, 1, 4, 2, 5)]

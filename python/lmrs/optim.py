@@ -14,6 +14,26 @@ learning-rate schedule, checkpoints and resume see the usual ``param_groups`` an
 scaled by ``0.2 * sqrt(max(rows, cols))`` so its RMS matches a typical AdamW step (Moonshot
 AI, "Muon is Scalable for LLM Training", 2025), the same rule as ``torch.optim.Muon(...,
 adjust_lr_fn="match_rms_adamw")``, which the tests compare against.
+
+Data parallelism. Newton-Schulz needs each matrix whole and costs a few matrix products per
+matrix, so under several processes the work is split and the results exchanged, giving every
+rank the update one process would compute (the iteration is deterministic: whichever rank
+runs it on the same input gets the same bits). The matrices are taken in a fixed order,
+grouped by shape, in chunks of ``world_size``; the ``k``-th of a chunk belongs to rank ``k``.
+
+- Replicated parameters (DDP, ``distributed=True``): the gradients are already averaged, so
+  every rank updates every momentum buffer (cheap, element-wise), orthogonalises only its own
+  matrix of each chunk, and one ``all_gather`` per chunk hands each rank the others'.
+- Parameters sharded on dim 0 (FSDP2 ``fully_shard``: DTensors, ``Shard(0)`` on a 1-D mesh):
+  the momentum buffer is a DTensor sharded like its parameter and updated shard by shard; one
+  ``all_to_all`` per chunk sends every rank's rows of matrix ``k`` to rank ``k``, which
+  assembles it whole and orthogonalises it, and a second ``all_to_all`` sends each rank back
+  its rows of every result. Each rank keeps only its shard. Any other DTensor layout is
+  gathered whole on every rank (``full_tensor``), orthogonalised everywhere and re-sharded.
+
+Checkpoints need nothing special: the state is one momentum buffer per matrix (a DTensor
+under FSDP), which the full-state-dict helpers of :mod:`lmrs.distributed` gather and restore
+like AdamW's moments, so a run resumes on any number of processes and either strategy.
 """
 
 from __future__ import annotations
@@ -23,7 +43,9 @@ from collections.abc import Iterable
 from typing import Any, Callable, Optional
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
 # quintic Newton-Schulz coefficients tuned for the steepest slope at zero (Jordan 2024): five
 # iterations bring every singular value into roughly [0.7, 1.2], which is close enough
@@ -52,6 +74,11 @@ class MuonAdamW(torch.optim.Optimizer):
 
     Every group takes ``lr`` and ``weight_decay`` (decoupled, as in AdamW); Muon groups also
     ``momentum`` and ``ns_steps``, AdamW groups ``betas`` and ``eps``.
+
+    ``distributed=True``: the parameters are replicated on every rank of the default process
+    group and their gradients already averaged (DDP); the orthogonalisation is split across
+    the ranks (module docstring). Every rank must call :meth:`step` (it is collective then).
+    Parameters sharded by FSDP2 are always handled across their own mesh, whatever this says.
     """
 
     def __init__(
@@ -63,6 +90,7 @@ class MuonAdamW(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         momentum: float = 0.95,
         ns_steps: int = 5,
+        distributed: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -74,6 +102,7 @@ class MuonAdamW(torch.optim.Optimizer):
             use_muon=False,
         )
         super().__init__(list(groups), defaults)
+        self.distributed = distributed
         for group in self.param_groups:
             if group["use_muon"] and any(p.dim() != 2 for p in group["params"]):
                 raise ValueError("Muon groups take 2-D weight matrices only")
@@ -85,25 +114,46 @@ class MuonAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            update = self._muon_update if group["use_muon"] else self._adamw_update
+            if group["use_muon"]:
+                self._muon_group_step(group)
+                continue
             for param in group["params"]:
                 if param.grad is not None:
-                    update(param, param.grad, group)
+                    self._adamw_update(param, param.grad, group)
         return loss
 
-    def _muon_update(self, param: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
-        state = self.state[param]
-        if not state:
-            state["momentum_buffer"] = torch.zeros_like(param)
-        buffer = state["momentum_buffer"]
+    def _muon_group_step(self, group: dict) -> None:
+        params = [p for p in group["params"] if p.grad is not None]
         momentum = group["momentum"]
-        buffer.lerp_(grad, 1 - momentum)
-        nesterov = grad.lerp(buffer, momentum)  # look one momentum step ahead
-        direction = orthogonalize(nesterov, group["ns_steps"])
+        lookahead = []
+        for param in params:
+            state = self.state[param]
+            if not state:
+                # like the parameter: a DTensor sharded the same way under FSDP
+                state["momentum_buffer"] = torch.zeros_like(param)
+            buffer = _local(state["momentum_buffer"])
+            grad = _local(param.grad)
+            buffer.lerp_(grad, 1 - momentum)
+            lookahead.append(grad.lerp(buffer, momentum))  # one momentum step ahead (Nesterov)
+        for chunk in _chunks(params, self._replicated_world()):
+            directions = _orthogonalize_chunk(
+                [params[i] for i in chunk], [lookahead[i] for i in chunk], group["ns_steps"]
+            )
+            for i, direction in zip(chunk, directions):
+                self._apply_muon(params[i], direction, group)
+
+    def _replicated_world(self) -> int:
+        if self.distributed and dist.is_available() and dist.is_initialized():
+            return dist.get_world_size()
+        return 1
+
+    @staticmethod
+    def _apply_muon(param: torch.Tensor, direction: torch.Tensor, group: dict) -> None:
         lr = group["lr"]
-        rows, cols = param.shape
-        param.mul_(1 - lr * group["weight_decay"])
-        param.add_(direction.to(param.dtype), alpha=-lr * 0.2 * math.sqrt(max(rows, cols)))
+        rows, cols = param.shape  # the whole matrix's shape, also for a DTensor
+        local = _local(param)
+        local.mul_(1 - lr * group["weight_decay"])
+        local.add_(direction.to(local.dtype), alpha=-lr * 0.2 * math.sqrt(max(rows, cols)))
 
     def _adamw_update(self, param: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
         state = self.state[param]
@@ -120,6 +170,109 @@ class MuonAdamW(torch.optim.Optimizer):
         state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2**step)).add_(group["eps"])
         param.addcdiv_(state["exp_avg"], denom, value=-lr / (1 - beta1**step))
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a DTensor (the tensor itself otherwise). Under ``no_grad`` it is
+    the DTensor's own storage, so in-place updates of it update the parameter."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def _dim0_sharded(param: torch.Tensor) -> bool:
+    return (
+        isinstance(param, DTensor)
+        and param.device_mesh.ndim == 1
+        and tuple(param.placements) == (Shard(0),)
+    )
+
+
+def _chunks(params: list[torch.Tensor], replicated_world: int) -> list[list[int]]:
+    """Indices of ``params`` in chunks whose ``k``-th matrix is orthogonalised by rank ``k``:
+    same shape and layout, at most as many as the ranks that share the work, in the order of
+    first appearance (the same on every rank)."""
+    by_kind: dict[tuple[Any, ...], list[int]] = {}
+    for i, param in enumerate(params):
+        if isinstance(param, DTensor):
+            mesh = param.device_mesh
+            kind: tuple[Any, ...] = (tuple(param.shape), id(mesh), tuple(param.placements))
+            width = mesh.size() if _dim0_sharded(param) else 1
+        else:
+            kind, width = (tuple(param.shape), None, None), replicated_world
+        by_kind.setdefault((*kind, width), []).append(i)
+    return [
+        indices[start : start + key[-1]]
+        for key, indices in by_kind.items()
+        for start in range(0, len(indices), key[-1])
+    ]
+
+
+def _orthogonalize_chunk(
+    params: list[torch.Tensor], lookahead: list[torch.Tensor], steps: int
+) -> list[torch.Tensor]:
+    """The orthogonalised update of each matrix of one chunk (from :func:`_chunks`), as this
+    rank's part of it: the whole matrix for plain tensors, the local shard for DTensors."""
+    first = params[0]
+    if _dim0_sharded(first):
+        return _sharded_chunk(params, lookahead, steps)
+    if isinstance(first, DTensor):
+        # an unusual layout: every rank gathers and orthogonalises the whole matrix
+        out = []
+        for param, local in zip(params, lookahead):
+            whole = DTensor.from_local(
+                local, param.device_mesh, param.placements, shape=param.shape,
+                stride=param.stride(),
+            ).full_tensor()  # fmt: skip
+            direction = orthogonalize(whole, steps)
+            out.append(distribute_tensor(direction, param.device_mesh, param.placements).to_local())
+        return out
+    if len(params) == 1:  # a chunk of one: nobody else to share it with
+        return [orthogonalize(lookahead[0], steps)]
+    # a chunk of several plain matrices only exists when the work is split (DDP)
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if rank < len(params):
+        mine = orthogonalize(lookahead[rank], steps)
+    else:  # a short last chunk: this rank has no matrix in it, but joins the exchange
+        mine = torch.zeros(first.shape, dtype=torch.bfloat16, device=first.device)
+    gathered = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(gathered, mine.contiguous())
+    return gathered[: len(params)]
+
+
+def _sharded_chunk(
+    params: list[torch.Tensor], lookahead: list[torch.Tensor], steps: int
+) -> list[torch.Tensor]:
+    """Chunk of FSDP2 matrices (``Shard(0)`` on a 1-D mesh): rank ``k`` assembles matrix
+    ``k`` from everyone's rows, orthogonalises it and sends each rank its rows back.
+
+    FSDP2 splits dim 0 as ``torch.chunk`` does: rows ``[r*c, min((r+1)*c, n))`` on rank
+    ``r``, ``c = ceil(n / world)``; every shard travels padded to ``c`` rows so that one
+    ``all_to_all`` moves them all (padding rows are zeros and are cut off again)."""
+    group = params[0].device_mesh.get_group()
+    world = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    rows, cols = params[0].shape
+    per_rank = -(-rows // world)
+    device = lookahead[0].device
+    expected = max(0, min((rank + 1) * per_rank, rows) - rank * per_rank)
+    for local in lookahead:
+        if local.shape[0] != expected:
+            raise RuntimeError(
+                f"Muon expected FSDP shards of {expected} rows on rank {rank}, got "
+                f"{local.shape[0]} (a layout other than torch.chunk's)"
+            )
+    send = torch.zeros(world * per_rank, cols, dtype=lookahead[0].dtype, device=device)
+    for k, local in enumerate(lookahead):
+        send[k * per_rank : k * per_rank + expected] = local
+    received = torch.empty_like(send)
+    dist.all_to_all_single(received, send, group=group)
+    # the pieces arrive in rank order, each padded at its end; only the last non-empty one
+    # can be short, so the first `rows` rows are the whole matrix
+    back = torch.zeros(world * per_rank, cols, dtype=torch.bfloat16, device=device)
+    if rank < len(params):
+        back[:rows] = orthogonalize(received[:rows], steps)
+    mine = torch.empty_like(back)
+    dist.all_to_all_single(mine, back, group=group)
+    return [mine[k * per_rank : k * per_rank + expected] for k in range(len(params))]
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -118,11 +118,6 @@ class TrainConfig:
             raise ValueError("warmup_steps, weight_decay and grad_clip must be >= 0")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.optimizer == "muon" and self.strategy == "fsdp":
-            raise ValueError(
-                "optimizer muon orthogonalises whole matrices, FSDP shards them: "
-                "use strategy ddp (or optimizer adamw with fsdp)"
-            )
         if not 0.0 <= self.muon_momentum < 1.0:
             raise ValueError(f"muon_momentum must be in [0, 1), got {self.muon_momentum}")
         if self.dtype not in TRAIN_DTYPES:

@@ -128,7 +128,12 @@ def learning_rate_at(
     return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - floor)
 
 
-def create_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> Any:
+def create_optimizer(
+    model: nn.Module, config: TrainConfig, device: torch.device, *, distributed: bool = False
+) -> Any:
+    """The optimizer of ``config.optimizer``. ``distributed``: the model is replicated on the
+    ranks of the default process group (DDP), so Muon splits its orthogonalisation among
+    them; FSDP-sharded parameters are recognised by their type whatever it says."""
     lr = config.learning_rate
     betas = (config.beta1, config.beta2)
     if config.optimizer == "muon":
@@ -138,6 +143,7 @@ def create_optimizer(model: nn.Module, config: TrainConfig, device: torch.device
             betas=betas,
             eps=config.eps,
             momentum=config.muon_momentum,
+            distributed=distributed,
         )
     groups = parameter_groups(model, config.weight_decay)
     if config.optimizer == "sgd":
@@ -545,7 +551,7 @@ def _run_training(
     resume_from: Union[str, os.PathLike[str], None],
 ) -> TrainResult:
     device = ctx.device
-    optimizer = create_optimizer(raw_model, config, device)
+    optimizer = create_optimizer(raw_model, config, device, distributed=ctx.enabled)
     run = _Run(
         config=config,
         ctx=ctx,
