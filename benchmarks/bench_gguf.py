@@ -1,0 +1,93 @@
+"""Sample from an lmrs model exported to GGUF with llama.cpp (``llama-cpp-python``).
+
+Exports a run (or, with ``--smoke``, a tiny random model) to a .gguf file, then generates
+greedily from the same prompt with llama.cpp and with lmrs (float32, torch engine), and
+prints both tokens/s and how many of the tokens agree. Not part of CI: llama-cpp-python
+compiles llama.cpp when installed (``pip install llama-cpp-python``); without it the
+script says so and exits 0 after the export.
+
+    python benchmarks/bench_gguf.py --run runs/quickstart --dtype q8_0
+    python benchmarks/bench_gguf.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def smoke_model() -> tuple[Any, Any]:
+    from lmrs import Tokenizer
+    from lmrs.model import create_model
+
+    texts = ["The quick brown fox jumps over the lazy dog. " * 20, "def f(x):\n    return x\n" * 20]
+    tokenizer = Tokenizer.train(texts, 300, show_progress=False)
+    model = create_model(300, max_seq_len=256, embed_dim=64, num_heads=4, num_layers=2)
+    return model.eval(), tokenizer
+
+
+def lmrs_greedy(model: Any, prompt: list[int], n: int) -> tuple[list[int], float]:
+    from lmrs.generate import generate
+
+    start = time.perf_counter()
+    ids = generate(model, prompt, max_length=n, temperature=0, dtype="float32", engine="torch")
+    return list(ids), time.perf_counter() - start  # type: ignore[arg-type]
+
+
+def llama_greedy(path: Path, prompt: list[int], n: int, context: int) -> tuple[list[int], float]:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=context, verbose=False, logits_all=False)
+    out: list[int] = []
+    start = time.perf_counter()
+    for token in llm.generate(prompt, top_k=1, temp=0.0, repeat_penalty=1.0):
+        out.append(int(token))
+        if len(out) == n:
+            break
+    return out, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", help="Run or checkpoint directory to export.")
+    parser.add_argument("--smoke", action="store_true", help="A tiny random model instead.")
+    parser.add_argument("--dtype", default="f32", choices=("f32", "f16", "bf16", "q8_0"))
+    parser.add_argument("--prompt", default="The quick")
+    parser.add_argument("--tokens", type=int, default=64)
+    args = parser.parse_args()
+    if not args.run and not args.smoke:
+        parser.error("give --run DIR or --smoke")
+
+    from lmrs.export_gguf import export_gguf
+    from lmrs.export_run import load_run
+
+    if args.smoke:
+        model, tokenizer = smoke_model()
+    else:
+        model, tokenizer = load_run(args.run)
+        if tokenizer is None:
+            raise SystemExit(f"{args.run}: no tokenizer.json in the checkpoint")
+    prompt = tokenizer.encode(args.prompt) or [tokenizer.eot_id]
+    n = min(args.tokens, model.config.max_seq_len - len(prompt))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_gguf(model, Path(tmp) / "model.gguf", tokenizer, dtype=args.dtype)
+        print(f"exported {path.stat().st_size / 1e6:.2f} MB ({args.dtype})")
+        ours, ours_s = lmrs_greedy(model, prompt, n)
+        print(f"lmrs (torch, float32): {len(ours) / ours_s:8.1f} tokens/s")
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError:
+            print("llama-cpp-python is not installed (pip install llama-cpp-python): skipped")
+            return
+        theirs, theirs_s = llama_greedy(path, prompt, n, model.config.max_seq_len)
+        print(f"llama.cpp ({args.dtype}):     {len(theirs) / theirs_s:8.1f} tokens/s")
+        same = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), len(ours))
+        print(f"greedy tokens identical for the first {same} of {len(ours)}")
+        print("llama.cpp:", repr(tokenizer.decode(theirs))[:200])
+
+
+if __name__ == "__main__":
+    main()
