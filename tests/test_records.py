@@ -191,6 +191,8 @@ def test_bad_csv_rows_are_counted(tmp_path: Path) -> None:
     assert [t for b in reader.batches() for t in b] == ["good one", "good, two"]
     assert reader.bad.counts == {"missing field 'text'": 1, "invalid UTF-8": 1}
     assert reader.bad.examples[1] == f"{source} row 3: invalid UTF-8"
+    with pytest.raises(InputError, match=r"bad.csv: no column 'body' \(columns: 'id', 'text'\)"):
+        RecordReader(source, RecordOptions(text_field="body"))  # before anything is read
 
 
 def test_parquet_nulls_and_binary_values(tmp_path: Path) -> None:

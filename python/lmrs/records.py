@@ -145,6 +145,8 @@ class RecordReader:
         Parquet/Arrow, no such column, pyarrow missing (reads the metadata only)."""
         if self.format == "parquet":
             self._open_parquet().close()
+        elif self.format == "csv":
+            self._check_csv_header()
         elif self.format == "datasets":
             pa = self._pyarrow()
             for path in self._arrow_files():
@@ -287,13 +289,7 @@ class RecordReader:
                 header = next(reader, None)
                 if header is None:
                     return
-                if self.options.text_field not in header:
-                    columns = ", ".join(repr(c) for c in header[:10])
-                    raise InputError(
-                        f"{self.path}: no column {self.options.text_field!r} "
-                        f"(columns: {columns}); pass --text-field"
-                    )
-                column = header.index(self.options.text_field)
+                column = self._csv_column(header)
                 for number, row in enumerate(reader, start=1):
                     where = f"{self.path} row {number}"
                     if not row:
@@ -306,6 +302,25 @@ class RecordReader:
                         yield value
             except csv.Error as e:
                 raise InputError(f"{self.path} line {reader.line_num}: bad CSV ({e})") from None
+
+    def _csv_column(self, header: list[str]) -> int:
+        if self.options.text_field not in header:
+            columns = ", ".join(repr(c) for c in header[:10])
+            raise InputError(
+                f"{self.path}: no column {self.options.text_field!r} "
+                f"(columns: {columns}); pass --text-field"
+            )
+        return header.index(self.options.text_field)
+
+    def _check_csv_header(self) -> None:
+        with self._open() as raw:
+            text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+            try:
+                header = next(csv.reader(text), None)
+            except csv.Error as e:
+                raise InputError(f"{self.path} line 1: bad CSV ({e})") from None
+            if header is not None:
+                self._csv_column(header)
 
     # ---- Arrow: Parquet and datasets folders --------------------------------------------
 
