@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from tqdm import tqdm
-
 from lmrs import _lmrs
 from lmrs.errors import InputError
+from lmrs.progress import tqdm
 from lmrs.records import RecordOptions, RecordReader, record_format
 from lmrs.tokenizer import Tokenizer
 
