@@ -201,3 +201,21 @@ def test_qwen3_with_a_learned_qk_gain_is_refused(tmp_path: Path) -> None:
     save_file(state, tmp_path / "model.safetensors")
     with pytest.raises(InputError, match="q_norm"):
         load_pretrained(tmp_path)
+
+
+def test_init_from_refuses_shape_options_and_resume(tmp_path: Path) -> None:
+    from lmrs.cli import cli
+
+    folder = tmp_path / "hf"
+    random_gpt2(folder)
+    Tokenizer.train(TEXTS, VOCAB, show_progress=False).export_huggingface(folder / "tokenizer.json")
+    base = ["train", "--init-from", str(folder), "--corpus", str(folder), "--out", str(tmp_path)]
+    runner = CliRunner()
+    result = runner.invoke(cli, [*base, "--size", "full", "--mlp", "swiglu"])
+    assert result.exit_code == 2
+    assert "--mlp, --size" in result.output and result.output.startswith("lmrs: ")
+    result = runner.invoke(cli, [*base, "--resume", str(tmp_path)])
+    assert result.exit_code == 2 and "--resume" in result.output
+    result = runner.invoke(cli, [*base, "--seq-len", "65"])
+    assert result.exit_code == 1 and "context (64)" in result.output
+    assert not (tmp_path / "checkpoint").exists()

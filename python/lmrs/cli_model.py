@@ -346,6 +346,13 @@ def train_command(
     # everything that can refuse the run is checked before the first file is written
     explicit = _explicit_options(click.get_current_context())
     if init_from:
+        shape_options = {"size", "arch", "position", "norm", "qk_norm", "mlp", "softcap"}
+        clash = sorted(explicit & shape_options)
+        if clash:
+            raise click.UsageError(
+                f"--init-from takes the model's shape from {init_from}: drop "
+                + ", ".join(f"--{name.replace('_', '-')}" for name in clash)
+            )
         model, resume_path = _pretrained_for_training(init_from, tokenizer, seq_len, dropout)
     else:
         model, resume_path = _model_for_training(
