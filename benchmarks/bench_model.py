@@ -468,29 +468,38 @@ class QualityOptions:
     models: tuple[str, ...] = ("lmrs", "gpt2")  # "lmrs" alone: tuning runs
 
 
-def quality_section(opts: QualityOptions) -> None:
-    from lmrs import TokenDataset, Tokenizer, evaluate, train
+def held_out_splits(corpus: Path, held_out: tuple[str, ...], vocab_size: int) -> tuple[Any, ...]:
+    """(tokenizer, train split, held-out split): the files of ``corpus`` whose names start
+    with one of ``held_out`` are held out whole, and the tokenizer never sees them."""
+    from lmrs import TokenDataset, Tokenizer
 
     workdir = Path(tempfile.mkdtemp(prefix="lmrs-bench-"))
     parts = {"train": workdir / "train", "heldout": workdir / "heldout"}
     for folder in parts.values():
         folder.mkdir()
-    for path in sorted(opts.corpus.iterdir()):
-        part = "heldout" if path.name.lower().startswith(opts.held_out) else "train"
+    for path in sorted(corpus.iterdir()):
+        part = "heldout" if path.name.lower().startswith(held_out) else "train"
         (parts[part] / path.name).symlink_to(path.resolve())
     held_names = sorted(p.name for p in parts["heldout"].iterdir())
     if not held_names:
-        raise SystemExit(f"no file in {opts.corpus} starts with any of {opts.held_out}")
-    tokenizer = Tokenizer.train(parts["train"], opts.vocab_size)  # never sees held-out text
+        raise SystemExit(f"no file in {corpus} starts with any of {held_out}")
+    tokenizer = Tokenizer.train(parts["train"], vocab_size)  # never sees held-out text
     splits = {}
     for name, folder in parts.items():
         tokenizer.encode_files(folder, workdir / f"{name}.bin")
         splits[name] = TokenDataset(workdir / f"{name}.bin", tokenizer).full()
     train_split, val_split = splits["train"], splits["heldout"]
     print(
-        f"corpus {opts.corpus}: vocab {tokenizer.vocab_size} trained on the training files; "
+        f"corpus {corpus}: vocab {tokenizer.vocab_size} trained on the training files; "
         f"train {train_split}; held out {val_split}: {', '.join(held_names)}"
     )
+    return tokenizer, train_split, val_split
+
+
+def quality_section(opts: QualityOptions) -> None:
+    from lmrs import evaluate, train
+
+    tokenizer, train_split, val_split = held_out_splits(opts.corpus, opts.held_out, opts.vocab_size)
     budget_s = opts.budget_minutes * 60
     common = dict(
         batch_size=opts.batch_size,
