@@ -64,6 +64,26 @@ def test_pytorch_model_bin_loads_with_weights_only(tmp_path: Path) -> None:
     assert_same_logits(load_pretrained(tmp_path), hf)
 
 
+def test_sharded_and_hub_style_checkpoints_load(tmp_path: Path) -> None:
+    """Sharded safetensors (an index naming the shards) and GPT-2's own hub layout (no
+    "transformer." prefix, causal-mask buffers beside the weights)."""
+    from safetensors.torch import save_file
+
+    hf = random_gpt2(tmp_path / "a")
+    hf.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    assert_same_logits(load_pretrained(tmp_path / "sharded"), hf)
+
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (hub / "config.json").write_text((tmp_path / "a" / "config.json").read_text())
+    state = {k.removeprefix("transformer."): v.clone() for k, v in hf.state_dict().items()}
+    state.pop("lm_head.weight")
+    state["h.0.attn.bias"] = torch.ones(1, 1, 64, 64)
+    save_file(state, hub / "model.safetensors")
+    assert_same_logits(load_pretrained(hub), hf)
+
+
 class NotATensor:
     """Any class: unpickling it would run code chosen by whoever wrote the file."""
 
