@@ -156,7 +156,19 @@ def _check_out_dir(out_dir: Path) -> None:
 )
 @click.option("--out", required=True, type=click.Path(), help="Run directory (e.g. runs/NAME).")
 @click.option(
-    "--size", type=click.Choice(sorted(PRESETS)), default="small", show_default=True
+    "--size",
+    type=click.Choice(sorted(PRESETS)),
+    default="small",
+    show_default=True,
+    help="Model shape. With --time-budget and no --size, candidate shapes are measured on "
+    "this device and one is chosen for the budget (lmrs.sizing).",
+)
+@click.option(
+    "--tokens-per-param",
+    type=click.FloatRange(min=0, min_open=True),
+    default=20.0,
+    show_default=True,
+    help="Sizing to a budget: the tokens per non-embedding parameter aimed at (Chinchilla).",
 )
 @click.option("--tokens", type=click.Path(), help="Token file or shard folder (skips encoding).")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many steps.")
@@ -267,6 +279,7 @@ def train_command(
     tokenizer_path: str,
     out: str,
     size: str,
+    tokens_per_param: float,
     tokens: Optional[str],
     max_steps: Optional[int],
     epochs: Optional[float],
@@ -345,6 +358,11 @@ def train_command(
     tokenizer = _init_tokenizer(tokenizer_path, init_from, resume)
     # everything that can refuse the run is checked before the first file is written
     explicit = _explicit_options(click.get_current_context())
+    architecture = _architecture(
+        arch, position=position, norm=norm, qk_norm=qk_norm, mlp=mlp, softcap=softcap
+    )
+    # a budget and no --size: the shape is measured and chosen once the processes are up
+    sizing = budget_s is not None and "size" not in explicit and not resume and not init_from
     if init_from:
         shape_options = {"size", "arch", "position", "norm", "qk_norm", "mlp", "softcap"}
         clash = sorted(explicit & shape_options)
@@ -360,9 +378,7 @@ def train_command(
             size,
             tokenizer,
             seq_len=seq_len,
-            architecture=_architecture(
-                arch, position=position, norm=norm, qk_norm=qk_norm, mlp=mlp, softcap=softcap
-            ),
+            architecture=architecture,
             dropout=dropout,
             explicit=explicit,
         )
@@ -390,6 +406,20 @@ def train_command(
                 _encode_corpus(tokenizer, corpus, token_path, show_progress, text_field)
             distributed.barrier(ctx)
         dataset = _open_dataset(token_path, tokenizer)
+        if sizing:
+            from lmrs.sizing import model_builder, sized_run
+
+            options = {**architecture, **({} if dropout is None else {"dropout_rate": dropout})}
+            model, config, _ = sized_run(
+                model_builder(tokenizer.vocab_size, options),
+                config,
+                ctx,
+                vocab_size=tokenizer.vocab_size,
+                batch_size=batch_size if "batch_size" in explicit else None,
+                seq_len=seq_len if "seq_len" in explicit else None,
+                tokens_per_param=tokens_per_param,
+                log=click.echo,
+            )
         from lmrs.train import train
 
         result = train(model, dataset, config, tokenizer=tokenizer, resume_from=resume_path)
