@@ -31,6 +31,7 @@ import pytest
 import torch
 
 from lmrs.model import GPT, create_model
+from lmrs.options import ARCHITECTURES
 
 KERNELS = ("portable", "avx2", "avx512bf16")  # lowest first
 VOCAB = 67  # logits not a multiple of the kernels' 64-column tasks
@@ -40,6 +41,10 @@ OPTIONS = {
     "learned": {},
     "rope_gqa": {"position": "rope", "num_kv_heads": 2},
     "mqa_no_bias_untied": {"num_kv_heads": 1, "bias": False, "tie_weights": False},
+    # RMSNorm, QK-norm, ReLU², soft-cap (initialised like gpt2: zero projections would
+    # leave the blocks out of the comparison)
+    "modern": {**ARCHITECTURES["modern"], "zero_init_proj": False},
+    "swiglu_rmsnorm_scale": {"mlp": "swiglu", "norm": "rmsnorm", "position": "rope"},
 }
 PROMPTS = [[5, 9, 11, 3, 60, 2], [1, 1, 2, 3, 5, 8], [66, 0, 33, 12, 40, 7]]
 CHUNKS = [(0, 6), (6, 9), (9, 10), (10, 11)]  # prompt, a chunk after it, single steps
