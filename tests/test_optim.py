@@ -4,6 +4,7 @@ reference optimizers, and Muon inside lmrs.train (learning, resume, bad configs)
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,60 @@ def test_work_is_split_in_chunks_of_one_shape_one_matrix_per_rank() -> None:
     assert _chunks(params, 2) == [[0, 3], [6], [1, 4], [2, 5]]
     assert _chunks(params, 4) == [[0, 3, 6], [1, 4], [2, 5]]
     assert _chunks(params, 1) == [[i] for i in (0, 3, 6, 1, 4, 2, 5)]
+
+
+def test_schedule_shapes_warmup_hold_and_decay_to_the_floor() -> None:
+    from lmrs.train import learning_rate_at
+
+    def curve(**fields: object) -> list[float]:
+        config = TrainConfig(learning_rate=1.0, warmup_steps=10, min_lr_ratio=0.1, **fields)
+        return [learning_rate_at(step, config, 110) for step in range(111)]
+
+    cosine = curve()
+    assert cosine[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])  # linear warmup
+    assert cosine[10] == pytest.approx(1.0) and cosine[60] == pytest.approx(0.55)
+    assert cosine[110] == pytest.approx(0.1)
+    linear = curve(decay="linear")
+    assert linear[35] == pytest.approx(1.0 - 0.9 * 0.25) and linear[110] == pytest.approx(0.1)
+    # warmup-stable-decay: the peak holds for the first 60 % after warmup, then decays
+    wsd = curve(decay="linear", cooldown_frac=0.4)
+    assert wsd[10:71] == pytest.approx([1.0] * 61)
+    assert wsd[90] == pytest.approx(1.0 - 0.9 * 0.5) and wsd[110] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(wsd[10:], wsd[11:]))
+    # a time-budgeted run passes the fraction of its budget spent instead of steps
+    config = TrainConfig(learning_rate=1.0, warmup_steps=0, cooldown_frac=0.5)
+    assert learning_rate_at(5, config, None, progress=0.4) == 1.0
+    assert learning_rate_at(5, config, None, progress=1.0) == pytest.approx(0.1)
+
+
+def test_schedule_options_are_checked() -> None:
+    for fields, name in (({"decay": "step"}, "decay"), ({"cooldown_frac": 0.0}, "cooldown_frac"),
+                         ({"muon_lr": -1.0}, "muon_lr")):  # fmt: skip
+        with pytest.raises(ValueError, match=name):
+            TrainConfig(**fields).validate()
+
+
+def test_muon_matrices_take_their_own_rate_on_the_same_schedule() -> None:
+    from lmrs.train import create_optimizer, set_learning_rates
+
+    config = TrainConfig(optimizer="muon", learning_rate=1e-3, muon_lr=2e-2)
+    optimizer = create_optimizer(tiny_model(), config, torch.device("cpu"))
+    set_learning_rates(optimizer, 5e-4, config)  # the base rate halfway down a decay
+    rates = {bool(g.get("use_muon")): g["lr"] for g in optimizer.param_groups}
+    assert rates == {True: pytest.approx(1e-2), False: pytest.approx(5e-4)}
+    adamw = create_optimizer(tiny_model(), replace(config, optimizer="adamw"), torch.device("cpu"))
+    set_learning_rates(adamw, 5e-4, config)
+    assert {g["lr"] for g in adamw.param_groups} == {5e-4}
+
+
+def test_train_follows_the_configured_schedule(tmp_path: Path) -> None:
+    import json
+
+    batches = prepare_training_data(pattern_docs(), batch_size=4, seq_len=16, eot_id=99)
+    settings = dict(max_steps=8, warmup_steps=2, decay="linear", cooldown_frac=0.5,
+                    min_lr_ratio=0.0, learning_rate=1e-2, log_every=1, **QUIET)  # fmt: skip
+    train(tiny_model(), batches, out_dir=str(tmp_path), **settings)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    rates = [r["lr"] for r in map(json.loads, lines) if "lr" in r]
+    # steps 3..8 sit at 0, 1/6, ..., 5/6 of the decay stretch: held to 1/2, then linear
+    assert rates == pytest.approx([5e-3, 1e-2, 1e-2, 1e-2, 1e-2, 1e-2, 1e-2 * 2 / 3, 1e-2 / 3])

@@ -28,6 +28,7 @@ from lmrs.errors import InputError
 from lmrs.metrics_sinks import check_sinks, parse_log_option
 from lmrs.options import (
     ARCHITECTURES,
+    DECAYS,
     ENGINES,
     MLPS,
     NORMS,
@@ -190,6 +191,32 @@ def _check_out_dir(out_dir: Path) -> None:
     "--warmup", type=click.IntRange(min=0), default=TRAIN_DEFAULTS.warmup_steps, show_default=True
 )
 @click.option(
+    "--decay",
+    type=click.Choice(DECAYS),
+    default=TRAIN_DEFAULTS.decay,
+    show_default=True,
+    help="Shape of the learning-rate decay after warmup.",
+)
+@click.option(
+    "--cooldown-frac",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=TRAIN_DEFAULTS.cooldown_frac,
+    show_default=True,
+    help="Decay over this last fraction of the run; the peak rate holds before it.",
+)
+@click.option(
+    "--min-lr-ratio",
+    type=click.FloatRange(0, 1),
+    default=TRAIN_DEFAULTS.min_lr_ratio,
+    show_default=True,
+    help="The decay ends at --lr times this.",
+)
+@click.option(
+    "--muon-lr",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Peak rate of Muon's hidden matrices [default: --lr]; the rest takes --lr.",
+)
+@click.option(
     "--optimizer",
     type=click.Choice(OPTIMIZERS),
     default=TRAIN_DEFAULTS.optimizer,
@@ -288,6 +315,10 @@ def train_command(
     seq_len: int,
     lr: float,
     warmup: int,
+    decay: str,
+    cooldown_frac: float,
+    min_lr_ratio: float,
+    muon_lr: Optional[float],
     optimizer: str,
     weight_decay: float,
     eval_every: int,
@@ -336,6 +367,10 @@ def train_command(
         time_budget_s=budget_s,
         learning_rate=lr,
         warmup_steps=warmup,
+        decay=decay,
+        cooldown_frac=cooldown_frac,
+        min_lr_ratio=min_lr_ratio,
+        muon_lr=muon_lr,
         optimizer=optimizer,
         weight_decay=weight_decay,
         eval_every=eval_every,

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "muon")
+DECAYS = ("cosine", "linear")  # learning-rate decay shapes (lmrs.train.learning_rate_at)
 TRAIN_DTYPES = ("auto", "float32", "bfloat16")  # training precision (autocast)
 STRATEGIES = ("ddp", "fsdp")  # data parallelism under torchrun
 LOG_SINKS = ("tensorboard", "wandb")  # metric sinks besides metrics.jsonl (lmrs.metrics_sinks)
@@ -65,8 +66,15 @@ class TrainConfig:
     time_budget_s: Optional[float] = None
     stop_at_step: Optional[int] = None  # end this session early; the schedule is unchanged
     learning_rate: float = 1e-3
-    min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
+    min_lr_ratio: float = 0.1  # the decay ends at learning_rate * min_lr_ratio
     warmup_steps: int = 100
+    decay: str = "cosine"  # shape of the decay: cosine or linear
+    # the decay takes this last fraction of the run after warmup; the peak holds before it
+    # (1.0: decay all the way; e.g. 0.4: warmup-stable-decay, modded-nanogpt's trapezoid)
+    cooldown_frac: float = 1.0
+    # peak rate of Muon's hidden matrices (None: learning_rate); the AdamW groups
+    # (embeddings, head, biases, norms) take learning_rate. Both follow one schedule.
+    muon_lr: Optional[float] = None
     weight_decay: float = 0.1  # AdamW / SGD, only on parameters with >= 2 dimensions
     beta1: float = 0.9
     beta2: float = 0.95
@@ -114,6 +122,12 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.decay not in DECAYS:
+            raise ValueError(f"decay must be one of {DECAYS}, got {self.decay!r}")
+        if not 0.0 < self.cooldown_frac <= 1.0:
+            raise ValueError(f"cooldown_frac must be in (0, 1], got {self.cooldown_frac}")
+        if self.muon_lr is not None and not 0 < self.muon_lr < math.inf:
+            raise ValueError(f"muon_lr must be a finite number > 0, got {self.muon_lr}")
         if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("warmup_steps, weight_decay and grad_clip must be >= 0")
         if self.optimizer not in OPTIMIZERS:

@@ -108,12 +108,17 @@ class TrainingDiverged(LmrsError, FloatingPointError):
 def learning_rate_at(
     step: int, config: TrainConfig, total_steps: Optional[int], progress: Optional[float] = None
 ) -> float:
-    """Learning rate for optimizer step ``step`` (0-based): linear warmup, cosine decay.
+    """Learning rate for optimizer step ``step`` (0-based): warmup, hold, decay to a floor.
 
-    Warmup raises the rate linearly over ``warmup_steps`` steps to ``learning_rate``; then
-    a cosine takes it down to ``learning_rate * min_lr_ratio`` over the rest of the run.
-    ``progress`` (0..1), when given, replaces the step-based position in the decay (used for
-    time-budgeted runs, whose number of steps is not known in advance).
+    Warmup raises the rate linearly over ``warmup_steps`` steps to ``learning_rate``. The
+    rest of the run is split by ``cooldown_frac``: the rate holds at its peak for the first
+    ``1 - cooldown_frac`` of it, then ``decay`` ("cosine" or "linear") takes it down to
+    ``learning_rate * min_lr_ratio`` at the end. ``cooldown_frac=1`` (the default) decays
+    over the whole run; smaller values are the trapezoid / warmup-stable-decay schedule of
+    modded-nanogpt and nanochat. ``progress`` (0..1), when given, replaces the step-based
+    position (time-budgeted runs: the fraction of the budget spent, since their number of
+    steps is not known in advance). This is the base rate; :func:`set_learning_rates` gives
+    each parameter group its share of it.
     """
     peak = config.learning_rate
     floor = peak * config.min_lr_ratio
@@ -125,7 +130,22 @@ def learning_rate_at(
         decay_steps = max(1, total_steps - config.warmup_steps)
         progress = (step - config.warmup_steps) / decay_steps
     progress = min(max(progress, 0.0), 1.0)
+    hold = 1.0 - config.cooldown_frac
+    if progress <= hold:
+        return peak
+    progress = (progress - hold) / config.cooldown_frac
+    if config.decay == "linear":
+        return peak + (floor - peak) * progress
     return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - floor)
+
+
+def set_learning_rates(optimizer: Any, lr: float, config: TrainConfig) -> None:
+    """Give each parameter group the base rate ``lr``, Muon's matrices scaled by
+    ``muon_lr / learning_rate`` when ``muon_lr`` is set (AdamW's embeddings, head, biases and
+    norms take ``lr`` itself), so every group follows the same schedule shape."""
+    muon_scale = config.muon_lr / config.learning_rate if config.muon_lr else 1.0
+    for group in optimizer.param_groups:
+        group["lr"] = lr * (muon_scale if group.get("use_muon") else 1.0)
 
 
 def create_optimizer(
@@ -637,8 +657,7 @@ def _run_training(
                         (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps),
                     )
             lr = learning_rate_at(step, config, total_steps, progress)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_learning_rates(optimizer, lr, config)
 
             started = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
@@ -808,6 +827,7 @@ __all__ = [
     "TrainingDiverged",
     "create_optimizer",
     "learning_rate_at",
+    "set_learning_rates",
     "parameter_groups",
     "train",
 ]
