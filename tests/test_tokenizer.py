@@ -161,7 +161,7 @@ def _edit(path: Path, old: str, new: str) -> None:
         ("missing", "No such file"),
         ("truncated", "truncated"),
         ("empty", "empty file"),
-        ("version", "unsupported version 2"),
+        ("version", "unsupported version 3"),
         ("tampered", "hash mismatch"),
         ("bad_merge", "not yet defined"),
         ("not_json", "not a valid lmrs tokenizer"),
@@ -180,7 +180,7 @@ def test_load_errors_name_the_file(
     elif damage == "empty":
         path.write_text("")
     elif damage == "version":
-        _edit(path, '"version": 1', '"version": 2')
+        _edit(path, '"version": 1', '"version": 3')
     elif damage == "tampered":
         a, b = tok.merges[-1]
         _edit(path, f"[{a}, {b}]\n", f"[{b}, {a}]\n")

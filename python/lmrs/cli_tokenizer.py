@@ -22,7 +22,15 @@ TEXT_FIELD_HELP = (
 
 
 @click.command("vocab")
-@click.argument("corpus", type=click.Path(path_type=Path))
+@click.argument("corpus", type=click.Path(path_type=Path), required=False)
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Convert instead of training: a Hugging Face tokenizer.json (byte-level BPE) or "
+    "a .tiktoken ranks file (give --pattern: gpt2, cl100k, o200k or a regex).",
+)
 @click.option(
     "--size",
     "vocab_size",
@@ -56,11 +64,16 @@ TEXT_FIELD_HELP = (
     "--max-token-length", type=click.IntRange(min=2), default=None, help="Longest token in bytes."
 )
 @click.option("--ext", "extensions", multiple=True, help=EXT_HELP)
-@click.option("--pattern", default=None, help="Pre-tokenization regex (default: GPT-4's).")
+@click.option(
+    "--pattern",
+    default=None,
+    help="Pre-tokenization regex or name: gpt4 (default), cl100k, o200k, gpt2.",
+)
 @click.option("--text-field", default="text", show_default=True, help=TEXT_FIELD_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def vocab_command(
-    corpus: Path,
+    corpus: Path | None,
+    source: Path | None,
     vocab_size: int,
     output: Path,
     min_frequency: int,
@@ -72,11 +85,18 @@ def vocab_command(
     quiet: bool,
 ) -> None:
     """Train a BPE vocabulary on the text files under CORPUS (or the records of a .jsonl,
-    .json, .parquet, .csv file or datasets folder)."""
-    if not corpus.exists():
-        raise InputError(f"{corpus}: no such file or directory")
+    .json, .parquet, .csv file or datasets folder), or convert one (--from)."""
     if not output.parent.is_dir():
         raise InputError(f"{output.parent}: output directory does not exist")
+    if source is not None:
+        if corpus is not None:
+            raise InputError("give CORPUS (to train) or --from FILE (to convert), not both")
+        _convert(source, output, pattern, special_tokens)
+        return
+    if corpus is None:
+        raise InputError("missing CORPUS (or --from FILE to convert a tokenizer)")
+    if not corpus.exists():
+        raise InputError(f"{corpus}: no such file or directory")
     run = RecordRun()
     tokenizer = train_tokenizer(
         corpus,
@@ -96,6 +116,35 @@ def vocab_command(
     if run.reader is not None:
         click.echo(run.describe(), err=True)
     click.echo(f"{stats.summary()} -> {output}")
+
+
+def _convert(
+    source: Path, output: Path, pattern: str | None, special_tokens: tuple[str, ...]
+) -> None:
+    """`lmrs vocab --from`: a tokenizer.json (by its content) or a .tiktoken file."""
+    if not source.is_file():
+        raise InputError(f"{source}: no such file")
+    with source.open("rb") as f:
+        is_json = f.read(64).lstrip().startswith(b"{")
+    if is_json:
+        if pattern is not None or special_tokens:
+            raise InputError(f"{source}: --pattern/--special do not apply to a tokenizer.json")
+        tokenizer = Tokenizer.from_huggingface(source)
+    else:
+        if pattern is None:
+            raise InputError(
+                f"{source}: a .tiktoken file holds no pattern; give --pattern "
+                "(gpt2, cl100k, o200k or a regex)"
+            )
+        tokenizer = Tokenizer.from_tiktoken(
+            source, pattern=pattern, special_tokens=list(special_tokens) or None
+        )
+    tokenizer.save(output)
+    click.echo(
+        f"vocab {tokenizer.vocab_size} ids ({len(tokenizer.merges)} merges, "
+        f"{len(tokenizer.special_tokens)} special, end of text {tokenizer.eot_token} = "
+        f"{tokenizer.eot_id}) from {source} -> {output}"
+    )
 
 
 @click.command("encode")

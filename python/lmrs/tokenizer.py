@@ -1,7 +1,9 @@
 """Tokenizer: a thin Python class over the Rust BPE engine (``lmrs._lmrs``).
 
-Ids: 0..255 are bytes, 256.. the merges in training order, then the special tokens
-(``<|endoftext|>`` always, first). The file format is described in DESIGN.md.
+Ids of a trained tokenizer: 0..255 are bytes, 256.. the merges in training order, then
+the special tokens (``<|endoftext|>`` always, first). An imported one
+(``from_tiktoken``, ``from_huggingface``) keeps its library's ids. The file format is
+described in DESIGN.md.
 
 Text rules:
 
@@ -27,11 +29,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
-from tqdm import tqdm
-
 from lmrs import _lmrs
 from lmrs._lmrs import TokenizerError
 from lmrs.atomic import write_atomic
+from lmrs.progress import tqdm
+from lmrs.tokenizer_import import (
+    TIKTOKEN_SPECIAL_TOKENS,
+    bytes_to_unicode,
+    read_huggingface,
+    read_tiktoken_ranks,
+    resolve_pattern,
+    with_eot,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,6 +50,9 @@ __all__ = ["Tokenizer", "TokenizerError", "TrainStats"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 AllowedSpecial = Union[str, Iterable[str]]
+
+# the old private name (export_gguf.py imports it)
+_bytes_to_unicode = bytes_to_unicode
 
 # Texts are handed to Rust in batches of about this many bytes (GIL released per batch).
 TEXT_BATCH_BYTES = 8 << 20
@@ -75,19 +87,6 @@ class TrainStats:
 def _replace_surrogates(text: str) -> str:
     """Lone surrogates → U+FFFD (a valid surrogate pair becomes its character)."""
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte → printable character map used by Hugging Face ByteLevel."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
-    printable += range(ord("®"), ord("ÿ") + 1)
-    mapping = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + extra)
-            extra += 1
-    return mapping
 
 
 def _is_path(item: object) -> bool:
@@ -170,7 +169,7 @@ class Tokenizer:
         `train_stats`.
         """
         stats = TrainStats()
-        counter = _lmrs.WordCounter(pattern)
+        counter = _lmrs.WordCounter(None if pattern is None else resolve_pattern(pattern))
         start = time.perf_counter()
         roots = _as_paths(corpus)
         if roots is not None:
@@ -244,6 +243,77 @@ class Tokenizer:
         return cls(core)
 
     @classmethod
+    def from_tiktoken(
+        cls,
+        path_or_ranks: PathLike | dict[bytes, int],
+        *,
+        pattern: str,
+        special_tokens: Sequence[str] | dict[str, int] | None = None,
+    ) -> Tokenizer:
+        """A tokenizer from tiktoken's ranks: a `.tiktoken` file ("base64(token) rank"
+        per line) or a {token bytes: rank} dict; rank == id, as in tiktoken.
+
+        `pattern` is a regex or a name: "gpt2" (r50k/p50k), "cl100k", "o200k", "gpt4".
+        `special_tokens`: a {name: id} dict, or names (ids after the highest rank), or
+        None: tiktoken's own for a named pattern ("cl100k" gets <|endoftext|> 100257...),
+        else none. <|endoftext|> is added after all ids when absent. Encoding then gives
+        tiktoken's ids for `tiktoken.Encoding(name, pat_str, mergeable_ranks,
+        special_tokens)` built on the same ranks.
+        """
+        where = "ranks" if isinstance(path_or_ranks, dict) else str(path_or_ranks)
+        if isinstance(path_or_ranks, dict):
+            ranks = {bytes(token): int(rank) for token, rank in path_or_ranks.items()}
+        else:
+            ranks = read_tiktoken_ranks(path_or_ranks)
+        next_id = max(ranks.values(), default=-1) + 1
+        preset = TIKTOKEN_SPECIAL_TOKENS.get(pattern.lower().removesuffix("_base"), {})
+        if isinstance(special_tokens, dict):
+            specials = {str(name): int(id) for name, id in special_tokens.items()}
+        elif special_tokens is None:
+            usable = all(id >= next_id for id in preset.values())
+            specials = dict(preset) if usable else {}
+        else:
+            names = list(dict.fromkeys(special_tokens))
+            specials = {name: next_id + i for i, name in enumerate(names)}
+        ids_after = max([next_id - 1, *specials.values()]) + 1
+        specials, eot = with_eot(specials, ids_after)
+        try:
+            core = _lmrs.CoreTokenizer.from_ranks(
+                resolve_pattern(pattern), list(ranks.items()), list(specials.items()), eot
+            )
+        except TokenizerError:
+            raise
+        except ValueError as e:
+            raise TokenizerError(f"{where}: {e}") from None
+        return cls(core)
+
+    @classmethod
+    def from_huggingface(cls, path: PathLike) -> Tokenizer:
+        """A tokenizer from a Hugging Face `tokenizer.json` holding a byte-level BPE
+        (GPT-2, Llama 3, Qwen style: model BPE, ByteLevel pre-tokenizer and decoder, no
+        normalizer), with its ids and its added tokens as special tokens. `encode` then
+        gives the ids of `tokenizers` with `add_special_tokens=False` (lmrs adds no
+        BOS/EOS itself). Anything lmrs cannot reproduce exactly is a TokenizerError
+        naming the file and the reason. The end-of-text token is <|endoftext|> (or
+        <|end_of_text|>, </s>, <eos>); when none exists <|endoftext|> is added after
+        all ids."""
+        hf = read_huggingface(path)
+        try:
+            core = _lmrs.CoreTokenizer.from_ids(
+                hf.pattern,
+                hf.byte_ids,
+                hf.merges,
+                list(hf.special_tokens.items()),
+                hf.eot,
+                hf.merge_rule,
+            )
+        except TokenizerError:
+            raise
+        except ValueError as e:
+            raise TokenizerError(f"{path}: {e}") from None
+        return cls(core)
+
+    @classmethod
     def load(cls, path: PathLike) -> Tokenizer:
         """Load a tokenizer JSON; TokenizerError names the file when it is missing,
         truncated, of another version or edited (hash mismatch)."""
@@ -282,6 +352,35 @@ class Tokenizer:
     def hash(self) -> str:
         return self._core.hash
 
+    @property
+    def merges_with_ids(self) -> list[tuple[int, int, int]]:
+        """(a, b, id) per merge in rank order: merge joins tokens a and b into id."""
+        return self._core.merges_with_ids
+
+    @property
+    def byte_ids(self) -> list[int]:
+        """The id of each byte value (range(256) for a tokenizer lmrs trained)."""
+        return self._core.byte_ids
+
+    @property
+    def merge_rule(self) -> str:
+        """The merge rule: "tiktoken" (lmrs's own), "hf" or "hf-ignore-merges"."""
+        return self._core.merge_rule
+
+    @property
+    def eot_token(self) -> str:
+        """The special token that ends a document (`eot_id` is its id)."""
+        return self._core.eot_token
+
+    @property
+    def file_version(self) -> int:
+        """The tokenizer file version `save` writes: 1, or 2 for imported ids."""
+        return self._core.file_version
+
+    def ordinary_ids(self) -> list[int]:
+        """The ids of the non-special tokens, ascending (gaps possible when imported)."""
+        return sorted({*self.byte_ids, *(id for _, _, id in self.merges_with_ids)})
+
     def __len__(self) -> int:
         return self.vocab_size
 
@@ -293,8 +392,8 @@ class Tokenizer:
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Pickling (e.g. into DataLoader workers) rebuilds from the merges.
-        return (_rebuild, (self.merges, self.pattern, list(self._special_tokens.items())))
+        # Pickling (e.g. into DataLoader workers) rebuilds from the file content.
+        return (_rebuild, (self.to_json(),))
 
     # ---- encoding -------------------------------------------------------------------
 
@@ -460,9 +559,9 @@ class Tokenizer:
         """Token bytes → rank (== our id) for every ordinary token (tiktoken's
         `mergeable_ranks`). If two merges made the same bytes, the lower id is kept."""
         ranks: dict[bytes, int] = {}
-        num_ordinary = 256 + len(self.merges)
-        for id, token in enumerate(self._core.all_token_bytes()[:num_ordinary]):
-            ranks.setdefault(token, id)
+        all_bytes = self._core.all_token_bytes()
+        for id in self.ordinary_ids():
+            ranks.setdefault(all_bytes[id], id)
         return ranks
 
     def to_tiktoken(self, name: str = "lmrs") -> tiktoken.Encoding:
@@ -492,17 +591,19 @@ class Tokenizer:
         from tokenizers import Regex, decoders, models, pre_tokenizers
         from tokenizers import Tokenizer as HFTokenizer
 
-        byte_chars = _bytes_to_unicode()
+        byte_chars = bytes_to_unicode()
         all_bytes = self._core.all_token_bytes()
 
         def as_str(token: bytes) -> str:
             return "".join(byte_chars[b] for b in token)
 
-        vocab: dict[str, int] = {}
-        for id in range(256 + len(self.merges)):
+        # special tokens sit in the vocab so that add_special_tokens keeps their ids
+        vocab: dict[str, int] = dict(self._special_tokens)
+        for id in self.ordinary_ids():
             vocab.setdefault(as_str(all_bytes[id]), id)
         merges = [(as_str(all_bytes[a]), as_str(all_bytes[b])) for a, b in self.merges]
-        hf = HFTokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True))
+        ignore_merges = self.merge_rule != "hf"
+        hf = HFTokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges))
         hf.pre_tokenizer = pre_tokenizers.Sequence(
             [
                 pre_tokenizers.Split(Regex(self.pattern), behavior="isolated"),
@@ -518,7 +619,5 @@ def _type_error(item: object) -> str:
     raise TypeError(f"corpus items must be str or paths, got {type(item).__name__}")
 
 
-def _rebuild(
-    merges: list[tuple[int, int]], pattern: str, special_tokens: list[tuple[str, int]]
-) -> Tokenizer:
-    return Tokenizer(_lmrs.CoreTokenizer.from_parts(merges, pattern, special_tokens))
+def _rebuild(content: str) -> Tokenizer:
+    return Tokenizer(_lmrs.CoreTokenizer.from_json(content.encode("utf-8"), "<pickled tokenizer>"))

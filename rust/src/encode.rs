@@ -8,6 +8,12 @@
 //!
 //! The pair table therefore maps every (left, right) whose concatenation is a token, not
 //! only the trained merge pairs; building it costs one lookup per byte of the vocab.
+//! A vocab imported from Hugging Face keeps that library's rule instead
+//! ([`MergeRule::Hf`]): only the listed merge pairs are in the table.
+//!
+//! Merging runs on lmrs-order ids (bytes by value, merge `i` is `256 + i`, so an id is
+//! its rank); a vocab with its own ids (imported) maps each text's output through one
+//! table at the end, so a vocab lmrs trained pays nothing for it.
 //!
 //! Decoding of invalid UTF-8 (a sequence cut inside a character) follows tiktoken's
 //! `errors="replace"`: each invalid sequence becomes U+FFFD.
@@ -20,7 +26,7 @@ use aho_corasick::{AhoCorasick, MatchKind};
 use rayon::prelude::*;
 
 use crate::pretokenize::Pretokenizer;
-use crate::vocab::Vocab;
+use crate::vocab::{MergeRule, Vocab};
 use crate::{Error, Result};
 
 /// Pieces at least this long are merged with a heap and a linked list (O(n log n));
@@ -46,12 +52,24 @@ pub struct Encoder {
     vocab: Vocab,
     hash: String,
     pretokenizer: Pretokenizer,
-    /// (left id << 32 | right id) → id of the concatenation; that id is also its rank.
+    /// (left << 32 | right) → the token they merge into; lmrs-order ids, so the value
+    /// is also the merge's rank.
     pairs: AHashMap<u64, u32>,
-    /// Bytes of every token, specials included (their UTF-8 text), indexed by id.
+    /// Bytes of every token, specials included (their UTF-8 text), indexed by external
+    /// id; ids no token has (gaps in an imported vocab) are empty.
     token_bytes: Vec<Vec<u8>>,
-    /// Bytes → id for ordinary tokens (the lowest id if two merges made the same bytes).
+    /// Bytes → lmrs-order id for ordinary tokens (the lowest if two merges made the
+    /// same bytes).
     bytes_to_id: AHashMap<Vec<u8>, u32>,
+    /// A piece that is a token becomes that token without merging (tiktoken does this;
+    /// Hugging Face BPE only with `ignore_merges`).
+    whole_pieces: bool,
+    /// lmrs-order id → external id; None when they are equal.
+    external_ids: Option<Vec<u32>>,
+    /// Merge result → the one lmrs-order id its bytes have, when several listed merges
+    /// make the same token (Hugging Face files converted from tiktoken list every split
+    /// of a token); None when each token is made once.
+    canonical: Option<Vec<u32>>,
     special_matcher: AhoCorasick,
     /// Special ids in the matcher's pattern order.
     special_ids: Vec<u32>,
@@ -73,32 +91,21 @@ fn pair_key(a: u32, b: u32) -> u64 {
 impl Encoder {
     pub fn new(vocab: Vocab) -> Result<Self> {
         let pretokenizer = Pretokenizer::new(vocab.pattern())?;
-        let mut token_bytes = vocab.token_bytes();
-        let mut bytes_to_id: AHashMap<Vec<u8>, u32> = AHashMap::with_capacity(token_bytes.len());
-        for (id, bytes) in token_bytes.iter().enumerate() {
+        let internal_bytes = vocab.token_bytes();
+        let mut bytes_to_id: AHashMap<Vec<u8>, u32> = AHashMap::with_capacity(internal_bytes.len());
+        for (id, bytes) in internal_bytes.iter().enumerate() {
             bytes_to_id.entry(bytes.clone()).or_insert(id as u32);
         }
-        // Only splits where both sides have the length of some token can be a pair; checking
-        // that first keeps long tokens (a doubling run "aaaa...") from costing len^2 hashing.
-        let mut has_length = vec![false; token_bytes.iter().map(Vec::len).max().unwrap_or(0) + 1];
-        for bytes in &token_bytes {
-            has_length[bytes.len()] = true;
-        }
-        let mut pairs = AHashMap::with_capacity(token_bytes.len() * 2);
-        for bytes in token_bytes.iter().skip(256) {
-            let id = bytes_to_id[bytes];
-            for split in 1..bytes.len() {
-                if !(has_length[split] && has_length[bytes.len() - split]) {
-                    continue;
-                }
-                if let (Some(&left), Some(&right)) = (
-                    bytes_to_id.get(&bytes[..split]),
-                    bytes_to_id.get(&bytes[split..]),
-                ) {
-                    pairs.insert(pair_key(left, right), id);
-                }
+        let rule = vocab.merge_rule();
+        let pairs = if rule == MergeRule::Tiktoken {
+            tiktoken_pairs(&internal_bytes, &bytes_to_id)
+        } else {
+            let mut pairs = AHashMap::with_capacity(vocab.merges().len());
+            for (i, &(a, b)) in vocab.merges().iter().enumerate() {
+                pairs.entry(pair_key(a, b)).or_insert(256 + i as u32);
             }
-        }
+            pairs
+        };
         let names: Vec<&str> = vocab
             .special_tokens()
             .iter()
@@ -109,9 +116,21 @@ impl Encoder {
             .match_kind(MatchKind::LeftmostLongest)
             .build(&names)
             .map_err(|e| Error::Invalid(format!("special tokens: {e}")))?;
-        token_bytes.extend(names.iter().map(|n| n.as_bytes().to_vec()));
+        let mut token_bytes = vec![Vec::new(); vocab.vocab_size()];
+        for (internal, bytes) in internal_bytes.into_iter().enumerate() {
+            token_bytes[vocab.external_id(internal as u32) as usize] = bytes;
+        }
+        for (name, id) in vocab.special_tokens() {
+            token_bytes[*id as usize] = name.as_bytes().to_vec();
+        }
+        let canonical: Vec<u32> = internal_bytes_ids(&token_bytes, &vocab, &bytes_to_id);
+        let canonical =
+            (!canonical.iter().enumerate().all(|(i, &c)| c == i as u32)).then_some(canonical);
         let hash = vocab.hash();
         Ok(Self {
+            canonical,
+            whole_pieces: rule != MergeRule::Hf,
+            external_ids: vocab.ids().map(<[u32]>::to_vec),
             vocab,
             hash,
             pretokenizer,
@@ -140,7 +159,8 @@ impl Encoder {
         self.vocab.eot_id()
     }
 
-    /// Bytes of a token (a special token's bytes are its UTF-8 text).
+    /// Bytes of a token (a special token's bytes are its UTF-8 text; an id no token has
+    /// below `vocab_size` is empty).
     pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
         self.token_bytes.get(id as usize).map(Vec::as_slice)
     }
@@ -149,7 +169,7 @@ impl Encoder {
     /// with this text.
     pub fn token_to_id(&self, bytes: &[u8]) -> Option<u32> {
         if let Some(&id) = self.bytes_to_id.get(bytes) {
-            return Some(id);
+            return Some(self.vocab.external_id(id));
         }
         self.vocab
             .special_tokens()
@@ -203,10 +223,16 @@ impl Encoder {
     }
 
     fn encode_sequential_into(&self, text: &str, out: &mut Vec<u32>) {
+        let start = out.len();
         let mut scratch = Scratch::default();
         self.pretokenizer.for_each_piece(text, |piece| {
             self.encode_piece(piece.as_bytes(), out, &mut scratch);
         });
+        if let Some(external) = &self.external_ids {
+            for id in &mut out[start..] {
+                *id = external[*id as usize];
+            }
+        }
     }
 
     /// Encodes text; the `allowed` special tokens found in it become their ids.
@@ -275,17 +301,44 @@ impl Encoder {
     fn encode_piece(&self, piece: &[u8], out: &mut Vec<u32>, scratch: &mut Scratch) {
         if piece.len() == 1 {
             out.push(piece[0] as u32);
-        } else if let Some(&id) = self.bytes_to_id.get(piece) {
+        } else if let Some(&id) = self
+            .whole_pieces
+            .then(|| self.bytes_to_id.get(piece))
+            .flatten()
+        {
             out.push(id);
-        } else if piece.len() < LONG_PIECE {
-            self.merge_short(piece, out, scratch);
         } else {
-            self.merge_long(piece, out);
+            // monomorphised: the identity costs nothing on the common path
+            match &self.canonical {
+                None => self.merge(piece, out, scratch, |id| id),
+                Some(canonical) => self.merge(piece, out, scratch, |id| canonical[id as usize]),
+            }
+        }
+    }
+
+    #[inline]
+    fn merge(
+        &self,
+        piece: &[u8],
+        out: &mut Vec<u32>,
+        scratch: &mut Scratch,
+        canonical: impl Fn(u32) -> u32,
+    ) {
+        if piece.len() < LONG_PIECE {
+            self.merge_short(piece, out, scratch, canonical);
+        } else {
+            self.merge_long(piece, out, canonical);
         }
     }
 
     /// Linear scan for the lowest-rank pair; each merge updates only its neighbours.
-    fn merge_short(&self, piece: &[u8], out: &mut Vec<u32>, scratch: &mut Scratch) {
+    fn merge_short(
+        &self,
+        piece: &[u8],
+        out: &mut Vec<u32>,
+        scratch: &mut Scratch,
+        canonical: impl Fn(u32) -> u32,
+    ) {
         let ids = &mut scratch.ids;
         let ranks = &mut scratch.ranks;
         ids.clear();
@@ -304,7 +357,7 @@ impl Encoder {
             if best == NO_RANK {
                 break;
             }
-            ids[at] = best;
+            ids[at] = canonical(best);
             ids.remove(at + 1);
             ranks.remove(at);
             if at + 1 < ids.len() {
@@ -319,7 +372,7 @@ impl Encoder {
 
     /// Heap of (rank, position) over a linked list of parts: O(n log n) for long pieces
     /// (a 40,000-character run of one letter). Stale heap entries are skipped on pop.
-    fn merge_long(&self, piece: &[u8], out: &mut Vec<u32>) {
+    fn merge_long(&self, piece: &[u8], out: &mut Vec<u32>, canonical: impl Fn(u32) -> u32) {
         const NONE: u32 = u32::MAX;
         let n = piece.len();
         let mut ids: Vec<u32> = piece.iter().map(|&b| b as u32).collect();
@@ -343,7 +396,7 @@ impl Encoder {
             if self.rank(ids[p], ids[r]) != rank {
                 continue;
             }
-            ids[p] = rank;
+            ids[p] = canonical(rank);
             alive[r] = false;
             next[p] = next[r];
             if next[r] != NONE {
@@ -383,6 +436,55 @@ fn split_point_after(bytes: &[u8], from: usize) -> Option<usize> {
         i = newline + 1;
     }
     None
+}
+
+/// For each lmrs-order id, the id [`Encoder::encode`] uses for its bytes (the lowest).
+fn internal_bytes_ids(
+    token_bytes: &[Vec<u8>],
+    vocab: &Vocab,
+    bytes_to_id: &AHashMap<Vec<u8>, u32>,
+) -> Vec<u32> {
+    let internal = 256 + vocab.merges().len();
+    match vocab.ids() {
+        // lmrs's own vocab: merges made by one rule; duplicates keep the lowest id, as
+        // the tiktoken rule does
+        None => (0..internal as u32).collect(),
+        Some(ids) => (0..internal)
+            .map(|i| {
+                let bytes = &token_bytes[ids[i] as usize];
+                bytes_to_id.get(bytes).copied().unwrap_or(i as u32)
+            })
+            .collect(),
+    }
+}
+
+/// tiktoken's pair table: every split of every token into two tokens.
+fn tiktoken_pairs(
+    token_bytes: &[Vec<u8>],
+    bytes_to_id: &AHashMap<Vec<u8>, u32>,
+) -> AHashMap<u64, u32> {
+    // Only splits where both sides have the length of some token can be a pair; checking
+    // that first keeps long tokens (a doubling run "aaaa...") from costing len^2 hashing.
+    let mut has_length = vec![false; token_bytes.iter().map(Vec::len).max().unwrap_or(0) + 1];
+    for bytes in token_bytes {
+        has_length[bytes.len()] = true;
+    }
+    let mut pairs = AHashMap::with_capacity(token_bytes.len() * 2);
+    for bytes in token_bytes.iter().skip(256) {
+        let id = bytes_to_id[bytes];
+        for split in 1..bytes.len() {
+            if !(has_length[split] && has_length[bytes.len() - split]) {
+                continue;
+            }
+            if let (Some(&left), Some(&right)) = (
+                bytes_to_id.get(&bytes[..split]),
+                bytes_to_id.get(&bytes[split..]),
+            ) {
+                pairs.insert(pair_key(left, right), id);
+            }
+        }
+    }
+    pairs
 }
 
 /// Buffers reused across the pieces of one text.
@@ -516,6 +618,94 @@ mod tests {
                 assert_eq!(chunked, sequential, "chunk {chunk}");
             }
         }
+    }
+
+    /// Bytes numbered in reverse; merges "bc" (300), "ab" (301), "abc" = "ab" + "c" (302).
+    fn reversed(rule: MergeRule) -> Encoder {
+        let id = |c: u8| 255 - c as u32;
+        let merges = [
+            (id(b'b'), id(b'c'), 300),
+            (id(b'a'), id(b'b'), 301),
+            (301, id(b'c'), 302),
+        ];
+        let byte_ids: Vec<u32> = (0..256).rev().collect();
+        let specials = vec![(EOT_NAME.to_string(), 310)];
+        Encoder::new(
+            Vocab::with_ids(GPT4_PATTERN, &byte_ids, &merges, specials, EOT_NAME, rule).unwrap(),
+        )
+        .unwrap()
+    }
+    const EOT_NAME: &str = crate::vocab::EOT;
+
+    #[test]
+    fn explicit_ids_come_out_and_decode() {
+        let enc = reversed(MergeRule::Tiktoken);
+        assert_eq!(enc.vocab_size(), 311);
+        assert_eq!(enc.encode_ordinary("z ab"), vec![255 - 122, 255 - 32, 301]);
+        assert_eq!(
+            enc.encode("bc<|endoftext|>", &AllowedSpecial::All),
+            vec![300, 310]
+        );
+        assert_eq!(enc.token_to_id(b"ab"), Some(301));
+        assert_eq!(
+            enc.decode(&[302, 310, 255 - 32]).unwrap(),
+            "abc<|endoftext|> "
+        );
+        // ids 303..309 belong to no token: they decode to nothing
+        assert_eq!(enc.token_bytes(305), Some(&b""[..]));
+        let long = "ab".repeat(LONG_PIECE);
+        assert_eq!(enc.encode_ordinary(&long), vec![301; LONG_PIECE]);
+    }
+
+    #[test]
+    fn hf_rule_merges_only_listed_pairs() {
+        // "abc": "bc" merges first (rank 0); tiktoken then joins "a" + "bc" into "abc"
+        // because that is a token, Hugging Face does not (no merge lists that pair)
+        let a = 255 - 97;
+        assert_eq!(
+            reversed(MergeRule::Tiktoken).encode_ordinary("abc"),
+            vec![302]
+        );
+        assert_eq!(reversed(MergeRule::Hf).encode_ordinary("abc"), vec![a, 300]);
+        // a piece that is a token: whole with ignore_merges, merged otherwise
+        assert_eq!(
+            reversed(MergeRule::HfIgnoreMerges).encode_ordinary("abc"),
+            vec![302]
+        );
+        assert_eq!(reversed(MergeRule::Hf).encode_ordinary("ab"), vec![301]);
+    }
+
+    #[test]
+    fn several_merges_may_make_one_token() {
+        // "abc" listed twice, as "ab"+"c" (rank 2) and "a"+"bc" (rank 3), as Hugging Face
+        // files converted from tiktoken do; "abcd" joins "abc" + "d" (rank 4)
+        let id = |c: u8| 255 - c as u32;
+        let merges = [
+            (id(b'b'), id(b'c'), 300),
+            (id(b'a'), id(b'b'), 301),
+            (301, id(b'c'), 302),
+            (id(b'a'), 300, 302),
+            (302, id(b'd'), 303),
+        ];
+        let byte_ids: Vec<u32> = (0..256).rev().collect();
+        let specials = vec![(EOT_NAME.to_string(), 310)];
+        let vocab = Vocab::with_ids(
+            GPT4_PATTERN,
+            &byte_ids,
+            &merges,
+            specials,
+            EOT_NAME,
+            MergeRule::Hf,
+        )
+        .unwrap();
+        let enc = Encoder::new(vocab).unwrap();
+        // "bc" first, then "a"+"bc" makes "abc", which must still join "d"
+        assert_eq!(enc.encode_ordinary("abcd"), vec![303]);
+        assert_eq!(
+            enc.encode_ordinary(&"abcd".repeat(LONG_PIECE)),
+            vec![303; LONG_PIECE]
+        );
+        assert_eq!(enc.decode(&[302, 303]).unwrap(), "abcabcd");
     }
 
     #[test]

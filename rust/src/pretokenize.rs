@@ -26,6 +26,23 @@ pub const GPT4_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+
 /// "a", "\n", "  " with GPT4_PATTERN). Use it to reproduce tiktoken's ids exactly.
 pub const CL100K_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s";
 
+/// tiktoken's GPT-2 (r50k_base, p50k_base) pattern.
+pub const GPT2_PATTERN: &str =
+    r"'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s";
+
+/// The pattern of Hugging Face's `ByteLevel(use_regex=True)` pre-tokenizer (GPT-2's
+/// original spelling; differs from [`GPT2_PATTERN`] only for whitespace at the end of a
+/// text).
+pub const HF_BYTE_LEVEL_PATTERN: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+
+/// tiktoken's o200k_base pattern (runs on the regex engine).
+pub const O200K_PATTERN: &str = concat!(
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+);
+
 #[derive(Clone)]
 pub struct Pretokenizer {
     pattern: String,
@@ -754,5 +771,23 @@ mod tests {
         assert_eq!(classes.kind('\u{200B}' as u32), Kind::Other); // zero-width space is not White_Space
         assert_eq!(classes.kind('\u{301}' as u32), Kind::Other);
         assert_eq!(classes.kind(0x10FFFF), Kind::Other);
+    }
+
+    #[test]
+    fn named_patterns_compile_and_split_like_their_libraries() {
+        let gpt2 = Pretokenizer::new(GPT2_PATTERN).unwrap();
+        assert_eq!(
+            gpt2.pieces("Hello world's 123!!"),
+            ["Hello", " world", "'s", " 123", "!!"]
+        );
+        assert_eq!(gpt2.pieces("a  \n"), ["a", "  \n"]);
+        let hf = Pretokenizer::new(HF_BYTE_LEVEL_PATTERN).unwrap();
+        assert_eq!(hf.pieces("a  \n"), ["a", "  \n"]);
+        assert_eq!(hf.pieces("a  b"), ["a", " ", " b"]);
+        let o200k = Pretokenizer::new(O200K_PATTERN).unwrap();
+        assert_eq!(
+            o200k.pieces("HelloWorld's a/b\n"),
+            ["Hello", "World's", " a", "/b", "\n"]
+        );
     }
 }

@@ -24,10 +24,12 @@ use pyo3::types::{PyBytes, PyDict, PyInt};
 
 use crate::corpus::{collect_files as collect, count_words_in_files, WordCounts};
 use crate::encode::{id_out_of_range, AllowedSpecial, Encoder};
-use crate::pretokenize::{Pretokenizer, GPT4_PATTERN};
+use crate::pretokenize::{
+    Pretokenizer, CL100K_PATTERN, GPT2_PATTERN, GPT4_PATTERN, HF_BYTE_LEVEL_PATTERN, O200K_PATTERN,
+};
 use crate::token_file::{self, TokenFileOptions};
 use crate::train::{train_bpe_owned, TrainOptions};
-use crate::vocab::Vocab;
+use crate::vocab::{MergeRule, Vocab};
 use crate::Error;
 
 create_exception!(
@@ -199,6 +201,55 @@ impl CoreTokenizer {
         })
     }
 
+    /// A tokenizer with its own ids (an imported one): see `Vocab::with_ids`.
+    #[staticmethod]
+    fn from_ids(
+        pattern: String,
+        byte_ids: Vec<u32>,
+        merges: Vec<(u32, u32, u32)>,
+        special_tokens: Vec<(String, u32)>,
+        eot: String,
+        merge_rule: String,
+    ) -> PyResult<Self> {
+        guard("Tokenizer.from_ids", || {
+            let rule = MergeRule::from_name(&merge_rule).ok_or_else(|| {
+                PyValueError::new_err(format!("unknown merge rule {merge_rule:?}"))
+            })?;
+            Self::from_vocab_obj(
+                Vocab::with_ids(&pattern, &byte_ids, &merges, special_tokens, &eot, rule)
+                    .map_err(to_py_err)?,
+            )
+        })
+    }
+
+    /// A tokenizer from tiktoken's ranks (token bytes, rank == id): see `Vocab::from_ranks`.
+    #[staticmethod]
+    fn from_ranks(
+        py: Python<'_>,
+        pattern: String,
+        ranks: Vec<(Vec<u8>, u32)>,
+        special_tokens: Vec<(String, u32)>,
+        eot: String,
+    ) -> PyResult<Self> {
+        guard("Tokenizer.from_tiktoken", || {
+            let vocab = py
+                .detach(|| Vocab::from_ranks(&pattern, &ranks, special_tokens, &eot))
+                .map_err(to_py_err)?;
+            Self::from_vocab_obj(vocab)
+        })
+    }
+
+    /// A tokenizer from the content of a tokenizer file; `name` names it in errors.
+    #[staticmethod]
+    fn from_json(py: Python<'_>, content: Vec<u8>, name: String) -> PyResult<Self> {
+        guard("Tokenizer.from_json", || {
+            let vocab = py
+                .detach(|| Vocab::from_json(&content, &name))
+                .map_err(to_py_err)?;
+            Self::from_vocab_obj(vocab)
+        })
+    }
+
     #[staticmethod]
     fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
         guard("Tokenizer.load", || {
@@ -234,9 +285,51 @@ impl CoreTokenizer {
         self.encoder.vocab().pattern().to_string()
     }
 
+    /// The merge pairs in rank order, in this tokenizer's ids.
     #[getter]
     fn merges(&self) -> Vec<(u32, u32)> {
-        self.encoder.vocab().merges().to_vec()
+        let vocab = self.encoder.vocab();
+        match vocab.ids() {
+            None => vocab.merges().to_vec(),
+            Some(_) => vocab
+                .merges_with_ids()
+                .into_iter()
+                .map(|(a, b, _)| (a, b))
+                .collect(),
+        }
+    }
+
+    /// (a, b, id) for each merge in rank order: it joins ids a and b into id.
+    #[getter]
+    fn merges_with_ids(&self) -> Vec<(u32, u32, u32)> {
+        self.encoder.vocab().merges_with_ids()
+    }
+
+    /// The id of each byte value.
+    #[getter]
+    fn byte_ids(&self) -> Vec<u32> {
+        self.encoder.vocab().byte_ids()
+    }
+
+    #[getter]
+    fn merge_rule(&self) -> &'static str {
+        self.encoder.vocab().merge_rule().name()
+    }
+
+    /// The name of the special token that ends a document.
+    #[getter]
+    fn eot_token(&self) -> String {
+        self.encoder.vocab().eot().to_string()
+    }
+
+    /// The file version `save` writes (1 unless the ids or rule need 2).
+    #[getter]
+    fn file_version(&self) -> u64 {
+        if self.encoder.vocab().is_version_1() {
+            crate::vocab::VERSION
+        } else {
+            crate::vocab::VERSION_IDS
+        }
     }
 
     /// (token, id) sorted by id.
@@ -594,6 +687,10 @@ fn fault_points() -> Vec<&'static str> {
 #[pymodule]
 fn _lmrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("GPT4_PATTERN", GPT4_PATTERN)?;
+    m.add("CL100K_PATTERN", CL100K_PATTERN)?;
+    m.add("GPT2_PATTERN", GPT2_PATTERN)?;
+    m.add("O200K_PATTERN", O200K_PATTERN)?;
+    m.add("HF_BYTE_LEVEL_PATTERN", HF_BYTE_LEVEL_PATTERN)?;
     m.add("TokenizerError", m.py().get_type::<TokenizerError>())?;
     m.add_class::<CoreTokenizer>()?;
     m.add_class::<WordCounter>()?;
