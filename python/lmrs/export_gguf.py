@@ -175,7 +175,10 @@ def gguf_tensors(model: GPT, target: Target) -> dict[str, torch.Tensor]:
 
 def export_gguf(model: GPT, path: PathLike, tokenizer: Tokenizer, *, dtype: str = "f32") -> Path:
     """Write ``path`` (one .gguf file) atomically: a temporary file beside it, renamed."""
-    import gguf
+    try:
+        import gguf
+    except ImportError:
+        raise InputError("GGUF export needs the gguf package: pip install 'lmrs[gguf]'") from None
 
     if dtype not in GGUF_DTYPES:
         raise InputError(f"unknown GGUF dtype {dtype!r}; choose one of {', '.join(GGUF_DTYPES)}")
