@@ -249,6 +249,8 @@ class Decoder:
     :func:`resolve_engine`): "torch" runs the model's own ``forward`` (a copy in the
     sampling dtype, :func:`sampling_model`) with a :class:`lmrs.model.KVCache`; "rust" runs
     the same computation in ``lmrs._lmrs`` (float32 logits), tested against it.
+    ``fallback_reason`` is why "auto" ran torch for a model the Rust engine refuses
+    (:func:`rust_unsupported`), else None.
     """
 
     def __init__(
