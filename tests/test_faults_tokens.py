@@ -54,10 +54,17 @@ LAYOUTS: dict[str, tuple[list[str], set[str]]] = {
 # sidecar, the manifest) is not yet: readers must refuse it (DataError), never misread it.
 COMMIT_WINDOW: dict[str, set[str]] = {
     "tokenizer": set(),
-    "file": {"token_file.data.after_rename", "token_file.sidecar.before_rename"},
+    "file": {
+        "token_file.data.after_rename",
+        "token_file.index.before_rename",
+        "token_file.index.after_rename",
+        "token_file.sidecar.before_rename",
+    },
     "shards": set(),
     "parts": {
         "token_file.data.after_rename",
+        "token_file.index.before_rename",
+        "token_file.index.after_rename",
         "token_file.sidecar.before_rename",
         "token_file.sidecar.after_rename",
         "token_file.manifest.before_rename",

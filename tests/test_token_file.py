@@ -49,7 +49,7 @@ def test_single_file_and_sidecar(tok: Tokenizer, corpus: tuple[Path, list[str]])
     info = tok.encode_files(root, out, show_progress=False)
     sidecar = json.loads(Path(f"{out}.json").read_text())
     assert {k: v for k, v in info.items() if k != "skipped_files"} == sidecar
-    assert sidecar["format"] == "lmrs-tokens" and sidecar["version"] == 1
+    assert sidecar["format"] == "lmrs-tokens" and sidecar["version"] == 2
     assert sidecar["dtype"] == "uint16"
     assert sidecar["num_documents"] == len(docs)
     assert sidecar["num_bytes"] == sum(len(d.encode()) for d in docs)
@@ -62,6 +62,7 @@ def test_single_file_and_sidecar(tok: Tokenizer, corpus: tuple[Path, list[str]])
     assert sorted(p.name for p in out.parent.iterdir()) == [
         "corpus",
         "tokens.bin",
+        "tokens.bin.idx",
         "tokens.bin.json",
     ]
 
@@ -98,6 +99,7 @@ def test_shards_and_manifest(tok: Tokenizer, corpus: tuple[Path, list[str]]) -> 
     assert sorted(p.name for p in out.iterdir()) == [
         "manifest.json",
         *again["shards"],
+        again["shards"][0] + ".idx",
         again["shards"][0] + ".json",
     ]
 
@@ -216,10 +218,17 @@ def test_temporaries_sit_beside_the_target_and_outputs_have_normal_permissions(
         tok.encode_files(["a b c", "d e"], out / "t.bin", show_progress=False)
         tok.save(out / "tok.json")
     assert list(elsewhere.iterdir()) == []
-    assert sorted(p.name for p in out.iterdir()) == ["shards", "t.bin", "t.bin.json", "tok.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "shards",
+        "t.bin",
+        "t.bin.idx",
+        "t.bin.json",
+        "tok.json",
+    ]
     umask = os.umask(0)
     os.umask(umask)
-    files = [out / "t.bin", out / "t.bin.json", out / "tok.json", *(out / "shards").iterdir()]
+    files = [out / "t.bin", out / "t.bin.idx", out / "t.bin.json", out / "tok.json"]
+    files += list((out / "shards").iterdir())
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
     assert stat.S_IMODE((out / "shards").stat().st_mode) == 0o777 & ~umask

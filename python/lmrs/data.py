@@ -6,7 +6,10 @@ Two ways to feed the trainer:
   ``(inputs, targets)`` batches — handy for notebooks and tests.
 * :class:`TokenDataset` opens a token file (``NAME.bin`` + ``NAME.bin.json`` sidecar) or a
   shard directory (``manifest.json``) written by ``Tokenizer.encode_files``, through
-  ``np.memmap`` so the corpus is never loaded into memory. ``split()`` holds out whole
+  ``np.memmap`` so the corpus is never loaded into memory. Document boundaries and bytes
+  come from the document index (``NAME.bin.idx``, version 2 files): opening reads no token,
+  only arrays of one entry per document; files without an index (version 1) are scanned
+  once. :func:`verify_token_data` scans and compares. ``split()`` holds out whole
   documents for validation; :meth:`TokenSplit.micro_batch` draws training batches as a pure
   function of ``(seed, step)`` so that runs resume exactly and so that 1 process with 4
   accumulation steps and 2 processes with 2 see the same global batch.
@@ -32,11 +35,11 @@ from typing import Any, Optional, Protocol
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from lmrs import _lmrs
 from lmrs.errors import InputError
 from lmrs.jsonfile import is_plain_name, read_json_object
+from lmrs.progress import tqdm
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -44,6 +47,14 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 SCAN_CHUNK_TOKENS = 1 << 24
 # Show a progress bar for the scan from this many tokens on (about a second or more).
 SCAN_PROGRESS_MIN_TOKENS = 100_000_000
+
+# The document index NAME.bin.idx (rust/src/token_index.rs): a header of magic, version,
+# num_documents, num_tokens, num_bytes (u64 LE), then (end, bytes) u64 LE per document.
+INDEX_MAGIC = b"lmrs-idx"
+INDEX_VERSION = 1
+INDEX_HEADER_BYTES = 40
+# Token-file (sidecar and manifest) versions read: 1 has no index, 2 has one per data file.
+TOKEN_FILE_VERSIONS = (1, 2)
 
 
 class DataError(InputError):
@@ -195,8 +206,8 @@ def _file_check(meta: Any, path: Path, where: str) -> Optional[FileCheck]:
 def _info_from_json(meta: dict[str, Any], path: Path, fmt: str) -> TokenFileInfo:
     if not isinstance(meta.get("format"), str) or meta["format"] != fmt:
         raise DataError(f"{path}: format is {meta.get('format')!r}, expected {fmt!r}")
-    if type(meta.get("version")) is not int or meta["version"] != 1:
-        raise DataError(f"{path}: unsupported version {meta.get('version')!r} (expected 1)")
+    if type(meta.get("version")) is not int or meta["version"] not in TOKEN_FILE_VERSIONS:
+        raise DataError(f"{path}: unsupported version {meta.get('version')!r} (expected 1 or 2)")
     missing = [k for k in _SIDECAR_FIELDS if k not in meta]
     if missing:
         raise DataError(f"{path}: missing field(s) {', '.join(missing)}")
@@ -231,11 +242,84 @@ def _verify(bin_path: Path, size: int, recorded: FileCheck, by: Path) -> None:
         raise DataError(f"{bin_path}: checksum mismatch with {by.name}: overwritten or replaced?")
 
 
+@dataclass(frozen=True)
+class DocumentIndex:
+    """Where each document of a data file ends (exclusive, counted from the file's first
+    token) and the UTF-8 bytes of its text: int64 arrays, one entry per document."""
+
+    ends: np.ndarray
+    bytes: np.ndarray
+    path: Path
+
+
+def index_path(bin_path: Path) -> Path:
+    """``NAME.bin`` → ``NAME.bin.idx``."""
+    return Path(str(bin_path) + ".idx")
+
+
+def _read_index(
+    bin_path: Path,
+    info: TokenFileInfo,
+    recorded: FileCheck,
+    sidecar: Path,
+    listed: Optional[tuple[FileCheck, Path]] = None,
+) -> DocumentIndex:
+    """The document index of ``bin_path``, checked against its sidecar (size, checksum and
+    counts) and for order; reads only the index (memory-mapped), never a token."""
+    path = index_path(bin_path)
+    if not path.is_file():
+        raise DataError(f"{path}: document index not found (listed by {sidecar.name}); re-encode")
+    size = path.stat().st_size
+    _verify(path, size, recorded, sidecar)
+    if listed is not None:
+        _verify(path, size, *listed)
+
+    def bad(problem: str) -> DataError:
+        return DataError(
+            f"{path}: {problem}; the index is corrupt: re-encode "
+            f"(lmrs encode --verify {bin_path} compares it with the tokens)"
+        )
+
+    with path.open("rb") as f:
+        header = f.read(INDEX_HEADER_BYTES)
+    if len(header) < INDEX_HEADER_BYTES or header[:8] != INDEX_MAGIC:
+        raise bad("not an lmrs document index")
+    version, documents, tokens, num_bytes = np.frombuffer(header[8:], dtype="<u8").tolist()
+    if version != INDEX_VERSION:
+        raise bad(f"index version {version}, expected {INDEX_VERSION}")
+    if (documents, tokens, num_bytes) != (info.num_documents, info.num_tokens, info.num_bytes):
+        raise bad(
+            f"counts {documents} documents, {tokens} tokens, {num_bytes} bytes, but "
+            f"{sidecar.name} says {info.num_documents}, {info.num_tokens}, {info.num_bytes}"
+        )
+    if size != INDEX_HEADER_BYTES + 16 * documents:
+        raise bad(f"{size} bytes for {documents} documents")
+    if documents == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return DocumentIndex(empty, empty, path)
+    records = np.memmap(
+        path, dtype="<u8", mode="r", offset=INDEX_HEADER_BYTES, shape=(documents, 2)
+    )
+    ends = records[:, 0].astype(np.int64)
+    doc_bytes = records[:, 1].astype(np.int64)
+    del records
+    # Values past int64 wrap negative, so these also catch them.
+    if ends[0] < 1 or ends[-1] > tokens or (documents > 1 and np.diff(ends).min() < 1):
+        raise bad("document ends are not increasing within the token file")
+    if doc_bytes.min() < 0 or int(doc_bytes.sum()) != num_bytes:
+        raise bad(f"document bytes do not add up to {num_bytes}")
+    return DocumentIndex(ends, doc_bytes, path)
+
+
 def _open_bin(
-    bin_path: Path, listed: Optional[tuple[FileCheck, Path]] = None
-) -> tuple[TokenFileInfo, np.ndarray]:
-    """A token file and its sidecar, verified; ``listed`` is the check a manifest records
-    for it, and the manifest's path."""
+    bin_path: Path,
+    listed: Optional[tuple[FileCheck, Path]] = None,
+    listed_index: Optional[tuple[FileCheck, Path]] = None,
+    read_index: bool = True,
+) -> tuple[TokenFileInfo, np.ndarray, Optional[DocumentIndex]]:
+    """A token file and its sidecar, verified, and its document index (None for a version
+    1 file, or when not ``read_index``); ``listed``/``listed_index`` are the checks a
+    manifest records for the data file and its index, with the manifest's path."""
     sidecar = Path(str(bin_path) + ".json")
     if not bin_path.is_file():
         raise DataError(f"{bin_path}: token file not found")
@@ -253,11 +337,20 @@ def _open_bin(
             f"{bin_path}: size {size} bytes does not match the sidecar "
             f"({info.num_tokens} tokens of {info.dtype})"
         )
+    index = None
+    if meta["version"] >= 2:
+        if "index" not in meta:
+            raise DataError(f"{sidecar}: version {meta['version']} sidecar without an 'index'")
+        recorded_index = _file_check(meta["index"], sidecar, "the sidecar's index")
+        if recorded_index is None:
+            raise DataError(f"{sidecar}: the sidecar's index has no size or checksum")
+        if read_index:
+            index = _read_index(bin_path, info, recorded_index, sidecar, listed_index)
     if info.num_tokens == 0:
         tokens = np.zeros(0, dtype=info.dtype)
     else:
         tokens = np.memmap(bin_path, dtype=np.dtype(info.dtype).newbyteorder("<"), mode="r")
-    return info, tokens
+    return info, tokens, index
 
 
 class TokenStream:
@@ -309,25 +402,44 @@ class TokenDataset:
     file), and byte counts per document are computed exactly from the tokens (bits per byte
     are then exact for every split); without it, bytes per split are the sidecar's total
     scaled by the split's share of tokens (an approximation, flagged by ``bytes_exact``).
+
+    Files with a document index (version 2) open from it alone: no token is read, and the
+    per-document bytes it records make ``bytes_exact`` true even without a tokenizer;
+    ``use_index=False`` scans instead, as for version 1 files (``indexed`` says which).
+    Memory at open is a few arrays of one entry per document, whatever the token count.
     """
 
-    def __init__(self, path: str | os.PathLike[str], tokenizer: TokenizerLike | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        tokenizer: TokenizerLike | None = None,
+        *,
+        use_index: bool = True,
+    ):
         self.path = Path(path)
         if self.path.is_dir():
-            self.info, parts = self._open_shards(self.path)
+            self.info, parts, indexes, counts = self._open_shards(self.path, use_index)
         else:
-            self.info, tokens = _open_bin(self.path)
-            parts = [tokens]
+            self.info, tokens, index = _open_bin(self.path, read_index=use_index)
+            parts, indexes, counts = [tokens], [index], [self.info.num_tokens]
         self.stream = TokenStream(parts)
         if tokenizer is not None:
             self._check_tokenizer(tokenizer)
         self.token_bytes = token_byte_lengths(tokenizer) if tokenizer is not None else None
-        self._scan()
+        # The index file each document's entry came from (for messages), by first document.
+        self.index_files: list[tuple[int, Path]] = []
+        self.indexed = use_index and all(index is not None for index in indexes)
+        if self.indexed:
+            self._from_indexes([i for i in indexes if i is not None], counts)
+        else:
+            self._scan()
 
     # -- opening -----------------------------------------------------------------------
 
     @staticmethod
-    def _open_shards(directory: Path) -> tuple[TokenFileInfo, list[np.ndarray]]:
+    def _open_shards(
+        directory: Path, use_index: bool
+    ) -> tuple[TokenFileInfo, list[np.ndarray], list[Optional[DocumentIndex]], list[int]]:
         manifest_path = directory / "manifest.json"
         meta = _read_json(manifest_path, "shard manifest")
         info = _info_from_json(meta, manifest_path, "lmrs-shards")
@@ -351,14 +463,34 @@ class TokenDataset:
                 "encoded yet (finish them, then rebuild the manifest with "
                 "`lmrs encode --manifest-only`)"
             )
+        index_checks = meta.get("index_checks", {})
+        if not isinstance(index_checks, dict):
+            raise DataError(f"{manifest_path}: 'index_checks' is not a JSON object")
+        if meta["version"] >= 2 and set(index_checks) != set(shards):
+            raise DataError(
+                f"{manifest_path}: version {meta['version']} manifest without an index check "
+                "for every shard"
+            )
         parts: list[np.ndarray] = []
+        indexes: list[Optional[DocumentIndex]] = []
+        counts: list[int] = []
         total = 0
         for name in shards:
-            listed = None
+            listed = listed_index = None
             if name in checks:
                 check = _file_check(checks[name], manifest_path, f"shard_checks[{name!r}]")
                 listed = None if check is None else (check, manifest_path)
-            shard_info, tokens = _open_bin(directory / name, listed)
+            if name in index_checks:
+                check = _file_check(index_checks[name], manifest_path, f"index_checks[{name!r}]")
+                listed_index = None if check is None else (check, manifest_path)
+            shard_info, tokens, index = _open_bin(
+                directory / name, listed, listed_index, read_index=use_index
+            )
+            if use_index and listed_index is not None and index is None:
+                raise DataError(
+                    f"{directory / str(name)}.json: {manifest_path.name} lists a document "
+                    "index for this shard, its sidecar none"
+                )
             for field in ("dtype", "vocab_size", "tokenizer_hash", "eot_id"):
                 if getattr(shard_info, field) != getattr(info, field):
                     raise DataError(
@@ -366,12 +498,14 @@ class TokenDataset:
                         f"differs from the manifest's {getattr(info, field)!r}"
                     )
             parts.append(tokens)
+            indexes.append(index)
+            counts.append(shard_info.num_tokens)
             total += shard_info.num_tokens
         if total != info.num_tokens:
             raise DataError(
                 f"{manifest_path}: num_tokens {info.num_tokens} but the shards hold {total}"
             )
-        return info, parts
+        return info, parts, indexes, counts
 
     def _check_tokenizer(self, tokenizer: TokenizerLike) -> None:
         where = self.path / "manifest.json" if self.path.is_dir() else f"{self.path}.json"
@@ -390,51 +524,43 @@ class TokenDataset:
                 f"{where}: eot_id {self.info.eot_id} but the tokenizer's is {tokenizer.eot_id}"
             )
 
-    def _scan(self) -> None:
-        """One pass over the tokens: document ends (eot positions), byte counts, id range."""
-        ends: list[np.ndarray] = []
-        doc_bytes: list[np.ndarray] = []
-        bytes_so_far = 0
-        max_id = -1
-        bar = tqdm(
-            total=len(self.stream),
-            desc=f"scan {self.path.name}",
-            unit="tok",
-            unit_scale=True,
-            leave=False,
-            disable=len(self.stream) < SCAN_PROGRESS_MIN_TOKENS,
-        )
-        for start, chunk in self.stream.chunks():
-            bar.update(len(chunk))
-            if len(chunk):
-                max_id = max(max_id, int(chunk.max()))
-            if max_id >= self.info.vocab_size:
-                raise DataError(
-                    f"{self.path}: token id {max_id} is outside the vocabulary "
-                    f"(vocab_size {self.info.vocab_size})"
-                )
-            eot_at = np.flatnonzero(chunk == self.info.eot_id)
-            ends.append(eot_at + start + 1)
-            if self.token_bytes is not None:
-                cumulative = np.cumsum(self.token_bytes[chunk]) + bytes_so_far
-                doc_bytes.append(cumulative[eot_at])
-                bytes_so_far = int(cumulative[-1]) if len(cumulative) else bytes_so_far
-        bar.close()
+    def _from_indexes(self, indexes: list[DocumentIndex], counts: list[int]) -> None:
+        """Document arrays from the data files' indexes (file-local ends made global)."""
+        offsets = np.cumsum([0] + counts[:-1], dtype=np.int64)
+        first_doc = 0
+        for index in indexes:
+            self.index_files.append((first_doc, index.path))
+            first_doc += len(index.ends)
+        ends = [index.ends + offset for index, offset in zip(indexes, offsets)]
         doc_ends = np.concatenate(ends) if ends else np.zeros(0, dtype=np.int64)
-        if len(doc_ends) == 0 or doc_ends[-1] != len(self.stream):
-            # Tokens after the last eot form one more (unterminated) document.
-            doc_ends = np.append(doc_ends, len(self.stream)) if len(self.stream) else doc_ends
-            if self.token_bytes is not None:
-                doc_bytes.append(np.array([bytes_so_far], dtype=np.int64))
-        self.doc_ends = doc_ends.astype(np.int64)
+        last = int(doc_ends[-1]) if len(doc_ends) else 0
+        if last != self.num_tokens:
+            where = indexes[-1].path if indexes else self.path
+            raise DataError(
+                f"{where}: the document index ends at token {last} but the data at "
+                f"{self.num_tokens}; re-encode"
+            )
+        if len(doc_ends) != self.info.num_documents:
+            raise DataError(
+                f"{self.path}: the document indexes hold {len(doc_ends)} documents, the "
+                f"manifest says {self.info.num_documents}; re-encode"
+            )
+        self._set_documents(doc_ends, np.concatenate([index.bytes for index in indexes]))
+
+    def _scan(self) -> None:
+        """Document arrays from one pass over the tokens (files without an index)."""
+        self._set_documents(*_scan_documents(self.stream, self.info, self.token_bytes, self.path))
+
+    def _set_documents(self, doc_ends: np.ndarray, doc_bytes: np.ndarray | None) -> None:
+        self.doc_ends = doc_ends.astype(np.int64, copy=False)
         self.doc_starts = np.concatenate([[0], self.doc_ends[:-1]]).astype(np.int64)
-        if self.token_bytes is not None:
-            cumulative_bytes = np.concatenate(doc_bytes) if doc_bytes else np.zeros(0, np.int64)
-            self.doc_bytes: np.ndarray | None = np.diff(
-                np.concatenate([[0], cumulative_bytes])
-            ).astype(np.int64)
-        else:
-            self.doc_bytes = None
+        self.doc_bytes: np.ndarray | None = doc_bytes
+
+    def index_file_of(self, document: int) -> Path:
+        """The index file that holds ``document``'s entry (an indexed dataset only)."""
+        firsts = [first for first, _ in self.index_files]
+        position = max(int(np.searchsorted(firsts, document, side="right")) - 1, 0)
+        return self.index_files[position][1]
 
     # -- views -------------------------------------------------------------------------
 
@@ -507,6 +633,53 @@ class TokenDataset:
         return pieces[0], pieces[1]
 
 
+def _scan_documents(
+    stream: TokenStream, info: TokenFileInfo, token_bytes: np.ndarray | None, path: Path
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One pass over the tokens: document ends (after each eot), bytes per document (with
+    ``token_bytes``), and the id range checked. Memory: per-document arrays and one chunk."""
+    ends: list[np.ndarray] = []
+    doc_bytes: list[np.ndarray] = []
+    bytes_so_far = 0
+    max_id = -1
+    bar = tqdm(
+        total=len(stream),
+        desc=f"scan {path.name}",
+        unit="tok",
+        unit_scale=True,
+        leave=False,
+        disable=len(stream) < SCAN_PROGRESS_MIN_TOKENS,
+    )
+    for start, chunk in stream.chunks():
+        bar.update(len(chunk))
+        if len(chunk):
+            max_id = max(max_id, int(chunk.max()))
+        if max_id >= info.vocab_size:
+            raise DataError(
+                f"{path}: token id {max_id} is outside the vocabulary "
+                f"(vocab_size {info.vocab_size})"
+            )
+        eot_at = np.flatnonzero(chunk == info.eot_id)
+        ends.append(eot_at + start + 1)
+        if token_bytes is not None:
+            cumulative = np.cumsum(token_bytes[chunk]) + bytes_so_far
+            doc_bytes.append(cumulative[eot_at])
+            bytes_so_far = int(cumulative[-1]) if len(cumulative) else bytes_so_far
+    bar.close()
+    doc_ends = np.concatenate(ends) if ends else np.zeros(0, dtype=np.int64)
+    if len(doc_ends) == 0 or doc_ends[-1] != len(stream):
+        # Tokens after the last eot form one more (unterminated) document.
+        doc_ends = np.append(doc_ends, len(stream)) if len(stream) else doc_ends
+        if token_bytes is not None:
+            doc_bytes.append(np.array([bytes_so_far], dtype=np.int64))
+    if token_bytes is None:
+        return doc_ends.astype(np.int64), None
+    cumulative_bytes = np.concatenate(doc_bytes) if doc_bytes else np.zeros(0, np.int64)
+    return doc_ends.astype(np.int64), np.diff(np.concatenate([[0], cumulative_bytes])).astype(
+        np.int64
+    )
+
+
 def _merge_runs(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Sorted [start, end) ranges with touching neighbours merged: an (n, 2) array."""
     if len(starts) == 0:
@@ -571,6 +744,14 @@ class TokenSplit:
     def windows(self, starts: Sequence[int] | np.ndarray, seq_len: int) -> Batch:
         """(inputs, targets) LongTensors for windows of ``seq_len + 1`` tokens at ``starts``."""
         rows = np.stack([self.read(int(s), seq_len + 1) for s in starts])
+        # An indexed file was never scanned for the id range: a bad id (a corrupt file) is
+        # caught here, per batch, rather than as an out-of-range embedding lookup.
+        vocab_size = self.dataset.vocab_size
+        if rows.size and int(rows.max()) >= vocab_size:
+            raise DataError(
+                f"{self.dataset.path}: token id {int(rows.max())} is outside the vocabulary "
+                f"(vocab_size {vocab_size}); check it with lmrs encode --verify"
+            )
         tensor = torch.from_numpy(rows)
         return tensor[:, :-1].contiguous(), tensor[:, 1:].contiguous()
 
@@ -673,6 +854,58 @@ class TokenSplit:
         return list(self.iter_eval_batches(seq_len, batch_size, max_batches, rank, world_size))
 
 
+@dataclass(frozen=True)
+class VerifyReport:
+    """What :func:`verify_token_data` checked."""
+
+    path: Path
+    num_tokens: int
+    num_documents: int
+    indexed: bool
+    bytes_checked: bool
+
+
+def verify_token_data(
+    path: str | os.PathLike[str], tokenizer: TokenizerLike | None = None
+) -> VerifyReport:
+    """Scan every token of a token file or shard directory and compare with its document
+    index: the same document ends, the same bytes per document (with a tokenizer), every
+    id inside the vocabulary. DataError naming the index file at the first difference.
+    A file without an index (version 1) is scanned only (``indexed`` false)."""
+    dataset = TokenDataset(path, tokenizer)
+    report = VerifyReport(
+        dataset.path,
+        dataset.num_tokens,
+        dataset.num_documents,
+        dataset.indexed,
+        dataset.indexed and tokenizer is not None,
+    )
+    if not dataset.indexed:
+        return report  # opening it was the scan
+    ends, doc_bytes = _scan_documents(
+        dataset.stream, dataset.info, dataset.token_bytes, dataset.path
+    )
+    pairs = [("ends at token", dataset.doc_ends, ends)]
+    if doc_bytes is not None and dataset.doc_bytes is not None:
+        pairs.append(("has bytes", dataset.doc_bytes, doc_bytes))
+    for what, indexed, scanned in pairs:
+        count = min(len(indexed), len(scanned))
+        differ = np.flatnonzero(indexed[:count] != scanned[:count])
+        if len(differ) == 0 and len(indexed) == len(scanned):
+            continue
+        first = int(differ[0]) if len(differ) else count
+        raise DataError(
+            f"{dataset.index_file_of(first)}: document {first} {what} {_at(indexed, first)} in "
+            f"the index but {_at(scanned, first)} in the tokens ({len(indexed)} vs "
+            f"{len(scanned)} documents); the index does not match the data: re-encode"
+        )
+    return report
+
+
+def _at(values: np.ndarray, i: int) -> str:
+    return str(int(values[i])) if i < len(values) else "(none)"
+
+
 def micro_batch_size(global_batch_size: int, world_size: int, accum_steps: int) -> int:
     """Sequences per micro-batch; the global batch must split evenly."""
     parts = world_size * accum_steps
@@ -694,6 +927,7 @@ def bytes_of(targets: torch.Tensor, token_bytes: np.ndarray | None) -> int | Non
 __all__ = [
     "Batch",
     "DataError",
+    "DocumentIndex",
     "TokenDataset",
     "TokenSplit",
     "TokenStream",
@@ -701,4 +935,5 @@ __all__ = [
     "micro_batch_size",
     "prepare_training_data",
     "token_byte_lengths",
+    "verify_token_data",
 ]

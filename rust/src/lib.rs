@@ -16,6 +16,7 @@ pub mod fault;
 pub mod pretokenize;
 pub mod sample;
 pub mod token_file;
+pub mod token_index;
 pub mod token_stream;
 pub mod train;
 pub mod vocab;

@@ -23,10 +23,16 @@
 //! file is an error naming it, not silently different data. Files written before these
 //! fields existed still open, unchecked.
 //!
+//! Document index: beside each data file, `NAME.bin.idx` ([`crate::token_index`]) records
+//! where each document ends and its bytes, so readers open a token file without scanning
+//! it. Sidecars and manifests of version 2 have one for every data file (its size and
+//! checksum in the sidecar's `index`, and in the manifest's `index_checks`); version 1
+//! files have none and are still read (by a scan).
+//!
 //! Every file and the shard directory are written by the atomic-write policy
-//! ([`crate::atomic`]). A single token file and its sidecar are two names, committed data
-//! first: a crash between the two leaves the new data beside the old sidecar, which the
-//! size and checksum expose.
+//! ([`crate::atomic`]). A single token file, its index and its sidecar are three names,
+//! committed data first, sidecar last: a crash between them leaves new files beside the
+//! old sidecar, whose recorded sizes and checksums expose them.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -40,11 +46,14 @@ use sha2::{Digest, Sha256};
 use crate::atomic;
 use crate::encode::Encoder;
 use crate::fault;
+use crate::token_index::{index_path, IndexWriter};
 use crate::{Error, Result};
 
 pub const FORMAT: &str = "lmrs-tokens";
 pub const MANIFEST_FORMAT: &str = "lmrs-shards";
-pub const VERSION: u64 = 1;
+/// Written by this version; version 1 (no document index) is still read.
+pub const VERSION: u64 = 2;
+pub const MIN_VERSION: u64 = 1;
 pub const MANIFEST_NAME: &str = "manifest.json";
 
 /// Bytes hashed at each end of a data file for `head_tail_sha256`: enough to catch a
@@ -97,6 +106,9 @@ pub struct TokenFileInfo {
     /// [`head_tail_sha256`] of the data file (absent in older files).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub head_tail_sha256: Option<String>,
+    /// Size and checksum of the document index `NAME.bin.idx` (version 2 on).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub index: Option<FileCheck>,
 }
 
 /// A data file's size and [`head_tail_sha256`], as a manifest records them per shard.
@@ -125,6 +137,10 @@ pub struct Manifest {
     /// Every shard's size and checksum, by shard name.
     #[serde(default)]
     pub shard_checks: BTreeMap<String, FileCheck>,
+    /// Every shard's document index (`NAME.bin.idx`) size and checksum, by shard name;
+    /// version 2 lists them all, version 1 none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub index_checks: BTreeMap<String, FileCheck>,
 }
 
 /// What was written: a single token file's sidecar or a shard directory's manifest.
@@ -415,6 +431,16 @@ struct OpenShard {
     tmp: PathBuf,
     path: PathBuf,
     info: TokenFileInfo,
+    index: IndexWriter,
+    index_tmp: PathBuf,
+}
+
+/// A shard complete and synced under temporary names, waiting for its commit.
+struct ClosedShard {
+    path: PathBuf,
+    tmp: PathBuf,
+    index_tmp: PathBuf,
+    info: TokenFileInfo,
 }
 
 /// Writes ids into shard files (or one file), starting a new shard when one is full.
@@ -424,8 +450,8 @@ pub(crate) struct ShardSink {
     wide: bool,
     template: TokenFileInfo,
     current: Option<OpenShard>,
-    /// Finished shards, still under their temporary names: (final path, temp path, info).
-    closed: Vec<(PathBuf, PathBuf, TokenFileInfo)>,
+    /// Finished shards, still under their temporary names.
+    closed: Vec<ClosedShard>,
     buffer: Vec<u8>,
 }
 
@@ -448,6 +474,7 @@ impl ShardSink {
             shard_index: None,
             size_bytes: None,
             head_tail_sha256: None,
+            index: None,
         };
         Self {
             layout,
@@ -488,6 +515,23 @@ impl ShardSink {
             let path = self.shard_path(index);
             let tmp = atomic::temp_path(&path)?;
             let file = atomic::create_temp(&tmp)?;
+            let index_tmp = match atomic::temp_path(&index_path(&path)) {
+                Ok(index_tmp) => index_tmp,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e);
+                }
+            };
+            let index_writer =
+                atomic::create_temp(&index_tmp).and_then(|f| IndexWriter::new(f, &index_tmp));
+            let index_writer = match index_writer {
+                Ok(w) => w,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    let _ = std::fs::remove_file(&index_tmp);
+                    return Err(e);
+                }
+            };
             let mut info = self.template.clone();
             if matches!(self.layout, Layout::Dir(_)) {
                 info.shard_index = Some(index);
@@ -497,6 +541,8 @@ impl ShardSink {
                 tmp,
                 path,
                 info,
+                index: index_writer,
+                index_tmp,
             });
         }
         Ok(self.current.as_mut().expect("just opened"))
@@ -524,9 +570,13 @@ impl ShardSink {
                 break Err(Error::io(&shard.path, e));
             }
             shard.info.num_tokens += room as u64;
+            shard.index.add_tokens(room as u64);
             if later.is_empty() {
                 shard.info.num_documents += 1;
                 shard.info.num_bytes += num_bytes;
+                if let Err(e) = shard.index.end_document(num_bytes, &shard.index_tmp) {
+                    break Err(e);
+                }
                 let full = shard.info.num_tokens == limit;
                 break if full { self.close() } else { Ok(()) };
             }
@@ -545,24 +595,40 @@ impl ShardSink {
                 writer,
                 tmp,
                 path,
-                info,
+                mut info,
+                index,
+                index_tmp,
             } = shard;
-            let mut info = info;
+            // Registered first, so that abandon() removes both temporaries on any error.
+            self.closed.push(ClosedShard {
+                path: path.clone(),
+                tmp: tmp.clone(),
+                index_tmp: index_tmp.clone(),
+                info: info.clone(),
+            });
             writer
                 .into_inner()
                 .map_err(|e| Error::io(&path, e.into_error()))?;
-            // (atomic::commit syncs the file before renaming it)
+            index.finish(&index_tmp)?;
+            // (atomic::commit syncs each file before renaming it)
             let (size, checksum) = head_tail_sha256(&tmp)?;
             info.size_bytes = Some(size);
             info.head_tail_sha256 = Some(checksum);
-            self.closed.push((path, tmp, info));
+            let (size_bytes, head_tail_sha256) = head_tail_sha256(&index_tmp)?;
+            info.index = Some(FileCheck {
+                size_bytes,
+                head_tail_sha256,
+            });
+            if let Some(last) = self.closed.last_mut() {
+                last.info = info;
+            }
         }
         Ok(())
     }
 
-    /// Closes the last shard, then commits every shard and then its sidecar. Data goes
-    /// first: the old content of the sidecar (if any) records the old size and checksum,
-    /// so a crash between the two renames is caught by readers, never read as valid.
+    /// Closes the last shard, then commits every shard, its index and then its sidecar.
+    /// Data goes first: the old content of the sidecar (if any) records the old sizes and
+    /// checksums, so a crash between the renames is caught by readers, never read as valid.
     pub(crate) fn finish(&mut self) -> Result<Vec<(PathBuf, TokenFileInfo)>> {
         if self.current.is_none() && self.closed.is_empty() {
             self.open()?; // an empty part still writes one (empty) file
@@ -570,13 +636,22 @@ impl ShardSink {
         self.close()?;
         let mut done = Vec::new();
         let mut pending = std::mem::take(&mut self.closed).into_iter();
-        while let Some((path, tmp, info)) = pending.next() {
+        while let Some(shard) = pending.next() {
+            let ClosedShard {
+                path,
+                tmp,
+                index_tmp,
+                info,
+            } = shard;
             let json = serde_json::to_string_pretty(&info).expect("plain data serializes");
-            let committed = atomic::commit(&tmp, &path, "token_file.data").and_then(|_| {
-                atomic::write_file(&sidecar_path(&path), json.as_bytes(), "token_file.sidecar")
-            });
+            let committed = atomic::commit(&tmp, &path, "token_file.data")
+                .and_then(|_| atomic::commit(&index_tmp, &index_path(&path), "token_file.index"))
+                .and_then(|_| {
+                    atomic::write_file(&sidecar_path(&path), json.as_bytes(), "token_file.sidecar")
+                });
             if let Err(e) = committed {
                 let _ = std::fs::remove_file(&tmp);
+                let _ = std::fs::remove_file(&index_tmp);
                 self.closed = pending.collect(); // for abandon()
                 return Err(e);
             }
@@ -589,10 +664,13 @@ impl ShardSink {
     pub(crate) fn abandon(&mut self) {
         if let Some(shard) = self.current.take() {
             drop(shard.writer);
+            drop(shard.index);
             let _ = std::fs::remove_file(&shard.tmp);
+            let _ = std::fs::remove_file(&shard.index_tmp);
         }
-        for (_, tmp, _) in self.closed.drain(..) {
-            let _ = std::fs::remove_file(tmp);
+        for shard in self.closed.drain(..) {
+            let _ = std::fs::remove_file(shard.tmp);
+            let _ = std::fs::remove_file(shard.index_tmp);
         }
     }
 }
@@ -631,6 +709,7 @@ fn remove_stale_shards(
             && !written.iter().any(|(p, _)| *p == path)
         {
             let _ = std::fs::remove_file(sidecar_path(&path));
+            let _ = std::fs::remove_file(index_path(&path));
             let _ = std::fs::remove_file(&path);
         }
     }
@@ -643,13 +722,19 @@ pub fn read_info(sidecar: &Path) -> Result<TokenFileInfo> {
         path: sidecar.display().to_string(),
         message: format!("not a valid token file sidecar ({e})"),
     })?;
-    if info.format != FORMAT || info.version != VERSION {
+    if info.format != FORMAT || !(MIN_VERSION..=VERSION).contains(&info.version) {
         return Err(Error::Format {
             path: sidecar.display().to_string(),
             message: format!(
-                "format {:?} version {}, expected {FORMAT:?} version {VERSION}",
+                "format {:?} version {}, expected {FORMAT:?} version {MIN_VERSION} to {VERSION}",
                 info.format, info.version
             ),
+        });
+    }
+    if info.version >= 2 && info.index.is_none() {
+        return Err(Error::Format {
+            path: sidecar.display().to_string(),
+            message: format!("version {} sidecar without an 'index' record", info.version),
         });
     }
     Ok(info)
@@ -689,8 +774,10 @@ pub fn build_manifest(dir: &Path) -> Result<Manifest> {
         num_parts,
         missing_parts: Vec::new(),
         shard_checks: BTreeMap::new(),
+        index_checks: BTreeMap::new(),
     };
     let mut present = vec![false; num_parts];
+    let mut all_indexed = true;
     for shard in &shards {
         let sidecar = sidecar_path(shard);
         let info = read_info(&sidecar)?;
@@ -737,16 +824,35 @@ pub fn build_manifest(dir: &Path) -> Result<Manifest> {
                 ),
             });
         }
+        let name = shard
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match &info.index {
+            Some(recorded) => {
+                let index = index_path(shard);
+                let (index_size, index_checksum) = self::head_tail_sha256(&index)?;
+                if recorded.size_bytes != index_size || recorded.head_tail_sha256 != index_checksum
+                {
+                    return Err(Error::Format {
+                        path: index.display().to_string(),
+                        message: format!(
+                            "size or checksum does not match its sidecar {} (truncated, \
+                             replaced or overwritten?)",
+                            sidecar.display()
+                        ),
+                    });
+                }
+                manifest.index_checks.insert(name.clone(), recorded.clone());
+            }
+            None => all_indexed = false,
+        }
         if let Some(p) = info.part_index.filter(|&p| p < num_parts) {
             present[p] = true;
         }
         manifest.num_tokens += info.num_tokens;
         manifest.num_documents += info.num_documents;
         manifest.num_bytes += info.num_bytes;
-        let name = shard
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
         manifest.shard_checks.insert(
             name.clone(),
             FileCheck {
@@ -757,6 +863,11 @@ pub fn build_manifest(dir: &Path) -> Result<Manifest> {
         manifest.shards.push(name);
     }
     manifest.missing_parts = (0..num_parts).filter(|&p| !present[p]).collect();
+    if !all_indexed {
+        // shards of an older lmrs among them: readers scan, as for any version 1 manifest
+        manifest.version = MIN_VERSION;
+        manifest.index_checks.clear();
+    }
     let json = serde_json::to_string_pretty(&manifest).expect("plain data serializes");
     atomic::write_file(
         &dir.join(MANIFEST_NAME),
@@ -824,8 +935,8 @@ mod tests {
         assert_eq!(read_info(&sidecar_path(&out)).unwrap(), info);
         assert_eq!(
             std::fs::read_dir(&dir).unwrap().count(),
-            2,
-            "no temporary files left"
+            3,
+            "the data, its index and its sidecar; no temporary files left"
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -885,6 +996,98 @@ mod tests {
             .flat_map(|s| read_u16(&out.join(s)))
             .collect();
         assert_eq!(all, expected(&enc, &TEXTS));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// (end, bytes) of every document whose eot is in `ids`, counted from `ids`' start.
+    fn scanned(enc: &Encoder, ids: &[u32], texts: &[&str], first_doc: usize) -> Vec<(u64, u64)> {
+        ids.iter()
+            .enumerate()
+            .filter(|(_, &id)| id == enc.eot_id())
+            .zip(&texts[first_doc..])
+            .map(|((i, _), t)| (i as u64 + 1, t.len() as u64))
+            .collect()
+    }
+
+    #[test]
+    fn every_data_file_has_an_index_of_its_document_ends() {
+        use crate::token_index::read_index;
+        let enc = encoder();
+        let dir = tmp_dir("index");
+        let out = dir.join("t.bin");
+        let Written::File(info) =
+            encode_texts(&enc, &TEXTS, &out, &TokenFileOptions::default(), ALWAYS).unwrap()
+        else {
+            panic!("expected a file")
+        };
+        let index = read_index(&index_path(&out)).unwrap();
+        assert_eq!(index.documents, scanned(&enc, &read_u16(&out), &TEXTS, 0));
+        assert_eq!(index.header.num_tokens, info.num_tokens);
+        assert_eq!(index.header.num_bytes, info.num_bytes);
+        let (size, checksum) = head_tail_sha256(&index_path(&out)).unwrap();
+        assert_eq!(info.version, VERSION);
+        assert_eq!(
+            info.index,
+            Some(FileCheck {
+                size_bytes: size,
+                head_tail_sha256: checksum
+            })
+        );
+
+        let shards = dir.join("shards");
+        let options = TokenFileOptions {
+            shard_tokens: Some(5),
+            ..Default::default()
+        };
+        let Written::Shards(m) = encode_texts(&enc, &TEXTS, &shards, &options, ALWAYS).unwrap()
+        else {
+            panic!("expected shards")
+        };
+        assert_eq!(m.version, VERSION);
+        assert_eq!(m.index_checks.len(), m.shards.len());
+        let mut docs_before = 0;
+        for name in &m.shards {
+            let bin = shards.join(name);
+            let index = read_index(&index_path(&bin)).unwrap();
+            let expected = scanned(&enc, &read_u16(&bin), &TEXTS, docs_before);
+            assert_eq!(index.documents, expected, "{name}");
+            assert_eq!(
+                read_info(&sidecar_path(&bin)).unwrap().index.as_ref(),
+                Some(&m.index_checks[name])
+            );
+            docs_before += expected.len();
+        }
+        assert_eq!(docs_before, TEXTS.len());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn version_1_sidecars_still_read_and_a_manifest_over_them_is_version_1() {
+        let enc = encoder();
+        let dir = tmp_dir("v1");
+        let options = TokenFileOptions {
+            shard_tokens: Some(5),
+            ..Default::default()
+        };
+        let Written::Shards(m) =
+            encode_texts(&enc, &TEXTS, &dir.join("s"), &options, ALWAYS).unwrap()
+        else {
+            panic!("expected shards")
+        };
+        // the first shard as an older lmrs wrote it: no index, version 1
+        let bin = dir.join("s").join(&m.shards[0]);
+        let mut info = read_info(&sidecar_path(&bin)).unwrap();
+        info.version = 1;
+        info.index = None;
+        std::fs::write(sidecar_path(&bin), serde_json::to_string(&info).unwrap()).unwrap();
+        std::fs::remove_file(index_path(&bin)).unwrap();
+        let rebuilt = build_manifest(&dir.join("s")).unwrap();
+        assert_eq!(rebuilt.version, 1);
+        assert!(rebuilt.index_checks.is_empty());
+        // a version 2 sidecar must have its index record
+        info.version = 2;
+        std::fs::write(sidecar_path(&bin), serde_json::to_string(&info).unwrap()).unwrap();
+        assert!(read_info(&sidecar_path(&bin)).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -1004,7 +1207,16 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        assert_eq!(names, ["shards", "t.bin", "t.bin.json", "unrelated.tmp-1"]);
+        assert_eq!(
+            names,
+            [
+                "shards",
+                "t.bin",
+                "t.bin.idx",
+                "t.bin.json",
+                "unrelated.tmp-1"
+            ]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

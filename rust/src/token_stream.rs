@@ -2,7 +2,7 @@
 //! Arrow files read by `lmrs.records`), so a corpus never has to be in memory whole.
 //!
 //! The layout and the integrity fields are those of [`crate::token_file`]: one token file
-//! (+ sidecar) or, with `shard_tokens`, a shard directory built beside `out` and swapped
+//! (+ document index and sidecar) or, with `shard_tokens`, a shard directory built beside `out` and swapped
 //! in when [`TokenStream::finish`] runs. Each document is followed by one `eot_id`, as in
 //! a token file made from text files, so the same documents give the same ids either way.
 //! Splitting into parts (`num_parts > 1`) needs every document's size up front and is
@@ -137,6 +137,7 @@ mod tests {
     use super::*;
     use crate::pretokenize::GPT4_PATTERN;
     use crate::token_file::encode_texts;
+    use crate::token_index::index_path;
     use crate::vocab::Vocab;
 
     fn encoder() -> Encoder {
@@ -170,6 +171,8 @@ mod tests {
             std::fs::read(&whole).expect("read"),
             std::fs::read(&streamed).expect("read")
         );
+        let index = |bin: &Path| std::fs::read(index_path(bin)).expect("an index beside the data");
+        assert_eq!(index(&whole), index(&streamed));
         match written {
             Written::File(info) => assert_eq!(info.num_documents, 4),
             Written::Shards(_) => panic!("expected one file"),
