@@ -45,12 +45,24 @@ TARGETS = (
     Target(
         "gpt2",
         "GPT2LMHeadModel",
-        (("position", "learned"), ("norm", "layernorm"), ("mlp", "gelu"), ("qk_norm", False)),
+        (
+            ("position", "learned"),
+            ("norm", "layernorm"),
+            ("mlp", "gelu"),
+            ("qk_norm", False),
+            ("logit_softcap", None),
+        ),
     ),
     Target(
         "llama",
         "LlamaForCausalLM",
-        (("position", "rope"), ("norm", "rmsnorm"), ("mlp", "swiglu"), ("qk_norm", False)),
+        (
+            ("position", "rope"),
+            ("norm", "rmsnorm"),
+            ("mlp", "swiglu"),
+            ("qk_norm", False),
+            ("logit_softcap", None),
+        ),
     ),
     # Qwen3's MLP has no biases: biased lmrs models with QK-norm have no exact target
     Target(
@@ -62,6 +74,7 @@ TARGETS = (
             ("mlp", "swiglu"),
             ("qk_norm", True),
             ("bias", False),
+            ("logit_softcap", None),
         ),
     ),
 )
@@ -69,18 +82,12 @@ TARGETS = (
 
 def option(config: ModelConfig, name: str) -> Any:
     """A ModelConfig field, with the GPT-2 default for configs written before it existed."""
-    defaults = {"norm": "layernorm", "norm_scale": True, "qk_norm": False, "mlp": "gelu"}
+    defaults = {"norm": "layernorm", "qk_norm": False, "mlp": "gelu", "logit_softcap": None}
     return getattr(config, name, defaults.get(name))
 
 
 def choose_target(config: ModelConfig, what: str = "Hugging Face") -> Target:
     """The exact transformers architecture for ``config``, or InputError naming the option."""
-    cap = getattr(config, "logit_softcap", None)
-    if cap is not None:
-        raise InputError(
-            f"cannot export to {what}: logit_softcap {cap} has no exact equivalent in "
-            "GPT-2, Llama or Qwen3 (train without --logit-softcap to export)"
-        )
     misses: list[tuple[Target, list[tuple[str, Any]]]] = []
     for target in TARGETS:
         wrong = [(name, value) for name, value in target.needs if option(config, name) != value]
@@ -95,8 +102,8 @@ def choose_target(config: ModelConfig, what: str = "Hugging Face") -> Target:
         for target, wrong in nearest
     )
     raise InputError(
-        f"cannot export to {what}: {', '.join(ours)} has no exact transformers "
-        f"architecture (nearest: {needs})"
+        f"cannot export to {what}: no transformers architecture computes "
+        f"{', '.join(ours)} exactly (nearest: {needs})"
     )
 
 
