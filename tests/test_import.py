@@ -239,3 +239,22 @@ def test_init_from_refuses_shape_options_and_resume(tmp_path: Path) -> None:
     result = runner.invoke(cli, [*base, "--seq-len", "65"])
     assert result.exit_code == 1 and "context (64)" in result.output
     assert not (tmp_path / "checkpoint").exists()
+
+
+def test_a_tokenizer_lmrs_cannot_represent_is_refused(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models
+
+    from lmrs.cli import cli
+
+    random_gpt2(tmp_path)
+    HFTokenizer(models.WordLevel({"hello": 0, "[UNK]": 1}, unk_token="[UNK]")).save(
+        str(tmp_path / "tokenizer.json")
+    )
+    with pytest.raises(ValueError, match="tokenizer.json"):
+        load_pretrained_tokenizer(tmp_path)
+    args = ["train", "--init-from", str(tmp_path), "--corpus", str(tmp_path), "--out", "x"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1
+    assert result.output.startswith("lmrs: ") and "tokenizer.json" in result.output
+    assert len(result.output.strip().splitlines()) == 1
