@@ -192,6 +192,12 @@ def _convert(
     is_flag=True,
     help="Only rebuild OUTPUT/manifest.json from the shards present.",
 )
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Check the token file (or shard directory) CORPUS instead: scan every token and "
+    "compare with its document index (bytes too when the tokenizer is there).",
+)
 @click.option("--text-field", default="text", show_default=True, help=TEXT_FIELD_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def encode_command(
@@ -203,12 +209,16 @@ def encode_command(
     num_parts: int,
     part_index: int,
     manifest_only: bool,
+    verify: bool,
     text_field: str,
     quiet: bool,
 ) -> None:
     """Encode the text files under CORPUS into a token file (one document per file, or per
     record of a .jsonl, .json, .parquet, .csv file or datasets folder; each followed by
     <|endoftext|>)."""
+    if verify:
+        _verify(corpus, tokenizer_path)
+        return
     if manifest_only:
         manifest = Tokenizer.build_manifest(output)
         missing = manifest["missing_parts"]
@@ -252,6 +262,26 @@ def encode_command(
     if num_parts > 1 and info.get("missing_parts"):
         line += f"; parts still missing: {info['missing_parts']}"
     click.echo(f"{line} -> {output}")
+
+
+def _verify(path: Path, tokenizer_path: Path) -> None:
+    """`lmrs encode --verify PATH`: the tokenizer is used when given or when the default
+    one is there (without it, bytes per document are not checked)."""
+    from lmrs.data import verify_token_data  # imports torch: only for this option
+
+    source = click.get_current_context().get_parameter_source("tokenizer_path")
+    given = source is not click.core.ParameterSource.DEFAULT
+    tokenizer = Tokenizer.load(tokenizer_path) if given or tokenizer_path.is_file() else None
+    report = verify_token_data(path, tokenizer)
+    checked = "document ends" + (" and bytes" if report.bytes_checked else "")
+    what = (
+        f"the document index matches the tokens ({checked})"
+        if report.indexed
+        else "no document index (an older token file): scanned only"
+    )
+    click.echo(
+        f"{report.path}: {report.num_tokens:,} tokens, {report.num_documents:,} documents; {what}"
+    )
 
 
 def register_tokenizer_commands(group: click.Group) -> None:
