@@ -155,9 +155,9 @@ def gguf_case(tmp_path: Path, tokenizer: Tokenizer, model: GPT, dtype: str) -> N
     torch.testing.assert_close(theirs, ours, atol=GGUF_TOLERANCE[dtype], rtol=0)
 
 
-@pytest.mark.parametrize("dtype", ["f32", "q8_0"])
-def test_gguf_llama_loads_in_transformers(tmp_path: Path, tokenizer: Tokenizer, dtype: str) -> None:
-    gguf_case(tmp_path, tokenizer, tiny_model(LLAMA, ff_dim=96), dtype)
+def test_gguf_llama_loads_in_transformers(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    # q8_0 is checked on GPT-2 below: the quantisation does not depend on the architecture
+    gguf_case(tmp_path, tokenizer, tiny_model(LLAMA, ff_dim=96), "f32")
 
 
 @pytest.mark.parametrize(
