@@ -303,3 +303,32 @@ def test_python_api_export_and_to_huggingface(tmp_path: Path, tokenizer: Tokeniz
         export(model, tmp_path / "m.gguf", "gguf")
     with pytest.raises(InputError, match="format"):
         export(model, tmp_path / "m", "onnx")
+
+
+def test_imported_tokenizer_exports_with_its_own_ids(tmp_path: Path) -> None:
+    """A vocabulary imported from `tokenizers` (ids not in byte order, end-of-text id 0)
+    goes out in both formats with the ids `tokenizers` gives."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    hf.train_from_iterator(TEXTS, trainer)
+    hf.save(str(tmp_path / "source.json"))
+    tokenizer = Tokenizer.from_huggingface(tmp_path / "source.json")
+    model = tiny_model(GPT2, max_seq_len=1024, ff_dim=128, num_layers=1)
+    export_huggingface(model, tmp_path / "hf", tokenizer)
+    export_gguf(model, tmp_path / "m.gguf", tokenizer)
+    from_folder = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    from_gguf = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="m.gguf")
+    for text in TEXTS:
+        ids = hf.encode(text).ids
+        assert tokenizer.encode(text) == ids
+        assert from_folder.encode(text, add_special_tokens=False) == ids
+        assert from_gguf.encode(text, add_special_tokens=False) == ids
