@@ -327,6 +327,7 @@ def test_imported_tokenizer_exports_with_its_own_ids(tmp_path: Path) -> None:
     export_gguf(model, tmp_path / "m.gguf", tokenizer)
     from_folder = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     from_gguf = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="m.gguf")
+    assert gguf.GGUFReader(tmp_path / "m.gguf").fields["tokenizer.ggml.pre"].contents() == "gpt-2"
     for text in TEXTS:
         ids = hf.encode(text).ids
         assert tokenizer.encode(text) == ids

@@ -33,19 +33,25 @@ if TYPE_CHECKING:
 PathLike = Union[str, "os.PathLike[str]"]
 
 GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
-# llama.cpp's names for the pre-tokenizer regexes (tokenizer.ggml.pre)
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# llama.cpp's names for the pre-tokenizer regexes (tokenizer.ggml.pre), by lmrs pattern name
+PRE_TOKENIZERS = (
+    # GPT-2's regex as HF ByteLevel spells it, and as tiktoken's gpt2 does
+    ("HF_BYTE_LEVEL_PATTERN", "gpt-2"),
+    ("GPT2_PATTERN", "gpt-2"),
+    # llama.cpp's Llama 3 regex is cl100k's (GPT-4's differs from it only in how
+    # whitespace at the very end of a text splits)
+    ("CL100K_PATTERN", "llama-bpe"),
+    ("GPT4_PATTERN", "llama-bpe"),
+    ("O200K_PATTERN", "gpt-4o"),
+)
 
 
 def _pre_tokenizer(pattern: str) -> str:
     from lmrs import _lmrs
 
-    if pattern == GPT2_PATTERN:
-        return "gpt-2"
-    if pattern in (_lmrs.GPT4_PATTERN, getattr(_lmrs, "CL100K_PATTERN", None)):
-        # llama.cpp's Llama 3 regex is cl100k's (GPT-4's differs from it only in how
-        # whitespace at the very end of a text splits)
-        return "llama-bpe"
+    for name, pre in PRE_TOKENIZERS:
+        if pattern == getattr(_lmrs, name, None):
+            return pre
     return "default"
 
 
