@@ -349,3 +349,36 @@ def test_open_memory_is_per_document(tok: Tokenizer, texts: list[str], tmp_path:
     assert all(
         not isinstance(p, np.ndarray) or isinstance(p, np.memmap) for p in dataset.stream.parts
     )
+
+
+def test_random_damage_to_an_index_is_refused_or_still_a_valid_partition(
+    tok: Tokenizer, texts: list[str], tmp_path: Path
+) -> None:
+    """Bytes of the index changed and its recorded checksum updated to match (the worst
+    case: only the structural checks stand between it and training): the open either
+    refuses it in one line or yields documents that still partition the tokens."""
+    path = _texts(tok, texts, tmp_path / "t.bin")
+    pristine = index_path(path).read_bytes()
+    sidecar = Path(f"{path}.json").read_text()
+    rng = np.random.default_rng(11)
+    outcomes = set()
+    for _ in range(40):
+        damaged = bytearray(pristine)
+        for at in rng.integers(0, len(damaged), size=int(rng.integers(1, 4))):
+            damaged[at] = int(rng.integers(0, 256))
+        index_path(path).write_bytes(bytes(damaged))
+        Path(f"{path}.json").write_text(sidecar)
+        _rewrite_index(path, _records_of(path), np.frombuffer(damaged[8:40], "<u8").tolist())
+        try:
+            dataset = TokenDataset(path)
+        except DataError as e:
+            assert "\n" not in str(e) and str(e).startswith(str(index_path(path))), e
+            outcomes.add("refused")
+        else:
+            ends = dataset.doc_ends
+            assert ends[-1] == dataset.num_tokens and (np.diff(ends) > 0).all()
+            assert (
+                dataset.doc_bytes is not None and dataset.doc_bytes.sum() == dataset.info.num_bytes
+            )
+            outcomes.add("opened")
+    assert "refused" in outcomes
