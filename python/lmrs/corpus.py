@@ -157,15 +157,19 @@ def add_to_corpus(
         data = text.encode("utf-8")
         if kind == "repaired":
             result.repaired += 1
-        dest = corpus_path / path.relative_to(base)
-        if dest.is_file() and dest.read_bytes() == data:
-            result.unchanged += 1
-            continue
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(dest, data)
-        result.added += 1
-        result.bytes_added += len(data)
+        _store(corpus_path / path.relative_to(base), data, result)
     return result
+
+
+def _store(dest: Path, data: bytes, result: AddResult) -> None:
+    """Write one document unless an identical copy is already there (re-adding is a no-op)."""
+    if dest.is_file() and dest.read_bytes() == data:
+        result.unchanged += 1
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(dest, data)
+    result.added += 1
+    result.bytes_added += len(data)
 
 
 def _add_records(src: Path, corpus_path: Path, text_field: str, show_progress: bool) -> AddResult:
@@ -178,13 +182,6 @@ def _add_records(src: Path, corpus_path: Path, text_field: str, show_progress: b
             for text in batch:
                 dest = base / f"{index // RECORDS_PER_FOLDER:05d}" / f"{index:09d}.txt"
                 index += 1
-                data = text.encode("utf-8")
-                if dest.is_file() and dest.read_bytes() == data:
-                    result.unchanged += 1
-                    continue
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                write_atomic(dest, data)
-                result.added += 1
-                result.bytes_added += len(data)
+                _store(dest, text.encode("utf-8"), result)
             bar.update(len(batch))
     return result
