@@ -27,7 +27,6 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from lmrs import distributed as dist_utils
 from lmrs.atomic import write_atomic
@@ -53,6 +52,7 @@ from lmrs.metrics_sinks import attach as attach_sinks
 from lmrs.optim import MuonAdamW, muon_parameter_groups, parameter_groups
 from lmrs.options import TRAIN_DTYPES, TrainConfig
 from lmrs.precision import autocast_context, fast_float32_matmul, uses_bf16
+from lmrs.progress import tqdm
 
 DTYPES = TRAIN_DTYPES  # the name this module exported before options.py
 METRICS_FILE = "metrics.jsonl"
