@@ -148,3 +148,66 @@ def test_plot_metrics(tmp_path: Path) -> None:
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
     with pytest.raises(ValueError, match="no loss records"):
         plot_metrics(tmp_path, tmp_path / "other.png")
+
+
+def test_keep_checkpoints_keeps_the_newest_k_and_falls_back_past_a_corrupt_one(
+    tmp_path: Path, capfd
+) -> None:
+    model, optimizer = model_and_optimizer()
+    run = tmp_path / "run"
+    final = run / "checkpoint"
+    for step in range(1, 6):
+        save_checkpoint(final, model, optimizer, {"step": step}, model.config, keep=3)
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint", "checkpoint-3", "checkpoint-4"]
+    assert [load_checkpoint(run / n).step for n in ("checkpoint-3", "checkpoint-4")] == [3, 4]
+    assert resolve_checkpoint_dir(run) == final  # verified: it is intact
+    # a corrupted newest checkpoint leaves the previous one in use, said on stderr
+    weights = final / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    capfd.readouterr()
+    rebuilt, saved = load_model(run)
+    assert saved.step == 4 and saved.path == run / "checkpoint-4"
+    err = capfd.readouterr().err
+    assert "checksum mismatch" in err and "checkpoint-4 (step 4)" in err
+    # the checkpoint named explicitly is not swapped for another
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_model(final)
+    # a run resumed from step 4 that saves step 5 again: kept checkpoints at or above the
+    # new step are its abandoned future and go
+    save_checkpoint(final, model, optimizer, {"step": 5}, model.config, keep=3)
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint", "checkpoint-3", "checkpoint-4"]
+    assert load_checkpoint(run).step == 5
+    # keep=1 (the default) leaves one checkpoint, as before
+    save_checkpoint(final, model, optimizer, {"step": 6}, model.config)
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint"]
+
+
+def test_all_kept_checkpoints_corrupt_is_one_error(tmp_path: Path) -> None:
+    model, optimizer = model_and_optimizer()
+    run = tmp_path / "run"
+    for step in (1, 2):
+        save_checkpoint(run / "checkpoint", model, optimizer, {"step": step}, {}, keep=2)
+    for name in ("checkpoint", "checkpoint-1"):
+        (run / name / "state.json").write_text('{"step": 99}')
+    with pytest.raises(CheckpointError, match=r"checkpoint/state\.json: .*(size|checksum)"):
+        resolve_checkpoint_dir(run, quiet=True)
+
+
+def test_training_keeps_the_last_k_checkpoints(tmp_path: Path) -> None:
+    from lmrs.train import train
+
+    model, _ = model_and_optimizer()
+    batches = [(torch.randint(0, 80, (2, 8)), torch.randint(0, 80, (2, 8)))] * 4
+    run = tmp_path / "run"
+    config = TrainConfig(
+        max_steps=8, warmup_steps=0, show_progress=False, dtype="float32", eval_every=0,
+        checkpoint_every=2, keep_checkpoints=3, out_dir=str(run),
+    )  # fmt: skip
+    train(model, batches, config)
+    kept = sorted(p.name for p in run.iterdir() if p.name.startswith("checkpoint"))
+    assert kept == ["checkpoint", "checkpoint-4", "checkpoint-6"]
+    assert load_checkpoint(run).step == 8
+    with pytest.raises(ValueError, match="keep_checkpoints must be >= 1"):
+        TrainConfig(keep_checkpoints=0).validate()

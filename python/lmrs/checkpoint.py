@@ -19,7 +19,13 @@ verified ``DIR.old-*`` / ``DIR.tmp-*`` with the highest recorded step and says s
 Each successful save removes the ``.tmp-*`` / ``.old-*`` leftovers of earlier crashes.
 
 A training run directory holds its latest checkpoint in ``RUN/checkpoint``; every loader
-accepts the run directory or the checkpoint directory.
+accepts the run directory or the checkpoint directory. With ``keep > 1`` the checkpoint a
+save replaces is renamed to ``RUN/checkpoint-STEP`` instead of being removed (the rename
+takes the place of the ``.old-*`` one, so there is no extra crash window), and the kept
+ones beyond the newest ``keep - 1`` are removed, as are kept ones with a step above the new
+checkpoint's (the future of a run that resumed from an earlier step). Given a run directory,
+the loaders check ``RUN/checkpoint`` against its checksums when kept checkpoints exist
+beside it and fall back to the newest complete one that verifies, saying so on stderr.
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ TRAIN_CONFIG_FILE = "train_config.json"
 TOKENIZER_FILE = "tokenizer.json"
 CHECKSUMS_FILE = "checksums.json"
 RUN_CHECKPOINT_NAME = "checkpoint"
+# torch.distributed.checkpoint's metadata file: its presence marks a sharded checkpoint
+SHARDED_METADATA_FILE = ".metadata"
 
 # Model config fields that do not change the weights: a checkpoint loads across them.
 CONFIG_FIELDS_NOT_IN_WEIGHTS = {"dropout_rate", "gradient_checkpointing", "seed"}
@@ -214,21 +222,17 @@ def save_checkpoint(
     *,
     model_state: Optional[Mapping[str, torch.Tensor]] = None,
     optimizer_state: Optional[Mapping[str, Any]] = None,
+    keep: int = 1,
 ) -> Path:
     """Write a checkpoint directory atomically; returns its path.
 
     ``model_state`` / ``optimizer_state`` override the state dicts taken from ``model`` /
     ``optimizer`` (for distributed runs that gather full state dicts first). ``tokenizer`` is
     anything with ``save(path)`` (an ``lmrs.Tokenizer``) or a path to a tokenizer file.
+    ``keep``: checkpoints to keep, this one included (the older ones as ``NAME-STEP``).
     """
     final = Path(directory)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists() and not final.is_dir():
-        raise CheckpointError(f"{final}: exists and is not a directory")
-    tmp = final.with_name(f"{final.name}.tmp-{secrets.token_hex(4)}")
-    tmp.mkdir()
-    os.chmod(tmp, 0o777 & ~(0o666 ^ default_mode()))  # like mkdir under the umask, not 0700
-    fault_point("checkpoint.tmp_created")
+    tmp = new_checkpoint_tmp(final)
     try:
         if model_state is None:
             if model is None:
@@ -258,17 +262,50 @@ def save_checkpoint(
                 _write_checked(tmp / TOKENIZER_FILE, lambda p: tokenizer.save(str(p)))
             names.append(TOKENIZER_FILE)
         fault_point("checkpoint.files_written")
-        # written last: its presence marks the directory as a complete checkpoint
         checksums = {name: file_digest(tmp / name) for name in names}
-        _write_checked(tmp / CHECKSUMS_FILE, lambda p: _fsync_write(p, _json_bytes(checksums)))
-        fsync_dir(tmp)
-        _replace_dir(tmp, final)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise _write_error(e, final) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return commit_checkpoint(tmp, final, checksums, keep=keep)
+
+
+def new_checkpoint_tmp(final: Path) -> Path:
+    """A fresh ``final.tmp-XXXX`` directory beside ``final``, for a save to fill."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists() and not final.is_dir():
+        raise CheckpointError(f"{final}: exists and is not a directory")
+    tmp = final.with_name(f"{final.name}.tmp-{secrets.token_hex(4)}")
+    tmp.mkdir()
+    os.chmod(tmp, 0o777 & ~(0o666 ^ default_mode()))  # like mkdir under the umask, not 0700
+    fault_point("checkpoint.tmp_created")
+    return tmp
+
+
+def commit_checkpoint(
+    tmp: Path, final: Path, checksums: Mapping[str, Any], *, keep: int = 1
+) -> Path:
+    """Finish a save: write ``checksums`` (``{file: file_digest}`` of every file in ``tmp``)
+    as checksums.json, then put ``tmp`` in ``final``'s place (the replaced checkpoint kept as
+    ``final-STEP`` when ``keep > 1``), prune kept ones and remove crash leftovers."""
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    try:
+        # written last: its presence marks the directory as a complete checkpoint
+        _write_checked(
+            tmp / CHECKSUMS_FILE, lambda p: _fsync_write(p, _json_bytes(dict(checksums)))
+        )
+        fsync_dir(tmp)
+        _replace_dir(tmp, final, keep=keep)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(e, final) from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    prune_kept_checkpoints(final, keep, _saved_step(final))
     remove_checkpoint_leftovers(final)
     fault_point("checkpoint.cleaned")
     return final
@@ -305,16 +342,57 @@ def remove_checkpoint_leftovers(final: Path) -> int:
     return removed
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Rename ``tmp`` to ``final``; an existing ``final`` is kept until the rename is done."""
+def kept_checkpoints(final: Path) -> list[tuple[int, Path]]:
+    """``final``'s kept predecessors ``final-STEP`` as (step, path), oldest first."""
+    kept = []
+    if final.parent.is_dir():
+        for path in final.parent.glob(f"{glob.escape(final.name)}-*"):
+            suffix = path.name[len(final.name) + 1 :]
+            if suffix.isdigit() and path.is_dir() and not path.is_symlink():
+                kept.append((int(suffix), path))
+    return sorted(kept)
+
+
+def kept_name(final: Path, step: int) -> Path:
+    return final.with_name(f"{final.name}-{step}")
+
+
+def prune_kept_checkpoints(final: Path, keep: int, step: Optional[int]) -> None:
+    """Keep the newest ``keep - 1`` of ``final``'s kept checkpoints with a step below
+    ``step`` (the one just saved); remove the rest, those above ``step`` included."""
+    kept = kept_checkpoints(final)
+    older = [path for s, path in kept if step is None or s < step]
+    stale = [path for s, path in kept if step is not None and s >= step]
+    for path in stale + older[: max(0, len(older) - (keep - 1))]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _saved_step(directory: Path) -> Optional[int]:
+    """The step of a complete checkpoint (checksums.json present), else None."""
+    if not (directory / CHECKSUMS_FILE).is_file():
+        return None
+    try:
+        step = _read_json(directory / STATE_FILE).get("step", 0)
+    except CheckpointError:
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
+
+
+def _replace_dir(tmp: Path, final: Path, *, keep: int = 1) -> None:
+    """Rename ``tmp`` to ``final``; an existing ``final`` is kept until the rename is done
+    (as ``final-STEP`` for good when ``keep > 1``)."""
     if final.exists():
-        old = final.with_name(f"{final.name}.old-{secrets.token_hex(4)}")
-        os.rename(final, old)
+        step = _saved_step(final) if keep > 1 else None
+        aside = kept_name(final, step) if step is not None else None
+        if aside is None or aside.exists():
+            aside = final.with_name(f"{final.name}.old-{secrets.token_hex(4)}")
+        os.rename(final, aside)
         fault_point("checkpoint.old_renamed")
         os.rename(tmp, final)
         fault_point("checkpoint.new_renamed")
         fsync_dir(final.parent)
-        shutil.rmtree(old, ignore_errors=True)
+        if ".old-" in aside.name:
+            shutil.rmtree(aside, ignore_errors=True)
     else:
         os.rename(tmp, final)
         fault_point("checkpoint.new_renamed")
@@ -330,25 +408,44 @@ def resolve_checkpoint_dir(path: PathLike, *, quiet: bool = False) -> Path:
     """The checkpoint directory for ``path``: itself, or a run directory's ``checkpoint/``.
 
     When that directory is missing but a crashed save left complete copies beside it
-    (``NAME.old-*``, ``NAME.tmp-*``), the one with the highest recorded step whose files
-    match their checksums is used, and a line on stderr says which (unless ``quiet``).
+    (``NAME.old-*``, ``NAME.tmp-*``, kept ``NAME-STEP``), the one with the highest recorded
+    step whose files match their checksums is used, and a line on stderr says which (unless
+    ``quiet``). A run directory whose ``checkpoint/`` has kept predecessors beside it falls
+    back the same way when ``checkpoint/`` does not match its checksums.
     """
     path = Path(path)
-    for candidate in (path, path / RUN_CHECKPOINT_NAME):
-        if (candidate / MODEL_FILE).is_file():
+    if is_checkpoint_dir(path):
+        return path
+    candidate = path if not path.exists() else path / RUN_CHECKPOINT_NAME
+    problem = None
+    if is_checkpoint_dir(candidate):
+        if not kept_checkpoints(candidate):
             return candidate
-        if candidate.exists():
-            continue
-        recovered = _newest_leftover(candidate)
-        if recovered is not None:
-            directory, step = recovered
-            if not quiet:
-                print(
-                    f"lmrs: {candidate} is missing (a save was interrupted); "
-                    f"using {directory} (step {step})",
-                    file=sys.stderr,
-                )
-            return directory
+        try:
+            verify_checkpoint(candidate)
+            return candidate
+        except CheckpointError as e:
+            problem = str(e)
+    elif candidate.exists():
+        return _not_a_checkpoint(path)
+    recovered = _newest_leftover(candidate)
+    if recovered is not None:
+        directory, step = recovered
+        if not quiet:
+            why = problem or f"{candidate} is missing (a save was interrupted)"
+            print(f"lmrs: {why}; using {directory} (step {step})", file=sys.stderr)
+        return directory
+    if problem is not None:
+        raise CheckpointError(problem)
+    return _not_a_checkpoint(path)
+
+
+def is_checkpoint_dir(path: Path) -> bool:
+    """A checkpoint directory (full or sharded, complete or not), not a run directory."""
+    return (path / MODEL_FILE).is_file() or (path / SHARDED_METADATA_FILE).is_file()
+
+
+def _not_a_checkpoint(path: Path) -> Path:
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint directory not found")
     if path.is_file():
@@ -357,19 +454,24 @@ def resolve_checkpoint_dir(path: PathLike, *, quiet: bool = False) -> Path:
 
 
 def _newest_leftover(candidate: Path) -> Optional[tuple[Path, int]]:
-    """The complete, verified ``candidate.old-*`` / ``.tmp-*`` with the highest step."""
+    """The complete, verified ``candidate.old-*`` / ``.tmp-*`` / kept ``candidate-STEP``
+    with the highest step."""
     best: Optional[tuple[int, Path]] = None
     if not candidate.parent.is_dir():
         return None
-    for kind in ("old", "tmp"):
-        for directory in candidate.parent.glob(f"{glob.escape(candidate.name)}.{kind}-*"):
-            try:
-                verify_checkpoint(directory, require_checksums=True)
-                step = int(_read_json(directory / STATE_FILE).get("step", 0))
-            except (CheckpointError, TypeError, ValueError):
-                continue
-            if best is None or step > best[0]:
-                best = (step, directory)
+    leftovers = [
+        directory
+        for kind in ("old", "tmp")
+        for directory in candidate.parent.glob(f"{glob.escape(candidate.name)}.{kind}-*")
+    ]
+    for directory in leftovers + [path for _, path in kept_checkpoints(candidate)]:
+        try:
+            verify_checkpoint(directory, require_checksums=True)
+            step = int(_read_json(directory / STATE_FILE).get("step", 0))
+        except (CheckpointError, TypeError, ValueError):
+            continue
+        if best is None or step > best[0]:
+            best = (step, directory)
     return None if best is None else (best[1], best[0])
 
 

@@ -245,6 +245,13 @@ def _check_out_dir(out_dir: Path) -> None:
     show_default=True,
 )
 @click.option(
+    "--keep-checkpoints",
+    type=click.IntRange(min=1),
+    default=TRAIN_DEFAULTS.keep_checkpoints,
+    show_default=True,
+    help="Checkpoints to keep in --out, the newest included (older ones as checkpoint-STEP).",
+)
+@click.option(
     "--val-fraction",
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
     default=TRAIN_DEFAULTS.val_fraction,
@@ -324,6 +331,7 @@ def train_command(
     eval_every: int,
     eval_batches: int,
     checkpoint_every: int,
+    keep_checkpoints: int,
     val_fraction: float,
     device: str,
     dtype: str,
@@ -376,6 +384,7 @@ def train_command(
         eval_every=eval_every,
         eval_batches=eval_batches,
         checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
         val_fraction=val_fraction,
         device=device,
         dtype=dtype,

@@ -91,6 +91,8 @@ class TrainConfig:
     eval_batch_size: Optional[int] = None
     log_every: int = 10
     checkpoint_every: int = 0  # steps between checkpoints (0: only at the end)
+    # checkpoints kept in out_dir, the newest included (older ones as checkpoint-STEP)
+    keep_checkpoints: int = 1
     out_dir: Optional[str] = None
     device: str = "auto"  # auto: CUDA → MPS → CPU
     dtype: str = "auto"  # auto: bf16 autocast where the device has native bf16, else float32
@@ -112,6 +114,8 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.epochs is not None and self.epochs <= 0:

@@ -408,6 +408,7 @@ def _save(run: _Run, state: dict[str, Any]) -> Optional[Path]:
             run.tokenizer,
             model_state=model_state,
             optimizer_state=optimizer_state,
+            keep=run.config.keep_checkpoints,
         )
     dist_utils.barrier(run.ctx)
     return path
