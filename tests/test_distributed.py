@@ -1004,6 +1004,124 @@ def test_resume_on_two_processes_with_fsdp_continues_the_run(
 
 
 # ---------------------------------------------------------------------------------------
+# Sharded checkpoints (torch.distributed.checkpoint): each rank writes its part
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sharded_run(workspace: Path) -> tuple[Path, dict[str, Any]]:
+    """FSDP on 2 processes × 2, sharded checkpoints every 2 steps (2 kept), stopped after
+    step 3: checkpoint-2 is an intermediate (unconsolidated) one, checkpoint the last."""
+    run_dir = workspace / "sharded"
+    config = train_config(
+        run_dir, 2, strategy="fsdp", checkpoint_format="sharded", checkpoint_every=2,
+        keep_checkpoints=2, stop_at_step=CHECKPOINT_STEP,
+    )  # fmt: skip
+    spec = {"tokens": str(workspace / "tokens.bin"), "config": config}
+    return run_dir, _train_on_two(workspace, "sharded", spec)
+
+
+def test_fsdp_sharded_checkpoint_is_written_by_every_rank(
+    reference: dict[str, Any], sharded_run: tuple[Path, dict[str, Any]]
+) -> None:
+    from lmrs.checkpoint import load_checkpoint, load_model, verify_checkpoint
+
+    run_dir, seen = sharded_run
+    np.testing.assert_allclose(
+        seen["losses"], reference["losses"][:CHECKPOINT_STEP], rtol=0, atol=1e-5
+    )
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith("checkpoint")) == [
+        "checkpoint",
+        "checkpoint-2",
+    ]
+    final, intermediate = run_dir / "checkpoint", run_dir / "checkpoint-2"
+    for directory in (final, intermediate):
+        names = {p.name for p in directory.iterdir()}
+        assert {".metadata", "__0_0.distcp", "__1_0.distcp", "checksums.json"} <= names
+        assert "optimizer.pt" not in names
+        verify_checkpoint(directory, require_checksums=True)  # every shard recorded
+    # rank 1 wrote its own shards (and nothing else); rank 0 the rest
+    rank1 = {Path(w.split(" ", 1)[1]).name for w in seen["rank1"]["writes"] if "open" in w}
+    assert rank1 and all(name.startswith("__1_") for name in rank1), rank1
+    # the last save is consolidated: sample/eval/export read it as they read a full one
+    model, saved = load_model(run_dir)
+    assert saved.step == CHECKPOINT_STEP and saved.path == final
+    assert not (intermediate / "model.safetensors").exists()
+    with pytest.raises(Exception, match="lmrs checkpoint consolidate"):
+        load_model(intermediate)
+    assert load_checkpoint(intermediate).step == 2  # its state is readable all the same
+
+
+def test_consolidate_gives_the_weights_the_training_gathered(
+    tmp_path: Path, sharded_run: tuple[Path, dict[str, Any]]
+) -> None:
+    import shutil
+
+    from click.testing import CliRunner
+
+    from lmrs.checkpoint import load_model_weights
+    from lmrs.cli import cli
+
+    run_dir, _ = sharded_run
+    # the final checkpoint without the weights the run gathered, as an intermediate one is
+    copy = tmp_path / "checkpoint"
+    shutil.copytree(run_dir / "checkpoint", copy)
+    gathered = load_model_weights(copy / "model.safetensors")
+    (copy / "model.safetensors").unlink()
+    sums = json.loads((copy / "checksums.json").read_text())
+    del sums["model.safetensors"]
+    (copy / "checksums.json").write_text(json.dumps(sums))
+    done = CliRunner().invoke(cli, ["checkpoint", "consolidate", str(tmp_path)])
+    assert done.exit_code == 0, done.output
+    rebuilt = load_model_weights(copy / "model.safetensors")
+    assert sorted(rebuilt) == sorted(gathered)
+    for name, tensor in gathered.items():
+        assert torch.equal(rebuilt[name], tensor), name
+    from lmrs.checkpoint import load_model
+
+    model, saved = load_model(tmp_path)  # every checksum verified, the new file included
+    assert saved.step == CHECKPOINT_STEP
+    assert model.lm_head.weight.data_ptr() == model.token_embedding.weight.data_ptr()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]  # no debris
+    # a damaged shard is named, not read
+    shard = copy / "__1_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:-1])
+    (copy / "model.safetensors").unlink()
+    done = CliRunner().invoke(cli, ["checkpoint", "consolidate", str(copy)])
+    assert done.exit_code != 0 and "__1_0.distcp" in done.output
+
+
+def test_sharded_checkpoint_resumes_on_one_process(
+    workspace: Path, reference: dict[str, Any], sharded_run: tuple[Path, dict[str, Any]]
+) -> None:
+    spec = {
+        "tokens": str(workspace / "tokens.bin"),
+        "config": train_config(workspace / "sharded-on-1", 4),
+        "resume": str(sharded_run[0]),
+    }
+    seen = run_training(spec)
+    assert (seen["start_step"], seen["steps"]) == (CHECKPOINT_STEP, STEPS)
+    expected = reference["losses"][CHECKPOINT_STEP:]
+    np.testing.assert_allclose(seen["losses"], expected, rtol=0, atol=1e-5)
+
+
+def test_sharded_checkpoint_resumes_on_two_processes(
+    workspace: Path, reference: dict[str, Any], sharded_run: tuple[Path, dict[str, Any]]
+) -> None:
+    run_dir = workspace / "sharded-on-2"
+    config = train_config(run_dir, 2, strategy="fsdp", checkpoint_format="sharded")
+    spec = {"tokens": str(workspace / "tokens.bin"), "config": config,
+            "resume": str(sharded_run[0])}  # fmt: skip
+    seen = _train_on_two(workspace, "sharded-on-2", spec)
+    assert (seen["start_step"], seen["steps"]) == (CHECKPOINT_STEP, STEPS)
+    expected = reference["losses"][CHECKPOINT_STEP:]
+    np.testing.assert_allclose(seen["losses"], expected, rtol=0, atol=1e-5)
+    assert seen["val_loss"] == pytest.approx(reference["val_loss"], abs=1e-5)
+    assert seen["checkpoint_reads"] == seen["rank1"]["checkpoint_reads"] == []  # DCP reads
+    _assert_checkpoint_at(run_dir, STEPS)
+
+
+# ---------------------------------------------------------------------------------------
 # Muon: the orthogonalisation split across ranks (DDP) and across shards (FSDP)
 # ---------------------------------------------------------------------------------------
 

@@ -247,20 +247,7 @@ def save_checkpoint(
             _write_checked(tmp / OPTIMIZER_FILE, lambda p: torch.save(optimizer_state, p))
             names.append(OPTIMIZER_FILE)
             fault_point("checkpoint.optimizer_written")
-        for name, value in (
-            (STATE_FILE, dict(state)),
-            (MODEL_CONFIG_FILE, _as_dict(model_config)),
-            (TRAIN_CONFIG_FILE, _as_dict(train_config)),
-        ):
-            _write_checked(tmp / name, lambda p, v=value: _fsync_write(p, _json_bytes(v)))
-            names.append(name)
-        if tokenizer is not None:
-            if isinstance(tokenizer, (str, os.PathLike)):
-                source = Path(tokenizer)
-                _write_checked(tmp / TOKENIZER_FILE, lambda p: shutil.copyfile(source, p))
-            else:
-                _write_checked(tmp / TOKENIZER_FILE, lambda p: tokenizer.save(str(p)))
-            names.append(TOKENIZER_FILE)
+        names += write_run_files(tmp, state, model_config, train_config, tokenizer)
         fault_point("checkpoint.files_written")
         checksums = {name: file_digest(tmp / name) for name in names}
     except OSError as e:
@@ -270,6 +257,34 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return commit_checkpoint(tmp, final, checksums, keep=keep)
+
+
+def write_run_files(
+    tmp: Path, state: Mapping[str, Any], model_config: Any, train_config: Any, tokenizer: Any
+) -> list[str]:
+    """state.json, model_config.json, train_config.json and tokenizer.json (when there is a
+    tokenizer) into ``tmp``, each fsynced; returns their names."""
+    names = []
+    for name, value in (
+        (STATE_FILE, dict(state)),
+        (MODEL_CONFIG_FILE, _as_dict(model_config)),
+        (TRAIN_CONFIG_FILE, _as_dict(train_config)),
+    ):
+        _write_checked(tmp / name, lambda p, v=value: _fsync_write(p, _json_bytes(v)))
+        names.append(name)
+    if tokenizer is not None:
+        if isinstance(tokenizer, (str, os.PathLike)):
+            source = Path(tokenizer)
+            _write_checked(tmp / TOKENIZER_FILE, lambda p: shutil.copyfile(source, p))
+        else:
+            _write_checked(tmp / TOKENIZER_FILE, lambda p: tokenizer.save(str(p)))
+        names.append(TOKENIZER_FILE)
+    return names
+
+
+def write_weights(path: Path, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """``model.safetensors`` at ``path`` (:func:`save_model_weights`), fsynced."""
+    _write_checked(path, lambda p: save_model_weights(state_dict, p))
 
 
 def new_checkpoint_tmp(final: Path) -> Path:
@@ -285,12 +300,13 @@ def new_checkpoint_tmp(final: Path) -> Path:
 
 
 def commit_checkpoint(
-    tmp: Path, final: Path, checksums: Mapping[str, Any], *, keep: int = 1
+    tmp: Path, final: Path, checksums: Mapping[str, Any], *, keep: Optional[int] = 1
 ) -> Path:
     """Finish a save: write ``checksums`` (``{file: file_digest}`` of every file in ``tmp``)
     as checksums.json, then put ``tmp`` in ``final``'s place (the replaced checkpoint kept as
-    ``final-STEP`` when ``keep > 1``), prune kept ones and remove crash leftovers."""
-    if keep < 1:
+    ``final-STEP`` when ``keep > 1``), prune kept ones and remove crash leftovers.
+    ``keep=None``: a rewrite of the same checkpoint, which replaces it and prunes nothing."""
+    if keep is not None and keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     try:
         # written last: its presence marks the directory as a complete checkpoint
@@ -298,14 +314,15 @@ def commit_checkpoint(
             tmp / CHECKSUMS_FILE, lambda p: _fsync_write(p, _json_bytes(dict(checksums)))
         )
         fsync_dir(tmp)
-        _replace_dir(tmp, final, keep=keep)
+        _replace_dir(tmp, final, keep=keep or 1)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise _write_error(e, final) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    prune_kept_checkpoints(final, keep, _saved_step(final))
+    if keep is not None:
+        prune_kept_checkpoints(final, keep, _saved_step(final))
     remove_checkpoint_leftovers(final)
     fault_point("checkpoint.cleaned")
     return final
@@ -726,6 +743,11 @@ def load_model(
     from lmrs.model import GPT, ModelConfig
 
     path = resolve_checkpoint_dir(directory)
+    if not (path / MODEL_FILE).is_file() and (path / SHARDED_METADATA_FILE).is_file():
+        raise CheckpointError(
+            f"{path}: a sharded checkpoint without {MODEL_FILE}: run "
+            f"`lmrs checkpoint consolidate {path}` first"
+        )
     config_dict = read_checkpoint_json(path, MODEL_CONFIG_FILE)
     try:
         config = ModelConfig.from_dict(config_dict)

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import click
 
+from lmrs.cli_checkpoint import register_checkpoint_commands
 from lmrs.cli_corpus import register_corpus_commands
 from lmrs.cli_export import register_export_commands
 from lmrs.cli_model import register_model_commands
@@ -105,6 +106,7 @@ register_corpus_commands(cli)
 register_tokenizer_commands(cli)
 register_model_commands(cli)
 register_export_commands(cli)
+register_checkpoint_commands(cli)
 
 
 def main() -> None:

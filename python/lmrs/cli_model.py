@@ -28,6 +28,7 @@ from lmrs.errors import InputError
 from lmrs.metrics_sinks import check_sinks, parse_log_option
 from lmrs.options import (
     ARCHITECTURES,
+    CHECKPOINT_FORMATS,
     DECAYS,
     ENGINES,
     MLPS,
@@ -252,6 +253,14 @@ def _check_out_dir(out_dir: Path) -> None:
     help="Checkpoints to keep in --out, the newest included (older ones as checkpoint-STEP).",
 )
 @click.option(
+    "--checkpoint-format",
+    type=click.Choice(CHECKPOINT_FORMATS),
+    default=TRAIN_DEFAULTS.checkpoint_format,
+    show_default=True,
+    help="sharded: every process writes its part (torch.distributed.checkpoint; resumes on "
+    "any number of processes); model.safetensors is written on the last save.",
+)
+@click.option(
     "--val-fraction",
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
     default=TRAIN_DEFAULTS.val_fraction,
@@ -332,6 +341,7 @@ def train_command(
     eval_batches: int,
     checkpoint_every: int,
     keep_checkpoints: int,
+    checkpoint_format: str,
     val_fraction: float,
     device: str,
     dtype: str,
@@ -385,6 +395,7 @@ def train_command(
         eval_batches=eval_batches,
         checkpoint_every=checkpoint_every,
         keep_checkpoints=keep_checkpoints,
+        checkpoint_format=checkpoint_format,
         val_fraction=val_fraction,
         device=device,
         dtype=dtype,

@@ -14,6 +14,7 @@ OPTIMIZERS = ("adamw", "adam", "sgd", "muon")
 DECAYS = ("cosine", "linear")  # learning-rate decay shapes (lmrs.train.learning_rate_at)
 TRAIN_DTYPES = ("auto", "float32", "bfloat16")  # training precision (autocast)
 STRATEGIES = ("ddp", "fsdp")  # data parallelism under torchrun
+CHECKPOINT_FORMATS = ("full", "sharded")  # TrainConfig.checkpoint_format
 LOG_SINKS = ("tensorboard", "wandb")  # metric sinks besides metrics.jsonl (lmrs.metrics_sinks)
 POSITIONS = ("learned", "rope")  # ModelConfig.position
 NORMS = ("layernorm", "rmsnorm")  # ModelConfig.norm
@@ -93,6 +94,9 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between checkpoints (0: only at the end)
     # checkpoints kept in out_dir, the newest included (older ones as checkpoint-STEP)
     keep_checkpoints: int = 1
+    # "full": rank 0 writes model.safetensors + optimizer.pt; "sharded": every rank writes
+    # its part with torch.distributed.checkpoint (lmrs.dcp), consolidated on the last save
+    checkpoint_format: str = "full"
     out_dir: Optional[str] = None
     device: str = "auto"  # auto: CUDA → MPS → CPU
     dtype: str = "auto"  # auto: bf16 autocast where the device has native bf16, else float32
@@ -114,6 +118,11 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.checkpoint_format not in CHECKPOINT_FORMATS:
+            raise ValueError(
+                f"checkpoint_format must be one of {CHECKPOINT_FORMATS}, "
+                f"got {self.checkpoint_format!r}"
+            )
         if self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.max_steps is not None and self.max_steps < 1:

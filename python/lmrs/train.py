@@ -392,8 +392,25 @@ def _evaluate(run: _Run) -> Optional[EvalResult]:
     return EvalResult.from_sums(nats, tokens, num_bytes)
 
 
-def _save(run: _Run, state: dict[str, Any]) -> Optional[Path]:
-    """Gather full state dicts (collective under FSDP) and write the checkpoint on rank 0."""
+def _save(run: _Run, state: dict[str, Any], *, last: bool = False) -> Optional[Path]:
+    """Gather full state dicts (collective under FSDP) and write the checkpoint on rank 0;
+    with ``checkpoint_format="sharded"`` every rank writes its part instead (lmrs.dcp), and
+    the ``last`` save of a session also writes the whole model as model.safetensors."""
+    if run.config.checkpoint_format == "sharded" and run.out_dir is not None:
+        from lmrs.dcp import save_sharded
+
+        return save_sharded(
+            run.out_dir / RUN_CHECKPOINT_NAME,
+            run.model,
+            run.optimizer,
+            run.ctx,
+            state,
+            run.raw_model.config if hasattr(run.raw_model, "config") else {},
+            run.config,
+            run.tokenizer,
+            keep=run.config.keep_checkpoints,
+            consolidate=last,
+        )
     model_state = dist_utils.full_state_dict(run.model, run.ctx)
     optimizer_state = dist_utils.full_optimizer_state_dict(run.model, run.optimizer, run.ctx)
     path = None
@@ -429,6 +446,11 @@ def _resume(run: _Run, resume_from: Union[str, os.PathLike[str]]) -> dict[str, A
             f"{checkpoint.path / MODEL_CONFIG_FILE}: saved for a different model: "
             + ", ".join(differences)
         )
+    from lmrs.dcp import is_sharded, load_sharded
+
+    if is_sharded(checkpoint.path):
+        load_sharded(checkpoint.path, run.model, run.optimizer, run.ctx)
+        return checkpoint.state
     sharded = run.ctx.enabled and dist_utils.is_fsdp(run.model)
     weights: dict[str, torch.Tensor] = {}
     optimizer_state: dict[str, Any] = {}
@@ -751,6 +773,7 @@ def _run_training(
                     elapsed_before + time.perf_counter() - session_start,
                     tokens_before + (step - start_step) * tokens_per_step,
                 ),
+                last=True,
             )
             print(f"interrupted at step {step}; checkpoint saved to {path}")
         raise
@@ -764,7 +787,7 @@ def _run_training(
     tokens_total = tokens_before + (step - start_step) * tokens_per_step
     if out_dir is not None and step > start_step:
         checkpoint_path = _save(
-            run, _state(run, step, steps_per_epoch, evals, elapsed_total, tokens_total)
+            run, _state(run, step, steps_per_epoch, evals, elapsed_total, tokens_total), last=True
         )
         if ctx.is_main and metrics_path is not None and metrics_path.exists():
             from lmrs.plot import plot_metrics
