@@ -187,7 +187,7 @@ impl Encoder {
 
     /// Appends the ids of `text` (special tokens as plain text) to `out`.
     pub fn encode_ordinary_into(&self, text: &str, out: &mut Vec<u32>) {
-        if text.len() >= 2 * PARALLEL_CHUNK_BYTES && self.pretokenizer.is_fast() {
+        if text.len() >= 2 * PARALLEL_CHUNK_BYTES && self.pretokenizer.splits_at_newlines() {
             self.encode_chunks_into(text, PARALLEL_CHUNK_BYTES, out);
         } else {
             self.encode_sequential_into(text, out);
@@ -225,9 +225,30 @@ impl Encoder {
     fn encode_sequential_into(&self, text: &str, out: &mut Vec<u32>) {
         let start = out.len();
         let mut scratch = Scratch::default();
-        self.pretokenizer.for_each_piece(text, |piece| {
-            self.encode_piece(piece.as_bytes(), out, &mut scratch);
-        });
+        if text.len() < CACHE_MIN_TEXT {
+            self.pretokenizer.for_each_piece(text, |piece| {
+                self.encode_piece(piece.as_bytes(), out, &mut scratch);
+            });
+        } else {
+            let mut cache = PieceCache::for_text(text.len());
+            self.pretokenizer.for_each_piece(text, |piece| {
+                let piece = piece.as_bytes();
+                if piece.len() == 1 {
+                    out.push(piece[0] as u32);
+                    return;
+                }
+                let Some(slot) = cache.slot(piece) else {
+                    return self.encode_piece(piece, out, &mut scratch);
+                };
+                if let Some(ids) = cache.get(slot, piece) {
+                    out.extend_from_slice(ids);
+                    return;
+                }
+                let before = out.len();
+                self.encode_piece(piece, out, &mut scratch);
+                cache.put(slot, piece, &out[before..]);
+            });
+        }
         if let Some(external) = &self.external_ids {
             for id in &mut out[start..] {
                 *id = external[*id as usize];
@@ -422,15 +443,19 @@ impl Encoder {
     }
 }
 
-/// The first position at or after `from` where the GPT-4 pattern's pieces can be split
-/// without changing them: just after a '\n' followed by a printable ASCII character (the
-/// rule corpus.rs uses for large files). No piece spans it: a piece holding a newline
-/// ends with its newline or whitespace run, and neither continues into a non-space.
+/// The first position at or after `from` where the pieces of every hand-written
+/// pattern can be split without changing them: just after a '\n' followed by a printable
+/// ASCII character other than '/'. No piece spans it: a piece holding a newline ends
+/// with its newline or whitespace run, and neither continues into a non-space (o200k's
+/// punctuation runs take `[\r\n/]*` after them, hence not before a '/').
 fn split_point_after(bytes: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
     while let Some(offset) = memchr::memchr(b'\n', bytes.get(i..)?) {
         let newline = i + offset;
-        if bytes.get(newline + 1).is_some_and(u8::is_ascii_graphic) {
+        if bytes
+            .get(newline + 1)
+            .is_some_and(|&b| b.is_ascii_graphic() && b != b'/')
+        {
             return Some(newline + 1);
         }
         i = newline + 1;
@@ -485,6 +510,81 @@ fn tiktoken_pairs(
         }
     }
     pairs
+}
+
+/// Texts shorter than this are encoded without a [`PieceCache`] (setting one up costs
+/// more than it saves on a few hundred pieces).
+const CACHE_MIN_TEXT: usize = 4096;
+/// Longest piece the cache keeps, and most ids it keeps for one piece: ~98% of the
+/// pieces of prose and code fit.
+const CACHE_KEY_BYTES: usize = 16;
+const CACHE_IDS: usize = 4;
+
+/// Whole pieces → their ids, for the pieces of one text: real text repeats its pieces
+/// (" the", "    ", "self"), and a hit costs one probe instead of a vocabulary lookup
+/// and a merge. Direct-mapped (a new piece overwrites its slot), sized to the text and
+/// at most 4096 slots of 40 bytes; owned by one call, so it needs no lock and no two
+/// vocabularies can share entries.
+struct PieceCache {
+    slots: Vec<CacheSlot>,
+    mask: usize,
+}
+
+#[derive(Clone, Copy, Default)]
+struct CacheSlot {
+    /// The piece's bytes, zero-padded; `len` tells "a" from "a\0" (0: empty slot, as
+    /// pieces are never empty).
+    key: [u64; 2],
+    len: u8,
+    n_ids: u8,
+    ids: [u32; CACHE_IDS],
+}
+
+impl PieceCache {
+    fn for_text(text_len: usize) -> Self {
+        // about one slot per 16 bytes of text, 256..=4096
+        let slots = (text_len / 16).next_power_of_two().clamp(256, 4096);
+        Self {
+            slots: vec![CacheSlot::default(); slots],
+            mask: slots - 1,
+        }
+    }
+
+    /// The piece's key and slot index, or None when it is too long to cache.
+    #[inline]
+    fn slot(&self, piece: &[u8]) -> Option<([u64; 2], usize)> {
+        if piece.len() > CACHE_KEY_BYTES {
+            return None;
+        }
+        let mut padded = [0u8; CACHE_KEY_BYTES];
+        padded[..piece.len()].copy_from_slice(piece);
+        let (lo, hi) = padded.split_at(8);
+        let key = [
+            u64::from_le_bytes(lo.try_into().ok()?),
+            u64::from_le_bytes(hi.try_into().ok()?),
+        ];
+        let h = (key[0] ^ key[1].rotate_left(29) ^ piece.len() as u64)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        Some((key, (h >> 40) as usize & self.mask))
+    }
+
+    #[inline]
+    fn get(&self, (key, index): ([u64; 2], usize), piece: &[u8]) -> Option<&[u32]> {
+        let slot = &self.slots[index];
+        (slot.key == key && slot.len as usize == piece.len())
+            .then(|| &slot.ids[..slot.n_ids as usize])
+    }
+
+    #[inline]
+    fn put(&mut self, (key, index): ([u64; 2], usize), piece: &[u8], ids: &[u32]) {
+        if ids.len() <= CACHE_IDS {
+            let slot = &mut self.slots[index];
+            slot.key = key;
+            slot.len = piece.len() as u8;
+            slot.n_ids = ids.len() as u8;
+            slot.ids[..ids.len()].copy_from_slice(ids);
+        }
+    }
 }
 
 /// Buffers reused across the pieces of one text.
@@ -599,6 +699,9 @@ mod tests {
             "123456\n",
             "£ sign\n",
             "!!\n\n ",
+            "x!\n",
+            "/path\n",
+            "  \n",
         ];
         let mut seed = 12345u64;
         let mut text = String::new();
@@ -608,7 +711,11 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             text.push_str(lines[(seed >> 33) as usize % lines.len()]);
         }
-        for pattern in [GPT4_PATTERN, CL100K_PATTERN] {
+        for pattern in [
+            GPT4_PATTERN,
+            CL100K_PATTERN,
+            crate::pretokenize::O200K_PATTERN,
+        ] {
             let merges = vec![(116, 104), (256, 101), (32, 257), (97, 97), (259, 259)];
             let enc = Encoder::new(Vocab::new(pattern, merges, &[]).unwrap()).unwrap();
             let sequential = enc.encode_ordinary(&text);
@@ -706,6 +813,53 @@ mod tests {
             vec![303; LONG_PIECE]
         );
         assert_eq!(enc.decode(&[302, 303]).unwrap(), "abcabcd");
+    }
+
+    #[test]
+    fn piece_cache_gives_the_ids_of_each_piece_alone() {
+        // pieces that are tokens, that merge, that are longer than the cache's key
+        // (17+ bytes) or give more ids than it keeps (10 unmerged letters)
+        let words = [
+            "the",
+            " the",
+            "aaaa",
+            "aaaaaaaaaaaaaaaaaaaaaaa",
+            " aaaaaaaaa",
+            " xyzxyzxyzq",
+            "é",
+            "\n\n",
+            "  ",
+            "abc",
+            " abcabc",
+            "z",
+            " 12345",
+            "!!",
+        ];
+        let mut seed = 99u64;
+        let mut text = String::new();
+        while text.len() < 6 * CACHE_MIN_TEXT {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            text.push_str(words[(seed >> 33) as usize % words.len()]);
+        }
+        for enc in [
+            Encoder::new(vocab()).unwrap(),
+            reversed(MergeRule::Tiktoken),
+            reversed(MergeRule::Hf),
+        ] {
+            let mut expected = Vec::new();
+            let mut scratch = Scratch::default();
+            for piece in enc.pretokenizer.pieces(&text) {
+                enc.encode_piece(piece.as_bytes(), &mut expected, &mut scratch);
+            }
+            if let Some(external) = &enc.external_ids {
+                expected
+                    .iter_mut()
+                    .for_each(|id| *id = external[*id as usize]);
+            }
+            assert_eq!(enc.encode_ordinary(&text), expected);
+        }
     }
 
     #[test]

@@ -5,11 +5,12 @@
 //!   `Pretokenizer::new(pattern)`, `Pretokenizer::gpt4()`, `.pattern()`,
 //!   `.for_each_piece(text, |piece: &str| ...)`, `.pieces(text) -> Vec<&str>`.
 //!
-//! The GPT-4 pattern (and tiktoken's spelling of it, [`CL100K_PATTERN`]) is split by a
-//! hand-written scanner that yields exactly the regex's pieces, several times faster
-//! than the backtracking regex engine. Its character classes (`\p{L}`, `\p{N}`, `\s`)
-//! come from `regex-syntax`, the same Unicode tables the regex engine uses, so the
-//! two cannot drift apart. Any other pattern runs through `fancy-regex`; text that
+//! The GPT-4 pattern (and tiktoken's spelling of it, [`CL100K_PATTERN`]), tiktoken's
+//! o200k pattern and GPT-2's are split by hand-written scanners that yield exactly the
+//! regex's pieces, several times faster than the backtracking regex engine (the tests
+//! compare them with the regex engine on random text). Their character classes
+//! (`\p{L}`, `\p{Lu}`, `\p{M}`, `\p{N}`, `\s`, ...) come from `regex-syntax`, the same
+//! Unicode tables the regex engine uses, so the two cannot drift apart. Any other pattern runs through `fancy-regex`; text that
 //! pattern does not match becomes pieces too (see [`Pretokenizer::for_each_piece`]), so
 //! that no pattern can make the tokenizer drop text.
 
@@ -36,7 +37,7 @@ pub const GPT2_PATTERN: &str =
 pub const HF_BYTE_LEVEL_PATTERN: &str =
     r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
-/// tiktoken's o200k_base pattern (runs on the regex engine).
+/// tiktoken's o200k_base pattern.
 pub const O200K_PATTERN: &str = concat!(
     r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
     r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
@@ -57,16 +58,33 @@ enum Splitter {
         classes: &'static CharClasses,
         whole_trailing_space: bool,
     },
+    /// The hand-written o200k scanner.
+    O200k {
+        classes: &'static CharClasses,
+    },
+    /// The hand-written GPT-2 scanner ([`GPT2_PATTERN`]).
+    Gpt2 {
+        classes: &'static CharClasses,
+    },
     Regex(fancy_regex::Regex),
 }
 
 impl Pretokenizer {
-    /// Compiles `pattern`; the GPT-4 pattern (either spelling) picks the fast scanner.
+    /// Compiles `pattern`; the GPT-4 pattern (either spelling), o200k's and GPT-2's pick
+    /// their hand-written scanner.
     pub fn new(pattern: &str) -> Result<Self> {
         let splitter = if pattern == GPT4_PATTERN || pattern == CL100K_PATTERN {
             Splitter::Gpt4 {
                 classes: CharClasses::get(),
                 whole_trailing_space: pattern == CL100K_PATTERN,
+            }
+        } else if pattern == O200K_PATTERN {
+            Splitter::O200k {
+                classes: CharClasses::get(),
+            }
+        } else if pattern == GPT2_PATTERN {
+            Splitter::Gpt2 {
+                classes: CharClasses::get(),
             }
         } else {
             Splitter::Regex(Self::compile_regex(pattern)?)
@@ -107,9 +125,28 @@ impl Pretokenizer {
         &self.pattern
     }
 
-    /// True when the hand-written scanner (not the regex engine) splits the text.
+    /// True when the GPT-4 scanner splits the text: no piece crosses a '\n' followed by
+    /// a printable ASCII character, and a text cut there splits as the whole would (the
+    /// rule corpus.rs cuts large files by).
     pub fn is_fast(&self) -> bool {
         matches!(self.splitter, Splitter::Gpt4 { .. })
+    }
+
+    /// True when a hand-written scanner (not the regex engine) splits the text.
+    pub fn is_hand_written(&self) -> bool {
+        !matches!(self.splitter, Splitter::Regex(_))
+    }
+
+    /// True when a text cut just after a '\n' followed by a printable ASCII character
+    /// other than '/' splits into the same pieces as the whole: GPT-4's and o200k's
+    /// scanners (o200k's punctuation runs take `[\r\n/]*` after them). Not GPT-2's: its
+    /// `\s++$` makes whitespace that ends a part one piece ("  \n" at the end, but
+    /// "  ", "\n" before a word).
+    pub fn splits_at_newlines(&self) -> bool {
+        matches!(
+            self.splitter,
+            Splitter::Gpt4 { .. } | Splitter::O200k { .. }
+        )
     }
 
     /// Calls `f` on each piece of `text`, in order. The pieces are never empty and
@@ -128,6 +165,32 @@ impl Pretokenizer {
                 let mut start = 0;
                 while start < text.len() {
                     let end = scanner.piece_end(start);
+                    f(&text[start..end]);
+                    start = end;
+                }
+            }
+            Splitter::O200k { classes } => {
+                let scanner = Gpt4Scanner {
+                    text: text.as_bytes(),
+                    classes,
+                    whole_trailing_space: false,
+                };
+                let mut start = 0;
+                while start < text.len() {
+                    let end = scanner.o200k_piece_end(start);
+                    f(&text[start..end]);
+                    start = end;
+                }
+            }
+            Splitter::Gpt2 { classes } => {
+                let scanner = Gpt4Scanner {
+                    text: text.as_bytes(),
+                    classes,
+                    whole_trailing_space: true,
+                };
+                let mut start = 0;
+                while start < text.len() {
+                    let end = scanner.gpt2_piece_end(start);
                     f(&text[start..end]);
                     start = end;
                 }
@@ -185,13 +248,70 @@ enum Kind {
     Other = 3,
 }
 
-const KINDS: [Kind; 4] = [Kind::Letter, Kind::Number, Kind::Space, Kind::Other];
+/// The finer kinds the o200k pattern distinguishes (letters by case, marks); each is
+/// one [`Kind`] of the GPT-4 pattern.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+enum Fine {
+    /// `\p{Lu}`, `\p{Lt}`: only in o200k's upper-case class
+    Upper = 0,
+    /// `\p{Ll}`: only in its lower-case class
+    Lower = 1,
+    /// `\p{Lm}`, `\p{Lo}`: in both
+    Both = 2,
+    /// `\p{M}`: in both, but not a letter (`\p{L}`)
+    Mark = 3,
+    Number = 4,
+    Space = 5,
+    Other = 6,
+}
 
-/// Kind of every code point: a two-level table (256-entry blocks, deduplicated) plus a
-/// direct table for ASCII. About 20 KB, built once from regex-syntax's Unicode data.
+const FINES: [Fine; 7] = [
+    Fine::Upper,
+    Fine::Lower,
+    Fine::Both,
+    Fine::Mark,
+    Fine::Number,
+    Fine::Space,
+    Fine::Other,
+];
+
+/// The GPT-4 kind of each fine kind.
+const COARSE: [Kind; 7] = [
+    Kind::Letter,
+    Kind::Letter,
+    Kind::Letter,
+    Kind::Other,
+    Kind::Number,
+    Kind::Space,
+    Kind::Other,
+];
+
+impl Fine {
+    /// In `[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]`.
+    #[inline(always)]
+    fn upper(self) -> bool {
+        (self as u8) != 1 && (self as u8) <= 3
+    }
+    /// In `[\p{Ll}\p{Lm}\p{Lo}\p{M}]`.
+    #[inline(always)]
+    fn lower(self) -> bool {
+        (1..=3).contains(&(self as u8))
+    }
+    /// In `[^\s\p{L}\p{N}]`.
+    #[inline(always)]
+    fn other(self) -> bool {
+        matches!(self, Fine::Mark | Fine::Other)
+    }
+}
+
+/// Kind of every code point: a two-level table (256-entry blocks, deduplicated) plus
+/// direct tables for ASCII. About 30 KB, built once from regex-syntax's Unicode data.
 struct CharClasses {
     ascii: [Kind; 128],
+    ascii_fine: [Fine; 128],
     block_of: Vec<u16>,
+    /// [`Fine`] as u8.
     blocks: Vec<[u8; 256]>,
 }
 
@@ -202,12 +322,15 @@ impl CharClasses {
     }
 
     fn build() -> CharClasses {
-        let mut kinds = vec![Kind::Other as u8; 0x11_0000];
-        // Later classes win; the three are disjoint in Unicode anyway.
+        let mut kinds = vec![Fine::Other as u8; 0x11_0000];
+        // Later classes win; they are disjoint in Unicode anyway.
         for (class, kind) in [
-            (r"\s", Kind::Space),
-            (r"\p{N}", Kind::Number),
-            (r"\p{L}", Kind::Letter),
+            (r"\s", Fine::Space),
+            (r"\p{N}", Fine::Number),
+            (r"\p{M}", Fine::Mark),
+            (r"[\p{Lm}\p{Lo}]", Fine::Both),
+            (r"\p{Ll}", Fine::Lower),
+            (r"[\p{Lu}\p{Lt}]", Fine::Upper),
         ] {
             for (start, end) in unicode_class_ranges(class) {
                 for cp in start..=end {
@@ -229,12 +352,10 @@ impl CharClasses {
             };
             block_of.push(index as u16);
         }
-        let mut ascii = [Kind::Other; 128];
-        for (cp, slot) in ascii.iter_mut().enumerate() {
-            *slot = KINDS[kinds[cp] as usize];
-        }
+        let ascii_fine: [Fine; 128] = std::array::from_fn(|cp| FINES[kinds[cp] as usize]);
         CharClasses {
-            ascii,
+            ascii: ascii_fine.map(|f| COARSE[f as usize]),
+            ascii_fine,
             block_of,
             blocks,
         }
@@ -245,8 +366,21 @@ impl CharClasses {
         if cp < 128 {
             return self.ascii[cp as usize];
         }
+        COARSE[self.fine_above_ascii(cp) as usize]
+    }
+
+    #[inline]
+    fn fine(&self, cp: u32) -> Fine {
+        if cp < 128 {
+            return self.ascii_fine[cp as usize];
+        }
+        self.fine_above_ascii(cp)
+    }
+
+    #[inline]
+    fn fine_above_ascii(&self, cp: u32) -> Fine {
         let block = self.block_of[(cp >> 8) as usize] as usize;
-        KINDS[self.blocks[block][(cp & 0xff) as usize] as usize]
+        FINES[self.blocks[block][(cp & 0xff) as usize] as usize]
     }
 }
 
@@ -430,6 +564,194 @@ impl Gpt4Scanner<'_> {
                 }
                 last_char_start // 6: leave one space to prefix the next word
             }
+        }
+    }
+}
+
+/// The o200k and GPT-2 scanners share the decoding helpers above.
+impl Gpt4Scanner<'_> {
+    /// Code point, fine kind and byte length at `i`, or None at the end of the text.
+    #[inline(always)]
+    fn at_fine(&self, i: usize) -> Option<(u32, Fine, usize)> {
+        let b = *self.text.get(i)?;
+        if b < 0x80 {
+            return Some((b as u32, self.classes.ascii_fine[b as usize], 1));
+        }
+        let (cp, len) = self.decode(i);
+        Some((cp, self.classes.fine(cp), len))
+    }
+
+    /// End of the run from `i` of characters whose fine kind passes `keep`.
+    #[inline(always)]
+    fn skip_fine(&self, mut i: usize, keep: impl Fn(Fine) -> bool) -> usize {
+        while let Some((_, fine, len)) = self.at_fine(i) {
+            if !keep(fine) {
+                break;
+            }
+            i += len;
+        }
+        i
+    }
+
+    /// `(?i:'s|'t|'re|'ve|'m|'ll|'d)?` at `i`: the end of the contraction, or `i`.
+    #[inline(always)]
+    fn o200k_contraction(&self, i: usize) -> usize {
+        if self.text.get(i) == Some(&b'\'') {
+            if let Some(end) = self.contraction_end(i + 1) {
+                return end;
+            }
+        }
+        i
+    }
+
+    /// o200k's first alternative from `i` (after its optional prefix):
+    /// `[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+` + contraction. The
+    /// upper-case run is greedy; when no lower-case character follows it, the engine
+    /// backs off to the run's last character that is in both classes.
+    fn o200k_lower_word(&self, i: usize) -> Option<usize> {
+        let mut end = i;
+        let mut after_last_both = None;
+        while let Some((_, fine, len)) = self.at_fine(end) {
+            if !fine.upper() {
+                break;
+            }
+            end += len;
+            if fine.lower() {
+                after_last_both = Some(end);
+            }
+        }
+        let word_end = match self.at_fine(end) {
+            Some((_, Fine::Lower, len)) => self.skip_fine(end + len, Fine::lower),
+            _ => after_last_both?,
+        };
+        Some(self.o200k_contraction(word_end))
+    }
+
+    /// o200k's second alternative from `i`: `[\p{Lu}..\p{M}]+[\p{Ll}..\p{M}]*` + contraction.
+    fn o200k_upper_word(&self, i: usize) -> Option<usize> {
+        match self.at_fine(i) {
+            Some((_, fine, len)) if fine.upper() => {
+                let end = self.skip_fine(i + len, Fine::upper);
+                Some(self.o200k_contraction(self.skip_fine(end, Fine::lower)))
+            }
+            _ => None,
+        }
+    }
+
+    /// End of the o200k piece starting at `start` (< text length). The alternatives:
+    ///   1 `[^\r\n\p{L}\p{N}]?` upper* lower+ contraction?
+    ///   2 `[^\r\n\p{L}\p{N}]?` upper+ lower* contraction?
+    ///   3 `\p{N}{1,3}`   4 ` ?[^\s\p{L}\p{N}]+[\r\n/]*`   5 `\s*[\r\n]+`
+    ///   6 `\s+(?!\S)`    7 `\s+`
+    /// (upper = `[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]`, lower = `[\p{Ll}\p{Lm}\p{Lo}\p{M}]`).
+    fn o200k_piece_end(&self, start: usize) -> usize {
+        let Some((c0, fine0, l0)) = self.at_fine(start) else {
+            return start;
+        };
+        let next = start + l0;
+        let is_newline = |c: u32| c == '\r' as u32 || c == '\n' as u32;
+        // the optional prefix: anything but a letter, a number, '\r' or '\n'
+        let prefix = !is_newline(c0) && matches!(fine0, Fine::Space | Fine::Mark | Fine::Other);
+        if prefix {
+            if let Some(end) = self.o200k_lower_word(next) {
+                return end; // 1
+            }
+        }
+        if let Some(end) = self.o200k_lower_word(start) {
+            return end; // 1 without the prefix
+        }
+        if prefix {
+            if let Some(end) = self.o200k_upper_word(next) {
+                return end; // 2
+            }
+        }
+        if let Some(end) = self.o200k_upper_word(start) {
+            return end; // 2 without the prefix
+        }
+        if fine0 == Fine::Number {
+            let mut end = next;
+            for _ in 0..2 {
+                match self.at_fine(end) {
+                    Some((_, Fine::Number, len)) => end += len,
+                    _ => break,
+                }
+            }
+            return end; // 3
+        }
+        let newlines_or_slash = |mut i: usize| {
+            while matches!(self.text.get(i), Some(b'\r' | b'\n' | b'/')) {
+                i += 1;
+            }
+            i
+        };
+        if c0 == ' ' as u32 {
+            if let Some((_, fine1, l1)) = self.at_fine(next) {
+                if fine1.other() {
+                    return newlines_or_slash(self.skip_fine(next + l1, Fine::other));
+                    // 4
+                }
+            }
+        }
+        if fine0.other() {
+            return newlines_or_slash(self.skip_fine(next, Fine::other)); // 4
+        }
+        self.whitespace_end(start, c0, next, true)
+    }
+
+    /// End of a piece of whitespace starting at `start` (first character `c0`, which ends
+    /// at `next`): `\s*[\r\n]` / `\s*[\r\n]+` (to just after the run's last newline) when
+    /// `newline_rule`, else `\s++$` (the whole run when it ends the text); then
+    /// `\s+(?!\S)` (leave the run's last character to prefix what follows) and `\s+`.
+    fn whitespace_end(&self, start: usize, c0: u32, next: usize, newline_rule: bool) -> usize {
+        let is_newline = |c: u32| c == '\r' as u32 || c == '\n' as u32;
+        let mut after_last_newline = is_newline(c0).then_some(next);
+        let mut last_char_start = start;
+        let mut end = next;
+        while let Some((c, Kind::Space, len)) = self.at(end) {
+            if is_newline(c) {
+                after_last_newline = Some(end + len);
+            }
+            last_char_start = end;
+            end += len;
+        }
+        if newline_rule {
+            if let Some(e) = after_last_newline {
+                return e;
+            }
+        }
+        if end == self.text.len() || last_char_start == start {
+            return end;
+        }
+        last_char_start
+    }
+
+    /// End of the GPT-2 piece starting at `start` (< text length):
+    ///   1 `'(?:[sdmt]|ll|ve|re)`   2 ` ?\p{L}++`   3 ` ?\p{N}++`
+    ///   4 ` ?[^\s\p{L}\p{N}]++`    5 `\s++$`       6 `\s+(?!\S)`   7 `\s`
+    fn gpt2_piece_end(&self, start: usize) -> usize {
+        let Some((c0, kind0, l0)) = self.at(start) else {
+            return start;
+        };
+        let next = start + l0;
+        if c0 == '\'' as u32 {
+            // case-sensitive, unlike GPT-4's `(?i:...)`
+            let t = self.text;
+            let end = match (t.get(next), t.get(next + 1)) {
+                (Some(b's' | b'd' | b'm' | b't'), _) => Some(next + 1),
+                (Some(b'l'), Some(b'l')) | (Some(b'v' | b'r'), Some(b'e')) => Some(next + 2),
+                _ => None,
+            };
+            if let Some(end) = end {
+                return end; // 1
+            }
+        }
+        let (from, kind) = match self.at(next) {
+            Some((_, kind1, l1)) if c0 == ' ' as u32 && kind1 != Kind::Space => (next + l1, kind1),
+            _ => (next, kind0),
+        };
+        match kind {
+            Kind::Letter | Kind::Number | Kind::Other => self.skip_kind(from, kind), // 2, 3, 4
+            Kind::Space => self.whitespace_end(start, c0, next, false),              // 5, 6, 7
         }
     }
 }
@@ -628,6 +950,19 @@ mod tests {
         "'VE",
         "'re",
         "123456",
+        "/",
+        "\n/",
+        "AB",
+        "É",
+        "HTML",
+        "\u{2C6}",
+        "\u{AA}",
+        "\u{903}",
+        "\u{20DD}",
+        "\u{1F88}",
+        "Ǆ",
+        "'S",
+        "'Ll",
     ];
 
     fn random_text(rng: &mut Rng) -> String {
@@ -640,7 +975,7 @@ mod tests {
     fn assert_same_as_regex(pattern: &str, texts: impl Iterator<Item = String>) {
         let fast = Pretokenizer::new(pattern).unwrap();
         let slow = Pretokenizer::new_regex(pattern).unwrap();
-        assert!(fast.is_fast() && !slow.is_fast());
+        assert!(fast.is_hand_written() && !slow.is_hand_written());
         for text in texts {
             assert_eq!(
                 fast.pieces(&text),
@@ -650,9 +985,11 @@ mod tests {
         }
     }
 
+    const HAND_WRITTEN: [&str; 4] = [GPT4_PATTERN, CL100K_PATTERN, O200K_PATTERN, GPT2_PATTERN];
+
     #[test]
     fn fast_scanner_equals_regex_on_generated_text() {
-        for pattern in [GPT4_PATTERN, CL100K_PATTERN] {
+        for pattern in HAND_WRITTEN {
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
             assert_same_as_regex(pattern, (0..20_000).map(|_| random_text(&mut rng)));
         }
@@ -675,7 +1012,41 @@ mod tests {
                 })
                 .collect::<String>()
         });
-        assert_same_as_regex(GPT4_PATTERN, texts);
+        let texts: Vec<String> = texts.collect();
+        for pattern in HAND_WRITTEN {
+            assert_same_as_regex(pattern, texts.iter().cloned());
+        }
+    }
+
+    #[test]
+    fn fast_scanners_equal_regex_on_long_mixed_text() {
+        // Longer texts than above, so that runs of every class and their boundaries
+        // meet in every order; ASCII-heavy like real text.
+        let mut rng = Rng(0xD1FF_E4E7);
+        let texts: Vec<String> = (0..400)
+            .map(|_| {
+                let len = 50 + rng.below(200);
+                (0..len)
+                    .map(|_| match rng.below(4) {
+                        0 => ALPHABET[rng.below(ALPHABET.len())].to_string(),
+                        1 => ["a", "B", " ", "\n", "1", ".", "'s", "/"][rng.below(8)].to_string(),
+                        _ => char::from_u32(rng.below(0x3000) as u32)
+                            .unwrap_or('x')
+                            .to_string(),
+                    })
+                    .collect()
+            })
+            .collect();
+        for pattern in HAND_WRITTEN {
+            assert_same_as_regex(pattern, texts.iter().cloned());
+        }
+        assert!(!Pretokenizer::new(O200K_PATTERN).unwrap().is_fast());
+        assert!(Pretokenizer::new(O200K_PATTERN)
+            .unwrap()
+            .splits_at_newlines());
+        assert!(!Pretokenizer::new(GPT2_PATTERN)
+            .unwrap()
+            .splits_at_newlines());
     }
 
     #[test]
@@ -727,8 +1098,25 @@ mod tests {
             "x   ",
             "x \u{2028} y",
         ];
-        for pattern in [GPT4_PATTERN, CL100K_PATTERN] {
-            assert_same_as_regex(pattern, cases.iter().map(|s| s.to_string()));
+        let cases = cases.iter().copied().chain([
+            "HelloWorld's",
+            "HELLOworld",
+            "HTML'S",
+            "ǅa",
+            "\u{301}A",
+            "a\u{301}B",
+            "A\u{301}",
+            " \u{301}",
+            "!\n/x",
+            " !\r\n//",
+            "\u{2C6}\u{2C6}A",
+            "ABC def",
+            "\tWord",
+            " 'll",
+            "x's'LL",
+        ]);
+        for pattern in HAND_WRITTEN {
+            assert_same_as_regex(pattern, cases.clone().map(|s| s.to_string()));
         }
         let p = Pretokenizer::gpt4();
         assert_eq!(p.pieces("a\n  "), vec!["a", "\n", "  "]);
