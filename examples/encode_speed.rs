@@ -1,7 +1,7 @@
 //! Encode speed and ids: lmrs beside the pure-Rust `tiktoken` crate (a dev-dependency).
 //!
 //!   cargo run --release --example encode_speed -- [--prose DIR] [--code DIR]
-//!       [--vocab FILE.json] [--quick] [--repeat N] [--no-train]
+//!       [--vocab FILE.json] [--quick] [--repeat N] [--no-train] [--write-ranks DIR]
 //!
 //! For cl100k and o200k (the crate's embedded ranks, read back through its own decoder;
 //! lmrs builds its encoder from the same ranks with `Vocab::from_ranks`) every document
@@ -11,6 +11,16 @@
 //! (documents in parallel on every core: lmrs `encode_batch`, the crate's `encode`
 //! under rayon). Adversarial inputs are timed at two sizes, 4x apart: equal MB/s means
 //! linear time.
+//!
+//! lmrs is timed one thread in each piece-cache mode (`PieceCacheMode`: off, all pieces,
+//! auto = the default), so one run shows whether the cache pays on each input; the
+//! "known/hit" column is Auto's share of pieces that were one lookup (a byte or a whole
+//! token) and of pieces served by the cache, and "drop" marks inputs where Auto dropped
+//! the cache (its sampled hit rate was too low).
+//!
+//! `--write-ranks DIR` writes the crate's ranks as DIR/cl100k_base.tiktoken and
+//! DIR/o200k_base.tiktoken ("base64(token) rank" lines, tiktoken's own format) and exits:
+//! `benchmarks/bench_tokenizer.py --ranks DIR` times the Python-facing side on them.
 //!
 //! An lmrs-trained 32k vocabulary (trained here on the prose and code inputs with the
 //! cl100k pattern, or `--vocab FILE.json`) is timed for lmrs alone: the crate has no
@@ -27,7 +37,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use _lmrs::corpus::{collect_files, WordCounts};
-use _lmrs::encode::{AllowedSpecial, Encoder};
+use _lmrs::encode::{AllowedSpecial, Encoder, PieceCacheMode};
 use _lmrs::pretokenize::{Pretokenizer, CL100K_PATTERN, O200K_PATTERN};
 use _lmrs::train::{train_bpe, TrainOptions};
 use _lmrs::vocab::{Vocab, EOT};
@@ -42,6 +52,7 @@ struct Options {
     quick: bool,
     repeat: usize,
     train: bool,
+    write_ranks: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Options, BoxError> {
@@ -52,6 +63,7 @@ fn parse_args() -> Result<Options, BoxError> {
         quick: false,
         repeat: 3,
         train: true,
+        write_ranks: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -63,6 +75,7 @@ fn parse_args() -> Result<Options, BoxError> {
             "--repeat" => options.repeat = value()?.parse::<usize>()?.max(1),
             "--quick" => options.quick = true,
             "--no-train" => options.train = false,
+            "--write-ranks" => options.write_ranks = Some(PathBuf::from(value()?)),
             _ => return Err(format!("unknown argument {arg} (see the file's header)").into()),
         }
     }
@@ -482,16 +495,83 @@ fn header() {
     println!("MB/s, higher is better; 1T = one thread (best of the runs), batched = documents in parallel");
 }
 
+/// The crate's ranks as `.tiktoken` files in `dir` (written whole, then renamed).
+fn write_ranks(dir: &Path) -> Result<(), BoxError> {
+    use base64::Engine;
+    std::fs::create_dir_all(dir)?;
+    for reference in &REFERENCES {
+        let Some(bpe) = tiktoken::get_encoding(reference.crate_name) else {
+            return Err(format!("the crate has no {}", reference.crate_name).into());
+        };
+        let mut text = String::new();
+        for (bytes, rank) in crate_ranks(bpe) {
+            text.push_str(&base64::engine::general_purpose::STANDARD.encode(&bytes));
+            text.push_str(&format!(" {rank}\n"));
+        }
+        let path = dir.join(format!("{}.tiktoken", reference.crate_name));
+        let tmp = dir.join(format!(".{}.tiktoken.tmp", reference.crate_name));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &path)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+const MODES: [PieceCacheMode; 3] = [
+    PieceCacheMode::Off,
+    PieceCacheMode::AllPieces,
+    PieceCacheMode::Auto,
+];
+
+/// Seconds of one thread encoding every document in each mode, in [`MODES`] order.
+fn time_modes(
+    lmrs: &Encoder,
+    input: &Input,
+    repeat: usize,
+    one_thread: &rayon::ThreadPool,
+) -> [f64; 3] {
+    MODES.map(|mode| {
+        one_thread.install(|| {
+            best_of(repeat, || {
+                input
+                    .docs
+                    .iter()
+                    .map(|d| lmrs.encode_ordinary_with(d, mode).len())
+                    .sum()
+            })
+        })
+    })
+}
+
+/// Auto's piece counts over the input: "known% / hit%", and whether it dropped the cache
+/// on any document.
+fn auto_stats(lmrs: &Encoder, input: &Input) -> (String, bool) {
+    let (mut pieces, mut known, mut hits, mut dropped) = (0u64, 0u64, 0u64, false);
+    for doc in &input.docs {
+        let s = lmrs.piece_stats(doc, PieceCacheMode::Auto);
+        pieces += s.pieces;
+        known += s.known;
+        hits += s.cache_hits;
+        dropped |= s.cache_dropped_at.is_some();
+    }
+    let pct = |n: u64| 100.0 * n as f64 / pieces.max(1) as f64;
+    (format!("{:.0}/{:.0}", pct(known), pct(hits)), dropped)
+}
+
 fn main() -> Result<(), BoxError> {
     let options = parse_args()?;
+    if let Some(dir) = &options.write_ranks {
+        return write_ranks(dir);
+    }
     header();
     let inputs = inputs(&options)?;
     let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
     println!();
     println!(
-        "| vocab | input | MB | lmrs 1T | crate 1T | lmrs/crate | lmrs batched | crate batched |"
+        "| vocab | input | MB | lmrs 1T no cache | lmrs 1T cache all | lmrs 1T auto | crate 1T \
+         | auto/crate | known/hit % | drop | lmrs batched | crate batched |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for reference in &REFERENCES {
         let Some(bpe) = tiktoken::get_encoding(reference.crate_name) else {
             return Err(format!("the crate has no {}", reference.crate_name).into());
@@ -506,15 +586,9 @@ fn main() -> Result<(), BoxError> {
         for input in &inputs {
             check_same_ids(input, reference.name, &lmrs, bpe)?;
             let bytes = input.bytes();
-            let ours = one_thread.install(|| {
-                best_of(options.repeat, || {
-                    input
-                        .docs
-                        .iter()
-                        .map(|d| lmrs.encode_ordinary(d).len())
-                        .sum()
-                })
-            });
+            let modes = time_modes(&lmrs, input, options.repeat, &one_thread);
+            let ours = modes[2];
+            let (stats, dropped) = auto_stats(&lmrs, input);
             let theirs = best_of(options.repeat, || {
                 input.docs.iter().map(|d| bpe.encode(d).len()).sum()
             });
@@ -534,13 +608,16 @@ fn main() -> Result<(), BoxError> {
                 (mb_per_s(bytes, ours), mb_per_s(bytes, theirs))
             };
             println!(
-                "| {} | {} | {:.2} | {} | {} | {:.2}x | {} | {} |",
+                "| {} | {} | {:.2} | {} | {} | {} | {} | {:.2}x | {stats} | {} | {} | {} |",
                 reference.name,
                 input.name,
                 bytes as f64 / 1e6,
-                mb_per_s(bytes, ours),
+                mb_per_s(bytes, modes[0]),
+                mb_per_s(bytes, modes[1]),
+                mb_per_s(bytes, modes[2]),
                 mb_per_s(bytes, theirs),
                 theirs / ours,
+                if dropped { "yes" } else { "" },
                 ours_batched,
                 theirs_batched
             );
@@ -578,15 +655,8 @@ fn lmrs_vocab(
     let lmrs = Encoder::new(vocab)?;
     for input in inputs {
         let bytes = input.bytes();
-        let ours = one_thread.install(|| {
-            best_of(options.repeat, || {
-                input
-                    .docs
-                    .iter()
-                    .map(|d| lmrs.encode_ordinary(d).len())
-                    .sum()
-            })
-        });
+        let modes = time_modes(&lmrs, input, options.repeat, one_thread);
+        let (stats, dropped) = auto_stats(&lmrs, input);
         let batched = if input.single {
             "-".to_string()
         } else {
@@ -596,10 +666,13 @@ fn lmrs_vocab(
             mb_per_s(bytes, s)
         };
         println!(
-            "| {name} | {} | {:.2} | {} | - | - | {batched} | - |",
+            "| {name} | {} | {:.2} | {} | {} | {} | - | - | {stats} | {} | {batched} | - |",
             input.name,
             bytes as f64 / 1e6,
-            mb_per_s(bytes, ours)
+            mb_per_s(bytes, modes[0]),
+            mb_per_s(bytes, modes[1]),
+            mb_per_s(bytes, modes[2]),
+            if dropped { "yes" } else { "" },
         );
     }
     Ok(())

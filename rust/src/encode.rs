@@ -48,6 +48,68 @@ pub enum AllowedSpecial {
     Some(Vec<u32>),
 }
 
+/// How one call uses its piece cache (whole pieces → ids, kept for the call only).
+/// A parameter, not a setting: benchmarks run the same encoder each way
+/// (`examples/encode_speed.rs` prints a column per mode) and every mode gives the same
+/// ids.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PieceCacheMode {
+    /// No cache: every piece is a vocabulary lookup, and merged if it is not a token.
+    Off,
+    /// Every piece of up to 16 bytes probes the cache before the vocabulary (texts of
+    /// 4 KB and more).
+    AllPieces,
+    /// The default: the vocabulary first; only pieces that need merging go through the
+    /// cache, so a text of whole-token pieces pays nothing for it. The cache is dropped
+    /// for the rest of the text when the first [`AUTO_SAMPLE`] merged pieces hit less
+    /// than one time in [`AUTO_MIN_HIT_DIV`] (texts of 4 KB and more).
+    #[default]
+    Auto,
+}
+
+/// What happened to the pieces of one text ([`Encoder::piece_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PieceStats {
+    pub pieces: u64,
+    /// Pieces of one byte (a byte's id) or that are a token whole (one lookup).
+    pub known: u64,
+    /// Pieces merged (not a token, or a cache miss).
+    pub merged: u64,
+    /// Pieces whose ids came from the cache.
+    pub cache_hits: u64,
+    /// The piece at which [`PieceCacheMode::Auto`] dropped the cache, if it did.
+    pub cache_dropped_at: Option<u64>,
+}
+
+/// Counts pieces for [`PieceStats`]; `()` counts nothing (the encoding path), and being
+/// a type parameter that costs nothing.
+trait Tally {
+    fn known(&mut self) {}
+    fn merged(&mut self) {}
+    fn hit(&mut self) {}
+    fn dropped(&mut self) {}
+}
+
+impl Tally for () {}
+
+impl Tally for PieceStats {
+    fn known(&mut self) {
+        self.pieces += 1;
+        self.known += 1;
+    }
+    fn merged(&mut self) {
+        self.pieces += 1;
+        self.merged += 1;
+    }
+    fn hit(&mut self) {
+        self.pieces += 1;
+        self.cache_hits += 1;
+    }
+    fn dropped(&mut self) {
+        self.cache_dropped_at = Some(self.pieces);
+    }
+}
+
 pub struct Encoder {
     vocab: Vocab,
     hash: String,
@@ -61,6 +123,10 @@ pub struct Encoder {
     /// Bytes → lmrs-order id for ordinary tokens (the lowest if two merges made the
     /// same bytes).
     bytes_to_id: AHashMap<Vec<u8>, u32>,
+    /// The same for tokens of 2..=8 bytes, keyed by their bytes as a little-endian u64,
+    /// one map per length (`short_ids[len - 2]`): the key sits in the table, so a lookup
+    /// reads no heap bytes and hashes one integer.
+    short_ids: [AHashMap<u64, u32>; 7],
     /// A piece that is a token becomes that token without merging (tiktoken does this;
     /// Hugging Face BPE only with `ignore_merges`).
     whole_pieces: bool,
@@ -81,6 +147,17 @@ pub fn id_out_of_range(id: impl std::fmt::Display, vocab_size: usize) -> Error {
     Error::Invalid(format!(
         "token id {id} is out of range (vocab size {vocab_size})"
     ))
+}
+
+/// A piece of 2..=8 bytes as a u64 (little-endian, zero-padded); its length picks the map.
+#[inline]
+fn short_key(bytes: &[u8]) -> Option<u64> {
+    if !(2..=8).contains(&bytes.len()) {
+        return None;
+    }
+    let mut padded = [0u8; 8];
+    padded[..bytes.len()].copy_from_slice(bytes);
+    Some(u64::from_le_bytes(padded))
 }
 
 #[inline]
@@ -127,7 +204,14 @@ impl Encoder {
         let canonical =
             (!canonical.iter().enumerate().all(|(i, &c)| c == i as u32)).then_some(canonical);
         let hash = vocab.hash();
+        let mut short_ids: [AHashMap<u64, u32>; 7] = Default::default();
+        for (bytes, &id) in &bytes_to_id {
+            if let Some(key) = short_key(bytes) {
+                short_ids[bytes.len() - 2].insert(key, id);
+            }
+        }
         Ok(Self {
+            short_ids,
             canonical,
             whole_pieces: rule != MergeRule::Hf,
             external_ids: vocab.ids().map(<[u32]>::to_vec),
@@ -185,18 +269,44 @@ impl Encoder {
         out
     }
 
+    /// Encodes text with special tokens as plain text, using the piece cache as `mode`
+    /// says (the ids are the same in every mode).
+    pub fn encode_ordinary_with(&self, text: &str, mode: PieceCacheMode) -> Vec<u32> {
+        let mut out = Vec::with_capacity(text.len() / 3 + 1);
+        self.encode_ordinary_into_with(text, mode, &mut out);
+        out
+    }
+
     /// Appends the ids of `text` (special tokens as plain text) to `out`.
     pub fn encode_ordinary_into(&self, text: &str, out: &mut Vec<u32>) {
+        self.encode_ordinary_into_with(text, PieceCacheMode::default(), out);
+    }
+
+    fn encode_ordinary_into_with(&self, text: &str, mode: PieceCacheMode, out: &mut Vec<u32>) {
         if text.len() >= 2 * PARALLEL_CHUNK_BYTES && self.pretokenizer.splits_at_newlines() {
-            self.encode_chunks_into(text, PARALLEL_CHUNK_BYTES, out);
+            self.encode_chunks_into(text, PARALLEL_CHUNK_BYTES, mode, out);
         } else {
-            self.encode_sequential_into(text, out);
+            self.encode_sequential_into(text, mode, out, &mut ());
         }
+    }
+
+    /// How the pieces of `text` are encoded in `mode`, as one sequential call would
+    /// (no chunks): how many are known tokens, merged, or cache hits.
+    pub fn piece_stats(&self, text: &str, mode: PieceCacheMode) -> PieceStats {
+        let mut stats = PieceStats::default();
+        self.encode_sequential_into(text, mode, &mut Vec::new(), &mut stats);
+        stats
     }
 
     /// Cuts `text` into chunks of about `chunk_bytes` where no piece can cross (see
     /// [`split_point_after`]), encodes them in parallel and appends the ids in order.
-    fn encode_chunks_into(&self, text: &str, chunk_bytes: usize, out: &mut Vec<u32>) {
+    fn encode_chunks_into(
+        &self,
+        text: &str,
+        chunk_bytes: usize,
+        mode: PieceCacheMode,
+        out: &mut Vec<u32>,
+    ) {
         let mut chunks = Vec::new();
         let mut start = 0;
         while text.len() - start > chunk_bytes {
@@ -213,7 +323,7 @@ impl Encoder {
             .par_iter()
             .map(|chunk| {
                 let mut ids = Vec::with_capacity(chunk.len() / 3 + 1);
-                self.encode_sequential_into(chunk, &mut ids);
+                self.encode_sequential_into(chunk, mode, &mut ids, &mut ());
                 ids
             })
             .collect();
@@ -222,32 +332,84 @@ impl Encoder {
         }
     }
 
-    fn encode_sequential_into(&self, text: &str, out: &mut Vec<u32>) {
+    fn encode_sequential_into(
+        &self,
+        text: &str,
+        mode: PieceCacheMode,
+        out: &mut Vec<u32>,
+        tally: &mut impl Tally,
+    ) {
         let start = out.len();
         let mut scratch = Scratch::default();
-        if text.len() < CACHE_MIN_TEXT {
-            self.pretokenizer.for_each_piece(text, |piece| {
-                self.encode_piece(piece.as_bytes(), out, &mut scratch);
-            });
+        let mode = if text.len() < CACHE_MIN_TEXT {
+            PieceCacheMode::Off
         } else {
-            let mut cache = PieceCache::for_text(text.len());
-            self.pretokenizer.for_each_piece(text, |piece| {
+            mode
+        };
+        match mode {
+            PieceCacheMode::Off => self.pretokenizer.for_each_piece(text, |piece| {
                 let piece = piece.as_bytes();
-                if piece.len() == 1 {
-                    out.push(piece[0] as u32);
-                    return;
+                if let Some(id) = self.known_piece(piece) {
+                    out.push(id);
+                    tally.known();
+                } else {
+                    self.merge_piece(piece, out, &mut scratch);
+                    tally.merged();
                 }
-                let Some(slot) = cache.slot(piece) else {
-                    return self.encode_piece(piece, out, &mut scratch);
-                };
-                if let Some(ids) = cache.get(slot, piece) {
-                    out.extend_from_slice(ids);
-                    return;
-                }
-                let before = out.len();
-                self.encode_piece(piece, out, &mut scratch);
-                cache.put(slot, piece, &out[before..]);
-            });
+            }),
+            PieceCacheMode::AllPieces => {
+                let mut cache = PieceCache::for_text(text.len());
+                self.pretokenizer.for_each_piece(text, |piece| {
+                    let piece = piece.as_bytes();
+                    if piece.len() == 1 {
+                        out.push(piece[0] as u32);
+                        return tally.known();
+                    }
+                    let Some(slot) = cache.slot(piece) else {
+                        return self.encode_piece(piece, out, &mut scratch, tally);
+                    };
+                    if let Some(ids) = cache.get(slot, piece) {
+                        out.extend_from_slice(ids);
+                        return tally.hit();
+                    }
+                    let before = out.len();
+                    self.encode_piece(piece, out, &mut scratch, tally);
+                    cache.put(slot, piece, &out[before..]);
+                });
+            }
+            PieceCacheMode::Auto => {
+                let mut cache = Some(PieceCache::for_text(text.len()));
+                let (mut probes, mut hits) = (0u32, 0u32);
+                self.pretokenizer.for_each_piece(text, |piece| {
+                    let piece = piece.as_bytes();
+                    if let Some(id) = self.known_piece(piece) {
+                        out.push(id);
+                        return tally.known();
+                    }
+                    let Some((c, slot)) = cache
+                        .as_mut()
+                        .and_then(|c| c.slot(piece).map(|slot| (c, slot)))
+                    else {
+                        self.merge_piece(piece, out, &mut scratch);
+                        return tally.merged();
+                    };
+                    probes += 1;
+                    if let Some(ids) = c.get(slot, piece) {
+                        out.extend_from_slice(ids);
+                        hits += 1;
+                        tally.hit();
+                    } else {
+                        let before = out.len();
+                        self.merge_piece(piece, out, &mut scratch);
+                        c.put(slot, piece, &out[before..]);
+                        tally.merged();
+                    }
+                    if probes == AUTO_SAMPLE && hits * AUTO_MIN_HIT_DIV < probes {
+                        cache = None;
+                        tally.dropped();
+                    }
+                });
+            }
         }
         if let Some(external) = &self.external_ids {
             for id in &mut out[start..] {
@@ -318,22 +480,45 @@ impl Encoder {
             .unwrap_or(NO_RANK)
     }
 
+    /// The id of a piece that needs no merging: one byte, or a token whole (when the
+    /// merge rule takes whole pieces).
     #[inline]
-    fn encode_piece(&self, piece: &[u8], out: &mut Vec<u32>, scratch: &mut Scratch) {
+    fn known_piece(&self, piece: &[u8]) -> Option<u32> {
         if piece.len() == 1 {
-            out.push(piece[0] as u32);
-        } else if let Some(&id) = self
-            .whole_pieces
-            .then(|| self.bytes_to_id.get(piece))
-            .flatten()
-        {
+            return Some(piece[0] as u32);
+        }
+        if !self.whole_pieces {
+            return None;
+        }
+        match short_key(piece) {
+            Some(key) => self.short_ids[piece.len() - 2].get(&key).copied(),
+            None => self.bytes_to_id.get(piece).copied(),
+        }
+    }
+
+    #[inline]
+    fn encode_piece(
+        &self,
+        piece: &[u8],
+        out: &mut Vec<u32>,
+        scratch: &mut Scratch,
+        tally: &mut impl Tally,
+    ) {
+        if let Some(id) = self.known_piece(piece) {
             out.push(id);
+            tally.known();
         } else {
-            // monomorphised: the identity costs nothing on the common path
-            match &self.canonical {
-                None => self.merge(piece, out, scratch, |id| id),
-                Some(canonical) => self.merge(piece, out, scratch, |id| canonical[id as usize]),
-            }
+            self.merge_piece(piece, out, scratch);
+            tally.merged();
+        }
+    }
+
+    #[inline]
+    fn merge_piece(&self, piece: &[u8], out: &mut Vec<u32>, scratch: &mut Scratch) {
+        // monomorphised: the identity costs nothing on the common path
+        match &self.canonical {
+            None => self.merge(piece, out, scratch, |id| id),
+            Some(canonical) => self.merge(piece, out, scratch, |id| canonical[id as usize]),
         }
     }
 
@@ -515,6 +700,12 @@ fn tiktoken_pairs(
 /// Texts shorter than this are encoded without a [`PieceCache`] (setting one up costs
 /// more than it saves on a few hundred pieces).
 const CACHE_MIN_TEXT: usize = 4096;
+/// [`PieceCacheMode::Auto`] checks the cache's hit rate after this many merged pieces
+/// and drops it below 1/[`AUTO_MIN_HIT_DIV`]: a miss costs a probe and a 40-byte store on
+/// top of the merge, a hit saves a merge (several pair lookups), so a rate that low
+/// cannot pay.
+pub const AUTO_SAMPLE: u32 = 1024;
+pub const AUTO_MIN_HIT_DIV: u32 = 8;
 /// Longest piece the cache keeps, and most ids it keeps for one piece: ~98% of the
 /// pieces of prose and code fit.
 const CACHE_KEY_BYTES: usize = 16;
@@ -721,7 +912,7 @@ mod tests {
             let sequential = enc.encode_ordinary(&text);
             for chunk in [1, 7, 64, 1000] {
                 let mut chunked = Vec::new();
-                enc.encode_chunks_into(&text, chunk, &mut chunked);
+                enc.encode_chunks_into(&text, chunk, PieceCacheMode::Auto, &mut chunked);
                 assert_eq!(chunked, sequential, "chunk {chunk}");
             }
         }
@@ -851,15 +1042,85 @@ mod tests {
             let mut expected = Vec::new();
             let mut scratch = Scratch::default();
             for piece in enc.pretokenizer.pieces(&text) {
-                enc.encode_piece(piece.as_bytes(), &mut expected, &mut scratch);
+                enc.encode_piece(piece.as_bytes(), &mut expected, &mut scratch, &mut ());
             }
             if let Some(external) = &enc.external_ids {
                 expected
                     .iter_mut()
                     .for_each(|id| *id = external[*id as usize]);
             }
-            assert_eq!(enc.encode_ordinary(&text), expected);
+            for mode in [
+                PieceCacheMode::Off,
+                PieceCacheMode::AllPieces,
+                PieceCacheMode::Auto,
+            ] {
+                assert_eq!(enc.encode_ordinary_with(&text, mode), expected, "{mode:?}");
+                let stats = enc.piece_stats(&text, mode);
+                assert_eq!(
+                    stats.known + stats.merged + stats.cache_hits,
+                    stats.pieces,
+                    "{mode:?}"
+                );
+                assert_eq!(
+                    stats.cache_hits > 0,
+                    mode != PieceCacheMode::Off,
+                    "{mode:?}"
+                );
+            }
         }
+    }
+
+    #[test]
+    fn auto_keeps_the_cache_only_while_it_hits() {
+        // every piece " theXYZ" is merged (no such token; 4 ids, so cacheable) and new:
+        // nothing repeats, so
+        // Auto drops the cache after its sample; one piece repeated keeps it
+        let enc = Encoder::new(vocab()).unwrap();
+        let unique: String = (0..3 * AUTO_SAMPLE)
+            .map(|i| {
+                let letter = |k: u32| char::from(b'a' + (k % 26) as u8);
+                format!(" the{}{}{}", letter(i), letter(i / 26), letter(i / 676))
+            })
+            .collect();
+        let stats = enc.piece_stats(&unique, PieceCacheMode::Auto);
+        assert_eq!(stats.cache_hits, 0);
+        assert!(stats.cache_dropped_at.is_some(), "{stats:?}");
+        let repeated = " theq".repeat(3 * AUTO_SAMPLE as usize);
+        let stats = enc.piece_stats(&repeated, PieceCacheMode::Auto);
+        assert_eq!(stats.cache_dropped_at, None, "{stats:?}");
+        assert_eq!(stats.merged, 1);
+        // whole-token pieces never reach the cache in Auto; in AllPieces they do
+        let tokens = " the".repeat(3 * AUTO_SAMPLE as usize);
+        let auto = enc.piece_stats(&tokens, PieceCacheMode::Auto);
+        assert_eq!((auto.known, auto.cache_hits), (auto.pieces, 0));
+        let all = enc.piece_stats(&tokens, PieceCacheMode::AllPieces);
+        assert_eq!(all.cache_hits, all.pieces - 1);
+        for text in [&unique, &repeated, &tokens] {
+            assert_eq!(
+                enc.encode_ordinary_with(text, PieceCacheMode::Auto),
+                enc.encode_ordinary_with(text, PieceCacheMode::Off)
+            );
+        }
+    }
+
+    #[test]
+    fn short_keys_tell_trailing_zero_bytes_apart() {
+        // "a\0" and "a" pad to the same u64; the per-length maps keep them apart
+        let merges = vec![(97, 0), (256, 0), (97, 97)];
+        let enc = Encoder::new(Vocab::new(GPT4_PATTERN, merges, &[]).unwrap()).unwrap();
+        assert_eq!(enc.known_piece(b"a\0"), Some(256));
+        assert_eq!(enc.known_piece(b"a\0\0"), Some(257));
+        assert_eq!(enc.known_piece(b"aa"), Some(258));
+        assert_eq!(enc.known_piece(b"a"), Some(97));
+        assert_eq!(enc.known_piece(b"ab"), None);
+        let long = Encoder::new(
+            Vocab::new(GPT4_PATTERN, vec![(97, 97), (256, 256), (257, 257)], &[]).unwrap(),
+        )
+        .unwrap();
+        // 8 bytes: the last short map; 16 bytes: the byte-string map
+        assert_eq!(long.known_piece(b"aaaaaaaa"), Some(258));
+        assert_eq!(long.known_piece(b"aaaa"), Some(257));
+        assert_eq!(long.encode_ordinary(&"a".repeat(16)), vec![258, 258]);
     }
 
     #[test]
