@@ -1,6 +1,7 @@
 """Tokenizer benchmark: lmrs vs rustbpe, Hugging Face tokenizers and tiktoken.
 
     python benchmarks/bench_tokenizer.py CORPUS_DIR --size 5000 [--ext .py] [--heldout-fraction 0.1]
+        [--ranks DIR [--no-train] [--repeat 3]]
 
 Same files, one run each, printed as a table:
 - train s: end to end in a fresh subprocess, from files on disk to a saved vocab;
@@ -8,18 +9,28 @@ Same files, one run each, printed as a table:
 - encode MB/s: all files, single-threaded and batched (2 threads), each tool with its own
   vocab; tiktoken uses lmrs's ranks and pattern (ids checked identical to lmrs);
 - bytes/token: on held-out files (every k-th file, not trained on).
+
+`--ranks DIR` adds the Python-facing comparison on tiktoken's own vocabularies: every
+`cl100k_base.tiktoken` / `o200k_base.tiktoken` in DIR (`cargo run --release --example
+encode_speed -- --write-ranks DIR` writes them from the tiktoken crate) is loaded by lmrs
+(`Tokenizer.from_tiktoken`) and by Python tiktoken (`tiktoken.Encoding` on the same ranks,
+pattern and special tokens); ids are checked identical on every file, then MB/s one
+thread and batched (best of `--repeat`), and the time of one call on a 13-byte and a
+900-byte text. `--no-train` skips the training table.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -134,16 +145,135 @@ def fmt(value: Optional[float], spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def best_seconds(fn: Callable[[], Any], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def cpu_header() -> str:
+    """The CPU's name and the vector features that matter to the encoders."""
+    names, flags = [platform.processor() or platform.machine()], set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                names.append(value.strip())
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    name = names[-1]
+    wanted = ["sse4_2", "avx2", "bmi2", "avx512f", "avx512bw", "avx512vl"]
+    features = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in wanted)
+    return f"CPU: {name}; {os.cpu_count()} CPUs; {features if flags else 'features unknown'}"
+
+
+#: Rank files `--ranks DIR` looks for, and the pattern name each is encoded with.
+RANK_FILES = {"cl100k_base.tiktoken": "cl100k", "o200k_base.tiktoken": "o200k"}
+
+
+def short_text(texts: list[str], n_bytes: int) -> str:
+    """The first `n_bytes` of the corpus (cut at a character boundary)."""
+    data = "".join(texts).encode()[:n_bytes]
+    return data.decode("utf-8", errors="ignore")
+
+
+def per_call_us(fn: Callable[[str], Any], text: str, repeat: int) -> float:
+    calls = max(20_000 // max(len(text) // 13, 1), 200)
+    seconds = best_seconds(partial(_encode_each, fn, [text] * calls), repeat)
+    return seconds / calls * 1e6
+
+
+def ranks_section(ranks_dir: Path, texts: list[str], repeat: int) -> None:
+    """lmrs vs Python tiktoken on tiktoken's own ranks (see the module docstring)."""
+    from lmrs import Tokenizer
+    from lmrs.tokenizer_import import PATTERNS, TIKTOKEN_SPECIAL_TOKENS, read_tiktoken_ranks
+
+    try:
+        import tiktoken
+    except ImportError:
+        print(f"\n--ranks {ranks_dir}: Python tiktoken is not installed (pip install tiktoken)")
+        return
+    found = [(ranks_dir / f, name) for f, name in RANK_FILES.items() if (ranks_dir / f).exists()]
+    if not found:
+        print(f"\n--ranks {ranks_dir}: no {' or '.join(RANK_FILES)} there")
+        return
+    num_bytes = sum(len(t.encode()) for t in texts)
+    threads = os.cpu_count() or 1
+    short, medium = "Hello, world!", short_text(texts, 900)
+    print(f"\n# lmrs vs Python tiktoken {tiktoken.__version__} on the same ranks")
+    print(cpu_header())
+    print(
+        f"{len(texts)} texts, {num_bytes / 1e6:.1f} MB; best of {repeat}; batched: "
+        f"lmrs encode_batch vs tiktoken encode_ordinary_batch(num_threads={threads}); "
+        f"call: microseconds per encode_ordinary of {len(short.encode())} / "
+        f"{len(medium.encode())} bytes"
+    )
+    print()
+    print("| vocab | encoder | ids | MB/s 1T | MB/s batched | us/call 13 B | us/call 900 B |")
+    print("|---|---|---|---|---|---|---|")
+    for path, name in found:
+        ranks = read_tiktoken_ranks(path)
+        tok = Tokenizer.from_tiktoken(path, pattern=name)
+        enc = tiktoken.Encoding(
+            name,
+            pat_str=PATTERNS[name],
+            mergeable_ranks=ranks,
+            special_tokens=TIKTOKEN_SPECIAL_TOKENS[name],
+        )
+        ours = [tok.encode_ordinary(t) for t in texts]
+        theirs = [enc.encode_ordinary(t) for t in texts]
+        differ = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
+        same = "identical" if differ is None else f"DIFFER (text {differ})"
+        encoders: list[tuple[str, Callable[[str], Any], Callable[[], Any]]] = [
+            ("lmrs", tok.encode_ordinary, partial(tok.encode_batch, texts, allowed_special="none")),
+            (
+                "tiktoken",
+                enc.encode_ordinary,
+                partial(enc.encode_ordinary_batch, texts, num_threads=threads),
+            ),
+        ]
+        for label, one, batch in encoders:
+            single = best_seconds(partial(_encode_each, one, texts), repeat)
+            batched = best_seconds(batch, repeat)
+            print(
+                f"| {name} | {label} | {same} | {num_bytes / 1e6 / single:.1f} | "
+                f"{num_bytes / 1e6 / batched:.1f} | {per_call_us(one, short, repeat):.2f} | "
+                f"{per_call_us(one, medium, repeat):.2f} |"
+            )
+
+
+def _encode_each(encode: Callable[[str], Any], texts: list[str]) -> None:
+    for text in texts:
+        encode(text)
+
+
 @click.command()
 @click.argument("corpus", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--size", type=int, default=5000, show_default=True)
 @click.option("--ext", "extensions", multiple=True, help="Only these extensions, e.g. .py")
 @click.option("--heldout-fraction", type=float, default=0.1, show_default=True)
+@click.option(
+    "--ranks",
+    "ranks_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Also time lmrs vs Python tiktoken on the .tiktoken rank files in this folder.",
+)
+@click.option("--no-train", is_flag=True, help="Skip the training table (use with --ranks).")
+@click.option("--repeat", type=int, default=3, show_default=True, help="Runs per --ranks timing.")
 def main(
     corpus: Path,
     size: int,
     extensions: tuple[str, ...],
     heldout_fraction: float,
+    ranks_dir: Optional[Path],
+    no_train: bool,
+    repeat: int,
 ) -> None:
     """Train and encode CORPUS with lmrs and its peers; print one table."""
     from lmrs import Tokenizer, _lmrs
@@ -156,6 +286,10 @@ def main(
     held = [f for i, f in enumerate(files) if step and i % step == step - 1]
     train_files = [f for f in files if f not in set(held)]
     texts = _read_texts(files)
+    if no_train:
+        if ranks_dir is not None:
+            ranks_section(ranks_dir, texts, max(repeat, 1))
+        return
     held_texts = _read_texts(held)
     num_bytes = sum(len(t.encode()) for t in texts)
     held_bytes = sum(len(t.encode()) for t in held_texts)
@@ -260,6 +394,8 @@ def main(
             f"; bytes/token {100 * (lm.bytes_per_token / rb.bytes_per_token - 1):+.2f}% vs rustbpe"
         )
     print()
+    if ranks_dir is not None:
+        ranks_section(ranks_dir, texts, max(repeat, 1))
 
 
 if __name__ == "__main__":

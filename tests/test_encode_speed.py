@@ -5,7 +5,11 @@ own cl100k/o200k files are downloaded, which these tests cannot do)."""
 
 from __future__ import annotations
 
+import importlib.util
 import random
+import sys
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 from hypothesis import given, settings
@@ -90,3 +94,32 @@ def test_long_texts_use_the_cache_and_chunks_with_identical_ids(
 def test_generated_text_gives_tiktoken_ids(pair: tuple[Tokenizer, object], text: str) -> None:
     tok, enc = pair
     assert tok.encode_ordinary(text) == enc.encode_ordinary(text)  # type: ignore[attr-defined]
+
+
+def _bench_module(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_tokenizer.py"
+    spec = importlib.util.spec_from_file_location("bench_tokenizer", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    # its dataclasses look their module up while being defined; removed after the test
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_ranks_section_checks_ids_and_prints_both_encoders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a trained vocabulary under tiktoken's file name: the section loads it with the
+    # cl100k pattern and special tokens in both libraries, as it would the real ranks
+    texts = [_mixed_text(2000, seed) for seed in range(6)]
+    trained = Tokenizer.train(texts, 400, pattern="cl100k", min_frequency=1, show_progress=False)
+    trained.export_tiktoken(tmp_path / "cl100k_base.tiktoken")
+    _bench_module(monkeypatch).ranks_section(tmp_path, texts, 1)
+    out = capsys.readouterr().out
+    assert "CPU: " in out
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| cl100k |")]
+    assert [row[1] for row in rows] == ["lmrs", "tiktoken"]
+    for row in rows:
+        assert row[2] == "identical"
+        assert all(float(cell.strip(" |")) > 0 for cell in row[3:])
