@@ -12,8 +12,11 @@
 //! under rayon). Adversarial inputs are timed at two sizes, 4x apart: equal MB/s means
 //! linear time.
 //!
-//! lmrs is timed one thread in each piece-cache mode (`PieceCacheMode`: off, all pieces,
-//! auto = the default), so one run shows whether the cache pays on each input; the
+//! lmrs is timed one thread with each of four `EncodeOptions`: no piece cache with
+//! tokens looked up by their bytes (the encoder before short keys and the cache), no
+//! cache, every piece through the cache, and auto (the default: short keys, the cache for
+//! merged pieces only), so one run shows what short keys and the cache each give on each
+//! input; the
 //! "known/hit" column is Auto's share of pieces that were one lookup (a byte or a whole
 //! token) and of pieces served by the cache, and "drop" marks inputs where Auto dropped
 //! the cache (its sampled hit rate was too low).
@@ -37,7 +40,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use _lmrs::corpus::{collect_files, WordCounts};
-use _lmrs::encode::{AllowedSpecial, Encoder, PieceCacheMode};
+use _lmrs::encode::{AllowedSpecial, EncodeOptions, Encoder, PieceCacheMode};
 use _lmrs::pretokenize::{Pretokenizer, CL100K_PATTERN, O200K_PATTERN};
 use _lmrs::train::{train_bpe, TrainOptions};
 use _lmrs::vocab::{Vocab, EOT};
@@ -517,19 +520,34 @@ fn write_ranks(dir: &Path) -> Result<(), BoxError> {
     Ok(())
 }
 
-const MODES: [PieceCacheMode; 3] = [
-    PieceCacheMode::Off,
-    PieceCacheMode::AllPieces,
-    PieceCacheMode::Auto,
+/// The lmrs columns: (byte keys, no cache), then short keys with no cache, every piece
+/// cached, and auto (the default; last, as the ratio to the crate uses it).
+const MODES: [EncodeOptions; 4] = [
+    EncodeOptions {
+        cache: PieceCacheMode::Off,
+        short_keys: false,
+    },
+    EncodeOptions {
+        cache: PieceCacheMode::Off,
+        short_keys: true,
+    },
+    EncodeOptions {
+        cache: PieceCacheMode::AllPieces,
+        short_keys: true,
+    },
+    EncodeOptions {
+        cache: PieceCacheMode::Auto,
+        short_keys: true,
+    },
 ];
 
-/// Seconds of one thread encoding every document in each mode, in [`MODES`] order.
+/// Seconds of one thread encoding every document with each of [`MODES`], in order.
 fn time_modes(
     lmrs: &Encoder,
     input: &Input,
     repeat: usize,
     one_thread: &rayon::ThreadPool,
-) -> [f64; 3] {
+) -> [f64; 4] {
     MODES.map(|mode| {
         one_thread.install(|| {
             best_of(repeat, || {
@@ -568,10 +586,10 @@ fn main() -> Result<(), BoxError> {
     let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
     println!();
     println!(
-        "| vocab | input | MB | lmrs 1T no cache | lmrs 1T cache all | lmrs 1T auto | crate 1T \
-         | auto/crate | known/hit % | drop | lmrs batched | crate batched |"
+        "| vocab | input | MB | lmrs 1T byte keys, no cache | no cache | cache all | auto \
+         | crate 1T | auto/crate | known/hit % | drop | lmrs batched | crate batched |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for reference in &REFERENCES {
         let Some(bpe) = tiktoken::get_encoding(reference.crate_name) else {
             return Err(format!("the crate has no {}", reference.crate_name).into());
@@ -587,7 +605,7 @@ fn main() -> Result<(), BoxError> {
             check_same_ids(input, reference.name, &lmrs, bpe)?;
             let bytes = input.bytes();
             let modes = time_modes(&lmrs, input, options.repeat, &one_thread);
-            let ours = modes[2];
+            let ours = modes[3];
             let (stats, dropped) = auto_stats(&lmrs, input);
             let theirs = best_of(options.repeat, || {
                 input.docs.iter().map(|d| bpe.encode(d).len()).sum()
@@ -608,13 +626,14 @@ fn main() -> Result<(), BoxError> {
                 (mb_per_s(bytes, ours), mb_per_s(bytes, theirs))
             };
             println!(
-                "| {} | {} | {:.2} | {} | {} | {} | {} | {:.2}x | {stats} | {} | {} | {} |",
+                "| {} | {} | {:.2} | {} | {} | {} | {} | {} | {:.2}x | {stats} | {} | {} | {} |",
                 reference.name,
                 input.name,
                 bytes as f64 / 1e6,
                 mb_per_s(bytes, modes[0]),
                 mb_per_s(bytes, modes[1]),
                 mb_per_s(bytes, modes[2]),
+                mb_per_s(bytes, modes[3]),
                 mb_per_s(bytes, theirs),
                 theirs / ours,
                 if dropped { "yes" } else { "" },
@@ -666,12 +685,13 @@ fn lmrs_vocab(
             mb_per_s(bytes, s)
         };
         println!(
-            "| {name} | {} | {:.2} | {} | {} | {} | - | - | {stats} | {} | {batched} | - |",
+            "| {name} | {} | {:.2} | {} | {} | {} | {} | - | - | {stats} | {} | {batched} | - |",
             input.name,
             bytes as f64 / 1e6,
             mb_per_s(bytes, modes[0]),
             mb_per_s(bytes, modes[1]),
             mb_per_s(bytes, modes[2]),
+            mb_per_s(bytes, modes[3]),
             if dropped { "yes" } else { "" },
         );
     }

@@ -67,6 +67,33 @@ pub enum PieceCacheMode {
     Auto,
 }
 
+/// How one call encodes; every choice gives the same ids (benchmarks compare them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EncodeOptions {
+    pub cache: PieceCacheMode,
+    /// Look tokens of 2..=8 bytes up by a u64 key (true, the default) rather than by
+    /// their bytes.
+    pub short_keys: bool,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        Self {
+            cache: PieceCacheMode::default(),
+            short_keys: true,
+        }
+    }
+}
+
+impl From<PieceCacheMode> for EncodeOptions {
+    fn from(cache: PieceCacheMode) -> Self {
+        Self {
+            cache,
+            ..Self::default()
+        }
+    }
+}
+
 /// What happened to the pieces of one text ([`Encoder::piece_stats`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PieceStats {
@@ -269,32 +296,32 @@ impl Encoder {
         out
     }
 
-    /// Encodes text with special tokens as plain text, using the piece cache as `mode`
-    /// says (the ids are the same in every mode).
-    pub fn encode_ordinary_with(&self, text: &str, mode: PieceCacheMode) -> Vec<u32> {
+    /// Encodes text with special tokens as plain text, as `options` say (the ids are
+    /// the same for all options).
+    pub fn encode_ordinary_with(&self, text: &str, options: impl Into<EncodeOptions>) -> Vec<u32> {
         let mut out = Vec::with_capacity(text.len() / 3 + 1);
-        self.encode_ordinary_into_with(text, mode, &mut out);
+        self.encode_ordinary_into_with(text, options.into(), &mut out);
         out
     }
 
     /// Appends the ids of `text` (special tokens as plain text) to `out`.
     pub fn encode_ordinary_into(&self, text: &str, out: &mut Vec<u32>) {
-        self.encode_ordinary_into_with(text, PieceCacheMode::default(), out);
+        self.encode_ordinary_into_with(text, EncodeOptions::default(), out);
     }
 
-    fn encode_ordinary_into_with(&self, text: &str, mode: PieceCacheMode, out: &mut Vec<u32>) {
+    fn encode_ordinary_into_with(&self, text: &str, options: EncodeOptions, out: &mut Vec<u32>) {
         if text.len() >= 2 * PARALLEL_CHUNK_BYTES && self.pretokenizer.splits_at_newlines() {
-            self.encode_chunks_into(text, PARALLEL_CHUNK_BYTES, mode, out);
+            self.encode_chunks_into(text, PARALLEL_CHUNK_BYTES, options, out);
         } else {
-            self.encode_sequential_into(text, mode, out, &mut ());
+            self.encode_sequential_into(text, options, out, &mut ());
         }
     }
 
-    /// How the pieces of `text` are encoded in `mode`, as one sequential call would
-    /// (no chunks): how many are known tokens, merged, or cache hits.
-    pub fn piece_stats(&self, text: &str, mode: PieceCacheMode) -> PieceStats {
+    /// How the pieces of `text` are encoded with `options`, as one sequential call
+    /// would (no chunks): how many are known tokens, merged, or cache hits.
+    pub fn piece_stats(&self, text: &str, options: impl Into<EncodeOptions>) -> PieceStats {
         let mut stats = PieceStats::default();
-        self.encode_sequential_into(text, mode, &mut Vec::new(), &mut stats);
+        self.encode_sequential_into(text, options.into(), &mut Vec::new(), &mut stats);
         stats
     }
 
@@ -304,7 +331,7 @@ impl Encoder {
         &self,
         text: &str,
         chunk_bytes: usize,
-        mode: PieceCacheMode,
+        options: EncodeOptions,
         out: &mut Vec<u32>,
     ) {
         let mut chunks = Vec::new();
@@ -323,7 +350,7 @@ impl Encoder {
             .par_iter()
             .map(|chunk| {
                 let mut ids = Vec::with_capacity(chunk.len() / 3 + 1);
-                self.encode_sequential_into(chunk, mode, &mut ids, &mut ());
+                self.encode_sequential_into(chunk, options, &mut ids, &mut ());
                 ids
             })
             .collect();
@@ -333,6 +360,21 @@ impl Encoder {
     }
 
     fn encode_sequential_into(
+        &self,
+        text: &str,
+        options: EncodeOptions,
+        out: &mut Vec<u32>,
+        tally: &mut impl Tally,
+    ) {
+        // monomorphised: the choice costs no branch per piece
+        if options.short_keys {
+            self.encode_sequential::<true>(text, options.cache, out, tally);
+        } else {
+            self.encode_sequential::<false>(text, options.cache, out, tally);
+        }
+    }
+
+    fn encode_sequential<const SHORT_KEYS: bool>(
         &self,
         text: &str,
         mode: PieceCacheMode,
@@ -349,7 +391,7 @@ impl Encoder {
         match mode {
             PieceCacheMode::Off => self.pretokenizer.for_each_piece(text, |piece| {
                 let piece = piece.as_bytes();
-                if let Some(id) = self.known_piece(piece) {
+                if let Some(id) = self.known_piece::<SHORT_KEYS>(piece) {
                     out.push(id);
                     tally.known();
                 } else {
@@ -366,14 +408,14 @@ impl Encoder {
                         return tally.known();
                     }
                     let Some(slot) = cache.slot(piece) else {
-                        return self.encode_piece(piece, out, &mut scratch, tally);
+                        return self.encode_piece::<SHORT_KEYS>(piece, out, &mut scratch, tally);
                     };
                     if let Some(ids) = cache.get(slot, piece) {
                         out.extend_from_slice(ids);
                         return tally.hit();
                     }
                     let before = out.len();
-                    self.encode_piece(piece, out, &mut scratch, tally);
+                    self.encode_piece::<SHORT_KEYS>(piece, out, &mut scratch, tally);
                     cache.put(slot, piece, &out[before..]);
                 });
             }
@@ -382,7 +424,7 @@ impl Encoder {
                 let (mut probes, mut hits) = (0u32, 0u32);
                 self.pretokenizer.for_each_piece(text, |piece| {
                     let piece = piece.as_bytes();
-                    if let Some(id) = self.known_piece(piece) {
+                    if let Some(id) = self.known_piece::<SHORT_KEYS>(piece) {
                         out.push(id);
                         return tally.known();
                     }
@@ -483,28 +525,28 @@ impl Encoder {
     /// The id of a piece that needs no merging: one byte, or a token whole (when the
     /// merge rule takes whole pieces).
     #[inline]
-    fn known_piece(&self, piece: &[u8]) -> Option<u32> {
+    fn known_piece<const SHORT_KEYS: bool>(&self, piece: &[u8]) -> Option<u32> {
         if piece.len() == 1 {
             return Some(piece[0] as u32);
         }
         if !self.whole_pieces {
             return None;
         }
-        match short_key(piece) {
+        match short_key(piece).filter(|_| SHORT_KEYS) {
             Some(key) => self.short_ids[piece.len() - 2].get(&key).copied(),
             None => self.bytes_to_id.get(piece).copied(),
         }
     }
 
     #[inline]
-    fn encode_piece(
+    fn encode_piece<const SHORT_KEYS: bool>(
         &self,
         piece: &[u8],
         out: &mut Vec<u32>,
         scratch: &mut Scratch,
         tally: &mut impl Tally,
     ) {
-        if let Some(id) = self.known_piece(piece) {
+        if let Some(id) = self.known_piece::<SHORT_KEYS>(piece) {
             out.push(id);
             tally.known();
         } else {
@@ -912,7 +954,7 @@ mod tests {
             let sequential = enc.encode_ordinary(&text);
             for chunk in [1, 7, 64, 1000] {
                 let mut chunked = Vec::new();
-                enc.encode_chunks_into(&text, chunk, PieceCacheMode::Auto, &mut chunked);
+                enc.encode_chunks_into(&text, chunk, EncodeOptions::default(), &mut chunked);
                 assert_eq!(chunked, sequential, "chunk {chunk}");
             }
         }
@@ -1042,7 +1084,7 @@ mod tests {
             let mut expected = Vec::new();
             let mut scratch = Scratch::default();
             for piece in enc.pretokenizer.pieces(&text) {
-                enc.encode_piece(piece.as_bytes(), &mut expected, &mut scratch, &mut ());
+                enc.encode_piece::<false>(piece.as_bytes(), &mut expected, &mut scratch, &mut ());
             }
             if let Some(external) = &enc.external_ids {
                 expected
@@ -1055,6 +1097,11 @@ mod tests {
                 PieceCacheMode::Auto,
             ] {
                 assert_eq!(enc.encode_ordinary_with(&text, mode), expected, "{mode:?}");
+                let byte_keys = EncodeOptions {
+                    cache: mode,
+                    short_keys: false,
+                };
+                assert_eq!(enc.encode_ordinary_with(&text, byte_keys), expected);
                 let stats = enc.piece_stats(&text, mode);
                 assert_eq!(
                     stats.known + stats.merged + stats.cache_hits,
@@ -1108,18 +1155,24 @@ mod tests {
         // "a\0" and "a" pad to the same u64; the per-length maps keep them apart
         let merges = vec![(97, 0), (256, 0), (97, 97)];
         let enc = Encoder::new(Vocab::new(GPT4_PATTERN, merges, &[]).unwrap()).unwrap();
-        assert_eq!(enc.known_piece(b"a\0"), Some(256));
-        assert_eq!(enc.known_piece(b"a\0\0"), Some(257));
-        assert_eq!(enc.known_piece(b"aa"), Some(258));
-        assert_eq!(enc.known_piece(b"a"), Some(97));
-        assert_eq!(enc.known_piece(b"ab"), None);
+        assert_eq!(enc.known_piece::<true>(b"a\0"), Some(256));
+        assert_eq!(enc.known_piece::<true>(b"a\0\0"), Some(257));
+        assert_eq!(enc.known_piece::<true>(b"aa"), Some(258));
+        assert_eq!(enc.known_piece::<true>(b"a"), Some(97));
+        assert_eq!(enc.known_piece::<true>(b"ab"), None);
+        for piece in [&b"a\0"[..], b"a\0\0", b"aa", b"a", b"ab"] {
+            assert_eq!(
+                enc.known_piece::<true>(piece),
+                enc.known_piece::<false>(piece)
+            );
+        }
         let long = Encoder::new(
             Vocab::new(GPT4_PATTERN, vec![(97, 97), (256, 256), (257, 257)], &[]).unwrap(),
         )
         .unwrap();
         // 8 bytes: the last short map; 16 bytes: the byte-string map
-        assert_eq!(long.known_piece(b"aaaaaaaa"), Some(258));
-        assert_eq!(long.known_piece(b"aaaa"), Some(257));
+        assert_eq!(long.known_piece::<true>(b"aaaaaaaa"), Some(258));
+        assert_eq!(long.known_piece::<true>(b"aaaa"), Some(257));
         assert_eq!(long.encode_ordinary(&"a".repeat(16)), vec![258, 258]);
     }
 
