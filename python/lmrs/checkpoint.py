@@ -457,6 +457,25 @@ def resolve_checkpoint_dir(path: PathLike, *, quiet: bool = False) -> Path:
     return _not_a_checkpoint(path)
 
 
+# TrainConfig fields that change how a run reports, not what it computes
+REPORTING_FIELDS = {"show_progress", "log_to", "dist_timeout_s"}
+
+
+def checkpoint_of_run(run_dir: PathLike, train_config: Any) -> Optional[Path]:
+    """The newest complete checkpoint in ``run_dir`` saved with ``train_config`` (fields
+    that only change the reporting aside), or None: what a restarted job continues from."""
+    try:
+        path = resolve_checkpoint_dir(run_dir, quiet=True)
+        saved = read_checkpoint_json(path, TRAIN_CONFIG_FILE)
+    except CheckpointError:
+        return None
+    current = _as_dict(train_config)
+    same = all(
+        saved.get(key) == value for key, value in current.items() if key not in REPORTING_FIELDS
+    )
+    return path if same else None
+
+
 def is_checkpoint_dir(path: Path) -> bool:
     """A checkpoint directory (full or sharded, complete or not), not a run directory."""
     return (path / MODEL_FILE).is_file() or (path / SHARDED_METADATA_FILE).is_file()

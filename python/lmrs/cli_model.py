@@ -246,6 +246,13 @@ def _check_out_dir(out_dir: Path) -> None:
     show_default=True,
 )
 @click.option(
+    "--log-every",
+    type=click.IntRange(min=1),
+    default=TRAIN_DEFAULTS.log_every,
+    show_default=True,
+    help="Steps between lines in OUT/metrics.jsonl.",
+)
+@click.option(
     "--keep-checkpoints",
     type=click.IntRange(min=1),
     default=TRAIN_DEFAULTS.keep_checkpoints,
@@ -340,6 +347,7 @@ def train_command(
     eval_every: int,
     eval_batches: int,
     checkpoint_every: int,
+    log_every: int,
     keep_checkpoints: int,
     checkpoint_format: str,
     val_fraction: float,
@@ -369,7 +377,10 @@ def train_command(
         raise click.UsageError("give --corpus DIR or --tokens FILE")
     out_dir = Path(out)
     _check_out_dir(out_dir)
-    if (out_dir / "checkpoint").exists() and not resume and not overwrite:
+    # torchrun --max-restarts: a restarted worker continues the run its job checkpointed
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+    holds_run = (out_dir / "checkpoint").exists() and not resume and not overwrite
+    if holds_run and not restarted:
         raise InputError(
             f"{out_dir}: already holds a trained run; pass --resume {out_dir} to continue it "
             "or --overwrite to replace it"
@@ -394,6 +405,7 @@ def train_command(
         eval_every=eval_every,
         eval_batches=eval_batches,
         checkpoint_every=checkpoint_every,
+        log_every=log_every,
         keep_checkpoints=keep_checkpoints,
         checkpoint_format=checkpoint_format,
         val_fraction=val_fraction,
@@ -409,6 +421,21 @@ def train_command(
         log_to=parse_log_option(log_to),
     )
     config.validate()
+    if restarted:  # the run's own newest checkpoint, over any --resume/--init-from start
+        from lmrs.checkpoint import checkpoint_of_run
+
+        previous = checkpoint_of_run(out_dir, config)
+        if previous is None and holds_run:
+            raise InputError(
+                f"{out_dir}: a restarted worker found a run of another configuration there; "
+                "pass --overwrite to replace it"
+            )
+        if previous is not None:
+            if init_from and not tokenizer_path:  # the checkpoint holds init_from's tokenizer
+                tokenizer_path = str(previous / "tokenizer.json")
+            resume, init_from = str(previous), None
+            if int(os.environ.get("RANK", "0") or 0) == 0:
+                click.echo(f"lmrs: restarted job: resuming from {previous}", err=True)
     check_sinks(config.log_to)
     tokenizer = _init_tokenizer(tokenizer_path, init_from, resume)
     # everything that can refuse the run is checked before the first file is written

@@ -177,9 +177,12 @@ def init_distributed(device: str = "auto", timeout_s: float = 300.0) -> DistCont
         kwargs: dict[str, Any] = {}
         if backend == "nccl":
             kwargs["device_id"] = resolved
+        store = _attempt_store(world_size, timeout_s)
+        if store is None:
+            kwargs["init_method"] = "env://"
         dist.init_process_group(
             backend=backend,
-            init_method="env://",
+            store=store,
             rank=rank,
             world_size=world_size,
             timeout=timedelta(seconds=timeout_s),
@@ -195,6 +198,25 @@ def init_distributed(device: str = "auto", timeout_s: float = 300.0) -> DistCont
         backend=backend,
         timeout_s=timeout_s,
     )
+
+
+def _attempt_store(world_size: int, timeout_s: float) -> Optional[dist.Store]:
+    """Under torchrun's shared agent store, this restart attempt's own view of it.
+
+    torchrun (``--max-restarts``) keeps its store across restarts, and torch no longer
+    prefixes the workers' keys by attempt: a restarted rank could read a dead rank's
+    address from the attempt before and fail to connect. None: plain ``env://``."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    attempt = _env_int("TORCHELASTIC_RESTART_COUNT", 0)
+    client = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        _env_int("MASTER_PORT"),
+        world_size,
+        is_master=False,
+        timeout=timedelta(seconds=timeout_s),
+    )
+    return dist.PrefixStore(f"lmrs/attempt_{attempt}", client)
 
 
 def _existing_group(device: str, timeout_s: float) -> DistContext:
