@@ -81,6 +81,7 @@ def _encode_corpus(
 ) -> None:
     """Encode a corpus (text files, or a record file / datasets folder: one document per
     record) into a token file; errors → one line, and nothing left behind."""
+    from lmrs.data import index_path
     from lmrs.record_tokens import RecordRun, encode_corpus
 
     started = time.perf_counter()
@@ -95,7 +96,7 @@ def _encode_corpus(
             click.echo(f"lmrs: {run.reader.bad.summary()}", err=True)
         tokens = int(info.get("num_tokens", 0)) if isinstance(info, dict) else 0
         if tokens == 0:
-            for written in (out_path, Path(f"{out_path}.json")):
+            for written in (out_path, Path(f"{out_path}.json"), index_path(out_path)):
                 written.unlink(missing_ok=True)
             name = corpus if isinstance(corpus, (str, os.PathLike)) else "corpus"
             raise InputError(f"{name}: empty (no text to train on)")
@@ -624,13 +625,16 @@ def _model_for_training(
         shape = {key: getattr(config, key) for key in PRESETS[size]}
         if shape != PRESETS[size]:
             contradictions.append(f"--size {size} (the checkpoint's model has {shape})")
-    # an explicit --arch asks for all its fields, a flag for its own
-    asked = set(architecture) if "arch" in explicit else set()
-    asked |= {ARCH_FLAGS[flag] for flag in explicit & ARCH_FLAGS.keys()}
-    for field in sorted(asked):
+    # an explicit --arch asks for all its fields, a flag for its own; name what was typed
+    asked = {field: f"--arch: {field}" for field in architecture} if "arch" in explicit else {}
+    for flag in explicit & ARCH_FLAGS.keys():
+        asked[ARCH_FLAGS[flag]] = "--" + flag.replace("_", "-")
+    for field, typed in sorted(asked.items()):
         if architecture[field] != getattr(config, field):
+            value = architecture[field]
+            shown = value if isinstance(value, str) else repr(value)
             contradictions.append(
-                f"{field} {architecture[field]!r} (the checkpoint's is {getattr(config, field)!r})"
+                f"{typed} {shown} (the checkpoint's is {getattr(config, field)!r})"
             )
     if contradictions:
         raise InputError(
