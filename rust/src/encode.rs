@@ -144,6 +144,9 @@ pub struct Encoder {
     /// (left << 32 | right) → the token they merge into; lmrs-order ids, so the value
     /// is also the merge's rank.
     pairs: AHashMap<u64, u32>,
+    /// The same for two bytes, as a dense 256 x 256 table (`a << 8 | b`): a piece's first
+    /// round of ranks is all byte pairs, so merging starts without hashing.
+    byte_pairs: Vec<u32>,
     /// Bytes of every token, specials included (their UTF-8 text), indexed by external
     /// id; ids no token has (gaps in an imported vocab) are empty.
     token_bytes: Vec<Vec<u8>>,
@@ -245,6 +248,14 @@ impl Encoder {
             vocab,
             hash,
             pretokenizer,
+            byte_pairs: (0..1u32 << 16)
+                .map(|ab| {
+                    pairs
+                        .get(&pair_key(ab >> 8, ab & 0xff))
+                        .copied()
+                        .unwrap_or(NO_RANK)
+                })
+                .collect(),
             pairs,
             token_bytes,
             bytes_to_id,
@@ -514,6 +525,12 @@ impl Encoder {
         })
     }
 
+    /// [`Self::rank`] of two byte ids (lmrs order: a byte's id is its value).
+    #[inline]
+    fn byte_rank(&self, left: u8, right: u8) -> u32 {
+        self.byte_pairs[(left as usize) << 8 | right as usize]
+    }
+
     #[inline]
     fn rank(&self, left: u32, right: u32) -> u32 {
         self.pairs
@@ -592,7 +609,7 @@ impl Encoder {
         ids.clear();
         ids.extend(piece.iter().map(|&b| b as u32));
         ranks.clear();
-        ranks.extend(ids.windows(2).map(|w| self.rank(w[0], w[1])));
+        ranks.extend(piece.windows(2).map(|w| self.byte_rank(w[0], w[1])));
         loop {
             let mut best = NO_RANK;
             let mut at = 0;
@@ -631,7 +648,7 @@ impl Encoder {
         let mut alive = vec![true; n];
         let mut heap: BinaryHeap<Reverse<(u32, u32)>> = (0..n - 1)
             .filter_map(|i| {
-                let r = self.rank(ids[i], ids[i + 1]);
+                let r = self.byte_rank(piece[i], piece[i + 1]);
                 (r != NO_RANK).then_some(Reverse((r, i as u32)))
             })
             .collect();
