@@ -336,6 +336,16 @@ def all_reduce_sum(value: Union[float, int, torch.Tensor], ctx: DistContext) -> 
     return float(tensor.sum().item())
 
 
+def all_reduce_sum_on_device(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Sum of ``value`` over all ranks, left on the device in the reduction dtype: nothing
+    waits for the device (read it later, e.g. ``float(...)``, once for many steps)."""
+    tensor = value.detach().to(ctx.device).to(reduction_dtype(ctx.device)).clone()
+    if ctx.enabled:
+        with _communicating(ctx, "all_reduce"):
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
 def all_reduce_mean(value: Union[float, int, torch.Tensor], ctx: DistContext) -> float:
     """Mean of ``value`` over all ranks, as a Python float (see :func:`all_reduce_sum`)."""
     return all_reduce_sum(value, ctx) / ctx.world_size

@@ -9,6 +9,14 @@ gradient clipping and accumulation, bf16 autocast where the device supports it, 
 
 Every batch is a pure function of ``(seed, step)`` (see :mod:`lmrs.data`), and a checkpoint
 holds the RNG states, so a resumed run continues exactly where an uninterrupted one would.
+
+Reading order: :func:`train` sets up the process group, :func:`_train` wraps the model and
+builds a :class:`Trainer` (the model and optimizer, the schedule, the data cursor, the
+clocks), and :func:`_loop` is the loop itself: ``step()``, then a log line, an evaluation
+or a checkpoint when one is due, then ``finish()``. A step leaves its loss (and gradient
+norm) on the device; they are read back once per log line, evaluation or checkpoint, so
+GPU steps are not serialised by the host, and the next step's batches are built on a
+background thread (pinned memory on CUDA) while the current step runs.
 """
 
 from __future__ import annotations
@@ -19,7 +27,8 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -536,28 +545,8 @@ def _train(
     tokenizer: Any,
     resume_from: Union[str, os.PathLike[str], None],
 ) -> TrainResult:
-    device = ctx.device
     source, val = _resolve_data(data, val_data, config)
-    if isinstance(source, SplitSource):
-        micro_batch_size(config.batch_size, ctx.world_size, config.grad_accum_steps)
-        model_vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-        data_vocab = source.split.dataset.vocab_size
-        if model_vocab is not None and model_vocab < data_vocab:
-            raise ValueError(
-                f"{source.split.dataset.path}: vocab_size {data_vocab} is larger than the "
-                f"model's ({model_vocab})"
-            )
-        model_len = getattr(getattr(model, "config", None), "max_seq_len", None)
-        if model_len is not None and config.seq_len > model_len:
-            raise ValueError(
-                f"seq_len {config.seq_len} is longer than the model's context ({model_len})"
-            )
-    token_bytes = None
-    if isinstance(val, (TokenSplit, TokenDataset)):
-        token_bytes = val.dataset.token_bytes if isinstance(val, TokenSplit) else val.token_bytes
-    elif tokenizer is not None:
-        token_bytes = token_byte_lengths(tokenizer)
-
+    _check_fits(model, source, config, ctx)
     out_dir = Path(config.out_dir) if config.out_dir else None
     if out_dir is not None and ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -568,40 +557,88 @@ def _train(
         raw_model,
         ctx,
         config.strategy,
-        param_dtype=torch.bfloat16 if uses_bf16(device, config.dtype) else None,
+        param_dtype=torch.bfloat16 if uses_bf16(ctx.device, config.dtype) else None,
         compile=config.compile,
     )
     try:
-        return _run_training(
-            raw_model, wrapped, source, val, config, ctx, token_bytes, tokenizer, out_dir,
-            resume_from,
-        )  # fmt: skip
+        run = _make_run(raw_model, wrapped, val, config, ctx, tokenizer, out_dir)
+        trainer = Trainer(run, source)
+        if resume_from is not None:
+            trainer.restore(resume_from)
+        return _loop(trainer)
     finally:
         if config.compile:
             dist_utils.uncompile(raw_model)
 
 
-def _run_training(
+def _loop(trainer: Trainer) -> TrainResult:
+    """The training loop: a step, then whatever is due after it, until the run ends."""
+    trainer.begin()
+    bar = trainer.progress_bar()
+    try:
+        with trainer.prefetching():
+            while trainer.keep_going():
+                trainer.step()
+                bar.update(1)
+                if trainer.log_due():
+                    trainer.log(bar)
+                if trainer.eval_due():
+                    trainer.evaluate(bar)
+                if trainer.checkpoint_due():
+                    trainer.save()
+    except KeyboardInterrupt:
+        bar.close()
+        trainer.save_interrupted()
+        raise
+    bar.close()
+    return trainer.finish()
+
+
+def _check_fits(
+    model: nn.Module, source: Union[SplitSource, BatchListSource], config: TrainConfig,
+    ctx: dist_utils.DistContext,
+) -> None:  # fmt: skip
+    """The token file's vocabulary and the sequence length fit the model; the global batch
+    splits among the processes."""
+    if not isinstance(source, SplitSource):
+        return
+    micro_batch_size(config.batch_size, ctx.world_size, config.grad_accum_steps)
+    model_vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    data_vocab = source.split.dataset.vocab_size
+    if model_vocab is not None and model_vocab < data_vocab:
+        raise ValueError(
+            f"{source.split.dataset.path}: vocab_size {data_vocab} is larger than the "
+            f"model's ({model_vocab})"
+        )
+    model_len = getattr(getattr(model, "config", None), "max_seq_len", None)
+    if model_len is not None and config.seq_len > model_len:
+        raise ValueError(
+            f"seq_len {config.seq_len} is longer than the model's context ({model_len})"
+        )
+
+
+def _make_run(
     raw_model: nn.Module,
     wrapped: nn.Module,
-    source: Union[SplitSource, BatchListSource],
     val: Any,
     config: TrainConfig,
     ctx: dist_utils.DistContext,
-    token_bytes: Optional[np.ndarray],
     tokenizer: Any,
     out_dir: Optional[Path],
-    resume_from: Union[str, os.PathLike[str], None],
-) -> TrainResult:
-    device = ctx.device
-    optimizer = create_optimizer(raw_model, config, device, distributed=ctx.enabled)
+) -> _Run:
+    """The optimizer, the validation windows and the byte counts of bits per byte."""
+    token_bytes = None
+    if isinstance(val, (TokenSplit, TokenDataset)):
+        token_bytes = val.dataset.token_bytes if isinstance(val, TokenSplit) else val.token_bytes
+    elif tokenizer is not None:
+        token_bytes = token_byte_lengths(tokenizer)
     run = _Run(
         config=config,
         ctx=ctx,
         model=wrapped,
         raw_model=raw_model,
-        optimizer=optimizer,
-        autocast=autocast_context(device, config.dtype),
+        optimizer=create_optimizer(raw_model, config, ctx.device, distributed=ctx.enabled),
+        autocast=autocast_context(ctx.device, config.dtype),
         val_batches=_val_batches(val, config, ctx),
         token_bytes=token_bytes,
         tokenizer=tokenizer,
@@ -609,210 +646,343 @@ def _run_training(
     )
     if token_bytes is None and isinstance(val, TokenSplit) and len(val) and val.num_bytes:
         run.bytes_per_token = val.num_bytes / len(val)
+    return run
 
-    start_step, elapsed_before, tokens_before = 0, 0.0, 0
-    if resume_from is not None:
-        state = _resume(run, resume_from)
-        start_step = int(state.get("step", 0))
-        elapsed_before = float(state.get("elapsed_s", 0.0))
-        tokens_before = int(state.get("tokens", 0))
+
+class _Prefetcher:
+    """Builds the micro-batches of the next step on a background thread (into pinned memory
+    on CUDA, so the copy to the device runs asynchronously) while the current step runs."""
+
+    def __init__(self, source: Union[SplitSource, BatchListSource], run: _Run) -> None:
+        self.source = source
+        self.ctx = run.ctx
+        self.accum = run.config.grad_accum_steps
+        self.pin = run.ctx.device.type == "cuda"
+        self.pool: Optional[ThreadPoolExecutor] = None
+        self.pending: Optional[tuple[int, Future[list[Batch]]]] = None
+
+    def build(self, step: int) -> list[Batch]:
+        """This rank's micro-batches of ``step`` (a pure function of the step)."""
+        batches = []
+        for micro in range(self.accum):
+            inputs, targets = self.source.micro_batch(
+                step, micro, self.ctx.rank, self.ctx.world_size
+            )
+            if self.pin:
+                inputs, targets = inputs.pin_memory(), targets.pin_memory()
+            batches.append((inputs, targets))
+        return batches
+
+    def take(self, step: int, next_step: Optional[int]) -> list[Batch]:
+        """Step ``step``'s micro-batches; starts building ``next_step``'s."""
+        pending, self.pending = self.pending, None
+        batches = pending[1].result() if pending and pending[0] == step else self.build(step)
+        if next_step is not None:
+            if self.pool is None:
+                self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmrs-batches")
+            self.pending = (next_step, self.pool.submit(self.build, next_step))
+        return batches
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool, self.pending = None, None
+
+
+class Trainer:
+    """One run's moving parts: the model and its optimizer (in ``run``), the schedule, the
+    data cursor (``step``) and the clocks. The loop (:func:`_loop`) calls ``step()`` and then
+    whatever is due; losses stay on the device until a log line, an evaluation, a
+    checkpoint or the end needs them, so a GPU step never waits for the host."""
+
+    def __init__(self, run: _Run, source: Union[SplitSource, BatchListSource]) -> None:
+        self.run = run
+        self.config = config = run.config
+        self.ctx = run.ctx
+        self.source = source
+        self.steps_per_epoch = source.steps_per_epoch(self.ctx.world_size)
+        self.tokens_per_step = source.tokens_per_step(self.ctx.world_size)
+        self.start_step = self.step_count = 0
+        self.elapsed_before, self.tokens_before = 0.0, 0
+        self.resumed = False
+        self.losses: list[float] = []
+        # (step, lr, loss summed over the ranks on the device) not yet read back
+        self.unread: list[tuple[int, float, torch.Tensor]] = []
+        self.grad_norm: Optional[torch.Tensor] = None
+        self.lr = config.learning_rate
+        self.evals: list[tuple[int, EvalResult]] = []
+        self.checkpoint_path: Optional[Path] = None
+        self.metrics: Any = MetricsLog(None)
+        self.metrics_path: Optional[Path] = None
+        # compiling happens in the first steps (and DDP rebuilds its buckets in the second):
+        # their time is reported apart, not averaged into tokens/s
+        self.warmup_steps = COMPILE_WARMUP_STEPS if config.compile else 0
+        self.train_time = self.warmup_time = 0.0
+        self.session_start = time.perf_counter()
+        self.window: tuple[float, int] = (self.session_start, 0)  # (time, step) of last log
+        self.batches = _Prefetcher(source, run)
+        total = config.max_steps
+        if total is None and config.epochs is not None:
+            total = max(1, math.ceil(config.epochs * self.steps_per_epoch))
+        if total is None and config.time_budget_s is None:
+            total = self.steps_per_epoch  # default: one epoch
+        self.total_steps = total
+        self.last_step = total
+        if config.stop_at_step is not None:
+            self.last_step = min(total or config.stop_at_step, config.stop_at_step)
+
+    # --- where the run is ----------------------------------------------------------------
+
+    def restore(self, resume_from: Union[str, os.PathLike[str]]) -> None:
+        """Continue from a checkpoint: weights, optimizer, step, clocks, RNG states."""
+        state = _resume(self.run, resume_from)
+        self.start_step = self.step_count = int(state.get("step", 0))
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        self.tokens_before = int(state.get("tokens", 0))
+        self.resumed = True
         # The checkpoint holds rank 0's RNG state; other ranks draw fresh dropout streams,
         # so only single-process (and rank 0) dropout continues bit for bit.
-        _restore_rng(state.get("rng", {}), ctx)
-        if ctx.rank > 0:
-            torch.manual_seed(config.seed + ctx.rank + 1_000_003 * start_step)
+        _restore_rng(state.get("rng", {}), self.ctx)
+        if self.ctx.rank > 0:
+            torch.manual_seed(self.config.seed + self.ctx.rank + 1_000_003 * self.start_step)
 
-    steps_per_epoch = source.steps_per_epoch(ctx.world_size)
-    total_steps = config.max_steps
-    if total_steps is None and config.epochs is not None:
-        total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
-    if total_steps is None and config.time_budget_s is None:
-        total_steps = steps_per_epoch  # default: one epoch
-    last_step = total_steps
-    if config.stop_at_step is not None:
-        last_step = min(last_step or config.stop_at_step, config.stop_at_step)
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.session_start
 
-    metrics_path = out_dir / METRICS_FILE if out_dir is not None else None
-    if ctx.is_main and metrics_path is not None:
-        if start_step > 0:
-            truncate_metrics(metrics_path, start_step)
-        elif metrics_path.exists():
-            metrics_path.unlink()
-    # also to TensorBoard / W&B when config.log_to names them (rank 0 only)
-    main_dir = out_dir if ctx.is_main else None
-    metrics = attach_sinks(MetricsLog(main_dir and metrics_path), config.log_to, main_dir)
+    def tokens(self) -> int:
+        return self.tokens_before + (self.step_count - self.start_step) * self.tokens_per_step
 
-    step_loss = wrapped.compute_loss  # compiled inside (wrap_model) when config.compile
+    def keep_going(self) -> bool:
+        """False once the schedule's last step is done or the time budget is spent; sets
+        the learning rate of the next step otherwise."""
+        if self.last_step is not None and self.step_count >= self.last_step:
+            return False
+        progress = None
+        budget = self.config.time_budget_s
+        if budget is not None:
+            elapsed = self.elapsed()
+            if self.ctx.enabled:  # every rank stops at the same step
+                elapsed = dist_utils.all_reduce_mean(elapsed, self.ctx)
+            if elapsed >= budget:
+                return False
+            progress = elapsed / budget
+            if self.total_steps is not None:
+                warmup = self.config.warmup_steps
+                steps = (self.step_count - warmup) / max(1, self.total_steps - warmup)
+                progress = max(progress, steps)
+        self.lr = learning_rate_at(self.step_count, self.config, self.total_steps, progress)
+        set_learning_rates(self.run.optimizer, self.lr, self.config)
+        return True
 
-    tokens_per_step = source.tokens_per_step(ctx.world_size)
-    losses: list[float] = []
-    evals: list[tuple[int, EvalResult]] = []
-    train_time = 0.0
-    # compiling happens in the first steps (and DDP rebuilds its buckets in the second):
-    # their time is reported apart, not averaged into tokens/s
-    warmup_steps = COMPILE_WARMUP_STEPS if config.compile else 0
-    warmup_time = 0.0
-    session_start = time.perf_counter()
-    step = start_step
-    checkpoint_path: Optional[Path] = None
-    bar = tqdm(
-        total=last_step,
-        initial=start_step,
-        desc="train",
-        unit="step",
-        disable=not (ctx.is_main and config.show_progress),
-        dynamic_ncols=True,
-    )
-    wrapped.train()
-    try:
-        while last_step is None or step < last_step:
-            elapsed = elapsed_before + time.perf_counter() - session_start
-            if config.time_budget_s is not None:
-                elapsed = dist_utils.all_reduce_mean(elapsed, ctx) if ctx.enabled else elapsed
-                if elapsed >= config.time_budget_s:
-                    break
-            progress = None
-            if config.time_budget_s is not None:
-                progress = elapsed / config.time_budget_s
-                if total_steps is not None:
-                    progress = max(
-                        progress,
-                        (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps),
-                    )
-            lr = learning_rate_at(step, config, total_steps, progress)
-            set_learning_rates(optimizer, lr, config)
+    # --- one optimizer step --------------------------------------------------------------
 
-            started = time.perf_counter()
-            loss_sum = torch.zeros((), device=device)
-            accum = config.grad_accum_steps
-            with dist_utils.collective_guard(ctx, f"training step {step + 1}"):
-                for micro in range(accum):
-                    inputs, targets = source.micro_batch(step, micro, ctx.rank, ctx.world_size)
-                    inputs = inputs.to(device, non_blocking=True)
-                    targets = targets.to(device, non_blocking=True)
-                    with dist_utils.micro_step(wrapped, ctx, last=micro == accum - 1):
-                        with run.autocast():
-                            loss = step_loss(inputs, targets)
-                        (loss / accum).backward()
-                    loss_sum += loss.detach().float()
-                grad_norm = None
-                if config.grad_clip > 0:
-                    grad_norm = float(
-                        torch.nn.utils.clip_grad_norm_(wrapped.parameters(), config.grad_clip)
-                    )
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step_loss_value = dist_utils.all_reduce_mean(loss_sum / accum, ctx)
-            if not math.isfinite(step_loss_value):
-                kept = (
-                    f"; the last good checkpoint ({checkpoint_path}) is kept"
-                    if checkpoint_path is not None
-                    else "; the checkpoint it resumed from is unchanged"
-                    if resume_from is not None
-                    else "; no checkpoint was written"
+    @contextlib.contextmanager
+    def prefetching(self) -> Iterator[None]:
+        """Around the loop: the batch thread stops with it, however it ends."""
+        try:
+            yield
+        finally:
+            self.batches.close()
+
+    def step(self) -> None:
+        """One optimizer step over ``grad_accum_steps`` micro-batches; its loss is summed
+        over the ranks on the device and read back later (:meth:`read_losses`)."""
+        run, ctx, step = self.run, self.ctx, self.step_count
+        following = step + 1 if self.last_step is None or step + 1 < self.last_step else None
+        started = time.perf_counter()
+        loss_sum = torch.zeros((), device=ctx.device)
+        accum = self.config.grad_accum_steps
+        with dist_utils.collective_guard(ctx, f"training step {step + 1}"):
+            for micro, (inputs, targets) in enumerate(self.batches.take(step, following)):
+                inputs = inputs.to(ctx.device, non_blocking=True)
+                targets = targets.to(ctx.device, non_blocking=True)
+                with dist_utils.micro_step(run.model, ctx, last=micro == accum - 1):
+                    with run.autocast():
+                        loss = run.model.compute_loss(inputs, targets)
+                    (loss / accum).backward()
+                loss_sum += loss.detach().float()
+            if self.config.grad_clip > 0:
+                self.grad_norm = torch.nn.utils.clip_grad_norm_(
+                    run.model.parameters(), self.config.grad_clip
                 )
-                raise TrainingDiverged(
-                    f"training loss became {step_loss_value} at step {step + 1} "
-                    f"(learning rate {lr:.3g}): lower --lr{kept}"
-                )
-            step_time = time.perf_counter() - started
-            if step - start_step < warmup_steps:
-                warmup_time += step_time
-            else:
-                train_time += step_time
-            step += 1
-            losses.append(step_loss_value)
-            tokens_per_s = tokens_per_step / max(step_time, 1e-9)
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{step_loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}"
-            )
-            if step % config.log_every == 0 or step == start_step + 1:
-                record: dict[str, Any] = {
-                    "step": step,
-                    "train_loss": step_loss_value,
-                    "lr": lr,
-                    "tokens_per_s": tokens_per_s,
-                    "tokens": tokens_before + (step - start_step) * tokens_per_step,
-                    "elapsed_s": elapsed_before + time.perf_counter() - session_start,
-                }
-                if grad_norm is not None:
-                    record["grad_norm"] = grad_norm
-                metrics.write(record)
-            finishing = last_step is not None and step >= last_step
-            if config.eval_every and step % config.eval_every == 0 and not finishing:
-                result = _evaluate(run)
-                if result is not None:
-                    evals.append((step, result))
-                    metrics.write(_eval_record(step, result))
-                    if ctx.is_main and config.show_progress:
-                        bar.write(f"step {step}: val {result.summary()}")
-                wrapped.train()
-            if config.checkpoint_every and step % config.checkpoint_every == 0 and not finishing:
-                checkpoint_path = _save(
-                    run,
-                    _state(
-                        run,
-                        step,
-                        steps_per_epoch,
-                        evals,
-                        elapsed_before + time.perf_counter() - session_start,
-                        tokens_before + (step - start_step) * tokens_per_step,
-                    ),
-                )
-    except KeyboardInterrupt:
-        bar.close()
-        if not ctx.enabled and out_dir is not None and step > start_step:
-            path = _save(
-                run,
-                _state(
-                    run,
-                    step,
-                    steps_per_epoch,
-                    evals,
-                    elapsed_before + time.perf_counter() - session_start,
-                    tokens_before + (step - start_step) * tokens_per_step,
-                ),
-                last=True,
-            )
-            print(f"interrupted at step {step}; checkpoint saved to {path}")
-        raise
-    bar.close()
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            summed = dist_utils.all_reduce_sum_on_device(loss_sum / accum, ctx)
+        self.unread.append((step + 1, self.lr, summed))
+        step_time = time.perf_counter() - started
+        if step - self.start_step < self.warmup_steps:
+            self.warmup_time += step_time
+        else:
+            self.train_time += step_time
+        self.step_count += 1
 
-    result = _evaluate(run)
-    if result is not None:
-        evals.append((step, result))
-        metrics.write(_eval_record(step, result))
-    elapsed_total = elapsed_before + time.perf_counter() - session_start
-    tokens_total = tokens_before + (step - start_step) * tokens_per_step
-    if out_dir is not None and step > start_step:
-        checkpoint_path = _save(
-            run, _state(run, step, steps_per_epoch, evals, elapsed_total, tokens_total), last=True
+    def read_losses(self) -> None:
+        """Bring the losses of the steps since the last read to the host (one wait for the
+        device), stopping the run at the first that is not a finite number."""
+        if not self.unread:
+            return
+        values = torch.stack([loss for _, _, loss in self.unread]).tolist()
+        for (step, lr, _), value in zip(self.unread, values):
+            value = value / self.ctx.world_size
+            if not math.isfinite(value):
+                self.unread = []
+                raise self._diverged(step, lr, value)
+            self.losses.append(value)
+        self.unread = []
+
+    def _diverged(self, step: int, lr: float, value: float) -> TrainingDiverged:
+        kept = (
+            f"; the last good checkpoint ({self.checkpoint_path}) is kept"
+            if self.checkpoint_path is not None
+            else "; the checkpoint it resumed from is unchanged"
+            if self.resumed
+            else "; no checkpoint was written"
         )
-        if ctx.is_main and metrics_path is not None and metrics_path.exists():
-            from lmrs.plot import plot_metrics
+        return TrainingDiverged(
+            f"training loss became {value} at step {step} "
+            f"(learning rate {lr:.3g}): lower --lr{kept}"
+        )
 
-            with contextlib.suppress(ValueError):
-                plot_metrics(out_dir)
-    session_tokens = (step - start_step) * tokens_per_step
-    steady_tokens = max(0, step - start_step - warmup_steps) * tokens_per_step
-    if steady_tokens == 0:  # a run too short to get past compiling: count it all
-        steady_tokens, train_time, warmup_time = session_tokens, train_time + warmup_time, 0.0
-    outcome = TrainResult(
-        steps=step,
-        start_step=start_step,
-        losses=losses,
-        tokens=session_tokens,
-        elapsed_s=time.perf_counter() - session_start,
-        tokens_per_s=steady_tokens / train_time if train_time > 0 else 0.0,
-        evals=evals,
-        out_dir=out_dir,
-        checkpoint=checkpoint_path,
-        warmup_s=warmup_time,
-    )
-    if ctx.is_main and config.show_progress:
-        print(outcome.summary())
-    return outcome
+    # --- what is due after a step --------------------------------------------------------
+
+    def finishing(self) -> bool:
+        return self.last_step is not None and self.step_count >= self.last_step
+
+    def log_due(self) -> bool:
+        step = self.step_count
+        return step % self.config.log_every == 0 or step == self.start_step + 1
+
+    def eval_due(self) -> bool:
+        every = self.config.eval_every
+        return bool(every) and self.step_count % every == 0 and not self.finishing()
+
+    def checkpoint_due(self) -> bool:
+        every = self.config.checkpoint_every
+        return bool(every) and self.step_count % every == 0 and not self.finishing()
+
+    def begin(self) -> None:
+        """Open the metrics (OUT/metrics.jsonl cut back to the resumed step, or started
+        afresh, plus the sinks of ``config.log_to``; rank 0 only), start the clocks."""
+        out_dir, ctx = self.run.out_dir, self.ctx
+        self.metrics_path = out_dir / METRICS_FILE if out_dir is not None else None
+        if ctx.is_main and self.metrics_path is not None:
+            if self.start_step > 0:
+                truncate_metrics(self.metrics_path, self.start_step)
+            elif self.metrics_path.exists():
+                self.metrics_path.unlink()
+        main_dir = out_dir if ctx.is_main else None
+        log = MetricsLog(main_dir and self.metrics_path)
+        self.metrics = attach_sinks(log, self.config.log_to, main_dir)
+        self.session_start = time.perf_counter()
+        self.window = (self.session_start, self.step_count)
+        self.run.model.train()
+
+    def progress_bar(self) -> Any:
+        return tqdm(
+            total=self.last_step,
+            initial=self.start_step,
+            desc="train",
+            unit="step",
+            disable=not (self.ctx.is_main and self.config.show_progress),
+            dynamic_ncols=True,
+        )
+
+    def log(self, bar: Any) -> None:
+        """A metrics line for this step: loss, rate, throughput since the last line."""
+        self.read_losses()
+        now = time.perf_counter()
+        since, at = self.window
+        tokens_per_s = (self.step_count - at) * self.tokens_per_step / max(now - since, 1e-9)
+        self.window = (now, self.step_count)
+        loss = self.losses[-1]
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
+        record: dict[str, Any] = {
+            "step": self.step_count,
+            "train_loss": loss,
+            "lr": self.lr,
+            "tokens_per_s": tokens_per_s,
+            "tokens": self.tokens(),
+            "elapsed_s": self.elapsed(),
+        }
+        if self.grad_norm is not None:
+            record["grad_norm"] = float(self.grad_norm)
+        self.metrics.write(record)
+
+    def evaluate(self, bar: Any = None) -> Optional[EvalResult]:
+        """Validation loss now (all ranks together), logged; the model back in training."""
+        self.read_losses()  # a diverged run stops before it is measured or saved
+        result = _evaluate(self.run)
+        if result is not None:
+            self.evals.append((self.step_count, result))
+            self.metrics.write(_eval_record(self.step_count, result))
+            if bar is not None and self.ctx.is_main and self.config.show_progress:
+                bar.write(f"step {self.step_count}: val {result.summary()}")
+        self.run.model.train()
+        self.window = (time.perf_counter(), self.step_count)  # tokens/s counts steps only
+        return result
+
+    def save(self, *, last: bool = False) -> Optional[Path]:
+        self.read_losses()  # nothing is saved after a diverged step
+        self.checkpoint_path = _save(self.run, self.state(), last=last)
+        self.window = (time.perf_counter(), self.step_count)
+        return self.checkpoint_path
+
+    def save_interrupted(self) -> None:
+        """Ctrl-C: one process saves where it is (several could not agree on a step)."""
+        if self.ctx.enabled or self.run.out_dir is None or self.step_count <= self.start_step:
+            return
+        path = self.save(last=True)
+        print(f"interrupted at step {self.step_count}; checkpoint saved to {path}")
+
+    def state(self) -> dict[str, Any]:
+        """state.json of a checkpoint at this step."""
+        last = self.evals[-1] if self.evals else None
+        return {
+            "step": self.step_count,
+            "epoch": self.step_count / self.steps_per_epoch,
+            "tokens": self.tokens(),
+            "elapsed_s": self.elapsed(),
+            "data": {"seed": self.config.seed, "steps_per_epoch": self.steps_per_epoch},
+            "rng": capture_rng_state(),
+            "metrics": {} if last is None else {"step": last[0], **asdict(last[1])},
+            "world_size": self.ctx.world_size,
+        }
+
+    def finish(self) -> TrainResult:
+        """The final evaluation, checkpoint and plot; what the run did."""
+        self.read_losses()
+        step, out_dir = self.step_count, self.run.out_dir
+        result = _evaluate(self.run)
+        if result is not None:
+            self.evals.append((step, result))
+            self.metrics.write(_eval_record(step, result))
+        if out_dir is not None and step > self.start_step:
+            self.save(last=True)
+            if self.ctx.is_main and self.metrics_path is not None and self.metrics_path.exists():
+                from lmrs.plot import plot_metrics
+
+                with contextlib.suppress(ValueError):
+                    plot_metrics(out_dir)
+        session_tokens = (step - self.start_step) * self.tokens_per_step
+        train_time, warmup_time = self.train_time, self.warmup_time
+        steady_tokens = max(0, step - self.start_step - self.warmup_steps) * self.tokens_per_step
+        if steady_tokens == 0:  # a run too short to get past compiling: count it all
+            steady_tokens, train_time, warmup_time = session_tokens, train_time + warmup_time, 0.0
+        outcome = TrainResult(
+            steps=step,
+            start_step=self.start_step,
+            losses=self.losses,
+            tokens=session_tokens,
+            elapsed_s=time.perf_counter() - self.session_start,
+            tokens_per_s=steady_tokens / train_time if train_time > 0 else 0.0,
+            evals=self.evals,
+            out_dir=out_dir,
+            checkpoint=self.checkpoint_path,
+            warmup_s=warmup_time,
+        )
+        if self.ctx.is_main and self.config.show_progress:
+            print(outcome.summary())
+        return outcome
 
 
 def _eval_record(step: int, result: EvalResult) -> dict[str, Any]:
@@ -824,29 +994,9 @@ def _eval_record(step: int, result: EvalResult) -> dict[str, Any]:
     }
 
 
-def _state(
-    run: _Run,
-    step: int,
-    steps_per_epoch: int,
-    evals: list[tuple[int, EvalResult]],
-    elapsed_s: float,
-    tokens: int,
-) -> dict[str, Any]:
-    last = evals[-1] if evals else None
-    return {
-        "step": step,
-        "epoch": step / steps_per_epoch,
-        "tokens": tokens,
-        "elapsed_s": elapsed_s,
-        "data": {"seed": run.config.seed, "steps_per_epoch": steps_per_epoch},
-        "rng": capture_rng_state(),
-        "metrics": {} if last is None else {"step": last[0], **asdict(last[1])},
-        "world_size": run.ctx.world_size,
-    }
-
-
 __all__ = [
     "TrainConfig",
+    "Trainer",
     "TrainResult",
     "TrainingDiverged",
     "create_optimizer",
