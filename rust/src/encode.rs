@@ -54,16 +54,19 @@ pub enum AllowedSpecial {
 /// ids.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PieceCacheMode {
-    /// No cache: every piece is a vocabulary lookup, and merged if it is not a token.
+    /// The default: no cache, every piece is a vocabulary lookup, and merged if it is not
+    /// a token. Measured on an idle AVX2 EPYC (examples/encode_speed.rs, best of 3), the
+    /// cache cost 6-18% on prose and code with cl100k, o200k and an lmrs 32k vocabulary
+    /// and paid only on adversarial inputs, so it stays opt-in.
+    #[default]
     Off,
     /// Every piece of up to 16 bytes probes the cache before the vocabulary (texts of
     /// 4 KB and more).
     AllPieces,
-    /// The default: the vocabulary first; only pieces that need merging go through the
-    /// cache, so a text of whole-token pieces pays nothing for it. The cache is dropped
-    /// for the rest of the text when the first [`AUTO_SAMPLE`] merged pieces hit less
-    /// than one time in [`AUTO_MIN_HIT_DIV`] (texts of 4 KB and more).
-    #[default]
+    /// The vocabulary first; only pieces that need merging go through the cache, so a
+    /// text of whole-token pieces pays nothing for it. The cache is dropped for the rest
+    /// of the text when the first [`AUTO_SAMPLE`] merged pieces hit less than one time in
+    /// [`AUTO_MIN_HIT_DIV`] (texts of 4 KB and more).
     Auto,
 }
 
