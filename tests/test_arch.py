@@ -294,7 +294,7 @@ def test_cli_train_modern_then_sample(tmp_path: Path) -> None:
         cli, [*common, "--out", str(out), "--resume", str(out), "--arch", "gpt2", *tiny_run]
     )
     assert result.exit_code != 0
-    assert "cannot resume with" in result.output and "norm 'layernorm'" in result.output
+    assert "cannot resume with" in result.output and "--arch: norm layernorm" in result.output
     # the other flags override the architecture the same way (no second run needed)
     flags = dict(position=None, norm="layernorm", qk_norm=False, mlp=None, softcap=0.0)
     options = _architecture("modern", **flags)
