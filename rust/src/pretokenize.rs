@@ -162,12 +162,7 @@ impl Pretokenizer {
                     classes,
                     whole_trailing_space: *whole_trailing_space,
                 };
-                let mut start = 0;
-                while start < text.len() {
-                    let end = scanner.piece_end(start);
-                    f(&text[start..end]);
-                    start = end;
-                }
+                walk_pieces(text, |start| scanner.piece_end(start), f);
             }
             Splitter::O200k { classes } => {
                 let scanner = Gpt4Scanner {
@@ -175,12 +170,7 @@ impl Pretokenizer {
                     classes,
                     whole_trailing_space: false,
                 };
-                let mut start = 0;
-                while start < text.len() {
-                    let end = scanner.o200k_piece_end(start);
-                    f(&text[start..end]);
-                    start = end;
-                }
+                walk_pieces(text, |start| scanner.o200k_piece_end(start), f);
             }
             Splitter::Gpt2 { classes } => {
                 let scanner = Gpt4Scanner {
@@ -188,12 +178,7 @@ impl Pretokenizer {
                     classes,
                     whole_trailing_space: true,
                 };
-                let mut start = 0;
-                while start < text.len() {
-                    let end = scanner.gpt2_piece_end(start);
-                    f(&text[start..end]);
-                    start = end;
-                }
+                walk_pieces(text, |start| scanner.gpt2_piece_end(start), f);
             }
             Splitter::Regex(regex) => {
                 // Text the pattern does not match (the gaps between matches) is a piece of
@@ -395,6 +380,17 @@ fn unicode_class_ranges(class: &str) -> Vec<(u32, u32)> {
             .map(|r| (r.start() as u32, r.end() as u32))
             .collect(),
         _ => unreachable!("{class} is a Unicode class"),
+    }
+}
+
+/// Calls `f` on the pieces of `text` that `piece_end` (a hand-written scanner: the end of
+/// the piece starting at a byte offset) cuts, in order.
+fn walk_pieces<'t>(text: &'t str, piece_end: impl Fn(usize) -> usize, mut f: impl FnMut(&'t str)) {
+    let mut start = 0;
+    while start < text.len() {
+        let end = piece_end(start);
+        f(&text[start..end]);
+        start = end;
     }
 }
 
