@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import best_seconds, cpu_description  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS_CANDIDATES = (
@@ -52,15 +50,6 @@ def write_parquet(files: list[Path], out: Path, row_group_size: int) -> int:
     return pq.ParquetFile(out).num_row_groups
 
 
-def best_seconds(work: Callable[[], Any], repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 @click.command()
 @click.option("--corpus", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--size", "vocab_size", default=5000, show_default=True, help="Vocab size.")
@@ -70,7 +59,6 @@ def best_seconds(work: Callable[[], Any], repeats: int) -> float:
 def main(
     corpus: Path | None, vocab_size: int, max_files: int | None, row_group_size: int, repeats: int
 ) -> None:
-    from bench_model import cpu_description
 
     from lmrs import Tokenizer
     from lmrs.record_tokens import encode_corpus, train_tokenizer

@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmrs import _lmrs
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import cpu_description  # noqa: E402
+
+from lmrs import _lmrs  # noqa: E402
 from lmrs.decode import resolve_dtype, resolve_engine
 from lmrs.generate import generate
 from lmrs.model import create_model
@@ -65,34 +67,6 @@ class SpeedOptions:
 
 
 KERNELS = ("avx512bf16", "avx2", "portable")  # the Rust decoding kernels, best first
-# /proc/cpuinfo flag -> how the feature is printed
-CPU_FLAGS = {
-    "avx2": "AVX2",
-    "fma": "FMA",
-    "avx512f": "AVX-512F",
-    "avx512bw": "AVX-512BW",
-    "avx512vl": "AVX-512VL",
-    "avx512_bf16": "AVX512-BF16",
-    "amx_tile": "AMX",
-}
-
-
-def cpu_description() -> str:
-    """The CPU's model name and which of the decoding engine's features it has."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    except OSError:
-        return f"CPU {model} (features unknown: no /proc/cpuinfo)"
-    features = ", ".join(
-        f"{name} {'yes' if flag in flags else 'no'}" for flag, name in CPU_FLAGS.items()
-    )
-    return f"CPU {model}, {os.cpu_count()} logical cores; {features}"
 
 
 def engine_label(device: str, dtype: str, engine: str = "auto") -> str:

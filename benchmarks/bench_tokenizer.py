@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -35,6 +34,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import click
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import best_seconds, cpu_description  # noqa: E402
 
 EOT = "<|endoftext|>"
 
@@ -145,34 +147,6 @@ def fmt(value: Optional[float], spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def best_seconds(fn: Callable[[], Any], repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def cpu_header() -> str:
-    """The CPU's name and the vector features that matter to the encoders."""
-    names, flags = [platform.processor() or platform.machine()], set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                names.append(value.strip())
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    except OSError:
-        pass
-    name = names[-1]
-    wanted = ["sse4_2", "avx2", "bmi2", "avx512f", "avx512bw", "avx512vl"]
-    features = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in wanted)
-    return f"CPU: {name}; {os.cpu_count()} CPUs; {features if flags else 'features unknown'}"
-
-
 #: Rank files `--ranks DIR` looks for, and the pattern name each is encoded with.
 RANK_FILES = {"cl100k_base.tiktoken": "cl100k", "o200k_base.tiktoken": "o200k"}
 
@@ -207,7 +181,7 @@ def ranks_section(ranks_dir: Path, texts: list[str], repeat: int) -> None:
     threads = os.cpu_count() or 1
     short, medium = "Hello, world!", short_text(texts, 900)
     print(f"\n# lmrs vs Python tiktoken {tiktoken.__version__} on the same ranks")
-    print(cpu_header())
+    print(cpu_description())
     print(
         f"{len(texts)} texts, {num_bytes / 1e6:.1f} MB; best of {repeat}; batched: "
         f"lmrs encode_batch vs tiktoken encode_ordinary_batch(num_threads={threads}); "
