@@ -31,6 +31,7 @@ beside it and fall back to the newest complete one that verifies, saying so on s
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import glob
 import hashlib
@@ -39,7 +40,7 @@ import os
 import secrets
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -233,7 +234,7 @@ def save_checkpoint(
     """
     final = Path(directory)
     tmp = new_checkpoint_tmp(final)
-    try:
+    with _removed_on_failure(tmp, final):
         if model_state is None:
             if model is None:
                 raise ValueError("save_checkpoint needs a model or a model_state")
@@ -250,12 +251,6 @@ def save_checkpoint(
         names += write_run_files(tmp, state, model_config, train_config, tokenizer)
         fault_point("checkpoint.files_written")
         checksums = {name: file_digest(tmp / name) for name in names}
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise _write_error(e, final) from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return commit_checkpoint(tmp, final, checksums, keep=keep)
 
 
@@ -287,6 +282,20 @@ def write_weights(path: Path, state_dict: Mapping[str, torch.Tensor]) -> None:
     _write_checked(path, lambda p: save_model_weights(state_dict, p))
 
 
+@contextlib.contextmanager
+def _removed_on_failure(tmp: Path, final: Path) -> Iterator[None]:
+    """Around the writes of a checkpoint save: on any failure the temporary directory goes,
+    and an OSError becomes one line naming ``final`` (full disk, permissions)."""
+    try:
+        yield
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(e, final) from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def new_checkpoint_tmp(final: Path) -> Path:
     """A fresh ``final.tmp-XXXX`` directory beside ``final``, for a save to fill."""
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -308,19 +317,13 @@ def commit_checkpoint(
     ``keep=None``: a rewrite of the same checkpoint, which replaces it and prunes nothing."""
     if keep is not None and keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
-    try:
+    with _removed_on_failure(tmp, final):
         # written last: its presence marks the directory as a complete checkpoint
         _write_checked(
             tmp / CHECKSUMS_FILE, lambda p: _fsync_write(p, _json_bytes(dict(checksums)))
         )
         fsync_dir(tmp)
         _replace_dir(tmp, final, keep=keep or 1)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise _write_error(e, final) from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if keep is not None:
         prune_kept_checkpoints(final, keep, _saved_step(final))
     remove_checkpoint_leftovers(final)
