@@ -17,7 +17,12 @@ from lmrs.train import TrainConfig, train
 
 
 @pytest.mark.parametrize("shape", [(24, 64), (64, 24), (40, 40)])
-def test_orthogonalize_pushes_singular_values_towards_one(shape: tuple[int, int]) -> None:
+@pytest.mark.parametrize("native", [True, False], ids=["bf16", "float32"])
+def test_orthogonalize_pushes_singular_values_towards_one(
+    shape: tuple[int, int], native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # both precisions the iteration runs in: bf16 where the device has it, float32 elsewhere
+    monkeypatch.setattr("lmrs.optim.native_bf16", lambda device: native)
     torch.manual_seed(0)
     # badly conditioned on purpose: singular values spread over two orders of magnitude
     u, _ = torch.linalg.qr(torch.randn(shape[0], shape[0]))
@@ -27,6 +32,7 @@ def test_orthogonalize_pushes_singular_values_towards_one(shape: tuple[int, int]
     matrix = u[:, :k] @ torch.diag(s) @ v[:k, :] * 7.0
     out = orthogonalize(matrix)
     assert out.shape == matrix.shape
+    assert out.dtype == (torch.bfloat16 if native else torch.float32)
     singular = torch.linalg.svdvals(out.float())
     # five quintic steps: every singular value lands in roughly [0.7, 1.2], even the 1e-2 one
     assert singular.min() > 0.5 and singular.max() < 1.3, singular
@@ -71,9 +77,11 @@ def test_muon_groups_reject_vectors() -> None:
 
 
 @pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch>=2.9")
-def test_matches_torch_muon_plus_adamw() -> None:
+def test_matches_torch_muon_plus_adamw(monkeypatch: pytest.MonkeyPatch) -> None:
     """Same trajectory as torch.optim.Muon (match_rms_adamw) on the matrices and
     torch.optim.AdamW on everything else, stepped side by side."""
+    # torch's Muon iterates in bfloat16 on every device; ours does where it is native
+    monkeypatch.setattr("lmrs.optim.native_bf16", lambda device: True)
     torch.manual_seed(0)
     ours_model = tiny_model()
     ref_model = copy.deepcopy(ours_model)
