@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from lmrs import _lmrs
 from lmrs.errors import InputError
+from lmrs.prefetch import prefetched
 from lmrs.progress import tqdm
 from lmrs.records import RecordOptions, RecordReader, record_format
 from lmrs.tokenizer import Tokenizer
@@ -103,7 +104,8 @@ def encode_corpus(
     stream = _lmrs.TokenStream(tokenizer._core, str(Path(out_path)), shard_tokens)
     try:
         with tqdm(unit="B", unit_scale=True, desc="encode", disable=not show_progress) as bar:
-            for batch in reader.batches():
+            # Python reads batch k+1 while Rust (GIL released) encodes batch k
+            for batch in prefetched(reader.batches()):
                 bar.update(stream.write(batch))
         info: dict[str, Any] = json.loads(stream.finish())
     except BaseException:

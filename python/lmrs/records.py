@@ -58,7 +58,8 @@ class RecordOptions:
     batches handed on (in characters, summed over a batch's texts)."""
 
     text_field: str = "text"
-    batch_chars: int = 8 << 20
+    # small enough that reading the next batch overlaps encoding this one (lmrs.prefetch)
+    batch_chars: int = 1 << 20
     # how many bad records are named (with their line/row) in the summary
     max_examples: int = 5
 
@@ -101,6 +102,8 @@ def record_format(path: str | os.PathLike[str]) -> Optional[str]:
 
 
 def _has_surrogates(text: str) -> bool:
+    if text.isascii():  # O(1) in CPython; most documents, and no copy
+        return False
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
