@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from lmrs.fused_loss import head_cross_entropy
 from lmrs.options import ARCHITECTURES, MLPS, NORMS, POSITIONS, PRESETS
 
 # positions a model may have: far beyond what a small model trains on, and small enough
@@ -402,12 +403,23 @@ class GPT(nn.Module):
         matmul += self.lm_head.weight.numel()
         return 6.0 * matmul + 12.0 * cfg.num_layers * seq_len * cfg.embed_dim
 
-    def forward(self, ids: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+    def forward(
+        self,
+        ids: torch.Tensor,
+        cache: Optional[KVCache] = None,
+        *,
+        targets: Optional[torch.Tensor] = None,
+        ignore_index: int = -100,
+    ) -> torch.Tensor:
         """Logits (B, T, vocab_size) for token ids (B, T).
 
         With a :class:`KVCache` the ids are the next ``T`` positions after ``cache.length``
         (their keys and values are stored, and the cache advances): generation runs this
         same code, the prompt in one call and then one token per call.
+
+        With ``targets`` (B, T): the mean cross-entropy of the targets under those logits
+        instead, computed a chunk of rows at a time (:mod:`lmrs.fused_loss`) without
+        materialising the logits.
         """
         _, seq = ids.shape
         start = 0 if cache is None else cache.length
@@ -437,8 +449,14 @@ class GPT(nn.Module):
                 x = block(x, rope)
         if cache is not None:
             cache.length = end
-        logits = self.lm_head(self.ln_final(x))
+        x = self.ln_final(x)
         cap = self.config.logit_softcap
+        if targets is not None:
+            return head_cross_entropy(
+                x.flatten(0, 1), self.lm_head.weight, targets.flatten(),
+                softcap=cap, ignore_index=ignore_index,
+            )  # fmt: skip
+        logits = self.lm_head(x)
         if cap is not None:
             logits = cap * torch.tanh(logits / cap)
         return logits
@@ -446,9 +464,10 @@ class GPT(nn.Module):
     def compute_loss(
         self, ids: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100
     ) -> torch.Tensor:
-        """Mean next-token cross-entropy (nats) of ``targets`` (B, T) given ``ids`` (B, T)."""
-        logits = self(ids)
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
+        """Mean next-token cross-entropy (nats) of ``targets`` (B, T) given ``ids`` (B, T):
+        ``F.cross_entropy`` of ``self(ids)``, computed without the full logits. Through
+        ``forward``, so that DDP and FSDP hooks see it."""
+        return self(ids, targets=targets, ignore_index=ignore_index)
 
     def to_huggingface(self, path: Any, tokenizer: Any = None, *, dtype: str = "f32") -> Any:
         """Write a transformers folder (see :mod:`lmrs.export_hf`); returns its path."""
@@ -501,14 +520,18 @@ def create_model(
     num_heads: int = 8,
     num_layers: int = 6,
     ff_dim: int = 1024,
-    dropout_rate: float = 0.1,
+    dropout_rate: Optional[float] = None,
     *,
     arch: Optional[str] = None,
     **options: Any,
 ) -> GPT:
     """A GPT of the given shape; ``arch`` names a set of options in ``ARCHITECTURES``
     (``gpt2``, ``modern``), and ``options`` are any other :class:`ModelConfig` fields
-    (they win over the architecture's)."""
+    (they win over the architecture's). ``dropout_rate`` None: the architecture's (0.1
+    without one, as in GPT-2)."""
+    fields = {**architecture(arch), **options}
+    if dropout_rate is not None:
+        fields["dropout_rate"] = dropout_rate
     config = ModelConfig(
         vocab_size=vocab_size,
         max_seq_len=max_seq_len,
@@ -516,8 +539,7 @@ def create_model(
         num_heads=num_heads,
         num_layers=num_layers,
         ff_dim=ff_dim,
-        dropout_rate=dropout_rate,
-        **{**architecture(arch), **options},
+        **fields,
     )
     return GPT(config)
 

@@ -1,0 +1,116 @@
+"""The output head, the logit soft-cap and the cross-entropy, a few rows at a time.
+
+``F.cross_entropy(softcap(hidden @ head.T), targets)`` written plainly materialises the
+logits (batch x sequence x vocabulary: 16 x 128 x 5,000 floats = 41 MB) and walks them
+about eight times forward and back (the product, the division, tanh, the multiplication,
+log-softmax, their gradients), each walk a fresh allocation. On a CPU that memory traffic
+costs more than the matrix product: 100 ms of a 220 ms forward for the small model with
+soft-capping on an AVX2 EPYC. Here the rows are taken a chunk at a time (a few MB, so
+every walk stays in cache), and the gradient with respect to the logits is formed while
+they are at hand: the loss is the end of the graph, so the backward pass only has to
+scale two precomputed gradients (the same trick as Liger Kernel's fused linear
+cross-entropy). Memory for the logits drops from the whole batch to one chunk.
+
+It computes the same function as :meth:`lmrs.model.GPT.forward` followed by
+``F.cross_entropy``; ``tests/test_fused_loss.py`` checks loss and gradients against that.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+__all__ = ["head_cross_entropy"]
+
+CHUNK_BYTES = 4 << 20  # float32 logits per chunk: fits in a core's L2/L3 share
+
+
+def _chunk_rows(vocab_size: int, rows: int) -> int:
+    return max(64, min(rows, CHUNK_BYTES // (4 * vocab_size)))
+
+
+def _chunk_logits(
+    hidden: torch.Tensor, weight: torch.Tensor, cap: Optional[float]
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(float32 logits, tanh of the scaled logits or None) of one chunk of rows."""
+    logits = (hidden @ weight.T).float()
+    if cap is None:
+        return logits, None
+    squashed = logits.div_(cap).tanh_()  # in place: the chunk is ours
+    return squashed * cap, squashed
+
+
+class _HeadCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        cap: Optional[float],
+        ignore_index: int,
+    ) -> torch.Tensor:
+        valid = targets != ignore_index
+        count = valid.sum().to(torch.float32)  # 0: nan, as F.cross_entropy gives
+        want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        step = _chunk_rows(weight.shape[0], hidden.shape[0])
+        for first in range(0, hidden.shape[0], step):
+            rows = slice(first, first + step)
+            h, t, keep = hidden[rows], targets[rows], valid[rows]
+            logits, squashed = _chunk_logits(h, weight, cap)
+            lse = torch.logsumexp(logits, dim=1)
+            safe_t = torch.where(keep, t, torch.zeros_like(t))
+            picked = logits.gather(1, safe_t[:, None]).squeeze(1)
+            total += ((lse - picked) * keep).sum()
+            if not want_grad:
+                continue
+            # d(mean loss)/d(logits) = (softmax - one_hot) / count on kept rows, 0 elsewhere
+            grad = logits.sub_(lse[:, None]).exp_()
+            grad[torch.arange(grad.shape[0], device=grad.device), safe_t] -= 1.0
+            grad.mul_((keep.to(grad.dtype) / count)[:, None])
+            if squashed is not None:  # d(cap * tanh(z / cap))/dz = 1 - tanh^2
+                grad.mul_(1.0 - squashed * squashed)
+            grad = grad.to(weight.dtype)
+            if grad_hidden is not None:
+                grad_hidden[rows] = (grad @ weight).to(grad_hidden.dtype)
+            if ctx.needs_input_grad[1] and grad_weight is not None:
+                grad_weight += (grad.T @ h.to(weight.dtype)).float()
+        ctx.grads = (grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype))
+        return total / count
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        grad_hidden, grad_weight = ctx.grads
+        ctx.grads = None
+        scale = grad_output.to(torch.float32)
+        return (
+            None if grad_hidden is None else grad_hidden * scale.to(grad_hidden.dtype),
+            None if grad_weight is None else grad_weight * scale.to(grad_weight.dtype),
+            None,
+            None,
+            None,
+        )
+
+
+def head_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    softcap: Optional[float] = None,
+    ignore_index: int = -100,
+) -> torch.Tensor:
+    """Mean cross-entropy (nats) of ``targets`` (N,) under the logits
+    ``softcap * tanh(hidden @ weight.T / softcap)`` (plain ``hidden @ weight.T`` without a
+    cap), rows whose target is ``ignore_index`` left out; ``hidden`` is (N, D)."""
+    if torch.compiler.is_compiling():
+        # under torch.compile the plain expression is fused by the compiler instead
+        logits = (hidden @ weight.T).float()
+        if softcap is not None:
+            logits = softcap * torch.tanh(logits / softcap)
+        return torch.nn.functional.cross_entropy(logits, targets, ignore_index=ignore_index)
+    return _HeadCrossEntropy.apply(hidden, weight, targets, softcap, ignore_index)
