@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -423,17 +424,20 @@ def _cuda_peak(size: int = 8192) -> float:
 
 @dataclass
 class QualityOptions:
-    corpus: Path
+    corpus: str  # a folder of text files, or "stdlib" (the files `lmrs quickstart` reads)
     budget_minutes: float = 10.0
     vocab_size: int = 5000
+    # GPT-2's settings: the best of the previous sessions' sweep for it (AdamW, lr 2e-3,
+    # batch 16 x 128, 50 warmup steps, cosine to 10%)
     batch_size: int = 16
     seq_len: int = 128
     learning_rate: float = 2e-3
     warmup_steps: int = 50
     weight_decay: float = 0.1
     min_lr_ratio: float = 0.1
-    position: str = "learned"  # lmrs only: "learned" (the default) or "rope"
-    optimizer: str = "adamw"  # lmrs only; GPT-2 always trains with AdamW
+    # lmrs runs `lmrs train` with the tokens, tokenizer, output folder and budget and
+    # nothing else (its defaults); these extra flags are for tuning runs only
+    lmrs_args: tuple[str, ...] = ()
     # titles held out whole: every file whose name starts with one of these (the corpus has
     # most plays twice, a modern and a First Folio spelling, so a split by file would leak)
     held_out: tuple[str, ...] = ("macbeth", "othello", "twel", "julius_caesar")
@@ -442,94 +446,149 @@ class QualityOptions:
     models: tuple[str, ...] = ("lmrs", "gpt2")  # "lmrs" alone: tuning runs
 
 
-def held_out_splits(corpus: Path, held_out: tuple[str, ...], vocab_size: int) -> tuple[Any, ...]:
-    """(tokenizer, train split, held-out split): the files of ``corpus`` whose names start
-    with one of ``held_out`` are held out whole, and the tokenizer never sees them."""
+@dataclass
+class HeldOut:
+    """A corpus split by whole files, encoded with a tokenizer trained on the train files."""
+
+    workdir: Path
+    tokenizer: Any
+    tokenizer_path: Path
+    train_path: Path
+    train_split: Any
+    val_split: Any
+
+
+def _corpus_files(corpus: str, held_out: tuple[str, ...]) -> dict[str, list[tuple[str, Path]]]:
+    """(link name, file) per part. ``stdlib``: every tenth module of the standard library
+    (in path order) is held out; a folder: the files whose names start with `held_out`."""
+    parts: dict[str, list[tuple[str, Path]]] = {"train": [], "heldout": []}
+    if corpus == "stdlib":
+        from lmrs.cli_model import stdlib_python_files
+
+        files = sorted(Path(f) for f in stdlib_python_files())
+        root = Path(os.path.commonpath([str(f) for f in files]))
+        for index, path in enumerate(files):
+            name = "__".join(path.relative_to(root).parts)
+            parts["heldout" if index % 10 == 0 else "train"].append((name, path))
+        return parts
+    for path in sorted(Path(corpus).iterdir()):
+        part = "heldout" if path.name.lower().startswith(held_out) else "train"
+        parts[part].append((path.name, path))
+    if not parts["heldout"]:
+        raise SystemExit(f"no file in {corpus} starts with any of {held_out}")
+    return parts
+
+
+def held_out_files(corpus: str, held_out: tuple[str, ...], vocab_size: int) -> HeldOut:
+    """The corpus split by whole files; the tokenizer never sees held-out text."""
     from lmrs import TokenDataset, Tokenizer
 
     workdir = Path(tempfile.mkdtemp(prefix="lmrs-bench-"))
-    parts = {"train": workdir / "train", "heldout": workdir / "heldout"}
-    for folder in parts.values():
-        folder.mkdir()
-    for path in sorted(corpus.iterdir()):
-        part = "heldout" if path.name.lower().startswith(held_out) else "train"
-        (parts[part] / path.name).symlink_to(path.resolve())
-    held_names = sorted(p.name for p in parts["heldout"].iterdir())
-    if not held_names:
-        raise SystemExit(f"no file in {corpus} starts with any of {held_out}")
-    tokenizer = Tokenizer.train(parts["train"], vocab_size)  # never sees held-out text
     splits = {}
-    for name, folder in parts.items():
-        tokenizer.encode_files(folder, workdir / f"{name}.bin")
-        splits[name] = TokenDataset(workdir / f"{name}.bin", tokenizer).full()
-    train_split, val_split = splits["train"], splits["heldout"]
+    files = _corpus_files(corpus, held_out)
+    for part, members in files.items():
+        (workdir / part).mkdir()
+        for name, path in members:
+            (workdir / part / name).symlink_to(path.resolve())
+    tokenizer = Tokenizer.train(workdir / "train", vocab_size)
+    tokenizer_path = workdir / "tokenizer.json"
+    tokenizer.save(str(tokenizer_path))
+    for part in files:
+        tokenizer.encode_files(workdir / part, workdir / f"{part}.bin")
+        splits[part] = TokenDataset(workdir / f"{part}.bin", tokenizer).full()
+    held_names = [name for name, _ in files["heldout"]]
+    shown = ", ".join(held_names[:8]) + (
+        f" and {len(held_names) - 8} more" if len(held_names) > 8 else ""
+    )
     print(
         f"corpus {corpus}: vocab {tokenizer.vocab_size} trained on the training files; "
-        f"train {train_split}; held out {val_split}: {', '.join(held_names)}"
+        f"train {splits['train']}; held out {splits['heldout']}: {shown}"
     )
-    return tokenizer, train_split, val_split
+    return HeldOut(
+        workdir, tokenizer, tokenizer_path, workdir / "train.bin", splits["train"],
+        splits["heldout"],
+    )  # fmt: skip
+
+
+def held_out_splits(corpus: Path, held_out: tuple[str, ...], vocab_size: int) -> tuple[Any, ...]:
+    """(tokenizer, train split, held-out split) of :func:`held_out_files`."""
+    data = held_out_files(str(corpus), held_out, vocab_size)
+    return data.tokenizer, data.train_split, data.val_split
+
+
+def train_lmrs_defaults(opts: QualityOptions, data: HeldOut, budget_s: float) -> tuple[Any, str]:
+    """`lmrs train` as a user types it (plus `opts.lmrs_args`); (model, description)."""
+    from lmrs.checkpoint import load_model
+
+    out = data.workdir / f"run-{len(list(data.workdir.glob('run-*')))}"
+    command = [
+        sys.executable, "-m", "lmrs", "train", "--tokens", str(data.train_path),
+        "--tokenizer", str(data.tokenizer_path), "--out", str(out),
+        "--time-budget", f"{budget_s:g}s", "--quiet", *opts.lmrs_args,
+    ]  # fmt: skip
+    print("  $ lmrs " + " ".join(command[3:]), flush=True)
+    subprocess.run(command, check=True)
+    model, checkpoint = load_model(out)
+    config, shape = checkpoint.train_config, checkpoint.model_config
+    description = (
+        f"{config.get('optimizer')} lr {config.get('learning_rate'):g}, batch "
+        f"{config.get('batch_size')}x{config.get('seq_len')}, {checkpoint.step} steps; "
+        f"model {shape.get('embed_dim')} dim x {shape.get('num_layers')} layers, "
+        f"{shape.get('position')}, {shape.get('norm')}, mlp {shape.get('mlp')}"
+    )
+    return model, description
 
 
 def quality_section(opts: QualityOptions) -> None:
     from lmrs import evaluate, train
 
-    tokenizer, train_split, val_split = held_out_splits(opts.corpus, opts.held_out, opts.vocab_size)
+    data = held_out_files(opts.corpus, opts.held_out, opts.vocab_size)
     budget_s = opts.budget_minutes * 60
-    common = dict(
-        batch_size=opts.batch_size,
-        seq_len=opts.seq_len,
-        time_budget_s=budget_s,
-        learning_rate=opts.learning_rate,
-        warmup_steps=opts.warmup_steps,
-        weight_decay=opts.weight_decay,
-        min_lr_ratio=opts.min_lr_ratio,
-        eval_every=0,
-        seed=opts.seed,
-        device="cpu",
-    )
-    candidates = {
-        "lmrs": lambda: create_model(
-            tokenizer.vocab_size, **SHAPE, dropout_rate=0.0, position=opts.position
-        ),
-        "HF GPT-2": lambda: HFAdapter(hf_gpt2(tokenizer.vocab_size)),  # stock dropout 0.1
-    }
-    wanted = {"lmrs": "lmrs", "gpt2": "HF GPT-2"}
-    results = {}
-    for name in (wanted[m] for m in opts.models):
-        model = candidates[name]()
-        optimizer = opts.optimizer if name == "lmrs" else "adamw"
-        print(f"training {name} for {opts.budget_minutes:g} min with {optimizer}")
-        start = time.perf_counter()
-        outcome = train(model, train_split, optimizer=optimizer, **common)
-        seconds = time.perf_counter() - start
+    results: dict[str, tuple[Any, str]] = {}
+    if "lmrs" in opts.models:
+        print(f"training lmrs for {opts.budget_minutes:g} min with its defaults", flush=True)
+        model, description = train_lmrs_defaults(opts, data, budget_s)
         scores = evaluate(
-            model, val_split, batches=opts.eval_batches, batch_size=32, seq_len=opts.seq_len
+            model, data.val_split, batches=opts.eval_batches, batch_size=32, seq_len=opts.seq_len
         )
-        results[name] = (scores, outcome.steps, outcome.tokens)
-        print(
-            f"  {name}: {outcome.steps} steps, {outcome.tokens:,} tokens, "
-            f"{outcome.tokens_per_s:,.0f} tokens/s, {seconds:.0f}s training; "
-            f"held-out {scores.summary()}"
+        results["lmrs"] = (scores, description)
+        print(f"  lmrs: {description}; held-out {scores.summary()}", flush=True)
+    if "gpt2" in opts.models:
+        print(f"training HF GPT-2 for {opts.budget_minutes:g} min with adamw", flush=True)
+        gpt2 = HFAdapter(hf_gpt2(data.tokenizer.vocab_size))  # stock dropout 0.1
+        outcome = train(
+            gpt2, data.train_split, optimizer="adamw", batch_size=opts.batch_size,
+            seq_len=opts.seq_len, time_budget_s=budget_s, learning_rate=opts.learning_rate,
+            warmup_steps=opts.warmup_steps, weight_decay=opts.weight_decay,
+            min_lr_ratio=opts.min_lr_ratio, eval_every=0, seed=opts.seed, device="cpu",
+            show_progress=False,
+        )  # fmt: skip
+        scores = evaluate(
+            gpt2, data.val_split, batches=opts.eval_batches, batch_size=32, seq_len=opts.seq_len
         )
+        description = (
+            f"adamw lr {opts.learning_rate:g}, batch {opts.batch_size}x{opts.seq_len}, "
+            f"{outcome.steps} steps, {outcome.tokens_per_s:,.0f} tokens/s; full shape"
+        )
+        results["HF GPT-2"] = (scores, description)
+        print(f"  HF GPT-2: {description}; held-out {scores.summary()}", flush=True)
 
-    precision = "bf16 autocast" if native_bf16(torch.device("cpu")) else "float32"
     print()
-    print(f"{'':<34}" + "".join(f"{name:>10}" for name in results))
-    rows = {
-        "optimizer steps in budget": lambda r: f"{r[1]:>10}",
-        "training tokens seen": lambda r: f"{r[2]:>10,}",
-        "held-out loss (nats/token)": lambda r: f"{r[0].loss:>10.3f}",
-        "held-out bits per byte": lambda r: f"{r[0].bits_per_byte or float('nan'):>10.3f}",
-    }
-    for label, cell in rows.items():
-        print(f"{label:<34}" + "".join(cell(r) for r in results.values()))
+    print(f"{'':<10}{'bits/byte':>10}{'loss':>8}  run")
+    for name, (scores, description) in results.items():
+        bpb = scores.bits_per_byte or float("nan")
+        print(f"{name:<10}{bpb:>10.3f}{scores.loss:>8.3f}  {description}")
+    if len(results) == 2:
+        ours, theirs = (r[0].bits_per_byte for r in results.values())
+        if ours and theirs:
+            print(f"lmrs / GPT-2 bits per byte: {ours / theirs:.3f} (target <= 0.85)")
     print(
-        f"same loop (lmrs.train: lmrs {opts.optimizer}, GPT-2 adamw, {opts.warmup_steps} "
-        "warmup steps, cosine to "
-        f"{opts.min_lr_ratio:.0%}), lmrs positions {opts.position}, "
-        f"lr {opts.learning_rate:g}, batch {opts.batch_size}x{opts.seq_len}, weight decay "
-        f"{opts.weight_decay:g}, precision {precision}; lmrs dropout 0, GPT-2 stock dropout "
-        f"0.1; {opts.budget_minutes:g} min each"
+        f"{opts.budget_minutes:g} min each on {opts.corpus}, held-out bits per byte over "
+        f"{opts.eval_batches} batches of 32x{opts.seq_len}; lmrs: `lmrs train` defaults"
+        + (f" plus {' '.join(opts.lmrs_args)}" if opts.lmrs_args else "")
+        + "; GPT-2: stock dropout 0.1, warmup "
+        f"{opts.warmup_steps} steps, cosine to {opts.min_lr_ratio:.0%}, weight decay "
+        f"{opts.weight_decay:g}"
     )
 
 
@@ -546,17 +605,18 @@ def main() -> None:
     parser.add_argument("--worker-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--cuda", action="store_true", help="run the speed part on CUDA")
     parser.add_argument("--quality", action="store_true", help="also train both, compare bpb")
-    parser.add_argument("--corpus", type=Path, default=Path("/work/shared/corpora/shakespeare"))
+    parser.add_argument(
+        "--corpus",
+        default="/work/shared/corpora/shakespeare",
+        help="quality: a folder of text files, or stdlib (what lmrs quickstart reads)",
+    )
     parser.add_argument("--budget-minutes", type=float, default=10.0)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--batch-size", type=int, default=16, help="quality mode batch")
-    parser.add_argument("--warmup-steps", type=int, default=50, help="quality mode warmup")
+    parser.add_argument("--lr", type=float, default=2e-3, help="quality: GPT-2's learning rate")
+    parser.add_argument("--batch-size", type=int, default=16, help="quality: GPT-2's batch")
+    parser.add_argument("--warmup-steps", type=int, default=50, help="quality: GPT-2's warmup")
     parser.add_argument("--min-lr-ratio", type=float, default=0.1, help="quality: cosine floor")
     parser.add_argument(
-        "--position", choices=("learned", "rope"), default="learned", help="quality: lmrs"
-    )
-    parser.add_argument(
-        "--optimizer", choices=("adamw", "muon"), default="adamw", help="quality: lmrs"
+        "--lmrs-args", default="", help="quality, tuning runs only: extra `lmrs train` flags"
     )
     parser.add_argument(
         "--models", default="lmrs,gpt2", help="quality mode: lmrs,gpt2 or one of them"
@@ -593,8 +653,7 @@ def main() -> None:
                 batch_size=args.batch_size,
                 warmup_steps=args.warmup_steps,
                 min_lr_ratio=args.min_lr_ratio,
-                position=args.position,
-                optimizer=args.optimizer,
+                lmrs_args=tuple(shlex.split(args.lmrs_args)),
                 models=models,
             )
         )

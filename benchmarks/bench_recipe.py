@@ -96,8 +96,7 @@ def run(opts: RecipeOptions) -> None:
     results: list[tuple[Variant, Any, Any]] = []
     for variant in variants(opts):
         model = create_model(
-            tokenizer.vocab_size, **shape, dropout_rate=0.0, seed=opts.seed,
-            **variant.model_options,
+            tokenizer.vocab_size, **shape, seed=opts.seed, **variant.model_options,
         )  # fmt: skip
         print(f"training {variant.label} for {opts.budget_s:g} s")
         start = time.perf_counter()

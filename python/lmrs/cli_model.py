@@ -30,6 +30,7 @@ from lmrs.options import (
     ARCHITECTURES,
     CHECKPOINT_FORMATS,
     DECAYS,
+    DEFAULT_ARCH,
     ENGINES,
     MLPS,
     NORMS,
@@ -306,7 +307,7 @@ def _check_out_dir(out_dir: Path) -> None:
 @click.option(
     "--arch",
     type=click.Choice(sorted(ARCHITECTURES)),
-    default="gpt2",
+    default=DEFAULT_ARCH,
     show_default=True,
     help="Architecture options (lmrs.options.ARCHITECTURES); the flags below override them.",
 )
@@ -929,14 +930,13 @@ def quickstart_command(
     _encode_corpus(tokenizer, source, out_dir / "tokens.bin", show_progress=not quiet)
     dataset = _open_dataset(out_dir / "tokens.bin", tokenizer)
     click.echo(f"3/4 training the small model for {minutes:g} min on {dataset.num_tokens:,} tokens")
-    # no dropout: a few CPU minutes underfit, they do not overfit
-    model = create_small_model(tokenizer.vocab_size, max_seq_len=256, dropout_rate=0.0)
+    # the `lmrs train` recipe (modern architecture, Muon) at the small size
+    model = create_small_model(tokenizer.vocab_size, max_seq_len=256, arch=DEFAULT_ARCH)
     config = TrainConfig(
         # small batches: on a CPU budget, more updates beat bigger ones
         batch_size=16,
         seq_len=128,
         time_budget_s=minutes * 60,
-        learning_rate=2e-3,
         warmup_steps=20,
         eval_every=100,
         eval_batches=8,

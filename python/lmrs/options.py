@@ -39,6 +39,7 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "tie_weights": True,
         "logit_softcap": None,
         "zero_init_proj": False,
+        "dropout_rate": 0.1,
     },
     "modern": {
         "position": "rope",
@@ -50,8 +51,12 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "tie_weights": False,
         "logit_softcap": 15.0,
         "zero_init_proj": True,
+        # budgeted runs underfit, they do not overfit (bench_recipe.py's dropout row)
+        "dropout_rate": 0.0,
     },
 }
+# what `lmrs train` and `lmrs quickstart` build unless told otherwise (bench_recipe.py)
+DEFAULT_ARCH = "modern"
 
 
 @dataclass
@@ -66,9 +71,11 @@ class TrainConfig:
     epochs: Optional[float] = None
     time_budget_s: Optional[float] = None
     stop_at_step: Optional[int] = None  # end this session early; the schedule is unchanged
-    learning_rate: float = 1e-3
+    # Muon's and AdamW's groups share it (Muon's steps are scaled to AdamW's RMS, lmrs.optim);
+    # measured best for 4-10 minute CPU budgets by benchmarks/bench_model.py --quality
+    learning_rate: float = 4e-3
     min_lr_ratio: float = 0.1  # the decay ends at learning_rate * min_lr_ratio
-    warmup_steps: int = 100
+    warmup_steps: int = 50
     decay: str = "cosine"  # shape of the decay: cosine or linear
     # the decay takes this last fraction of the run after warmup; the peak holds before it
     # (1.0: decay all the way; e.g. 0.4: warmup-stable-decay, modded-nanogpt's trapezoid)
@@ -84,7 +91,8 @@ class TrainConfig:
     muon_momentum: float = 0.95  # muon only (its hidden matrices; the rest runs AdamW)
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
     grad_accum_steps: int = 1
-    optimizer: str = "adamw"
+    # muon: Muon on the hidden matrices, AdamW on the rest (lmrs.optim); the measured best
+    optimizer: str = "muon"
     eval_every: int = 200  # steps between evaluations (0: only at the end)
     eval_batches: int = 20
     # sequences per evaluation batch, all processes together (each takes its share); default
