@@ -134,7 +134,9 @@ def test_size_for_budget_measures_smallest_first_and_charges_the_probe(
     assert 0 < decision.probe_seconds and decision.train_seconds == pytest.approx(
         30.0 - decision.probe_seconds
     )
-    best = min(decision.rows, key=lambda r: abs(math.log(r.tokens_per_param / 20)))
+    best = min(
+        decision.rows, key=lambda r: abs(math.log(r.tokens_per_param / sizing.TOKENS_PER_PARAM))
+    )
     assert decision.shape == best.measurement.shape
     # a shape too big for any use stops the measuring: nothing larger is tried
     monkeypatch.setattr(sizing, "GIVE_UP_RATIO", 1e9)

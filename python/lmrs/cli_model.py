@@ -39,6 +39,7 @@ from lmrs.options import (
     PRESETS,
     SAMPLING_DTYPES,
     STRATEGIES,
+    TOKENS_PER_PARAM,
     TRAIN_DEFAULTS,
     TRAIN_DTYPES,
 )
@@ -170,9 +171,10 @@ def _check_out_dir(out_dir: Path) -> None:
 @click.option(
     "--tokens-per-param",
     type=click.FloatRange(min=0, min_open=True),
-    default=20.0,
+    default=TOKENS_PER_PARAM,
     show_default=True,
-    help="Sizing to a budget: the tokens per non-embedding parameter aimed at (Chinchilla).",
+    help="Sizing to a budget: the tokens per non-embedding parameter aimed at (measured best "
+    "on CPU budgets; Chinchilla's is 20).",
 )
 @click.option("--tokens", type=click.Path(), help="Token file or shard folder (skips encoding).")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many steps.")

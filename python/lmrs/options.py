@@ -57,6 +57,9 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
 }
 # what `lmrs train` and `lmrs quickstart` build unless told otherwise (bench_recipe.py)
 DEFAULT_ARCH = "modern"
+# sizing to a budget (lmrs.sizing): tokens per non-embedding parameter aimed at; measured
+# best on CPU budgets (see lmrs.sizing), where Chinchilla's large-scale figure is 20
+TOKENS_PER_PARAM = 5.0
 
 
 @dataclass
