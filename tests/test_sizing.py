@@ -58,9 +58,9 @@ def test_rule_compares_on_a_log_scale_and_breaks_ties_towards_the_larger_model()
     assert decision.shape == B
     # 45 vs 11.25: 45 is nearer on a log scale (2.25x) than 11.25 (1.78x)? no: 1.78 < 2.25
     measured = [Measurement(A, 1_000, 450.0), Measurement(B, 4_000, 450.0)]
-    assert choose_shape(measured, 100.0).shape == B
+    assert choose_shape(measured, 100.0, tokens_per_param=20.0).shape == B
     measured = [Measurement(A, 1_000, 300.0), Measurement(B, 4_000, 300.0)]  # 30 vs 7.5
-    assert choose_shape(measured, 100.0).shape == A
+    assert choose_shape(measured, 100.0, tokens_per_param=20.0).shape == A
 
 
 def test_rule_never_picks_a_shape_that_did_not_fit_and_refuses_when_nothing_did() -> None:
