@@ -164,6 +164,16 @@ def full_model(vocab: int, settings: Settings, **overrides: Any) -> Any:
     )
 
 
+def ladder_model(vocab: int, name: str, **overrides: Any) -> Any:
+    """A shape of the sizing ladder (lmrs.sizing.LADDER) at 512 positions, no dropout."""
+    from lmrs.model import create_model
+    from lmrs.sizing import LADDER
+
+    shape = next(s for s in LADDER if s.name == name)
+    fields = {**shape.model_fields(), "max_seq_len": 512, "dropout_rate": 0.0, **overrides}
+    return create_model(vocab, **fields)
+
+
 def train_run(model: Any, tokens: Path, settings: Settings, **config: Any) -> Any:
     """``lmrs.train`` on a token file, quiet, on the check's device unless told."""
     from lmrs.data import TokenDataset
@@ -329,6 +339,8 @@ def _count_syncs(run: Callable[[], Any]) -> tuple[Any, Optional[int]]:
 def section_throughput(settings: Settings) -> dict[str, Any]:
     import torch
 
+    from lmrs.options import DEFAULT_ARCH
+
     vocab = 97 if settings.smoke else 32_000
     steps = 4 if settings.smoke else 40
     tokens = token_file(settings, vocab, 50_000 if settings.smoke else 4_000_000)
@@ -343,8 +355,21 @@ def section_throughput(settings: Settings) -> dict[str, Any]:
         out_dir=str(settings.workdir / "throughput"),
     )
     rows: dict[str, Any] = {}
-    for label, compile_ in (("eager", False), ("compiled", True)):
-        model = full_model(vocab, settings)
+    # the defaults of `lmrs train` (modern architecture, Muon): the full preset eager and
+    # compiled, and the sizing ladder's "large" shape compiled
+    cases = (
+        ("eager", "full", False),
+        ("compiled", "full", True),
+        ("large_compiled", "large", True),
+    )
+    if settings.smoke:  # the smoke run's model is tiny whatever the size: one compile is enough
+        cases = cases[:2]
+    for label, size, compile_ in cases:
+        model = (
+            full_model(vocab, settings, arch=DEFAULT_ARCH)
+            if size == "full"
+            else ladder_model(vocab, size, arch=DEFAULT_ARCH)
+        )
         flops = model.estimate_flops_per_token(config["seq_len"])
         peak_memory_reset()
         outcome, syncs = _count_syncs(
@@ -367,12 +392,14 @@ def section_throughput(settings: Settings) -> dict[str, Any]:
         peak = _bf16_peak()
         if peak:
             row["mfu"] = round(steady * flops / peak, 4)
+        row["shape"] = f"{size}, {DEFAULT_ARCH}, {model.config.embed_dim} dim x "
+        row["shape"] += f"{model.config.num_layers} layers, {model.num_parameters():,} params"
         rows[label] = row
     eager, compiled = rows["eager"], rows["compiled"]
     rows["compile_speedup"] = round(
         compiled["median_step_tokens_per_s"] / max(eager["median_step_tokens_per_s"], 1), 3
     )
-    rows["ok"] = all(math.isfinite(r["final_loss"]) for r in (eager, compiled))
+    rows["ok"] = all(math.isfinite(rows[label]["final_loss"]) for label, _, _ in cases)
     if torch.cuda.is_available():
         rows["device_name"] = torch.cuda.get_device_name()
     return rows
