@@ -55,7 +55,9 @@ class _HeadCrossEntropy(torch.autograd.Function):
         count = valid.sum().to(torch.float32)  # 0: nan, as F.cross_entropy gives
         want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_grad else None
+        grad_weight = (
+            torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        )
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         step = _chunk_rows(weight.shape[0], hidden.shape[0])
         for first in range(0, hidden.shape[0], step):
@@ -77,23 +79,16 @@ class _HeadCrossEntropy(torch.autograd.Function):
             grad = grad.to(weight.dtype)
             if grad_hidden is not None:
                 grad_hidden[rows] = (grad @ weight).to(grad_hidden.dtype)
-            if ctx.needs_input_grad[1] and grad_weight is not None:
+            if grad_weight is not None:
                 grad_weight += (grad.T @ h.to(weight.dtype)).float()
         ctx.grads = (grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype))
         return total / count
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        grad_hidden, grad_weight = ctx.grads
-        ctx.grads = None
-        scale = grad_output.to(torch.float32)
-        return (
-            None if grad_hidden is None else grad_hidden * scale.to(grad_hidden.dtype),
-            None if grad_weight is None else grad_weight * scale.to(grad_weight.dtype),
-            None,
-            None,
-            None,
-        )
+        grads, ctx.grads = ctx.grads, None
+        scaled = [None if g is None else g * grad_output.to(g.dtype) for g in grads]
+        return (*scaled, None, None, None)
 
 
 def head_cross_entropy(
@@ -106,11 +101,7 @@ def head_cross_entropy(
 ) -> torch.Tensor:
     """Mean cross-entropy (nats) of ``targets`` (N,) under the logits
     ``softcap * tanh(hidden @ weight.T / softcap)`` (plain ``hidden @ weight.T`` without a
-    cap), rows whose target is ``ignore_index`` left out; ``hidden`` is (N, D)."""
-    if torch.compiler.is_compiling():
-        # under torch.compile the plain expression is fused by the compiler instead
-        logits = (hidden @ weight.T).float()
-        if softcap is not None:
-            logits = softcap * torch.tanh(logits / softcap)
-        return torch.nn.functional.cross_entropy(logits, targets, ignore_index=ignore_index)
+    cap), rows whose target is ``ignore_index`` left out; ``hidden`` is (N, D). Eager
+    only: under torch.compile the model computes the plain expression, which the compiler
+    fuses itself."""
     return _HeadCrossEntropy.apply(hidden, weight, targets, softcap, ignore_index)

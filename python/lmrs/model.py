@@ -451,7 +451,7 @@ class GPT(nn.Module):
             cache.length = end
         x = self.ln_final(x)
         cap = self.config.logit_softcap
-        if targets is not None:
+        if targets is not None and not torch.compiler.is_compiling():
             return head_cross_entropy(
                 x.flatten(0, 1), self.lm_head.weight, targets.flatten(),
                 softcap=cap, ignore_index=ignore_index,
@@ -459,6 +459,9 @@ class GPT(nn.Module):
         logits = self.lm_head(x)
         if cap is not None:
             logits = cap * torch.tanh(logits / cap)
+        if targets is not None:  # compiled: the compiler fuses the plain expression
+            flat = logits.flatten(0, 1)
+            return F.cross_entropy(flat, targets.flatten(), ignore_index=ignore_index)
         return logits
 
     def compute_loss(
