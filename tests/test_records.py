@@ -4,6 +4,7 @@ are one-line errors; Parquet is read a row group at a time."""
 
 from __future__ import annotations
 
+import array
 import csv
 import json
 import sys
@@ -272,3 +273,92 @@ def test_corpus_add_keeps_record_boundaries(tmp_path: Path, reference: dict[str,
 
     code, out = run("corpus", "add", str(source), str(tmp_path / "c2"), "--quiet")
     assert code == 0 and "1 bad records skipped" in out
+
+
+ARROW_TYPES = [pa.string(), pa.large_string(), pa.binary(), pa.large_binary()]
+
+
+def arrow_column(docs: list[bytes], kind: object) -> object:
+    """An Arrow array of `kind` holding `docs` as is (invalid UTF-8 included: built from
+    its buffers, which pyarrow does not validate)."""
+    offsets = [0]
+    for doc in docs:
+        offsets.append(offsets[-1] + len(doc))
+    width = "q" if kind in (pa.large_string(), pa.large_binary()) else "i"
+    return pa.Array.from_buffers(
+        kind,
+        len(docs),
+        [None, pa.py_buffer(array.array(width, offsets).tobytes()), pa.py_buffer(b"".join(docs))],
+    )
+
+
+@pytest.mark.parametrize("kind", ARROW_TYPES, ids=str)
+@pytest.mark.parametrize("batch_chars", [1, 50, 1 << 20])
+def test_arrow_columns_go_to_rust_as_bytes(
+    kind: object, batch_chars: int, tmp_path: Path, reference: dict[str, Path]
+) -> None:
+    """Rows that are not UTF-8 are skipped and named by row; the others give the ids and
+    vocab of the same documents as text files, whatever the column type and batch size."""
+    from lmrs import Tokenizer, _lmrs
+    from lmrs.record_tokens import encode_corpus, train_tokenizer
+
+    bad_rows = {3, 11}
+    raw = [d.encode("utf-8") for d in DOCS]
+    for row in sorted(bad_rows):
+        raw.insert(row, b"bad \xff\xfe bytes")
+    source = tmp_path / "b.parquet"
+    table = pa.table({"text": arrow_column(raw, kind)})
+    pq.write_table(table, source, row_group_size=7)
+    tok = Tokenizer.load(reference["tok"])
+
+    reader = RecordReader(source, RecordOptions(batch_chars=batch_chars))
+    out = tmp_path / "tokens.bin"
+    with pytest.MonkeyPatch.context() as patch:
+        # no Python str per document on a column without nulls
+        patch.setattr(RecordReader, "_checked", lambda *_: pytest.fail("a str was made"))
+        stream = _lmrs.TokenStream(tok._core, str(out), None)
+        reader.encode_into(stream, lambda _n: None)
+        stream.finish()
+    assert out.read_bytes() == reference["tokens"].read_bytes()
+    assert reader.num_records == len(DOCS)
+    assert reader.bad.counts == {"invalid UTF-8": 2}
+    assert reader.bad.examples == [f"{source} row {row}: invalid UTF-8" for row in sorted(bad_rows)]
+
+    info = encode_corpus(tok, source, tmp_path / "again.bin", show_progress=False)
+    assert info["bad_records"] == 2 and info["num_documents"] == len(DOCS)
+    trained = train_tokenizer(source, 300, show_progress=False)
+    assert trained.train_stats is not None
+    assert trained.train_stats.num_files == len(DOCS)
+    assert trained.train_stats.num_bytes == sum(len(d) for d in raw) - sum(
+        len(raw[row]) for row in bad_rows
+    )
+    assert (
+        json.loads(trained.to_json())["merges"]
+        == json.loads(reference["tok"].read_text())["merges"]
+    )
+
+
+def test_arrow_rows_cover_a_sliced_array_in_order() -> None:
+    from lmrs.arrow_rows import arrow_rows
+
+    docs = ["", "a", "bb", "", "cccc", "日本語", "e" * 40, "", "f"]
+    whole = pa.array(["skip me", *docs])
+    array = whole.slice(1)  # a non-zero Arrow offset
+    for max_bytes in (1, 3, 10, 1000):
+        pieces = list(arrow_rows(pa, array, 100, max_bytes) or [])
+        assert [p.first_row for p in pieces] == [
+            100 + sum(q.num_rows for q in pieces[:i]) for i in range(len(pieces))
+        ]
+        got = []
+        for piece in pieces:
+            assert piece.num_rows >= 1
+            assert piece.num_rows == 1 or piece.num_bytes <= max_bytes
+            offsets = memoryview(piece.offsets).cast("i")
+            got += [
+                piece.values[offsets[i] - offsets[0] : offsets[i + 1] - offsets[0]].decode()
+                for i in range(piece.num_rows)
+            ]
+        assert got == docs
+    assert arrow_rows(pa, pa.array(["a", None]), 0, 10) is None  # nulls: counted one by one
+    empty = list(arrow_rows(pa, pa.array(["", ""]), 0, 10) or [])
+    assert [(p.values, p.num_rows) for p in empty] == [(b"", 2)]

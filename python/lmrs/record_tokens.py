@@ -18,7 +18,6 @@ from typing import Any, Optional
 
 from lmrs import _lmrs
 from lmrs.errors import InputError
-from lmrs.prefetch import prefetched
 from lmrs.progress import tqdm
 from lmrs.records import RecordOptions, RecordReader, record_format
 from lmrs.tokenizer import Tokenizer
@@ -59,7 +58,7 @@ def train_tokenizer(
     if run is not None:
         run.reader = reader
     options.pop("extensions", None)  # a record file has no member files to filter
-    tokenizer = Tokenizer.train(reader.texts(), vocab_size, **options)
+    tokenizer = Tokenizer.train(reader, vocab_size, **options)
     if reader.num_records == 0:
         raise InputError(f"{reader.path}: no usable records ({reader.bad.summary() or 'empty'})")
     return tokenizer
@@ -104,9 +103,7 @@ def encode_corpus(
     stream = _lmrs.TokenStream(tokenizer._core, str(Path(out_path)), shard_tokens)
     try:
         with tqdm(unit="B", unit_scale=True, desc="encode", disable=not show_progress) as bar:
-            # Python reads batch k+1 while Rust (GIL released) encodes batch k
-            for batch in prefetched(reader.batches()):
-                bar.update(stream.write(batch))
+            reader.encode_into(stream, bar.update)
         info: dict[str, Any] = json.loads(stream.finish())
     except BaseException:
         stream.abandon()

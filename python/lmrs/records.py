@@ -2,8 +2,10 @@
 file or of a Hugging Face ``datasets`` folder (written by ``Dataset.save_to_disk``).
 
 This module turns such a path into an iterator of document batches (lists of str, about
-``batch_bytes`` each) and counts the records it could not use, so that the Rust scan and
-encoder get batches, never one string at a time. Parquet is read a row group at a time
+``batch_chars`` each) and counts the records it could not use, so that the Rust scan and
+encoder get batches, never one string at a time. For Rust, :meth:`RecordReader.send`
+hands Arrow string columns over as their bytes (:mod:`lmrs.arrow_rows`), with no Python
+string per document. Parquet is read a row group at a time
 and Arrow files a record batch at a time (memory-mapped): a dataset is never in memory
 whole. JSON arrays (``.json`` starting with ``[``) are the exception: ``json`` reads them
 whole; JSON lines in a ``.json`` file are read a line at a time.
@@ -23,12 +25,14 @@ import io
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
+from lmrs.arrow_rows import ArrowRows, arrow_rows
 from lmrs.errors import InputError
+from lmrs.prefetch import prefetched
 
 __all__ = [
     "BadRecords",
@@ -50,6 +54,9 @@ HF_STATE = "state.json"
 HF_INFO = "dataset_info.json"
 HF_DICT = "dataset_dict.json"
 PYARROW_HINT = "install pyarrow (pip install 'lmrs[data]')"
+
+# What Rust is handed: a list of texts, or rows still in an Arrow column's buffers.
+RustBatch = Union[list[str], ArrowRows]
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,8 @@ class RecordReader:
     ``batches()`` yields lists of texts in record order; after (or during) the iteration
     ``bad`` holds the records skipped, ``num_records`` the documents yielded and
     ``row_groups_read`` the Parquet row groups (or Arrow record batches) read.
+    ``count_words`` and ``encode_into`` feed the same documents to Rust, Arrow columns as
+    bytes.
     """
 
     def __init__(
@@ -137,7 +146,6 @@ class RecordReader:
         self.format = fmt
         self.bad = BadRecords(options.max_examples)
         self.num_records = 0
-        self.num_chars = 0
         self.row_groups_read = 0
         if not self.path.exists():
             raise InputError(f"{self.path}: no such file or directory")
@@ -160,20 +168,59 @@ class RecordReader:
 
     def batches(self) -> Iterator[list[str]]:
         """Lists of document texts, about ``options.batch_chars`` characters each."""
-        readers = {
+        for batch in self._batches(as_bytes=False):
+            assert isinstance(batch, list)
+            yield batch
+
+    def count_words(self, counter: Any, progress: Callable[[int], object]) -> int:
+        """Feeds every document to a ``lmrs._lmrs.WordCounter`` (what ``Tokenizer.train``
+        calls for a reader); `progress(bytes)` after each batch. Returns the documents."""
+        for batch in prefetched(self._batches(as_bytes=True)):
+            progress(self._send(batch, counter.add_texts, counter.add_arrow))
+        return self.num_records
+
+    def encode_into(self, stream: Any, progress: Callable[[int], object]) -> None:
+        """Appends every document to a ``lmrs._lmrs.TokenStream``; `progress(bytes)`."""
+        # Python reads batch k+1 while Rust (GIL released) encodes batch k
+        for batch in prefetched(self._batches(as_bytes=True)):
+            progress(self._send(batch, stream.write, stream.write_arrow))
+
+    def _send(
+        self,
+        batch: RustBatch,
+        texts: Callable[[list[str]], int],
+        arrow: Callable[[bytes, bytes, bool], tuple[int, list[int]]],
+    ) -> int:
+        """Hands `batch` to Rust; returns the bytes taken. Rows that Rust finds not to be
+        UTF-8 are counted as bad records."""
+        if isinstance(batch, list):
+            return texts(batch)
+        taken, invalid = arrow(batch.values, batch.offsets, batch.wide)
+        for index in invalid:
+            self.bad.add(f"{self.path} row {batch.first_row + index}", "invalid UTF-8")
+        self.num_records += batch.num_rows - len(invalid)
+        return taken
+
+    def _batches(self, *, as_bytes: bool) -> Iterator[RustBatch]:
+        readers: dict[str, Callable[[], Iterator[Union[str, ArrowRows]]]] = {
             "jsonl": self._jsonl,
             "json": self._json,
-            "parquet": self._parquet,
+            "parquet": lambda: self._parquet(as_bytes),
             "csv": self._csv,
-            "datasets": self._datasets,
+            "datasets": lambda: self._datasets(as_bytes),
         }
         batch: list[str] = []
         size = 0
-        for text in readers[self.format]():
-            batch.append(text)
-            size += len(text)
+        for item in readers[self.format]():
+            if isinstance(item, ArrowRows):
+                if batch:  # keep record order
+                    yield batch
+                    batch, size = [], 0
+                yield item
+                continue
+            batch.append(item)
+            size += len(item)
             self.num_records += 1
-            self.num_chars += len(text)
             if size >= self.options.batch_chars:
                 yield batch
                 batch, size = [], 0
@@ -336,8 +383,11 @@ class RecordReader:
             ) from None
         return pyarrow
 
-    def _column_values(self, column: Any, first_row: int, what: str) -> Iterator[str]:
-        """The values of one Arrow chunk of the text column, checked."""
+    def _column_values(
+        self, column: Any, first_row: int, as_bytes: bool
+    ) -> Iterator[Union[str, ArrowRows]]:
+        """The values of one Arrow chunk of the text column, checked; with `as_bytes`,
+        as :class:`ArrowRows` pieces where the chunk allows it."""
         pa = self._pyarrow()
         kind = column.type
         if not (
@@ -350,13 +400,18 @@ class RecordReader:
             raise InputError(
                 f"{self.path}: column {self.options.text_field!r} is {kind}, not a string column"
             )
+        if as_bytes:
+            pieces = arrow_rows(pa, column, first_row, self.options.batch_chars)
+            if pieces is not None:
+                yield from pieces
+                return
         try:
             values = column.to_pylist()
         except UnicodeDecodeError:
             # a string column holding invalid UTF-8: read its bytes and check each value
             values = column.cast(pa.large_binary()).to_pylist()
         for offset, value in enumerate(values):
-            text = self._checked(value, f"{self.path} {what} {first_row + offset}")
+            text = self._checked(value, f"{self.path} row {first_row + offset}")
             if text is not None:
                 yield text
 
@@ -385,20 +440,22 @@ class RecordReader:
             raise
         return parquet
 
-    def _parquet(self) -> Iterator[str]:
+    def _parquet(self, as_bytes: bool) -> Iterator[Union[str, ArrowRows]]:
         pa = self._pyarrow()
         with self._open_parquet() as parquet:
             row = 0
             for index in range(parquet.num_row_groups):
                 try:
-                    table = parquet.read_row_group(index, columns=[self.options.text_field])
+                    table = parquet.read_row_group(
+                        index, columns=[self.options.text_field], use_threads=False
+                    )
                 except (pa.ArrowException, OSError) as e:
                     raise InputError(
                         f"{self.path}: row group {index} unreadable ({_first_line(e)})"
                     ) from None
                 self.row_groups_read += 1
                 for chunk in table.column(0).chunks:
-                    yield from self._column_values(chunk, row, "row")
+                    yield from self._column_values(chunk, row, as_bytes)
                     row += len(chunk)
 
     def _arrow_files(self) -> list[Path]:
@@ -424,13 +481,13 @@ class RecordReader:
             paths.append(self.path / name)
         return paths
 
-    def _datasets(self) -> Iterator[str]:
+    def _datasets(self, as_bytes: bool) -> Iterator[Union[str, ArrowRows]]:
         pa = self._pyarrow()
         row = 0
         for path in self._arrow_files():
             for batch in self._arrow_batches(pa, path):
                 self.row_groups_read += 1
-                yield from self._column_values(batch.column(0), row, "row")
+                yield from self._column_values(batch.column(0), row, as_bytes)
                 row += batch.num_rows
 
     def _arrow_reader(self, pa: Any, path: Path) -> tuple[Any, Any, Iterable[Any]]:

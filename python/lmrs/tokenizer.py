@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union, runtime_checkable
 
 from lmrs import _lmrs
 from lmrs._lmrs import TokenizerError
@@ -82,6 +82,17 @@ class TrainStats:
         if self.files_skipped:
             line += f" ({self.files_skipped} files skipped: not text)"
         return line
+
+
+@runtime_checkable
+class WordSource(Protocol):
+    """A corpus that feeds a ``WordCounter`` itself, batch by batch (a record file's
+    :class:`~lmrs.records.RecordReader` hands Arrow columns over as bytes)."""
+
+    def count_words(self, counter: Any, progress: Callable[[int], object]) -> int:
+        """Counts every document into `counter`, calling `progress(bytes)` per batch;
+        returns the number of documents."""
+        ...
 
 
 def _replace_surrogates(text: str) -> str:
@@ -161,7 +172,8 @@ class Tokenizer:
         show_progress: bool = True,
     ) -> Tokenizer:
         """Train on `corpus`: a folder (walked recursively, sorted, hidden entries
-        skipped), a file, a list of those, or an iterable of str (one text each).
+        skipped), a file, a list of those, an iterable of str (one text each), or a
+        :class:`WordSource` such as a :class:`~lmrs.records.RecordReader`.
 
         `vocab_size` counts bytes, merges and special tokens. Pairs seen fewer than
         `min_frequency` times are not merged (so the vocab may come out smaller).
@@ -189,15 +201,25 @@ class Tokenizer:
                     f"{where}: no text files to train on "
                     f"({len(files)} files found, {stats.files_skipped} not text)"
                 )
+        elif isinstance(corpus, WordSource):
+            with tqdm(unit="B", unit_scale=True, desc="scan", disable=not show_progress) as bar:
+
+                def progress(num_bytes: int) -> None:
+                    stats.num_bytes += num_bytes
+                    bar.update(num_bytes)
+
+                stats.num_files = corpus.count_words(counter, progress)
         else:
             if isinstance(corpus, (str, bytes)) or not isinstance(corpus, Iterable):
                 raise TypeError("corpus must be a path, a list of paths or an iterable of str")
             with tqdm(unit="B", unit_scale=True, desc="scan", disable=not show_progress) as bar:
                 for batch in _batches(corpus):
                     try:
-                        bar.update(counter.add_texts(batch))
+                        taken = counter.add_texts(batch)
                     except UnicodeEncodeError:
-                        bar.update(counter.add_texts([_replace_surrogates(t) for t in batch]))
+                        taken = counter.add_texts([_replace_surrogates(t) for t in batch])
+                    bar.update(taken)
+                    stats.num_bytes += taken
                     stats.num_files += len(batch)
         stats.scan_seconds = time.perf_counter() - start
         stats.num_words = len(counter)

@@ -207,15 +207,26 @@ impl WordCounts {
     }
 
     /// Counts the words of many texts in parallel (each text is one document).
+    ///
+    /// As for files, one map per thread, each pulling the next text from a shared index:
+    /// a `fold` over the slice would build (and then merge) a map per split, which cost
+    /// about a third of the counting time on a batch of a few dozen documents.
     pub fn add_texts(&mut self, texts: &[&str], pretokenizer: &Pretokenizer) {
-        let batch = texts
-            .par_iter()
-            .fold(WordCounts::new, |mut acc, text| {
-                acc.add_text(text, pretokenizer);
+        let next = AtomicUsize::new(0);
+        let workers = rayon::current_num_threads().clamp(1, texts.len().max(1));
+        let partials: Vec<WordCounts> = (0..workers)
+            .into_par_iter()
+            .map(|_| {
+                let mut acc = WordCounts::new();
+                while let Some(text) = texts.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    acc.add_text(text, pretokenizer);
+                }
                 acc
             })
-            .reduce(WordCounts::new, WordCounts::merged);
-        self.merge(batch);
+            .collect();
+        for partial in partials {
+            self.merge(partial);
+        }
     }
 
     /// Adds all counts of `other` into `self`.
@@ -230,11 +241,6 @@ impl WordCounts {
         for (word, count) in other.long {
             *self.long.entry(word).or_insert(0) += count;
         }
-    }
-
-    fn merged(mut self, other: WordCounts) -> WordCounts {
-        self.merge(other);
-        self
     }
 }
 

@@ -20,6 +20,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ahash::AHashMap;
 use aho_corasick::{AhoCorasick, MatchKind};
@@ -38,6 +39,10 @@ const NO_RANK: u32 = u32::MAX;
 /// Ordinary text longer than twice this is cut into chunks of about this size at piece
 /// boundaries and encoded in parallel (one big file or string still uses every core).
 const PARALLEL_CHUNK_BYTES: usize = 1 << 20;
+/// The largest unit of parallel work in [`Encoder::encode_documents`] (longer documents
+/// are cut): large enough that the per-call piece cache warms up (64 KB units lost to
+/// the smaller cache what they gained in balance).
+const DOCUMENT_UNIT_BYTES: usize = PARALLEL_CHUNK_BYTES;
 
 /// Which special tokens `encode` recognises in the text; the others are plain text.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -496,6 +501,68 @@ impl Encoder {
         out
     }
 
+    /// Encodes documents (special tokens as plain text) in parallel, in order: the ids
+    /// of each are those of [`encode_ordinary`](Self::encode_ordinary). Documents longer
+    /// than twice [`DOCUMENT_UNIT_BYTES`] are cut at split points, and the units are
+    /// encoded largest first, so a batch of a few documents of very different sizes keeps
+    /// every thread busy to its end.
+    pub fn encode_documents<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Vec<Vec<u32>> {
+        self.encode_documents_in_units(texts, DOCUMENT_UNIT_BYTES)
+    }
+
+    fn encode_documents_in_units<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+        unit_bytes: usize,
+    ) -> Vec<Vec<u32>> {
+        let splits = self.pretokenizer.splits_at_newlines();
+        let mut units: Vec<(usize, &str)> = Vec::with_capacity(texts.len());
+        for (doc, text) in texts.iter().enumerate() {
+            let text = text.as_ref();
+            let mut start = 0;
+            while splits && text.len() - start > 2 * unit_bytes {
+                let Some(at) = split_point_after(text.as_bytes(), start + unit_bytes) else {
+                    break;
+                };
+                units.push((doc, &text[start..at]));
+                start = at;
+            }
+            units.push((doc, &text[start..]));
+        }
+        // Largest units first, each thread pulling the next: the last units to finish are
+        // the small ones, so no thread waits long on another (a batch is a barrier).
+        let mut order: Vec<usize> = (0..units.len()).collect();
+        order.sort_unstable_by_key(|&i| Reverse(units[i].1.len()));
+        let next = AtomicUsize::new(0);
+        let workers = rayon::current_num_threads().clamp(1, units.len().max(1));
+        let done: Vec<Vec<(usize, Vec<u32>)>> = (0..workers)
+            .into_par_iter()
+            .map(|_| {
+                let mut mine = Vec::new();
+                while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let unit = units[i].1;
+                    let mut ids = Vec::with_capacity(unit.len() / 3 + 1);
+                    self.encode_sequential_into(unit, EncodeOptions::default(), &mut ids, &mut ());
+                    mine.push((i, ids));
+                }
+                mine
+            })
+            .collect();
+        let mut parts: Vec<Vec<u32>> = vec![Vec::new(); units.len()];
+        for (i, ids) in done.into_iter().flatten() {
+            parts[i] = ids;
+        }
+        let mut out: Vec<Vec<u32>> = Vec::with_capacity(texts.len());
+        for (&(doc, _), ids) in units.iter().zip(parts) {
+            if doc == out.len() {
+                out.push(ids);
+            } else if let Some(last) = out.last_mut() {
+                last.extend_from_slice(&ids);
+            }
+        }
+        out
+    }
+
     /// Encodes many texts in parallel (rayon), in order.
     pub fn encode_batch<S: AsRef<str> + Sync>(
         &self,
@@ -936,9 +1003,8 @@ mod tests {
         assert!(enc.decode(&[99_999]).is_err());
     }
 
-    #[test]
-    fn chunked_encoding_equals_sequential() {
-        use crate::pretokenize::CL100K_PATTERN;
+    /// 3,000 lines drawn from a list of edge cases (spaces, CRLF, digits, '/', tabs).
+    fn chunking_text() -> String {
         let lines = [
             "the cat\n",
             "  indented\n",
@@ -964,6 +1030,13 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             text.push_str(lines[(seed >> 33) as usize % lines.len()]);
         }
+        text
+    }
+
+    #[test]
+    fn chunked_encoding_equals_sequential() {
+        use crate::pretokenize::CL100K_PATTERN;
+        let text = chunking_text();
         for pattern in [
             GPT4_PATTERN,
             CL100K_PATTERN,
@@ -977,6 +1050,32 @@ mod tests {
                 enc.encode_chunks_into(&text, chunk, EncodeOptions::default(), &mut chunked);
                 assert_eq!(chunked, sequential, "chunk {chunk}");
             }
+        }
+    }
+
+    #[test]
+    fn documents_cut_into_units_equal_each_document_encoded_whole() {
+        let text = chunking_text();
+        let docs = [
+            &text[..],
+            "",
+            "the cat",
+            &text[..text.len() / 3],
+            "x\n",
+            &text[5..],
+        ];
+        for pattern in [GPT4_PATTERN, crate::pretokenize::O200K_PATTERN, r"\S+|\s+"] {
+            let merges = vec![(116, 104), (256, 101), (32, 257), (97, 97), (259, 259)];
+            let enc = Encoder::new(Vocab::new(pattern, merges, &[]).unwrap()).unwrap();
+            let whole: Vec<Vec<u32>> = docs.iter().map(|d| enc.encode_ordinary(d)).collect();
+            for unit in [1, 7, 64, 1000, DOCUMENT_UNIT_BYTES] {
+                assert_eq!(
+                    enc.encode_documents_in_units(&docs, unit),
+                    whole,
+                    "unit {unit}"
+                );
+            }
+            assert!(enc.encode_documents::<&str>(&[]).is_empty());
         }
     }
 

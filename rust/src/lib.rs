@@ -5,6 +5,7 @@
 //! or the pure-Rust modules depends on PyO3; the Python glue lives in `py.rs` behind the
 //! `python` feature so that `cargo test` runs without a Python interpreter.
 
+pub mod arrow_texts;
 pub mod atomic;
 pub mod bf16;
 pub mod corpus;

@@ -19,9 +19,10 @@ use numpy::{IntoPyArray, PyArray1};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::pybacked::PyBackedStr;
+use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use pyo3::types::{PyBytes, PyDict, PyInt};
 
+use crate::arrow_texts::arrow_texts;
 use crate::corpus::{collect_files as collect, count_words_in_files, WordCounts};
 use crate::encode::{id_out_of_range, AllowedSpecial, Encoder};
 use crate::pretokenize::{
@@ -603,6 +604,30 @@ impl WordCounter {
                 counts.add_texts(&refs, pretokenizer);
                 refs.iter().map(|t| t.len() as u64).sum()
             }))
+        })
+    }
+
+    /// Counts the rows of an Arrow string/binary array given as its buffers, as
+    /// `TokenStream.write_arrow` takes them; returns (bytes counted, indices of the rows
+    /// skipped as invalid UTF-8).
+    fn add_arrow(
+        &mut self,
+        py: Python<'_>,
+        values: PyBackedBytes,
+        offsets: PyBackedBytes,
+        wide: bool,
+    ) -> PyResult<(u64, Vec<usize>)> {
+        guard("Tokenizer.train", || {
+            let (counts, pretokenizer) = (&mut self.counts, &self.pretokenizer);
+            py.detach(|| {
+                let rows = arrow_texts(&values, &offsets, wide)?;
+                counts.add_texts(&rows.texts, pretokenizer);
+                Ok((
+                    rows.texts.iter().map(|t| t.len() as u64).sum(),
+                    rows.invalid,
+                ))
+            })
+            .map_err(to_py_err)
         })
     }
 

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use pyo3::pybacked::PyBackedStr;
+use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
+
+use crate::arrow_texts::arrow_texts;
 
 use crate::encode::Encoder;
 use crate::py::{guard, to_py_err, CoreTokenizer};
@@ -42,6 +44,27 @@ impl PyTokenStream {
             let (encoder, stream) = (&self.encoder, &mut self.stream);
             py.detach(|| stream.write(encoder, &texts))
                 .map_err(to_py_err)
+        })
+    }
+
+    /// Appends the rows of an Arrow string/binary array given as its buffers (see
+    /// `crate::arrow_texts`): `values` from the first row's offset on, the rows' `n + 1`
+    /// `offsets` (i64 when `wide`). Returns (UTF-8 bytes written, indices of the rows
+    /// skipped as invalid UTF-8).
+    fn write_arrow(
+        &mut self,
+        py: Python<'_>,
+        values: PyBackedBytes,
+        offsets: PyBackedBytes,
+        wide: bool,
+    ) -> PyResult<(u64, Vec<usize>)> {
+        guard("TokenStream.write_arrow", || {
+            let (encoder, stream) = (&self.encoder, &mut self.stream);
+            py.detach(|| {
+                let rows = arrow_texts(&values, &offsets, wide)?;
+                Ok((stream.write(encoder, &rows.texts)?, rows.invalid))
+            })
+            .map_err(to_py_err)
         })
     }
 

@@ -389,24 +389,21 @@ fn encode_range<'a>(
                 break;
             }
         }
-        // Per document: None when skipped (not text), else (ids + eot, text bytes).
-        type Encoded = Result<Option<(Vec<u32>, u64)>>;
-        let encoded: Vec<Encoded> = (start..end)
+        // Read in parallel (None: skipped, not text), then encoded in even units of work
+        // (a chunk often holds a few large files among many small ones).
+        let loaded: Vec<Option<Cow<'a, str>>> = (start..end)
             .into_par_iter()
-            .map(|i| {
-                let Some(text) = load(i)? else {
-                    return Ok(None);
-                };
-                let mut ids = encoder.encode_ordinary(&text);
-                ids.push(eot);
-                Ok(Some((ids, text.len() as u64)))
-            })
-            .collect();
+            .map(load)
+            .collect::<Result<_>>()?;
+        let texts: Vec<&str> = loaded.iter().flatten().map(|t| t.as_ref()).collect();
+        let mut encoded = encoder.encode_documents(&texts).into_iter().zip(&texts);
         let mut done = 0;
-        for (i, doc) in (start..end).zip(encoded) {
-            match doc? {
-                Some((ids, num_bytes)) => sink.write_document(&ids, num_bytes)?,
-                None => skipped.push(i),
+        for (i, doc) in (start..end).zip(&loaded) {
+            if doc.is_none() {
+                skipped.push(i);
+            } else if let Some((mut ids, text)) = encoded.next() {
+                ids.push(eot);
+                sink.write_document(&ids, text.len() as u64)?;
             }
         }
         fault::point("token_file.chunk_written");

@@ -10,8 +10,6 @@
 
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
-
 use crate::atomic;
 use crate::encode::Encoder;
 use crate::token_file::{
@@ -68,18 +66,12 @@ impl TokenStream {
             return Err(Error::Invalid("token stream already finished".into()));
         }
         let eot = encoder.eot_id();
-        let encoded: Vec<Vec<u32>> = texts
-            .par_iter()
-            .map(|text| {
-                let mut ids = encoder.encode_ordinary(text.as_ref());
-                ids.push(eot);
-                ids
-            })
-            .collect();
+        let encoded = encoder.encode_documents(texts);
         let mut bytes = 0;
-        for (ids, text) in encoded.iter().zip(texts) {
+        for (mut ids, text) in encoded.into_iter().zip(texts) {
             let num_bytes = text.as_ref().len() as u64;
-            if let Err(e) = self.sink.write_document(ids, num_bytes) {
+            ids.push(eot);
+            if let Err(e) = self.sink.write_document(&ids, num_bytes) {
                 self.abandon();
                 return Err(e);
             }
