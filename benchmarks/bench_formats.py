@@ -55,7 +55,7 @@ def write_parquet(files: list[Path], out: Path, row_group_size: int) -> int:
 @click.option("--size", "vocab_size", default=5000, show_default=True, help="Vocab size.")
 @click.option("--max-files", type=int, default=None, help="Only the first N files (a quick run).")
 @click.option("--row-group-size", default=8, show_default=True, help="Documents per row group.")
-@click.option("--repeats", default=3, show_default=True)
+@click.option("--repeats", default=5, show_default=True)
 def main(
     corpus: Path | None, vocab_size: int, max_files: int | None, row_group_size: int, repeats: int
 ) -> None:
@@ -76,23 +76,26 @@ def main(
         groups = write_parquet(files, parquet, row_group_size)
         sources = {"text files": folder, "parquet": parquet}
 
-        train_s = {
-            name: best_seconds(
-                lambda s=source: train_tokenizer(s, vocab_size, show_progress=False), repeats
-            )
-            for name, source in sources.items()
-        }
+        # the sources take turns, so that a drift in the machine's speed hits both alike
+        train_s = dict.fromkeys(sources, float("inf"))
+        for _ in range(repeats):
+            for name, source in sources.items():
+                seconds = best_seconds(
+                    lambda s=source: train_tokenizer(s, vocab_size, show_progress=False), 1
+                )
+                train_s[name] = min(train_s[name], seconds)
         tokenizer = Tokenizer.train(folder, vocab_size, show_progress=False)
         outputs = {name: tmp / f"{i}.bin" for i, name in enumerate(sources)}
-        encode_s = {
-            name: best_seconds(
-                lambda s=source, o=outputs[name]: encode_corpus(
-                    tokenizer, s, o, show_progress=False
-                ),
-                repeats,
-            )
-            for name, source in sources.items()
-        }
+        encode_s = dict.fromkeys(sources, float("inf"))
+        for _ in range(repeats):
+            for name, source in sources.items():
+                seconds = best_seconds(
+                    lambda s=source, o=outputs[name]: encode_corpus(
+                        tokenizer, s, o, show_progress=False
+                    ),
+                    1,
+                )
+                encode_s[name] = min(encode_s[name], seconds)
         first, *rest = outputs.values()
         if any(first.read_bytes() != other.read_bytes() for other in rest):
             raise SystemExit("token files differ between sources: a bug")
