@@ -18,14 +18,16 @@
 //! Decoding of invalid UTF-8 (a sequence cut inside a character) follows tiktoken's
 //! `errors="replace"`: each invalid sequence becomes U+FFFD.
 
+use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use ahash::AHashMap;
 use aho_corasick::{AhoCorasick, MatchKind};
 use rayon::prelude::*;
 
+use crate::flat_map::FlatMap;
 use crate::pretokenize::Pretokenizer;
 use crate::vocab::{MergeRule, Vocab};
 use crate::{Error, Result};
@@ -146,12 +148,15 @@ impl Tally for PieceStats {
 }
 
 pub struct Encoder {
+    /// Unique in the process: tells this encoder's entries in a thread's piece cache
+    /// from another's.
+    id: u64,
     vocab: Vocab,
     hash: String,
     pretokenizer: Pretokenizer,
     /// (left << 32 | right) → the token they merge into; lmrs-order ids, so the value
     /// is also the merge's rank.
-    pairs: AHashMap<u64, u32>,
+    pairs: FlatMap,
     /// The same for two bytes, as a dense 256 x 256 table (`a << 8 | b`): a piece's first
     /// round of ranks is all byte pairs, so merging starts without hashing.
     byte_pairs: Vec<u32>,
@@ -164,7 +169,7 @@ pub struct Encoder {
     /// The same for tokens of 2..=8 bytes, keyed by their bytes as a little-endian u64,
     /// one map per length (`short_ids[len - 2]`): the key sits in the table, so a lookup
     /// reads no heap bytes and hashes one integer.
-    short_ids: [AHashMap<u64, u32>; 7],
+    short_ids: [FlatMap; 7],
     /// A piece that is a token becomes that token without merging (tiktoken does this;
     /// Hugging Face BPE only with `ignore_merges`).
     whole_pieces: bool,
@@ -242,13 +247,16 @@ impl Encoder {
         let canonical =
             (!canonical.iter().enumerate().all(|(i, &c)| c == i as u32)).then_some(canonical);
         let hash = vocab.hash();
-        let mut short_ids: [AHashMap<u64, u32>; 7] = Default::default();
-        for (bytes, &id) in &bytes_to_id {
-            if let Some(key) = short_key(bytes) {
-                short_ids[bytes.len() - 2].insert(key, id);
-            }
-        }
+        let short_ids: [FlatMap; 7] = std::array::from_fn(|i| {
+            FlatMap::new(
+                bytes_to_id
+                    .iter()
+                    .filter(|(bytes, _)| bytes.len() == i + 2)
+                    .filter_map(|(bytes, &id)| Some((short_key(bytes)?, id))),
+            )
+        });
         Ok(Self {
+            id: NEXT_ENCODER_ID.fetch_add(1, Ordering::Relaxed),
             short_ids,
             canonical,
             whole_pieces: rule != MergeRule::Hf,
@@ -264,7 +272,7 @@ impl Encoder {
                         .unwrap_or(NO_RANK)
                 })
                 .collect(),
-            pairs,
+            pairs: FlatMap::new(pairs),
             token_bytes,
             bytes_to_id,
             special_matcher,
@@ -419,56 +427,64 @@ impl Encoder {
                 }
             }),
             PieceCacheMode::AllPieces => {
-                let mut cache = PieceCache::for_text(text.len());
-                self.pretokenizer.for_each_piece(text, |piece| {
-                    let piece = piece.as_bytes();
-                    if piece.len() == 1 {
-                        out.push(piece[0] as u32);
-                        return tally.known();
-                    }
-                    let Some(slot) = cache.slot(piece) else {
-                        return self.encode_piece::<SHORT_KEYS>(piece, out, &mut scratch, tally);
-                    };
-                    if let Some(ids) = cache.get(slot, piece) {
-                        out.extend_from_slice(ids);
-                        return tally.hit();
-                    }
-                    let before = out.len();
-                    self.encode_piece::<SHORT_KEYS>(piece, out, &mut scratch, tally);
-                    cache.put(slot, piece, &out[before..]);
+                PieceCache::with_thread(self.id, |cache| {
+                    self.pretokenizer.for_each_piece(text, |piece| {
+                        let piece = piece.as_bytes();
+                        if piece.len() == 1 {
+                            out.push(piece[0] as u32);
+                            return tally.known();
+                        }
+                        let Some(slot) = cache.slot(piece) else {
+                            return self.encode_piece::<SHORT_KEYS>(
+                                piece,
+                                out,
+                                &mut scratch,
+                                tally,
+                            );
+                        };
+                        if let Some(ids) = cache.get(slot, piece) {
+                            out.extend_from_slice(ids);
+                            return tally.hit();
+                        }
+                        let before = out.len();
+                        self.encode_piece::<SHORT_KEYS>(piece, out, &mut scratch, tally);
+                        cache.put(slot, piece, &out[before..]);
+                    })
                 });
             }
             PieceCacheMode::Auto => {
-                let mut cache = Some(PieceCache::for_text(text.len()));
-                let (mut probes, mut hits) = (0u32, 0u32);
-                self.pretokenizer.for_each_piece(text, |piece| {
-                    let piece = piece.as_bytes();
-                    if let Some(id) = self.known_piece::<SHORT_KEYS>(piece) {
-                        out.push(id);
-                        return tally.known();
-                    }
-                    let Some((c, slot)) = cache
-                        .as_mut()
-                        .and_then(|c| c.slot(piece).map(|slot| (c, slot)))
-                    else {
-                        self.merge_piece(piece, out, &mut scratch);
-                        return tally.merged();
-                    };
-                    probes += 1;
-                    if let Some(ids) = c.get(slot, piece) {
-                        out.extend_from_slice(ids);
-                        hits += 1;
-                        tally.hit();
-                    } else {
-                        let before = out.len();
-                        self.merge_piece(piece, out, &mut scratch);
-                        c.put(slot, piece, &out[before..]);
-                        tally.merged();
-                    }
-                    if probes == AUTO_SAMPLE && hits * AUTO_MIN_HIT_DIV < probes {
-                        cache = None;
-                        tally.dropped();
-                    }
+                PieceCache::with_thread(self.id, |memo| {
+                    let mut cache = Some(memo);
+                    let (mut probes, mut hits) = (0u32, 0u32);
+                    self.pretokenizer.for_each_piece(text, |piece| {
+                        let piece = piece.as_bytes();
+                        if let Some(id) = self.known_piece::<SHORT_KEYS>(piece) {
+                            out.push(id);
+                            return tally.known();
+                        }
+                        let Some((c, slot)) = cache
+                            .as_deref_mut()
+                            .and_then(|c| c.slot(piece).map(|slot| (c, slot)))
+                        else {
+                            self.merge_piece(piece, out, &mut scratch);
+                            return tally.merged();
+                        };
+                        probes += 1;
+                        if let Some(ids) = c.get(slot, piece) {
+                            out.extend_from_slice(ids);
+                            hits += 1;
+                            tally.hit();
+                        } else {
+                            let before = out.len();
+                            self.merge_piece(piece, out, &mut scratch);
+                            c.put(slot, piece, &out[before..]);
+                            tally.merged();
+                        }
+                        if probes == AUTO_SAMPLE && hits * AUTO_MIN_HIT_DIV < probes {
+                            cache = None;
+                            tally.dropped();
+                        }
+                    });
                 });
             }
         }
@@ -603,10 +619,7 @@ impl Encoder {
 
     #[inline]
     fn rank(&self, left: u32, right: u32) -> u32 {
-        self.pairs
-            .get(&pair_key(left, right))
-            .copied()
-            .unwrap_or(NO_RANK)
+        self.pairs.get(pair_key(left, right)).unwrap_or(NO_RANK)
     }
 
     /// The id of a piece that needs no merging: one byte, or a token whole (when the
@@ -620,7 +633,7 @@ impl Encoder {
             return None;
         }
         match short_key(piece).filter(|_| SHORT_KEYS) {
-            Some(key) => self.short_ids[piece.len() - 2].get(&key).copied(),
+            Some(key) => self.short_ids[piece.len() - 2].get(key),
             None => self.bytes_to_id.get(piece).copied(),
         }
     }
@@ -840,15 +853,26 @@ pub const AUTO_MIN_HIT_DIV: u32 = 8;
 const CACHE_KEY_BYTES: usize = 16;
 const CACHE_IDS: usize = 4;
 
-/// Whole pieces → their ids, for the pieces of one text: real text repeats its pieces
-/// (" the", "    ", "self"), and a hit costs one probe instead of a vocabulary lookup
-/// and a merge. Direct-mapped (a new piece overwrites its slot), sized to the text and
-/// at most 4096 slots of 40 bytes; owned by one call, so it needs no lock and no two
-/// vocabularies can share entries.
+/// Whole pieces → their ids: real text repeats its pieces (" the", "    ", "self",
+/// a play's speaker names), and a hit costs one probe instead of a vocabulary lookup
+/// and a merge. Direct-mapped (a new piece overwrites its slot), 4096 slots of 40 bytes.
+/// One per thread, kept between calls (a per-call cache started cold on every text and
+/// lost more than it won), and tagged with the encoder that filled it: another
+/// encoder's first call on the thread empties it, so no two vocabularies share entries.
 struct PieceCache {
+    owner: u64,
     slots: Vec<CacheSlot>,
     mask: usize,
 }
+
+const CACHE_SLOTS: usize = 16384;
+
+thread_local! {
+    static THREAD_CACHE: RefCell<PieceCache> = RefCell::new(PieceCache::empty(u64::MAX));
+}
+
+/// Ids of the encoders made so far (see [`Encoder`]'s `id`).
+static NEXT_ENCODER_ID: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Clone, Copy, Default)]
 struct CacheSlot {
@@ -861,12 +885,31 @@ struct CacheSlot {
 }
 
 impl PieceCache {
-    fn for_text(text_len: usize) -> Self {
-        // about one slot per 16 bytes of text, 256..=4096
-        let slots = (text_len / 16).next_power_of_two().clamp(256, 4096);
+    fn empty(owner: u64) -> Self {
         Self {
-            slots: vec![CacheSlot::default(); slots],
-            mask: slots - 1,
+            owner,
+            slots: vec![CacheSlot::default(); CACHE_SLOTS],
+            mask: CACHE_SLOTS - 1,
+        }
+    }
+
+    /// Runs `work` with the calling thread's cache, emptied first when another encoder
+    /// filled it (a fresh cache if the thread's is in use or already destroyed).
+    fn with_thread<R>(owner: u64, work: impl FnOnce(&mut PieceCache) -> R) -> R {
+        let mut work = Some(work);
+        let done = THREAD_CACHE.try_with(|cell| {
+            let mut cache = cell.try_borrow_mut().ok()?;
+            if cache.owner != owner {
+                cache.slots.fill(CacheSlot::default());
+                cache.owner = owner;
+            }
+            work.take().map(|work| work(&mut cache))
+        });
+        match (done, work) {
+            (Ok(Some(result)), _) => result,
+            (_, Some(work)) => work(&mut PieceCache::empty(owner)),
+            // `work` ran, so the first arm matched: not reachable
+            (_, None) => unreachable!("the work ran but its result was lost"),
         }
     }
 

@@ -14,6 +14,7 @@ pub mod decode;
 pub mod encode;
 pub mod error;
 pub mod fault;
+pub mod flat_map;
 pub mod pretokenize;
 pub mod sample;
 pub mod token_file;
