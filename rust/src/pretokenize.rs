@@ -645,6 +645,18 @@ impl Gpt4Scanner<'_> {
             return start;
         };
         let next = start + l0;
+        if fine0 == Fine::Number {
+            // a number neither starts a word nor prefixes one: alternatives 1 and 2
+            // cannot match here, so go straight to 3 (digit runs are this fast)
+            let mut end = next;
+            for _ in 0..2 {
+                match self.at_fine(end) {
+                    Some((_, Fine::Number, len)) => end += len,
+                    _ => break,
+                }
+            }
+            return end; // 3
+        }
         let is_newline = |c: u32| c == '\r' as u32 || c == '\n' as u32;
         // the optional prefix: anything but a letter, a number, '\r' or '\n'
         let prefix = !is_newline(c0) && matches!(fine0, Fine::Space | Fine::Mark | Fine::Other);
@@ -663,16 +675,6 @@ impl Gpt4Scanner<'_> {
         }
         if let Some(end) = self.o200k_upper_word(start) {
             return end; // 2 without the prefix
-        }
-        if fine0 == Fine::Number {
-            let mut end = next;
-            for _ in 0..2 {
-                match self.at_fine(end) {
-                    Some((_, Fine::Number, len)) => end += len,
-                    _ => break,
-                }
-            }
-            return end; // 3
         }
         let newlines_or_slash = |mut i: usize| {
             while matches!(self.text.get(i), Some(b'\r' | b'\n' | b'/')) {
