@@ -602,6 +602,9 @@ impl Encoder {
         texts: &[S],
         allowed: &AllowedSpecial,
     ) -> Vec<Vec<u32>> {
+        if *allowed == AllowedSpecial::None {
+            return self.encode_documents(texts);
+        }
         texts
             .par_iter()
             .map(|t| self.encode(t.as_ref(), allowed))
