@@ -3,9 +3,9 @@ file or of a Hugging Face ``datasets`` folder (written by ``Dataset.save_to_disk
 
 This module turns such a path into an iterator of document batches (lists of str, about
 ``batch_chars`` each) and counts the records it could not use, so that the Rust scan and
-encoder get batches, never one string at a time. For Rust, :meth:`RecordReader.send`
-hands Arrow string columns over as their bytes (:mod:`lmrs.arrow_rows`), with no Python
-string per document. Parquet is read a row group at a time
+encoder get batches, never one string at a time. ``RecordReader.count_words`` and
+``encode_into`` hand Arrow string columns to Rust as their bytes (:mod:`lmrs.arrow_rows`),
+with no Python string per document. Parquet is read a row group at a time
 and Arrow files a record batch at a time (memory-mapped): a dataset is never in memory
 whole. JSON arrays (``.json`` starting with ``[``) are the exception: ``json`` reads them
 whole; JSON lines in a ``.json`` file are read a line at a time.
@@ -169,8 +169,8 @@ class RecordReader:
     def batches(self) -> Iterator[list[str]]:
         """Lists of document texts, about ``options.batch_chars`` characters each."""
         for batch in self._batches(as_bytes=False):
-            assert isinstance(batch, list)
-            yield batch
+            if isinstance(batch, list):  # always, without as_bytes
+                yield batch
 
     def count_words(self, counter: Any, progress: Callable[[int], object]) -> int:
         """Feeds every document to a ``lmrs._lmrs.WordCounter`` (what ``Tokenizer.train``
