@@ -41,9 +41,9 @@ const NO_RANK: u32 = u32::MAX;
 /// Ordinary text longer than twice this is cut into chunks of about this size at piece
 /// boundaries and encoded in parallel (one big file or string still uses every core).
 const PARALLEL_CHUNK_BYTES: usize = 1 << 20;
-/// The largest unit of parallel work in [`Encoder::encode_documents`] (longer documents
-/// are cut): large enough that the per-call piece cache warms up (64 KB units lost to
-/// the smaller cache what they gained in balance).
+/// The unit of parallel work in [`Encoder::encode_documents`] (longer documents are
+/// cut): 64 KB units balanced better but lost more than that, measured when the piece
+/// cache was per call and started cold on each unit.
 const DOCUMENT_UNIT_BYTES: usize = PARALLEL_CHUNK_BYTES;
 
 /// Which special tokens `encode` recognises in the text; the others are plain text.
@@ -378,18 +378,7 @@ impl Encoder {
         options: EncodeOptions,
         out: &mut Vec<u32>,
     ) {
-        let mut chunks = Vec::new();
-        let mut start = 0;
-        while text.len() - start > chunk_bytes {
-            match split_point_after(text.as_bytes(), start + chunk_bytes) {
-                Some(at) => {
-                    chunks.push(&text[start..at]);
-                    start = at;
-                }
-                None => break,
-            }
-        }
-        chunks.push(&text[start..]);
+        let chunks: Vec<&str> = cut_at_split_points(text, chunk_bytes).collect();
         let parts: Vec<Vec<u32>> = chunks
             .par_iter()
             .map(|chunk| {
@@ -536,7 +525,7 @@ impl Encoder {
 
     /// Encodes documents (special tokens as plain text) in parallel, in order: the ids
     /// of each are those of [`encode_ordinary`](Self::encode_ordinary). Documents longer
-    /// than twice [`DOCUMENT_UNIT_BYTES`] are cut at split points, and the units are
+    /// than [`DOCUMENT_UNIT_BYTES`] are cut at split points, and the units are
     /// encoded largest first, so a batch of a few documents of very different sizes keeps
     /// every thread busy to its end.
     pub fn encode_documents<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Vec<Vec<u32>> {
@@ -552,15 +541,11 @@ impl Encoder {
         let mut units: Vec<(usize, &str)> = Vec::with_capacity(texts.len());
         for (doc, text) in texts.iter().enumerate() {
             let text = text.as_ref();
-            let mut start = 0;
-            while splits && text.len() - start > 2 * unit_bytes {
-                let Some(at) = split_point_after(text.as_bytes(), start + unit_bytes) else {
-                    break;
-                };
-                units.push((doc, &text[start..at]));
-                start = at;
+            if splits {
+                units.extend(cut_at_split_points(text, unit_bytes).map(|unit| (doc, unit)));
+            } else {
+                units.push((doc, text));
             }
-            units.push((doc, &text[start..]));
         }
         // Largest units first, each thread pulling the next: the last units to finish are
         // the small ones, so no thread waits long on another (a batch is a barrier).
@@ -790,6 +775,23 @@ impl Encoder {
     }
 }
 
+/// `text` in order, cut into units of about `unit_bytes` at split points (see
+/// [`split_point_after`]); one unit when it has no split point. Only for patterns that
+/// split at newlines.
+fn cut_at_split_points(text: &str, unit_bytes: usize) -> impl Iterator<Item = &str> {
+    let mut start = Some(0);
+    std::iter::from_fn(move || {
+        let from = start?;
+        let end = if text.len() - from > unit_bytes {
+            split_point_after(text.as_bytes(), from + unit_bytes)
+        } else {
+            None
+        };
+        start = end;
+        Some(&text[from..end.unwrap_or(text.len())])
+    })
+}
+
 /// The first position at or after `from` where the pieces of every hand-written
 /// pattern can be split without changing them: just after a '\n' followed by a printable
 /// ASCII character other than '/'. No piece spans it: a piece holding a newline ends
@@ -878,7 +880,8 @@ type CacheKey = [u64; CACHE_KEY_WORDS];
 
 /// Whole pieces → their ids: real text repeats its pieces (" the", "    ", "self",
 /// a play's speaker names), and a hit costs one probe instead of a vocabulary lookup
-/// and a merge. Direct-mapped (a new piece overwrites its slot), 4096 slots of 40 bytes.
+/// and a merge. Direct-mapped (a new piece overwrites its slot), [`CACHE_SLOTS`] slots
+/// of 40 bytes (640 KB per thread that encodes).
 /// One per thread, kept between calls (a per-call cache started cold on every text and
 /// lost more than it won), and tagged with the encoder that filled it: another
 /// encoder's first call on the thread empties it, so no two vocabularies share entries.
