@@ -49,3 +49,13 @@ def best_seconds(work: Callable[[], Any], repeats: int) -> float:
         work()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def best_of(repeats: int, runs: dict[str, Callable[[], float]]) -> dict[str, float]:
+    """Run every entry ``repeats`` times, interleaved (so that a drift in the machine's
+    speed hits them alike); keep each one's best (highest) rate."""
+    best = {name: 0.0 for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            best[name] = max(best[name], run())
+    return best

@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import best_seconds, cpu_description  # noqa: E402
+from bench_common import best_of, best_seconds, cpu_description  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS_CANDIDATES = (
@@ -76,31 +76,34 @@ def main(
         groups = write_parquet(files, parquet, row_group_size)
         sources = {"text files": folder, "parquet": parquet}
 
-        # the sources take turns, so that a drift in the machine's speed hits both alike
-        train_s = dict.fromkeys(sources, float("inf"))
-        for _ in range(repeats):
-            for name, source in sources.items():
-                seconds = best_seconds(
-                    lambda s=source: train_tokenizer(s, vocab_size, show_progress=False), 1
+        mb = num_bytes / 1e6
+        # MB/s, the sources taking turns within each repeat
+        train = best_of(
+            repeats,
+            {
+                name: lambda s=source: (
+                    mb
+                    / best_seconds(lambda: train_tokenizer(s, vocab_size, show_progress=False), 1)
                 )
-                train_s[name] = min(train_s[name], seconds)
+                for name, source in sources.items()
+            },
+        )
         tokenizer = Tokenizer.train(folder, vocab_size, show_progress=False)
         outputs = {name: tmp / f"{i}.bin" for i, name in enumerate(sources)}
-        encode_s = dict.fromkeys(sources, float("inf"))
-        for _ in range(repeats):
-            for name, source in sources.items():
-                seconds = best_seconds(
-                    lambda s=source, o=outputs[name]: encode_corpus(
-                        tokenizer, s, o, show_progress=False
-                    ),
-                    1,
+        encode = best_of(
+            repeats,
+            {
+                name: lambda s=source, o=outputs[name]: (
+                    mb
+                    / best_seconds(lambda: encode_corpus(tokenizer, s, o, show_progress=False), 1)
                 )
-                encode_s[name] = min(encode_s[name], seconds)
+                for name, source in sources.items()
+            },
+        )
         first, *rest = outputs.values()
         if any(first.read_bytes() != other.read_bytes() for other in rest):
             raise SystemExit("token files differ between sources: a bug")
 
-    mb = num_bytes / 1e6
     click.echo(cpu_description())
     click.echo(
         f"{len(files)} documents, {mb:.2f} MB from {root}; Parquet {groups} row groups; "
@@ -108,13 +111,13 @@ def main(
     )
     click.echo(f"{'source':<12} {'train MB/s':>11} {'encode MB/s':>12}")
     for name in sources:
-        click.echo(f"{name:<12} {mb / train_s[name]:>11.2f} {mb / encode_s[name]:>12.2f}")
+        click.echo(f"{name:<12} {train[name]:>11.2f} {encode[name]:>12.2f}")
     base = "text files"
     for name in sources:
         if name != base:
             click.echo(
-                f"{name} / {base}: train {train_s[base] / train_s[name]:.2f}x, "
-                f"encode {encode_s[base] / encode_s[name]:.2f}x (1.00x = same speed)"
+                f"{name} / {base}: train {train[name] / train[base]:.2f}x, "
+                f"encode {encode[name] / encode[base]:.2f}x (1.00x = same speed)"
             )
 
 

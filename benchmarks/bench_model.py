@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import cpu_description  # noqa: E402
+from bench_common import best_of, cpu_description  # noqa: E402
 
 from lmrs import _lmrs  # noqa: E402
 from lmrs.decode import resolve_dtype, resolve_engine
@@ -175,15 +175,6 @@ def generation_tokens_per_s(sample: Callable[[], Any], new_tokens: int, batch: i
     start = time.perf_counter()
     sample()
     return batch * new_tokens / (time.perf_counter() - start)
-
-
-def best_of(repeats: int, runs: dict[str, Callable[[], float]]) -> dict[str, float]:
-    """Run every entry ``repeats`` times, interleaved; keep each one's best."""
-    best = {name: 0.0 for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            best[name] = max(best[name], run())
-    return best
 
 
 LABEL = 58  # width of a row's label

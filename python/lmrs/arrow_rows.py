@@ -70,10 +70,10 @@ def _pieces(array: Any, dtype: np.dtype, first_row: int, max_bytes: int) -> Iter
     start = 0
     while start < count:
         # the last row whose end stays within max_bytes of this piece's start (>= 1 row)
-        limit = int(offsets[start]) + max_bytes
-        end = int(np.searchsorted(offsets, limit, side="right")) - 1
+        first = int(offsets[start])
+        end = int(np.searchsorted(offsets, first + max_bytes, side="right")) - 1
         end = min(max(end, start + 1), count)
-        first, last = int(offsets[start]), int(offsets[end])
+        last = int(offsets[end])
         span = None if values_buffer is None else values_buffer.slice(first, last - first)
         yield ArrowRows(
             values=b"" if span is None else span.to_pybytes(),
