@@ -18,6 +18,7 @@ busy CPU trains fewer steps in the budget and the numbers mean less.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -52,6 +53,9 @@ class RecipeOptions:
     eval_batches: int = 100
     held_out: tuple[str, ...] = QualityOptions.held_out
     only: tuple[str, ...] = ()  # variant keys to run ("recipe", field names, "optimizer")
+    # extra rows: the recipe with one field set to a value that is neither the recipe's nor
+    # the baseline's (e.g. ("mlp", "swiglu")); their key is "FIELD=VALUE"
+    tries: tuple[tuple[str, Any], ...] = ()
     seed: int = 0
 
 
@@ -77,6 +81,12 @@ def variants(opts: RecipeOptions) -> list[Variant]:
             options["norm_scale"] = True  # LayerNorm has its gain whatever the recipe says
         label = f"{key}: {value} -> {baseline[key]}"
         rows.append(Variant(key, label, options, opts.optimizer, opts.learning_rate))
+    for key, value in opts.tries:
+        if key not in recipe:
+            raise SystemExit(f"--try: {key!r} is not an architecture field; have {list(recipe)}")
+        options = {**recipe, key: value}
+        label = f"{key}: {recipe[key]} -> {value} (tried)"
+        rows.append(Variant(f"{key}={value}", label, options, opts.optimizer, opts.learning_rate))
     if opts.optimizer != "adamw":
         label = f"optimizer: {opts.optimizer} -> adamw (lr {opts.adamw_learning_rate:g})"
         rows.append(Variant("optimizer", label, dict(recipe), "adamw", opts.adamw_learning_rate))
@@ -150,6 +160,18 @@ def run(opts: RecipeOptions) -> None:
     print(f"load average at the end: {load_average()} (1, 5, 15 min; {os.cpu_count()} cores)")
 
 
+def parse_try(text: str) -> tuple[str, Any]:
+    """``FIELD=VALUE`` → (field, value): JSON values (``true``, ``null``, ``2.5``) or a bare
+    word as a string (``swiglu``)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--try: expected FIELD=VALUE, got {text!r}")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
 def main() -> None:
     defaults = RecipeOptions(corpus=Path())
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -173,6 +195,14 @@ def main() -> None:
         help="file-name prefixes held out whole (default: four Shakespeare plays)",
     )
     parser.add_argument("--only", default="", help="comma list of variant keys, e.g. recipe,mlp")
+    parser.add_argument(
+        "--try",
+        dest="tries",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="an extra row: the recipe with FIELD=VALUE (JSON value or a bare word), repeatable",
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     args = parser.parse_args()
     run(
@@ -193,6 +223,7 @@ def main() -> None:
             eval_batches=args.eval_batches,
             held_out=tuple(p.lower() for p in args.held_out.split(",") if p),
             only=tuple(k for k in args.only.split(",") if k),
+            tries=tuple(parse_try(text) for text in args.tries),
             seed=args.seed,
         )
     )

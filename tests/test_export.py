@@ -225,7 +225,7 @@ def test_gguf_layout_follows_llama_cpp(tmp_path: Path, tokenizer: Tokenizer) -> 
         ({"position": "rope"}, "position 'rope'"),
         ({**LLAMA, "qk_norm": True, "bias": True}, "bias True"),
         ({"logit_softcap": 30.0}, "logit_softcap 30.0"),
-        ({"arch": "modern"}, "mlp 'relu2', logit_softcap 15.0"),  # all of them at once
+        ({"arch": "modern", "logit_softcap": 15.0}, "mlp 'relu2', logit_softcap 15.0"),  # both
     ],
 )
 def test_unmappable_options_are_refused_naming_them(

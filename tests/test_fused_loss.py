@@ -76,3 +76,27 @@ def test_all_targets_ignored_gives_nan_like_cross_entropy() -> None:
     targets = torch.full((4,), -100)
     assert torch.isnan(head_cross_entropy(hidden, weight, targets))
     assert torch.isnan(plain(hidden, weight, targets, None))
+
+
+@pytest.mark.parametrize("cap", [None, 15.0])
+def test_under_bfloat16_autocast_the_products_are_bfloat16_and_the_loss_float32(
+    cap: Optional[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reused float32 buffer is for float32 products only: under autocast each chunk's
+    product is bfloat16 (as the plain expression's), upcast for the softmax."""
+    monkeypatch.setattr(fused_loss, "CHUNK_BYTES", 4 * 97 * 64)
+    torch.manual_seed(0)
+    hidden = torch.randn(150, 24).requires_grad_()
+    weight = torch.randn(97, 24).requires_grad_()
+    targets = torch.randint(0, 97, (150,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = head_cross_entropy(hidden, weight, targets, softcap=cap)
+        ours.backward()
+        ours_grads = hidden.grad.clone(), weight.grad.clone()
+        hidden.grad = weight.grad = None
+        theirs = plain(hidden, weight, targets, cap)
+        theirs.float().backward()
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, theirs.float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(ours_grads[0], hidden.grad, rtol=5e-2, atol=5e-3)
+    torch.testing.assert_close(ours_grads[1], weight.grad, rtol=5e-2, atol=5e-3)

@@ -23,7 +23,7 @@ import torch
 
 __all__ = ["head_cross_entropy"]
 
-CHUNK_BYTES = 4 << 20  # float32 logits per chunk: fits in a core's L2/L3 share
+CHUNK_BYTES = 8 << 20  # float32 logits per chunk: stays in L3; 2-16 MB measured, 8-16 best
 
 
 def _chunk_rows(vocab_size: int, rows: int) -> int:
@@ -31,14 +31,31 @@ def _chunk_rows(vocab_size: int, rows: int) -> int:
 
 
 def _chunk_logits(
-    hidden: torch.Tensor, weight: torch.Tensor, cap: Optional[float]
+    hidden: torch.Tensor, weight: torch.Tensor, cap: Optional[float], out: Optional[torch.Tensor]
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """(float32 logits, tanh of the scaled logits or None) of one chunk of rows."""
-    logits = (hidden @ weight.T).float()
+    """(float32 logits, tanh of the scaled logits or None) of one chunk of rows; ``out``:
+    a float32 buffer of at least as many rows to write the product into, or None."""
+    if out is not None:
+        logits = torch.mm(hidden, weight.T, out=out[: hidden.shape[0]])
+    else:
+        logits = (hidden @ weight.T).float()
     if cap is None:
         return logits, None
     squashed = logits.div_(cap).tanh_()  # in place: the chunk is ours
     return squashed * cap, squashed
+
+
+def _reusable_buffer(
+    hidden: torch.Tensor, weight: torch.Tensor, rows: int
+) -> Optional[torch.Tensor]:
+    """One float32 buffer for every chunk's logits when the product is float32 anyway: a
+    fresh allocation per chunk costs its page faults each time (about a quarter of the
+    chunk's arithmetic on a CPU). None under autocast or low precision."""
+    if hidden.dtype != torch.float32 or weight.dtype != torch.float32:
+        return None
+    if torch.is_autocast_enabled(hidden.device.type):
+        return None
+    return torch.empty((rows, weight.shape[0]), dtype=torch.float32, device=hidden.device)
 
 
 class _HeadCrossEntropy(torch.autograd.Function):
@@ -60,27 +77,36 @@ class _HeadCrossEntropy(torch.autograd.Function):
         )
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         step = _chunk_rows(weight.shape[0], hidden.shape[0])
+        buffer = _reusable_buffer(hidden, weight, step)
+        arange = torch.arange(step, device=hidden.device)
         for first in range(0, hidden.shape[0], step):
             rows = slice(first, first + step)
             h, t, keep = hidden[rows], targets[rows], valid[rows]
-            logits, squashed = _chunk_logits(h, weight, cap)
-            lse = torch.logsumexp(logits, dim=1)
+            logits, squashed = _chunk_logits(h, weight, cap, buffer)
+            # loss = logsumexp - picked, with the exponentials computed once and kept for
+            # the gradient (torch.logsumexp would walk the chunk four times and throw
+            # them away)
+            logits.sub_(logits.amax(dim=1, keepdim=True))
             safe_t = torch.where(keep, t, torch.zeros_like(t))
             picked = logits.gather(1, safe_t[:, None]).squeeze(1)
-            total += ((lse - picked) * keep).sum()
+            sums = logits.exp_().sum(dim=1)
+            total += ((sums.log() - picked) * keep).sum()
             if not want_grad:
                 continue
             # d(mean loss)/d(logits) = (softmax - one_hot) / count on kept rows, 0 elsewhere
-            grad = logits.sub_(lse[:, None]).exp_()
-            grad[torch.arange(grad.shape[0], device=grad.device), safe_t] -= 1.0
-            grad.mul_((keep.to(grad.dtype) / count)[:, None])
+            weight_of_row = keep.to(torch.float32) / count
+            grad = logits.mul_((weight_of_row / sums)[:, None])
+            grad[arange[: grad.shape[0]], safe_t] -= weight_of_row
             if squashed is not None:  # d(cap * tanh(z / cap))/dz = 1 - tanh^2
                 grad.mul_(1.0 - squashed * squashed)
             grad = grad.to(weight.dtype)
             if grad_hidden is not None:
                 grad_hidden[rows] = (grad @ weight).to(grad_hidden.dtype)
             if grad_weight is not None:
-                grad_weight += (grad.T @ h.to(weight.dtype)).float()
+                if grad.dtype == torch.float32 and h.dtype == torch.float32:
+                    grad_weight.addmm_(grad.T, h)
+                else:
+                    grad_weight += (grad.T @ h.to(weight.dtype)).float()
         ctx.grads = (grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype))
         return total / count
 
