@@ -63,7 +63,7 @@ def randomised(model: GPT, seed: int = 0) -> GPT:
 @pytest.mark.parametrize("position", ["learned", "rope"])
 @pytest.mark.parametrize(
     "options",
-    [*ALONE, {"arch": "modern"}, {"arch": "modern", "mlp": "swiglu", "norm_scale": True}],
+    [*ALONE, {"arch": "modern"}, {"arch": "modern", "mlp": "relu2", "norm_scale": False}],
     ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
 )
 def test_cached_path_equals_full_forward(options: dict, position: str) -> None:
@@ -275,11 +275,11 @@ def test_cli_train_modern_then_sample(tmp_path: Path) -> None:
     tiny_run += ["--eval-batches", "1", "--quiet"]
     out = tmp_path / "run"
     result = runner.invoke(
-        cli, [*common, "--out", str(out), "--arch", "modern", "--mlp", "swiglu", *tiny_run]
+        cli, [*common, "--out", str(out), "--arch", "modern", "--mlp", "relu2", *tiny_run]
     )
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "checkpoint/model_config.json").read_text())
-    assert {**ARCHITECTURES["modern"], "mlp": "swiglu"} == {
+    assert {**ARCHITECTURES["modern"], "mlp": "relu2"} == {
         key: saved[key] for key in ARCHITECTURES["modern"]
     }
     result = runner.invoke(
@@ -303,5 +303,5 @@ def test_cli_train_modern_then_sample(tmp_path: Path) -> None:
         "layernorm",
         True,  # LayerNorm keeps its gain
     )
-    assert (options["qk_norm"], options["position"], options["mlp"]) == (False, "rope", "relu2")
+    assert (options["qk_norm"], options["position"], options["mlp"]) == (False, "rope", "swiglu")
     assert _architecture("gpt2", **dict(flags, norm=None, softcap=None)) == ARCHITECTURES["gpt2"]

@@ -77,8 +77,16 @@ def hf_logits(directory: Path, ids: torch.Tensor, **kwargs: Any) -> torch.Tensor
         (LLAMA, "LlamaForCausalLM"),
         (LLAMA_BIAS, "LlamaForCausalLM"),
         (QWEN3, "Qwen3ForCausalLM"),
+        ({"arch": "modern"}, "Qwen3ForCausalLM"),  # what lmrs train builds by default
     ],
-    ids=["gpt2", "gpt2-nobias-gqa-untied", "llama-gqa", "llama-bias-nogain-untied", "qwen3"],
+    ids=[
+        "gpt2",
+        "gpt2-nobias-gqa-untied",
+        "llama-gqa",
+        "llama-bias-nogain-untied",
+        "qwen3",
+        "modern",
+    ],  # fmt: skip
 )
 def test_hf_export_gives_lmrs_logits(
     tmp_path: Path, tokenizer: Tokenizer, options: dict[str, Any], class_name: str
@@ -172,9 +180,12 @@ def test_gguf_gpt2_loads_in_transformers(
     gguf_case(tmp_path, tokenizer, model, dtype)
 
 
-def test_gguf_qwen3_loads_in_transformers(tmp_path: Path, tokenizer: Tokenizer) -> None:
+@pytest.mark.parametrize("options", [QWEN3, {"arch": "modern"}], ids=["qwen3", "modern"])
+def test_gguf_qwen3_loads_in_transformers(
+    tmp_path: Path, tokenizer: Tokenizer, options: dict[str, Any]
+) -> None:
     # transformers' GGUF reader assumes Qwen3's head_dim 128 (llama.cpp reads key_length)
-    model = tiny_model(QWEN3, embed_dim=256, num_heads=2, ff_dim=32, num_layers=1)
+    model = tiny_model(options, embed_dim=256, num_heads=2, ff_dim=32, num_layers=1)
     gguf_case(tmp_path, tokenizer, model, "f32")
 
 
@@ -225,7 +236,10 @@ def test_gguf_layout_follows_llama_cpp(tmp_path: Path, tokenizer: Tokenizer) -> 
         ({"position": "rope"}, "position 'rope'"),
         ({**LLAMA, "qk_norm": True, "bias": True}, "bias True"),
         ({"logit_softcap": 30.0}, "logit_softcap 30.0"),
-        ({"arch": "modern", "logit_softcap": 15.0}, "mlp 'relu2', logit_softcap 15.0"),  # both
+        (
+            {"arch": "modern", "mlp": "relu2", "logit_softcap": 15.0},
+            "mlp 'relu2', logit_softcap 15.0",
+        ),
     ],
 )
 def test_unmappable_options_are_refused_naming_them(

@@ -52,12 +52,12 @@ def test_without_gradients_only_the_loss_is_computed() -> None:
     torch.testing.assert_close(loss, plain(hidden, weight, targets, 5.0))
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "modern"])
-def test_model_loss_is_cross_entropy_of_its_logits(arch: str) -> None:
+@pytest.mark.parametrize(("arch", "cap"), [("gpt2", None), ("modern", None), ("modern", 15.0)])
+def test_model_loss_is_cross_entropy_of_its_logits(arch: str, cap: Optional[float]) -> None:
     """compute_loss (fused) and F.cross_entropy(model(ids)) agree, gradients included, for
-    a tied head (gpt2) and an untied, soft-capped one (modern)."""
+    a tied head (gpt2) and an untied one (modern), soft-capped or not."""
     model = create_model(50, max_seq_len=16, embed_dim=16, num_heads=2, num_layers=1,
-                         ff_dim=32, dropout_rate=0.0, arch=arch)  # fmt: skip
+                         ff_dim=32, dropout_rate=0.0, arch=arch, logit_softcap=cap)  # fmt: skip
     ids = torch.randint(0, 50, (3, 12))
     targets = torch.randint(0, 50, (3, 12))
     loss = model.compute_loss(ids, targets)
