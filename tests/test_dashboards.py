@@ -1,9 +1,12 @@
 """`lmrs train --log tensorboard`: event files beside metrics.jsonl with the same scalars;
-`--log` errors are one line; a record-file corpus trains like a folder."""
+`--log wandb` offline holds the same values; `--log` errors are one line; a record-file
+corpus trains like a folder."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -95,3 +98,35 @@ def test_log_option_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert result.exit_code != 0
     assert result.output.strip().splitlines()[-1].startswith("lmrs: --log wandb needs")
+
+
+def test_wandb_offline_run_holds_the_metrics_jsonl_values(tmp_path: Path) -> None:
+    """`--log wandb` without an API key logs offline into the run directory: every scalar
+    of metrics.jsonl (tag and value as wandb's JSON writes it) reaches the run's .wandb
+    file. A subprocess, so that wandb's service and hooks stay out of this process."""
+    pytest.importorskip("wandb")
+    corpus = write_jsonl(tmp_path / "docs.jsonl")
+    tok = Tokenizer.train(corpus.read_text().splitlines(), 300, show_progress=False)
+    tok.save(tmp_path / "tok.json")
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(WANDB_CONFIG_DIR=str(tmp_path / "cfg"), WANDB_CACHE_DIR=str(tmp_path / "cache"),
+               WANDB_DATA_DIR=str(tmp_path / "data"))  # fmt: skip
+    args = ["train", "--corpus", str(corpus), "--tokenizer", str(tmp_path / "tok.json")]
+    result = subprocess.run(
+        [sys.executable, "-m", "lmrs", *args, "--out", str(out), "--log", "wandb", *TRAIN, *TINY],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    files = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1, list((out / "wandb").rglob("*"))
+    logged = files[0].read_bytes()
+    expected = scalars_from_jsonl(out / "metrics.jsonl")
+    assert {"train/loss", "train/lr", "val/loss", "val/bpb"} <= set(expected)
+    for tag, points in expected.items():
+        assert tag.encode() in logged, tag
+        for step, value in points:
+            assert json.dumps(value).encode() in logged, (tag, step, value)
