@@ -1,13 +1,14 @@
 """Sample from an lmrs model exported to GGUF with llama.cpp (``llama-cpp-python``).
 
-Exports a run (or, with ``--smoke``, a tiny random model) to a .gguf file, then generates
-greedily from the same prompt with llama.cpp and with lmrs (float32, torch engine), and
-prints both tokens/s and how many of the tokens agree. Not part of CI: llama-cpp-python
-compiles llama.cpp when installed (``pip install llama-cpp-python``); without it the
-script says so and exits 0 after the export.
+Exports a run (or, with ``--smoke``, a tiny random model of ``--arch``) to a .gguf file,
+checks that llama.cpp's own tokenizer gives lmrs's ids and that its logits for the prompt
+are lmrs's, then generates greedily from the same prompt with llama.cpp and with lmrs
+(float32, torch engine), and prints both tokens/s and how many of the tokens agree. Not
+part of CI: llama-cpp-python compiles llama.cpp when installed (``pip install
+llama-cpp-python``); without it the script says so and exits 0 after the export.
 
     python benchmarks/bench_gguf.py --run runs/quickstart --dtype q8_0
-    python benchmarks/bench_gguf.py --smoke
+    python benchmarks/bench_gguf.py --smoke --arch modern
 """
 
 from __future__ import annotations
@@ -18,22 +19,54 @@ import time
 from pathlib import Path
 from typing import Any
 
+TEXTS = ["The quick brown fox jumps over the lazy dog. " * 20, "def f(x):\n    return x\n" * 20]
 
-def smoke_model() -> tuple[Any, Any]:
+
+def smoke_model(arch: str) -> tuple[Any, Any]:
+    import torch
+
     from lmrs import Tokenizer
     from lmrs.model import create_model
 
-    texts = ["The quick brown fox jumps over the lazy dog. " * 20, "def f(x):\n    return x\n" * 20]
-    tokenizer = Tokenizer.train(texts, 300, show_progress=False)
-    model = create_model(300, max_seq_len=256, embed_dim=64, num_heads=4, num_layers=2)
+    tokenizer = Tokenizer.train(TEXTS, 300, show_progress=False)
+    model = create_model(300, max_seq_len=256, embed_dim=64, num_heads=4, num_layers=2, arch=arch)
+    with torch.no_grad():  # zero-initialised projections would make every layer a no-op
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
     return model.eval(), tokenizer
 
 
-def lmrs_greedy(model: Any, prompt: list[int], n: int) -> tuple[list[int], float]:
+def llama_checks(path: Path, model: Any, tokenizer: Any, prompt: list[int], context: int) -> None:
+    """llama.cpp's tokenizer against lmrs's ids; its prompt logits against lmrs's."""
+    import llama_cpp
+    import numpy as np
+    import torch
+
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=context, verbose=False, logits_all=True)
+    text = "".join(TEXTS)[:600] + " naïve café 12345  \n\n  end"
+    theirs = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+    ours = tokenizer.encode(text)
+    same = next(
+        (i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs))
+    )
+    print(f"llama.cpp tokenizer: {len(theirs)} ids, lmrs {len(ours)}, identical prefix {same}")
+    llm.eval(prompt)
+    theirs_logits = np.asarray(llm.scores[: len(prompt)], dtype=np.float32)
+    with torch.no_grad():
+        ours_logits = model(torch.tensor([prompt]))[0].float().numpy()
+    print(
+        f"prompt logits: max |llama.cpp - lmrs| = {np.abs(theirs_logits - ours_logits).max():.2e}"
+    )
+
+
+def lmrs_greedy(
+    model: Any, prompt: list[int], n: int, engine: str = "torch", dtype: str = "float32"
+) -> tuple[list[int], float]:
     from lmrs.generate import generate
 
+    generate(model, prompt, max_length=2, temperature=0, dtype=dtype, engine=engine)  # warm
     start = time.perf_counter()
-    ids = generate(model, prompt, max_length=n, temperature=0, dtype="float32", engine="torch")
+    ids = generate(model, prompt, max_length=n, temperature=0, dtype=dtype, engine=engine)
     return list(ids), time.perf_counter() - start  # type: ignore[arg-type]
 
 
@@ -54,6 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", help="Run or checkpoint directory to export.")
     parser.add_argument("--smoke", action="store_true", help="A tiny random model instead.")
+    parser.add_argument("--arch", default="modern", choices=("gpt2", "modern"), help="--smoke")
     parser.add_argument("--dtype", default="f32", choices=("f32", "f16", "bf16", "q8_0"))
     parser.add_argument("--prompt", default="The quick")
     parser.add_argument("--tokens", type=int, default=64)
@@ -65,7 +99,7 @@ def main() -> None:
     from lmrs.export_run import load_run
 
     if args.smoke:
-        model, tokenizer = smoke_model()
+        model, tokenizer = smoke_model(args.arch)
     else:
         model, tokenizer = load_run(args.run)
         if tokenizer is None:
@@ -77,11 +111,14 @@ def main() -> None:
         print(f"exported {path.stat().st_size / 1e6:.2f} MB ({args.dtype})")
         ours, ours_s = lmrs_greedy(model, prompt, n)
         print(f"lmrs (torch, float32): {len(ours) / ours_s:8.1f} tokens/s")
+        fast, fast_s = lmrs_greedy(model, prompt, n, engine="auto", dtype="auto")
+        print(f"lmrs (engine auto):    {len(fast) / fast_s:8.1f} tokens/s")
         try:
             import llama_cpp  # noqa: F401
         except ImportError:
             print("llama-cpp-python is not installed (pip install llama-cpp-python): skipped")
             return
+        llama_checks(path, model, tokenizer, prompt, model.config.max_seq_len)
         theirs, theirs_s = llama_greedy(path, prompt, n, model.config.max_seq_len)
         print(f"llama.cpp ({args.dtype}):     {len(theirs) / theirs_s:8.1f} tokens/s")
         same = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), len(ours))
