@@ -45,17 +45,16 @@ def _chunk_logits(
     return squashed * cap, squashed
 
 
-def _reusable_buffer(
-    hidden: torch.Tensor, weight: torch.Tensor, rows: int
-) -> Optional[torch.Tensor]:
-    """One float32 buffer for every chunk's logits when the product is float32 anyway: a
-    fresh allocation per chunk costs its page faults each time (about a quarter of the
-    chunk's arithmetic on a CPU). None under autocast or low precision."""
-    if hidden.dtype != torch.float32 or weight.dtype != torch.float32:
-        return None
-    if torch.is_autocast_enabled(hidden.device.type):
-        return None
-    return torch.empty((rows, weight.shape[0]), dtype=torch.float32, device=hidden.device)
+def _float32_products(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the chunks' products are float32 (no autocast, float32 inputs): then one
+    float32 buffer takes every chunk's logits, since a fresh allocation per chunk costs its
+    page faults each time (about a quarter of the chunk's arithmetic on a CPU), and the
+    weight's gradient accumulates in place."""
+    return (
+        hidden.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and not torch.is_autocast_enabled(hidden.device.type)
+    )
 
 
 class _HeadCrossEntropy(torch.autograd.Function):
@@ -77,7 +76,12 @@ class _HeadCrossEntropy(torch.autograd.Function):
         )
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         step = _chunk_rows(weight.shape[0], hidden.shape[0])
-        buffer = _reusable_buffer(hidden, weight, step)
+        float32 = _float32_products(hidden, weight)
+        buffer = (
+            torch.empty((step, weight.shape[0]), dtype=torch.float32, device=hidden.device)
+            if float32
+            else None
+        )
         arange = torch.arange(step, device=hidden.device)
         for first in range(0, hidden.shape[0], step):
             rows = slice(first, first + step)
@@ -103,7 +107,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
             if grad_hidden is not None:
                 grad_hidden[rows] = (grad @ weight).to(grad_hidden.dtype)
             if grad_weight is not None:
-                if grad.dtype == torch.float32 and h.dtype == torch.float32:
+                if float32:
                     grad_weight.addmm_(grad.T, h)
                 else:
                     grad_weight += (grad.T @ h.to(weight.dtype)).float()
