@@ -22,6 +22,13 @@ from typing import Any
 TEXTS = ["The quick brown fox jumps over the lazy dog. " * 20, "def f(x):\n    return x\n" * 20]
 
 
+def identical_prefix(ours: list[int], theirs: list[int]) -> int:
+    """How many ids the two sequences share from the start."""
+    return next(
+        (i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs))
+    )
+
+
 def smoke_model(arch: str) -> tuple[Any, Any]:
     import torch
 
@@ -46,9 +53,7 @@ def llama_checks(path: Path, model: Any, tokenizer: Any, prompt: list[int], cont
     text = "".join(TEXTS)[:600] + " naïve café 12345  \n\n  end"
     theirs = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
     ours = tokenizer.encode(text)
-    same = next(
-        (i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs))
-    )
+    same = identical_prefix(ours, theirs)
     print(f"llama.cpp tokenizer: {len(theirs)} ids, lmrs {len(ours)}, identical prefix {same}")
     llm.eval(prompt)
     theirs_logits = np.asarray(llm.scores[: len(prompt)], dtype=np.float32)
@@ -121,7 +126,7 @@ def main() -> None:
         llama_checks(path, model, tokenizer, prompt, model.config.max_seq_len)
         theirs, theirs_s = llama_greedy(path, prompt, n, model.config.max_seq_len)
         print(f"llama.cpp ({args.dtype}):     {len(theirs) / theirs_s:8.1f} tokens/s")
-        same = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), len(ours))
+        same = identical_prefix(ours, theirs)
         print(f"greedy tokens identical for the first {same} of {len(ours)}")
         print("llama.cpp:", repr(tokenizer.decode(theirs))[:200])
 
