@@ -155,10 +155,17 @@ pub struct Encoder {
     hash: String,
     pretokenizer: Pretokenizer,
     /// (left << 32 | right) → the token they merge into; lmrs-order ids, so the value
-    /// is also the merge's rank.
+    /// is also the merge's rank. Empty under the tiktoken rule (`merge_by_bytes`).
     pairs: FlatMap,
+    /// The tiktoken rule: two adjacent parts merge into the token their joined bytes
+    /// are, with its id as rank, so a merge looks the bytes up in the same tables as
+    /// whole pieces. One working set for both lookups: a table of id pairs (every split
+    /// of every token: 233k entries, 8 MB, for cl100k; 16 MB for o200k) missed the
+    /// cache on most merge steps.
+    merge_by_bytes: bool,
     /// The same for two bytes, as a dense 256 x 256 table (`a << 8 | b`): a piece's first
-    /// round of ranks is all byte pairs, so merging starts without hashing.
+    /// round of ranks is all byte pairs, so merging starts without hashing. Under the
+    /// tiktoken rule also the id of every 2-byte token.
     byte_pairs: Vec<u32>,
     /// Bytes of every token, specials included (their UTF-8 text), indexed by external
     /// id; ids no token has (gaps in an imported vocab) are empty.
@@ -234,15 +241,25 @@ impl Encoder {
             bytes_to_id.entry(bytes.clone()).or_insert(id as u32);
         }
         let rule = vocab.merge_rule();
-        let pairs = if rule == MergeRule::Tiktoken {
-            tiktoken_pairs(&internal_bytes, &bytes_to_id)
-        } else {
-            let mut pairs = AHashMap::with_capacity(vocab.merges().len());
+        let merge_by_bytes = rule == MergeRule::Tiktoken;
+        let mut pairs = AHashMap::new();
+        if !merge_by_bytes {
+            pairs.reserve(vocab.merges().len());
             for (i, &(a, b)) in vocab.merges().iter().enumerate() {
                 pairs.entry(pair_key(a, b)).or_insert(256 + i as u32);
             }
-            pairs
-        };
+        }
+        // a byte pair's rank: under the tiktoken rule the id of the 2-byte token
+        let byte_pairs = (0..1u32 << 16)
+            .map(|ab| {
+                let rank = if merge_by_bytes {
+                    bytes_to_id.get(&[(ab >> 8) as u8, ab as u8][..])
+                } else {
+                    pairs.get(&pair_key(ab >> 8, ab & 0xff))
+                };
+                rank.copied().unwrap_or(NO_RANK)
+            })
+            .collect();
         let names: Vec<&str> = vocab
             .special_tokens()
             .iter()
@@ -281,15 +298,9 @@ impl Encoder {
             vocab,
             hash,
             pretokenizer,
-            byte_pairs: (0..1u32 << 16)
-                .map(|ab| {
-                    pairs
-                        .get(&pair_key(ab >> 8, ab & 0xff))
-                        .copied()
-                        .unwrap_or(NO_RANK)
-                })
-                .collect(),
+            byte_pairs,
             pairs: FlatMap::new(pairs),
+            merge_by_bytes,
             token_bytes,
             bytes_to_id,
             special_matcher,
@@ -627,6 +638,19 @@ impl Encoder {
         self.pairs.get(pair_key(left, right)).unwrap_or(NO_RANK)
     }
 
+    /// The lmrs-order id of the token that is `bytes` (2 bytes or more), or [`NO_RANK`]:
+    /// under the tiktoken rule also the rank of merging any two parts that make `bytes`.
+    #[inline]
+    fn token_of(&self, bytes: &[u8]) -> u32 {
+        match bytes.len() {
+            2 => self.byte_rank(bytes[0], bytes[1]),
+            len @ 3..=8 => self.short_ids[len - 2]
+                .get(le_word(bytes))
+                .unwrap_or(NO_RANK),
+            _ => self.bytes_to_id.get(bytes).copied().unwrap_or(NO_RANK),
+        }
+    }
+
     /// The id of a piece that needs no merging: one byte, or a token whole (when the
     /// merge rule takes whole pieces).
     #[inline]
@@ -636,6 +660,9 @@ impl Encoder {
         }
         if !self.whole_pieces {
             return None;
+        }
+        if SHORT_KEYS && self.merge_by_bytes {
+            return Some(self.token_of(piece)).filter(|&id| id != NO_RANK);
         }
         match short_key(piece).filter(|_| SHORT_KEYS) {
             Some(key) => self.short_ids[piece.len() - 2].get(key),
@@ -662,15 +689,18 @@ impl Encoder {
 
     #[inline]
     fn merge_piece(&self, piece: &[u8], out: &mut Vec<u32>, scratch: &mut Scratch) {
-        // monomorphised: the identity costs nothing on the common path
-        match &self.canonical {
-            None => self.merge(piece, out, scratch, |id| id),
-            Some(canonical) => self.merge(piece, out, scratch, |id| canonical[id as usize]),
+        // monomorphised: neither the rule nor the identity costs a branch per merge step
+        match (&self.canonical, self.merge_by_bytes) {
+            (_, true) => self.merge::<true>(piece, out, scratch, |id| id),
+            (None, false) => self.merge::<false>(piece, out, scratch, |id| id),
+            (Some(canonical), false) => {
+                self.merge::<false>(piece, out, scratch, |id| canonical[id as usize])
+            }
         }
     }
 
     #[inline]
-    fn merge(
+    fn merge<const BY_BYTES: bool>(
         &self,
         piece: &[u8],
         out: &mut Vec<u32>,
@@ -678,26 +708,47 @@ impl Encoder {
         canonical: impl Fn(u32) -> u32,
     ) {
         if piece.len() < LONG_PIECE {
-            self.merge_short(piece, out, scratch, canonical);
+            self.merge_short::<BY_BYTES>(piece, out, scratch, canonical);
         } else {
-            self.merge_long(piece, out, canonical);
+            self.merge_long::<BY_BYTES>(piece, out, canonical);
+        }
+    }
+
+    /// The rank of merging the part at `left` (bytes `piece[left..right]`, id `left_id`)
+    /// with the next one (bytes `piece[right..end]`, id `right_id`): by the bytes they
+    /// make under the tiktoken rule, by the pair of ids otherwise.
+    #[inline]
+    fn pair_rank<const BY_BYTES: bool>(
+        &self,
+        piece: &[u8],
+        (left, end): (usize, usize),
+        (left_id, right_id): (u32, u32),
+    ) -> u32 {
+        if BY_BYTES {
+            self.token_of(&piece[left..end])
+        } else {
+            self.rank(left_id, right_id)
         }
     }
 
     /// Linear scan for the lowest-rank pair; each merge updates only its neighbours.
-    fn merge_short(
+    fn merge_short<const BY_BYTES: bool>(
         &self,
         piece: &[u8],
         out: &mut Vec<u32>,
         scratch: &mut Scratch,
         canonical: impl Fn(u32) -> u32,
     ) {
-        let ids = &mut scratch.ids;
-        let ranks = &mut scratch.ranks;
+        let Scratch { ids, ranks, starts } = scratch;
         ids.clear();
         ids.extend(piece.iter().map(|&b| b as u32));
         ranks.clear();
         ranks.extend(piece.windows(2).map(|w| self.byte_rank(w[0], w[1])));
+        // where each part starts, and the piece's end (only the bytes rule reads them)
+        starts.clear();
+        if BY_BYTES {
+            starts.extend(0..=piece.len() as u32);
+        }
         loop {
             let mut best = NO_RANK;
             let mut at = 0;
@@ -713,11 +764,22 @@ impl Encoder {
             ids[at] = canonical(best);
             ids.remove(at + 1);
             ranks.remove(at);
+            if BY_BYTES {
+                starts.remove(at + 1);
+            }
+            let rank_at = |i: usize| {
+                let span = if BY_BYTES {
+                    (starts[i] as usize, starts[i + 2] as usize)
+                } else {
+                    (0, 0)
+                };
+                self.pair_rank::<BY_BYTES>(piece, span, (ids[i], ids[i + 1]))
+            };
             if at + 1 < ids.len() {
-                ranks[at] = self.rank(ids[at], ids[at + 1]);
+                ranks[at] = rank_at(at);
             }
             if at > 0 {
-                ranks[at - 1] = self.rank(ids[at - 1], ids[at]);
+                ranks[at - 1] = rank_at(at - 1);
             }
         }
         out.extend_from_slice(ids);
@@ -725,7 +787,12 @@ impl Encoder {
 
     /// Heap of (rank, position) over a linked list of parts: O(n log n) for long pieces
     /// (a 40,000-character run of one letter). Stale heap entries are skipped on pop.
-    fn merge_long(&self, piece: &[u8], out: &mut Vec<u32>, canonical: impl Fn(u32) -> u32) {
+    fn merge_long<const BY_BYTES: bool>(
+        &self,
+        piece: &[u8],
+        out: &mut Vec<u32>,
+        canonical: impl Fn(u32) -> u32,
+    ) {
         const NONE: u32 = u32::MAX;
         let n = piece.len();
         let mut ids: Vec<u32> = piece.iter().map(|&b| b as u32).collect();
@@ -740,13 +807,21 @@ impl Encoder {
                 (r != NO_RANK).then_some(Reverse((r, i as u32)))
             })
             .collect();
+        // the rank of the part at `l` with the next one, `r`
+        let pair = |ids: &[u32], next: &[u32], l: usize, r: usize| {
+            let end = match next[r] {
+                NONE => n,
+                after => after as usize,
+            };
+            self.pair_rank::<BY_BYTES>(piece, (l, end), (ids[l], ids[r]))
+        };
         while let Some(Reverse((rank, pos))) = heap.pop() {
             let p = pos as usize;
             if !alive[p] || next[p] == NONE {
                 continue;
             }
             let r = next[p] as usize;
-            if self.rank(ids[p], ids[r]) != rank {
+            if pair(&ids, &next, p, r) != rank {
                 continue;
             }
             ids[p] = canonical(rank);
@@ -754,14 +829,14 @@ impl Encoder {
             next[p] = next[r];
             if next[r] != NONE {
                 prev[next[r] as usize] = pos;
-                let nr = self.rank(ids[p], ids[next[r] as usize]);
+                let nr = pair(&ids, &next, p, next[r] as usize);
                 if nr != NO_RANK {
                     heap.push(Reverse((nr, pos)));
                 }
             }
             if prev[p] != NONE {
                 let l = prev[p];
-                let lr = self.rank(ids[l as usize], ids[p]);
+                let lr = pair(&ids, &next, l as usize, p);
                 if lr != NO_RANK {
                     heap.push(Reverse((lr, l)));
                 }
@@ -830,35 +905,6 @@ fn internal_bytes_ids(
             })
             .collect(),
     }
-}
-
-/// tiktoken's pair table: every split of every token into two tokens.
-fn tiktoken_pairs(
-    token_bytes: &[Vec<u8>],
-    bytes_to_id: &AHashMap<Vec<u8>, u32>,
-) -> AHashMap<u64, u32> {
-    // Only splits where both sides have the length of some token can be a pair; checking
-    // that first keeps long tokens (a doubling run "aaaa...") from costing len^2 hashing.
-    let mut has_length = vec![false; token_bytes.iter().map(Vec::len).max().unwrap_or(0) + 1];
-    for bytes in token_bytes {
-        has_length[bytes.len()] = true;
-    }
-    let mut pairs = AHashMap::with_capacity(token_bytes.len() * 2);
-    for bytes in token_bytes.iter().skip(256) {
-        let id = bytes_to_id[bytes];
-        for split in 1..bytes.len() {
-            if !(has_length[split] && has_length[bytes.len() - split]) {
-                continue;
-            }
-            if let (Some(&left), Some(&right)) = (
-                bytes_to_id.get(&bytes[..split]),
-                bytes_to_id.get(&bytes[split..]),
-            ) {
-                pairs.insert(pair_key(left, right), id);
-            }
-        }
-    }
-    pairs
 }
 
 /// Texts shorter than this are encoded without a [`PieceCache`] (setting one up costs
@@ -980,6 +1026,7 @@ impl PieceCache {
 struct Scratch {
     ids: Vec<u32>,
     ranks: Vec<u32>,
+    starts: Vec<u32>,
 }
 
 #[cfg(test)]
