@@ -1,5 +1,5 @@
-//! A read-only `u64 → u32` map for the encoder's hottest lookups (a piece's id by its
-//! bytes as an integer; a pair's merge rank).
+//! A read-only `key → u32` map for the encoder's hottest lookups (a piece's id by its
+//! bytes as one or two integers; a pair's merge rank).
 //!
 //! Profiling the encoder on English prose showed most of a lookup in a `HashMap` to be
 //! two cache misses: the control bytes, then the slot. Here a key and its value share
@@ -10,28 +10,50 @@
 /// The value that marks an empty slot (token ids and ranks are below it).
 const EMPTY: u32 = u32::MAX;
 
+/// A key the map can hold: compared whole, and mixed into one word for the hash.
+pub trait FlatKey: Copy + Eq + Default {
+    fn mix(self) -> u64;
+}
+
+impl FlatKey for u64 {
+    #[inline]
+    fn mix(self) -> u64 {
+        self
+    }
+}
+
+/// 9 to 16 bytes as two little-endian words.
+impl FlatKey for [u64; 2] {
+    #[inline]
+    fn mix(self) -> u64 {
+        // the multiply spreads the second word's bits before they meet the first's
+        self[0] ^ self[1].wrapping_mul(0xC2B2_AE3D_27D4_EB4F).rotate_left(31)
+    }
+}
+
+/// 16 bytes for a `u64` key (a slot never straddles a cache line), 32 for two words.
 #[derive(Clone, Copy)]
 #[repr(C, align(16))]
-struct Slot {
-    key: u64,
+struct Slot<K> {
+    key: K,
     value: u32,
 }
 
-pub struct FlatMap {
-    slots: Box<[Slot]>,
+pub struct FlatMap<K = u64> {
+    slots: Box<[Slot<K>]>,
     /// 64 minus log2 of the number of slots: the hash keeps the top bits.
     shift: u32,
     len: usize,
 }
 
-impl FlatMap {
+impl<K: FlatKey> FlatMap<K> {
     /// A map of `entries`; for a key given twice the first value is kept. Entries whose
     /// value is `u32::MAX` are left out (no id or rank is that large).
-    pub fn new(entries: impl IntoIterator<Item = (u64, u32)>) -> Self {
-        let entries: Vec<(u64, u32)> = entries.into_iter().filter(|e| e.1 != EMPTY).collect();
+    pub fn new(entries: impl IntoIterator<Item = (K, u32)>) -> Self {
+        let entries: Vec<(K, u32)> = entries.into_iter().filter(|e| e.1 != EMPTY).collect();
         let slots_wanted = (entries.len() * 2).next_power_of_two().max(16);
         let empty = Slot {
-            key: 0,
+            key: K::default(),
             value: EMPTY,
         };
         let mut map = Self {
@@ -59,13 +81,13 @@ impl FlatMap {
     }
 
     #[inline]
-    fn index(&self, key: u64) -> usize {
+    fn index(&self, key: K) -> usize {
         // Fibonacci hashing: the multiplication carries every key bit into the top ones
-        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
+        (key.mix().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
     }
 
     #[inline]
-    pub fn get(&self, key: u64) -> Option<u32> {
+    pub fn get(&self, key: K) -> Option<u32> {
         let mask = self.slots.len() - 1;
         let mut i = self.index(key);
         // ends: at most half the slots are full
