@@ -393,18 +393,35 @@ fn inputs(options: &Options) -> Result<Vec<Input>, BoxError> {
     Ok(out)
 }
 
-/// Seconds of the fastest of `repeat` runs of `f`.
-fn best_of(repeat: usize, mut f: impl FnMut() -> usize) -> f64 {
-    let mut best = f64::INFINITY;
+/// Seconds per call of the fastest of `repeat` rounds of each of `runs`, taken in turns
+/// (round 1 of each, round 2 of each, ...) so that a change in the host's speed during
+/// the measurement hits every column alike; a round repeats a call until it has run for
+/// at least [`MIN_ROUND_SECS`], so that small inputs are not timed below the clock's
+/// noise.
+fn best_interleaved(repeat: usize, runs: &mut [&mut dyn FnMut() -> usize]) -> Vec<f64> {
+    let mut best = vec![f64::INFINITY; runs.len()];
+    let mut calls = vec![1usize; runs.len()];
     let mut sink = 0usize;
-    for _ in 0..repeat {
-        let t = Instant::now();
-        sink = sink.wrapping_add(f());
-        best = best.min(t.elapsed().as_secs_f64());
+    for round in 0..=repeat {
+        for (i, run) in runs.iter_mut().enumerate() {
+            let t = Instant::now();
+            for _ in 0..calls[i] {
+                sink = sink.wrapping_add(run());
+            }
+            let secs = t.elapsed().as_secs_f64();
+            if round == 0 {
+                // a warm-up round that also sizes the rounds
+                calls[i] = (MIN_ROUND_SECS / secs.max(1e-9)).ceil().max(1.0) as usize;
+            } else {
+                best[i] = best[i].min(secs / calls[i] as f64);
+            }
+        }
     }
     std::hint::black_box(sink);
     best
 }
+
+const MIN_ROUND_SECS: f64 = 0.05;
 
 fn crate_ranks(bpe: &tiktoken::CoreBpe) -> Vec<(Vec<u8>, u32)> {
     (0..bpe.vocab_size() as u32)
@@ -541,23 +558,36 @@ const MODES: [EncodeOptions; 4] = [
     },
 ];
 
-/// Seconds of one thread encoding every document with each of [`MODES`], in order.
+/// Seconds of one thread encoding every document with each of [`MODES`], in order, and
+/// with the crate (last), in turns.
 fn time_modes(
     lmrs: &Encoder,
+    bpe: Option<&tiktoken::CoreBpe>,
     input: &Input,
     repeat: usize,
     one_thread: &rayon::ThreadPool,
-) -> [f64; 4] {
-    MODES.map(|mode| {
-        one_thread.install(|| {
-            best_of(repeat, || {
-                input
-                    .docs
-                    .iter()
-                    .map(|d| lmrs.encode_ordinary_with(d, mode).len())
-                    .sum()
+) -> Vec<f64> {
+    one_thread.install(|| {
+        let mut runs: Vec<Box<dyn FnMut() -> usize + '_>> = MODES
+            .iter()
+            .map(|&mode| {
+                Box::new(move || {
+                    input
+                        .docs
+                        .iter()
+                        .map(|d| lmrs.encode_ordinary_with(d, mode).len())
+                        .sum()
+                }) as Box<dyn FnMut() -> usize>
             })
-        })
+            .collect();
+        if let Some(bpe) = bpe {
+            runs.push(Box::new(move || {
+                input.docs.iter().map(|d| bpe.encode(d).len()).sum()
+            }));
+        }
+        let mut refs: Vec<&mut dyn FnMut() -> usize> =
+            runs.iter_mut().map(|r| r.as_mut() as _).collect();
+        best_interleaved(repeat, &mut refs)
     })
 }
 
@@ -604,26 +634,26 @@ fn main() -> Result<(), BoxError> {
         for input in &inputs {
             check_same_ids(input, reference.name, &lmrs, bpe)?;
             let bytes = input.bytes();
-            let modes = time_modes(&lmrs, input, options.repeat, &one_thread);
-            let ours = modes[3];
+            let modes = time_modes(&lmrs, Some(bpe), input, options.repeat, &one_thread);
+            let (ours, theirs) = (modes[3], modes[4]);
             let (stats, dropped) = auto_stats(&lmrs, input);
-            let theirs = best_of(options.repeat, || {
-                input.docs.iter().map(|d| bpe.encode(d).len()).sum()
-            });
             let (ours_batched, theirs_batched) = if input.single {
                 ("-".to_string(), "-".to_string())
             } else {
-                let ours = best_of(options.repeat, || {
-                    lmrs.encode_batch(&input.docs, &AllowedSpecial::None).len()
-                });
-                let theirs = best_of(options.repeat, || {
-                    input
-                        .docs
-                        .par_iter()
-                        .map(|d| bpe.encode(d).len())
-                        .sum::<usize>()
-                });
-                (mb_per_s(bytes, ours), mb_per_s(bytes, theirs))
+                let batched = best_interleaved(
+                    options.repeat,
+                    &mut [
+                        &mut || lmrs.encode_batch(&input.docs, &AllowedSpecial::None).len(),
+                        &mut || {
+                            input
+                                .docs
+                                .par_iter()
+                                .map(|d| bpe.encode(d).len())
+                                .sum::<usize>()
+                        },
+                    ],
+                );
+                (mb_per_s(bytes, batched[0]), mb_per_s(bytes, batched[1]))
             };
             println!(
                 "| {} | {} | {:.2} | {} | {} | {} | {} | {} | {:.2}x | {stats} | {} | {} | {} |",
@@ -674,15 +704,16 @@ fn lmrs_vocab(
     let lmrs = Encoder::new(vocab)?;
     for input in inputs {
         let bytes = input.bytes();
-        let modes = time_modes(&lmrs, input, options.repeat, one_thread);
+        let modes = time_modes(&lmrs, None, input, options.repeat, one_thread);
         let (stats, dropped) = auto_stats(&lmrs, input);
         let batched = if input.single {
             "-".to_string()
         } else {
-            let s = best_of(options.repeat, || {
-                lmrs.encode_batch(&input.docs, &AllowedSpecial::None).len()
-            });
-            mb_per_s(bytes, s)
+            let s = best_interleaved(
+                options.repeat,
+                &mut [&mut || lmrs.encode_batch(&input.docs, &AllowedSpecial::None).len()],
+            );
+            mb_per_s(bytes, s[0])
         };
         println!(
             "| {name} | {} | {:.2} | {} | {} | {} | {} | - | - | {stats} | {} | {batched} | - |",

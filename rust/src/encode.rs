@@ -223,10 +223,9 @@ fn le_word(bytes: &[u8]) -> u64 {
             };
             word(0) | word(len - 4) << ((len - 4) * 8)
         }
-        _ => bytes
-            .iter()
-            .rev()
-            .fold(0u64, |key, &b| key << 8 | u64::from(b)),
+        2 => u64::from(u16::from_le_bytes([bytes[0], bytes[1]])),
+        3 => u64::from(u16::from_le_bytes([bytes[0], bytes[1]])) | u64::from(bytes[2]) << 16,
+        _ => bytes.first().map_or(0, |&b| u64::from(b)),
     }
 }
 
@@ -663,7 +662,7 @@ impl Encoder {
 
     /// The lmrs-order id of the token that is `bytes` (2 bytes or more), or [`NO_RANK`]:
     /// under the tiktoken rule also the rank of merging any two parts that make `bytes`.
-    #[inline]
+    #[inline(always)]
     fn token_of(&self, bytes: &[u8]) -> u32 {
         match bytes.len() {
             2 => self.byte_rank(bytes[0], bytes[1]),
