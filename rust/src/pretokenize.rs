@@ -634,6 +634,39 @@ impl Gpt4Scanner<'_> {
         }
     }
 
+    /// Alternatives 1 and 2 when the word and what ends it are ASCII (most pieces of
+    /// English and code): ASCII letters are only upper (`Lu`) or lower (`Ll`), so the
+    /// word is `[A-Z]*[a-z]+` or `[A-Z]+`, with no backing off. None when the piece is
+    /// not such a word or a non-ASCII byte is met where it could change the answer; the
+    /// general scanner then decides.
+    #[inline(always)]
+    fn o200k_ascii_word(&self, start: usize) -> Option<usize> {
+        let t = self.text;
+        let c0 = t[start];
+        let p = if c0.is_ascii_alphabetic() {
+            start
+        } else if c0 < 0x80 && !matches!(c0, b'\r' | b'\n') && !c0.is_ascii_digit() {
+            match t.get(start + 1) {
+                Some(c1) if c1.is_ascii_alphabetic() => start + 1,
+                _ => return None,
+            }
+        } else {
+            return None;
+        };
+        let run = |mut i: usize, keep: fn(&u8) -> bool| {
+            while i < t.len() && keep(&t[i]) {
+                i += 1;
+            }
+            i
+        };
+        let upper_end = run(p, u8::is_ascii_uppercase);
+        let end = run(upper_end, u8::is_ascii_lowercase);
+        if t.get(end).is_some_and(|&b| b >= 0x80) {
+            return None; // a mark or a non-ASCII letter could continue the word
+        }
+        Some(self.o200k_contraction(end))
+    }
+
     /// End of the o200k piece starting at `start` (< text length). The alternatives:
     ///   1 `[^\r\n\p{L}\p{N}]?` upper* lower+ contraction?
     ///   2 `[^\r\n\p{L}\p{N}]?` upper+ lower* contraction?
@@ -656,6 +689,9 @@ impl Gpt4Scanner<'_> {
                 }
             }
             return end; // 3
+        }
+        if let Some(end) = self.o200k_ascii_word(start) {
+            return end; // 1 or 2, all in ASCII
         }
         let is_newline = |c: u32| c == '\r' as u32 || c == '\n' as u32;
         // the optional prefix: anything but a letter, a number, '\r' or '\n'
