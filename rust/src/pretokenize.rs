@@ -495,6 +495,7 @@ impl Gpt4Scanner<'_> {
     }
 
     /// End (exclusive byte offset) of the piece starting at `start` (< text length).
+    #[inline(always)]
     fn piece_end(&self, start: usize) -> usize {
         let Some((c0, kind0, l0)) = self.at(start) else {
             return start;
@@ -673,6 +674,7 @@ impl Gpt4Scanner<'_> {
     ///   3 `\p{N}{1,3}`   4 ` ?[^\s\p{L}\p{N}]+[\r\n/]*`   5 `\s*[\r\n]+`
     ///   6 `\s+(?!\S)`    7 `\s+`
     /// (upper = `[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]`, lower = `[\p{Ll}\p{Lm}\p{Lo}\p{M}]`).
+    #[inline(always)]
     fn o200k_piece_end(&self, start: usize) -> usize {
         let Some((c0, fine0, l0)) = self.at_fine(start) else {
             return start;
@@ -762,6 +764,7 @@ impl Gpt4Scanner<'_> {
     /// End of the GPT-2 piece starting at `start` (< text length):
     ///   1 `'(?:[sdmt]|ll|ve|re)`   2 ` ?\p{L}++`   3 ` ?\p{N}++`
     ///   4 ` ?[^\s\p{L}\p{N}]++`    5 `\s++$`       6 `\s+(?!\S)`   7 `\s`
+    #[inline(always)]
     fn gpt2_piece_end(&self, start: usize) -> usize {
         let Some((c0, kind0, l0)) = self.at(start) else {
             return start;
