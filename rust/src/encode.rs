@@ -493,36 +493,18 @@ impl Encoder {
             }
             PieceCacheMode::Auto => {
                 PieceCache::with_thread(self.id, |memo| {
-                    let mut cache = Some(memo);
-                    let (mut probes, mut hits) = (0u32, 0u32);
+                    let mut auto = AutoCache {
+                        cache: Some(memo),
+                        probes: 0,
+                        hits: 0,
+                    };
                     self.pretokenizer.for_each_piece(text, |piece| {
                         let piece = piece.as_bytes();
                         if let Some(id) = self.known_piece::<SHORT_KEYS>(piece) {
                             out.push(id);
                             return tally.known();
                         }
-                        let Some((c, slot)) = cache
-                            .as_deref_mut()
-                            .and_then(|c| c.slot(piece).map(|slot| (c, slot)))
-                        else {
-                            self.merge_piece(piece, out, &mut scratch);
-                            return tally.merged();
-                        };
-                        probes += 1;
-                        if let Some(ids) = c.get(slot, piece) {
-                            out.extend_from_slice(ids);
-                            hits += 1;
-                            tally.hit();
-                        } else {
-                            let before = out.len();
-                            self.merge_piece(piece, out, &mut scratch);
-                            c.put(slot, piece, &out[before..]);
-                            tally.merged();
-                        }
-                        if probes == AUTO_SAMPLE && hits * AUTO_MIN_HIT_DIV < probes {
-                            cache = None;
-                            tally.dropped();
-                        }
+                        self.merge_through(&mut auto, piece, out, &mut scratch, tally);
                     });
                 });
             }
@@ -531,6 +513,43 @@ impl Encoder {
             for id in &mut out[start..] {
                 *id = external[*id as usize];
             }
+        }
+    }
+
+    /// [`PieceCacheMode::Auto`]'s path for a piece that is not a token: the cache, or a
+    /// merge. Out of line, so that the loop over pieces that are tokens (most of them)
+    /// stays small (digits, all tokens, encode 20% faster than with this inlined).
+    #[inline(never)]
+    fn merge_through(
+        &self,
+        auto: &mut AutoCache,
+        piece: &[u8],
+        out: &mut Vec<u32>,
+        scratch: &mut Scratch,
+        tally: &mut impl Tally,
+    ) {
+        let Some((cache, slot)) = auto
+            .cache
+            .as_deref_mut()
+            .and_then(|c| c.slot(piece).map(|slot| (c, slot)))
+        else {
+            self.merge_piece(piece, out, scratch);
+            return tally.merged();
+        };
+        auto.probes += 1;
+        if let Some(ids) = cache.get(slot, piece) {
+            out.extend_from_slice(ids);
+            auto.hits += 1;
+            tally.hit();
+        } else {
+            let before = out.len();
+            self.merge_piece(piece, out, scratch);
+            cache.put(slot, piece, &out[before..]);
+            tally.merged();
+        }
+        if auto.probes == AUTO_SAMPLE && auto.hits * AUTO_MIN_HIT_DIV < auto.probes {
+            auto.cache = None;
+            tally.dropped();
         }
     }
 
@@ -1042,6 +1061,14 @@ impl PieceCache {
             slot.ids[..ids.len()].copy_from_slice(ids);
         }
     }
+}
+
+/// The thread's cache while [`PieceCacheMode::Auto`] keeps it (None once dropped), and
+/// its hit count over the first [`AUTO_SAMPLE`] probes.
+struct AutoCache<'c> {
+    cache: Option<&'c mut PieceCache>,
+    probes: u32,
+    hits: u32,
 }
 
 /// Buffers reused across the pieces of one text.
