@@ -6,7 +6,8 @@
 //! For cl100k and o200k (the crate's embedded ranks, read back through its own decoder;
 //! lmrs builds its encoder from the same ranks with `Vocab::from_ranks`) every document
 //! is first encoded by both and the ids compared: any difference stops the run with the
-//! input and position named. Then MB/s: one thread (the best of `--repeat` runs, inside
+//! input and position named. Then MB/s, every column of a row timed in turns, round by
+//! round (the host's speed drifts): one thread (the best of `--repeat` rounds, inside
 //! a one-thread rayon pool so lmrs cannot split a big text across cores), and batched
 //! (documents in parallel on every core: lmrs `encode_batch`, the crate's `encode`
 //! under rayon). Adversarial inputs are timed at two sizes, 4x apart: equal MB/s means
