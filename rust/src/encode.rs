@@ -828,7 +828,9 @@ impl Encoder {
     }
 
     /// Heap of (rank, position) over a linked list of parts: O(n log n) for long pieces
-    /// (a 40,000-character run of one letter). Stale heap entries are skipped on pop.
+    /// (a 40,000-character run of one letter). `rank_at[p]` is the rank of merging the
+    /// part at `p` with the next one (NO_RANK for none, or a dead part), so a stale heap
+    /// entry is told by one comparison, without looking the pair up again.
     fn merge_long<const BY_BYTES: bool>(
         &self,
         piece: &[u8],
@@ -842,12 +844,16 @@ impl Encoder {
         next[n - 1] = NONE;
         let mut prev: Vec<u32> = (0..n as u32).map(|i| i.wrapping_sub(1)).collect();
         prev[0] = NONE;
-        let mut alive = vec![true; n];
-        let mut heap: BinaryHeap<Reverse<(u32, u32)>> = (0..n - 1)
-            .filter_map(|i| {
-                let r = self.byte_rank(piece[i], piece[i + 1]);
-                (r != NO_RANK).then_some(Reverse((r, i as u32)))
-            })
+        let mut rank_at: Vec<u32> = piece
+            .windows(2)
+            .map(|w| self.byte_rank(w[0], w[1]))
+            .chain([NO_RANK])
+            .collect();
+        let mut heap: BinaryHeap<Reverse<(u32, u32)>> = rank_at
+            .iter()
+            .enumerate()
+            .filter(|&(_, &r)| r != NO_RANK)
+            .map(|(i, &r)| Reverse((r, i as u32)))
             .collect();
         // the rank of the part at `l` with the next one, `r`
         let pair = |ids: &[u32], next: &[u32], l: usize, r: usize| {
@@ -859,28 +865,28 @@ impl Encoder {
         };
         while let Some(Reverse((rank, pos))) = heap.pop() {
             let p = pos as usize;
-            if !alive[p] || next[p] == NONE {
-                continue;
+            if rank_at[p] != rank {
+                continue; // stale: the part, or its neighbour, changed since
             }
             let r = next[p] as usize;
-            if pair(&ids, &next, p, r) != rank {
-                continue;
-            }
             ids[p] = canonical(rank);
-            alive[r] = false;
+            rank_at[r] = NO_RANK;
             next[p] = next[r];
-            if next[r] != NONE {
-                prev[next[r] as usize] = pos;
-                let nr = pair(&ids, &next, p, next[r] as usize);
-                if nr != NO_RANK {
-                    heap.push(Reverse((nr, pos)));
+            rank_at[p] = match next[p] {
+                NONE => NO_RANK,
+                after => {
+                    prev[after as usize] = pos;
+                    pair(&ids, &next, p, after as usize)
                 }
+            };
+            if rank_at[p] != NO_RANK {
+                heap.push(Reverse((rank_at[p], pos)));
             }
             if prev[p] != NONE {
-                let l = prev[p];
-                let lr = pair(&ids, &next, l as usize, p);
-                if lr != NO_RANK {
-                    heap.push(Reverse((lr, l)));
+                let l = prev[p] as usize;
+                rank_at[l] = pair(&ids, &next, l, p);
+                if rank_at[l] != NO_RANK {
+                    heap.push(Reverse((rank_at[l], l as u32)));
                 }
             }
         }
