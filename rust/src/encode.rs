@@ -63,7 +63,7 @@ pub enum AllowedSpecial {
 pub enum PieceCacheMode {
     /// No cache: every piece is a vocabulary lookup, and merged if it is not a token.
     Off,
-    /// Every piece of up to 16 bytes probes the cache before the vocabulary (texts of
+    /// Every piece of up to 32 bytes probes the cache before the vocabulary (texts of
     /// 4 KB and more).
     AllPieces,
     /// The vocabulary first; only pieces that need merging go through the cache, so a
@@ -959,23 +959,24 @@ fn internal_bytes_ids(
 /// more than it saves on a few hundred pieces).
 const CACHE_MIN_TEXT: usize = 4096;
 /// [`PieceCacheMode::Auto`] checks the cache's hit rate after this many merged pieces
-/// and drops it below 1/[`AUTO_MIN_HIT_DIV`]: a miss costs a probe and a 40-byte store on
+/// and drops it below 1/[`AUTO_MIN_HIT_DIV`]: a miss costs a probe and a 68-byte store on
 /// top of the merge, a hit saves a merge (several pair lookups), so a rate that low
 /// cannot pay.
 pub const AUTO_SAMPLE: u32 = 1024;
 pub const AUTO_MIN_HIT_DIV: u32 = 8;
-/// Longest piece the cache keeps, and most ids it keeps for one piece: ~98% of the
-/// pieces of prose and code fit.
-const CACHE_KEY_WORDS: usize = 2;
+/// Longest piece the cache keeps, and most ids it keeps for one piece: nearly every
+/// piece of prose and code fits, and most words of scripts of 2-4 bytes a character,
+/// which 16 bytes and 4 ids cut off (generated non-Latin text +20%, prose unchanged).
+const CACHE_KEY_WORDS: usize = 4;
 const CACHE_KEY_BYTES: usize = 8 * CACHE_KEY_WORDS;
-const CACHE_IDS: usize = 4;
+const CACHE_IDS: usize = 8;
 /// A cached piece's bytes, zero-padded, as little-endian words.
 type CacheKey = [u64; CACHE_KEY_WORDS];
 
 /// Whole pieces → their ids: real text repeats its pieces (" the", "    ", "self",
 /// a play's speaker names), and a hit costs one probe instead of a vocabulary lookup
 /// and a merge. Direct-mapped (a new piece overwrites its slot), [`CACHE_SLOTS`] slots
-/// of 40 bytes (640 KB per thread that encodes).
+/// of 68 bytes (1.1 MB per thread that encodes).
 /// One per thread, kept between calls (a per-call cache started cold on every text and
 /// lost more than it won), and tagged with the encoder that filled it: another
 /// encoder's first call on the thread empties it, so no two vocabularies share entries.
@@ -1496,14 +1497,23 @@ mod tests {
                 enc.known_piece::<false>(piece)
             );
         }
-        let long = Encoder::new(
-            Vocab::new(GPT4_PATTERN, vec![(97, 97), (256, 256), (257, 257)], &[]).unwrap(),
-        )
-        .unwrap();
-        // 8 bytes: the last short map; 16 bytes: the byte-string map
-        assert_eq!(long.known_piece::<true>(b"aaaaaaaa"), Some(258));
+        let merges = vec![(97, 97), (256, 256), (257, 257), (258, 258), (259, 258)];
+        let long = Encoder::new(Vocab::new(GPT4_PATTERN, merges, &[]).unwrap()).unwrap();
+        // 8 bytes: the last short map; 16: the last two-word map; 24: the byte-string map
         assert_eq!(long.known_piece::<true>(b"aaaa"), Some(257));
-        assert_eq!(long.encode_ordinary(&"a".repeat(16)), vec![258, 258]);
+        assert_eq!(long.known_piece::<true>(b"aaaaaaaa"), Some(258));
+        assert_eq!(
+            long.known_piece::<true>("a".repeat(16).as_bytes()),
+            Some(259)
+        );
+        assert_eq!(
+            long.known_piece::<true>("a".repeat(24).as_bytes()),
+            Some(260)
+        );
+        assert_eq!(long.known_piece::<true>("a".repeat(12).as_bytes()), None);
+        assert_eq!(long.encode_ordinary(&"a".repeat(12)), vec![258, 257]);
+        // 40: five 8s, then 16 16 8 (leftmost first), then the 16 and 8 on the right
+        assert_eq!(long.encode_ordinary(&"a".repeat(40)), vec![259, 260]);
     }
 
     #[test]
