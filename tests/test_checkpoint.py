@@ -90,6 +90,31 @@ def test_round_trip(tmp_path: Path) -> None:
     assert torch.allclose(rebuilt(ids), model(ids))
 
 
+def test_load_model_reads_the_weights_file_for_its_checksum_once(tmp_path, monkeypatch) -> None:
+    model, optimizer = model_and_optimizer()
+    path = save(tmp_path / "ckpt", model, optimizer)
+    digested: list[str] = []
+    real_digest = checkpoint_module.file_digest
+
+    def counting_digest(file: Path):
+        digested.append(Path(file).name)
+        return real_digest(file)
+
+    monkeypatch.setattr(checkpoint_module, "file_digest", counting_digest)
+    rebuilt, _ = load_model(path)
+    assert digested.count("model.safetensors") == 1
+    ids = torch.randint(0, 80, (1, 8))
+    model.eval()
+    assert torch.equal(rebuilt(ids), model(ids))
+    # and a corrupted weights file is still caught
+    weights = path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_model(path)
+
+
 def test_crash_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch) -> None:
     model, optimizer = model_and_optimizer()
     path = save(tmp_path / "ckpt", model, optimizer, step=5)

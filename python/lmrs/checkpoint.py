@@ -675,15 +675,7 @@ def load_checkpoint(
                     f"{path / MODEL_CONFIG_FILE}: saved for a different model: "
                     + ", ".join(differences)
                 )
-        weights = load_model_weights(verified_file(path, MODEL_FILE))
-        try:
-            plain.load_state_dict(weights, strict=True)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()
-            raise CheckpointError(
-                f"{path / MODEL_FILE}: weights do not fit the model: "
-                f"{' '.join(line.strip() for line in first[:3])}"
-            ) from e
+        load_weights_into(plain, verified_file(path, MODEL_FILE))
     if optimizer is not None:
         optimizer_state = read_optimizer_state(path, map_location)
         try:
@@ -693,6 +685,20 @@ def load_checkpoint(
                 f"{path / OPTIMIZER_FILE}: cannot restore optimizer: {one_line(e)}"
             ) from e
     return Checkpoint(path=path, state=state, model_config=model_config, train_config=train_config)
+
+
+def load_weights_into(model: nn.Module, weights_path: Path) -> None:
+    """Loads the weights file (already checked against checksums.json) into `model`,
+    every tensor by name and shape."""
+    weights = load_model_weights(weights_path)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise CheckpointError(
+            f"{weights_path}: weights do not fit the model: "
+            f"{' '.join(line.strip() for line in first[:3])}"
+        ) from e
 
 
 def read_optimizer_state(
@@ -716,13 +722,16 @@ def read_optimizer_state(
     return state
 
 
-def check_weight_shapes(path: Path, config: Any) -> None:
+def check_weight_shapes(path: Path, config: Any, *, weights_path: Optional[Path] = None) -> None:
     """The weights file holds exactly the tensors ``config`` describes, compared on the
     safetensors header before any memory is allocated: a config edited to absurd sizes
-    is an error naming it, never an attempt to allocate them."""
+    is an error naming it, never an attempt to allocate them. `weights_path`: the
+    checkpoint's weights file when the caller has already checked it against
+    checksums.json (it is checked here otherwise)."""
     from lmrs.model import GPT
 
-    weights_path = verified_file(path, MODEL_FILE)
+    if weights_path is None:
+        weights_path = verified_file(path, MODEL_FILE)
     try:
         with safe_open(str(weights_path), framework="pt") as f:
             stored = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
@@ -777,8 +786,12 @@ def load_model(
         raise CheckpointError(
             f"{path / MODEL_CONFIG_FILE}: invalid model config: {one_line(e)}"
         ) from e
-    check_weight_shapes(path, config)
+    # hashed once (a large weights file took two full reads): shapes from its header,
+    # then the tensors
+    weights_path = verified_file(path, MODEL_FILE)
+    check_weight_shapes(path, config, weights_path=weights_path)
     model = GPT(config)
-    checkpoint = load_checkpoint(path, model)
+    checkpoint = load_checkpoint(path)
+    load_weights_into(model, weights_path)
     model.to(device).eval()
     return model, checkpoint
