@@ -124,6 +124,17 @@ def test_batch_numpy_and_lookup(tok: Tokenizer) -> None:
     assert tok.token_to_id(tok.id_to_token(top)) == top
 
 
+def test_a_batch_of_many_groups_equals_each_text_encoded(tok: Tokenizer) -> None:
+    # over 1 MB: encoded group by group while the previous group's lists are built
+    short = make_texts(400, seed=9)  # ~70 KB
+    texts = ["\n".join(short[i:] + short[:i]) for i in range(0, 400, 10)]  # 40 x 70 KB
+    texts += ["", f"a{EOT}b", "x" * 300_000, "<|pad|> tail"] + short[:50]
+    assert sum(len(t) for t in texts) > 2 << 20
+    for allowed in ("all", "none"):
+        expected = [tok.encode(t) if allowed == "all" else tok.encode_ordinary(t) for t in texts]
+        assert tok.encode_batch(texts, allowed_special=allowed) == expected
+
+
 def test_from_vocab_and_pickle(tok: Tokenizer) -> None:
     same = Tokenizer.from_vocab(tok.merges, special_tokens=["<|pad|>"])
     assert same.hash == tok.hash
