@@ -124,8 +124,8 @@ def test_batch_numpy_and_lookup(tok: Tokenizer) -> None:
     assert tok.token_to_id(tok.id_to_token(top)) == top
 
 
-def test_a_batch_of_many_groups_equals_each_text_encoded(tok: Tokenizer) -> None:
-    # over 1 MB: encoded group by group while the previous group's lists are built
+def test_a_large_batch_equals_each_text_encoded(tok: Tokenizer) -> None:
+    # over 2 MB, with documents cut into parallel units, empty ones and specials
     short = make_texts(400, seed=9)  # ~70 KB
     texts = ["\n".join(short[i:] + short[:i]) for i in range(0, 400, 10)]  # 40 x 70 KB
     texts += ["", f"a{EOT}b", "x" * 300_000, "<|pad|> tail"] + short[:50]

@@ -20,7 +20,7 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
-use pyo3::types::{PyBytes, PyDict, PyInt, PyList};
+use pyo3::types::{PyBytes, PyDict, PyInt};
 
 use crate::arrow_texts::arrow_texts;
 use crate::corpus::{collect_files as collect, count_words_in_files, WordCounts};
@@ -43,28 +43,6 @@ create_exception!(
 
 /// Texts at least this long are encoded with the GIL released.
 const DETACH_BYTES: usize = 1 << 14;
-
-/// Text per group when `Tokenizer.encode_batch` overlaps encoding with building lists:
-/// enough for every core to share a group, little enough that the first group's lists
-/// start soon.
-const BATCH_GROUP_BYTES: usize = 1 << 20;
-
-/// Consecutive ranges of `texts` of at least `group_bytes` each (the last may be less).
-fn groups_by_bytes<S: AsRef<str>>(texts: &[S], group_bytes: usize) -> Vec<std::ops::Range<usize>> {
-    let mut groups = Vec::new();
-    let (mut start, mut bytes) = (0, 0);
-    for (i, text) in texts.iter().enumerate() {
-        bytes += text.as_ref().len();
-        if bytes >= group_bytes {
-            groups.push(start..i + 1);
-            (start, bytes) = (i + 1, 0);
-        }
-    }
-    if start < texts.len() {
-        groups.push(start..texts.len());
-    }
-    groups
-}
 
 pub(crate) fn to_py_err(e: Error) -> PyErr {
     match e {
@@ -416,71 +394,22 @@ impl CoreTokenizer {
         })
     }
 
-    /// Encodes many texts in parallel with the GIL released. A batch of more than
-    /// [`BATCH_GROUP_BYTES`] is encoded group by group on a worker thread while this
-    /// thread turns the previous group's ids into Python lists: building millions of
-    /// Python ints (one thread, holding the GIL) took as long as the encoding on every
-    /// core, and now overlaps it.
+    /// Encodes many texts in parallel with the GIL released.
     #[pyo3(signature = (texts, allowed=None, ordinary=false))]
-    fn encode_batch<'py>(
+    fn encode_batch(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         texts: Vec<PyBackedStr>,
         allowed: Option<Vec<u32>>,
         ordinary: bool,
-    ) -> PyResult<Bound<'py, PyList>> {
+    ) -> PyResult<Vec<Vec<u32>>> {
         guard("Tokenizer.encode_batch", || {
             let allowed = if ordinary {
                 AllowedSpecial::None
             } else {
                 allowed_from(allowed)
             };
-            let groups = groups_by_bytes(&texts, BATCH_GROUP_BYTES);
-            if groups.len() <= 1 {
-                let ids = py.detach(|| self.encoder.encode_batch(&texts, &allowed));
-                return PyList::new(py, ids);
-            }
-            let out = PyList::empty(py);
-            // one group waits at most: the ids held beside the lists stay bounded
-            let (sender, receiver) = mpsc::sync_channel::<Vec<Vec<u32>>>(1);
-            let (encoder, texts, allowed, ranges) = (&self.encoder, &texts, &allowed, &groups);
-            std::thread::scope(|scope| {
-                let worker = scope.spawn(move || {
-                    for range in ranges {
-                        let ids = encoder.encode_batch(&texts[range.clone()], allowed);
-                        if sender.send(ids).is_err() {
-                            break; // the caller stopped (an error): nobody reads on
-                        }
-                    }
-                });
-                let mut converted = Ok(());
-                let mut receiver = receiver;
-                for _ in ranges {
-                    // the receiver goes into the GIL-free wait and back (it is Send, not Sync)
-                    let (back, group) = py.detach(move || {
-                        let group = receiver.recv();
-                        (receiver, group)
-                    });
-                    receiver = back;
-                    let Ok(group) = group else {
-                        break; // the worker ended early (it panicked): joined below
-                    };
-                    converted = group
-                        .into_iter()
-                        .try_for_each(|ids| out.append(PyList::new(py, ids)?));
-                    if converted.is_err() {
-                        break;
-                    }
-                }
-                drop(receiver); // unblocks a worker waiting to send
-                if worker.join().is_err() {
-                    return Err(PyRuntimeError::new_err(
-                        "Tokenizer.encode_batch: the encoding thread failed (a bug)",
-                    ));
-                }
-                converted
-            })?;
-            Ok(out)
+            Ok(py.detach(|| self.encoder.encode_batch(&texts, &allowed)))
         })
     }
 
