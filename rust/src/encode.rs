@@ -679,8 +679,10 @@ impl Encoder {
         self.pairs.get(pair_key(left, right)).unwrap_or(NO_RANK)
     }
 
-    /// The lmrs-order id of the token that is `bytes` (2 bytes or more), or [`NO_RANK`]:
-    /// under the tiktoken rule also the rank of merging any two parts that make `bytes`.
+    /// The lmrs-order id of the token that is `bytes` (2 bytes or more), or [`NO_RANK`];
+    /// also the rank of merging any two parts that make `bytes`. Only under the tiktoken
+    /// rule (`merge_by_bytes`): 2 bytes are read from the byte-pair rank table, which holds
+    /// merge ranks, not ids, under the Hugging Face rules.
     #[inline(always)]
     fn token_of(&self, bytes: &[u8]) -> u32 {
         match bytes.len() {
