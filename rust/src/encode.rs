@@ -708,9 +708,10 @@ impl Encoder {
         if SHORT_KEYS && self.merge_by_bytes {
             return Some(self.token_of(piece)).filter(|&id| id != NO_RANK);
         }
-        match short_key(piece).filter(|_| SHORT_KEYS) {
-            Some(key) => self.short_ids[piece.len() - 2].get(key),
-            None => self.bytes_to_id.get(piece).copied(),
+        match piece.len() {
+            len @ 2..=8 if SHORT_KEYS => self.short_ids[len - 2].get(le_word(piece)),
+            len @ 9..=16 if SHORT_KEYS => self.mid_ids[len - 9].get(mid_key(piece)),
+            _ => self.bytes_to_id.get(piece).copied(),
         }
     }
 
