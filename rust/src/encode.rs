@@ -680,14 +680,14 @@ impl Encoder {
     }
 
     /// The lmrs-order id of the token that is `bytes` (2 bytes or more), or [`NO_RANK`];
-    /// also the rank of merging any two parts that make `bytes`. Only under the tiktoken
-    /// rule (`merge_by_bytes`): 2 bytes are read from the byte-pair rank table, which holds
-    /// merge ranks, not ids, under the Hugging Face rules.
+    /// under the tiktoken rule also the rank of merging any two parts that make `bytes`.
     #[inline(always)]
     fn token_of(&self, bytes: &[u8]) -> u32 {
         match bytes.len() {
-            2 => self.byte_rank(bytes[0], bytes[1]),
-            len @ 3..=8 => self.short_ids[len - 2]
+            // the byte-pair table holds 2-byte tokens' ids under the tiktoken rule (merge
+            // ranks under the Hugging Face rules)
+            2 if self.merge_by_bytes => self.byte_rank(bytes[0], bytes[1]),
+            len @ 2..=8 => self.short_ids[len - 2]
                 .get(le_word(bytes))
                 .unwrap_or(NO_RANK),
             len @ 9..=16 => self.mid_ids[len - 9].get(mid_key(bytes)).unwrap_or(NO_RANK),
@@ -705,14 +705,10 @@ impl Encoder {
         if !self.whole_pieces {
             return None;
         }
-        if SHORT_KEYS && self.merge_by_bytes {
-            return Some(self.token_of(piece)).filter(|&id| id != NO_RANK);
+        if !SHORT_KEYS {
+            return self.bytes_to_id.get(piece).copied();
         }
-        match piece.len() {
-            len @ 2..=8 if SHORT_KEYS => self.short_ids[len - 2].get(le_word(piece)),
-            len @ 9..=16 if SHORT_KEYS => self.mid_ids[len - 9].get(mid_key(piece)),
-            _ => self.bytes_to_id.get(piece).copied(),
-        }
+        Some(self.token_of(piece)).filter(|&id| id != NO_RANK)
     }
 
     #[inline]
