@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from tok_corpus import make_texts
 
-from lmrs import add_to_corpus
+from lmrs import Tokenizer, _lmrs, add_to_corpus
 from lmrs.cli import cli
 from lmrs.errors import InputError
 from lmrs.records import RecordOptions, RecordReader
@@ -353,12 +353,49 @@ def test_arrow_rows_cover_a_sliced_array_in_order() -> None:
         for piece in pieces:
             assert piece.num_rows >= 1
             assert piece.num_rows == 1 or piece.num_bytes <= max_bytes
-            offsets = memoryview(piece.offsets).cast("i")
-            got += [
-                piece.values[offsets[i] - offsets[0] : offsets[i + 1] - offsets[0]].decode()
-                for i in range(piece.num_rows)
-            ]
+            rows = piece.array.to_pylist()
+            assert piece.num_bytes == sum(len(r.encode()) for r in rows)
+            got += rows
         assert got == docs
     assert arrow_rows(pa, pa.array(["a", None]), 0, 10) is None  # nulls: counted one by one
     empty = list(arrow_rows(pa, pa.array(["", ""]), 0, 10) or [])
-    assert [(p.values, p.num_rows) for p in empty] == [(b"", 2)]
+    assert [(p.num_bytes, p.num_rows) for p in empty] == [(0, 2)]
+
+
+@pytest.mark.parametrize("kind", ["string", "large_string", "binary", "large_binary"])
+def test_rust_reads_arrow_arrays_in_place(kind: str, tmp_path: Path) -> None:
+    """Every string/binary layout, sliced (non-zero offset), empty, with invalid UTF-8:
+    the token file from the capsules equals the one from the same texts as str."""
+    docs = [b"skip", "héllo wörld\n".encode(), b"", b"ok \xff bad", "日本語 text".encode(), b"x"]
+    storage = "large_binary" if kind.startswith("large") else "binary"
+    # a string array holding invalid UTF-8, as a corrupt Parquet file can give
+    array = pa.array(docs, type=getattr(pa, storage)()).view(getattr(pa, kind)()).slice(1)
+    tokenizer = Tokenizer.train(["hello world 日本語 text ok bad x"] * 3, 300, show_progress=False)
+    stream = _lmrs.TokenStream(tokenizer._core, str(tmp_path / "a.bin"), None)
+    taken, invalid = stream.write_arrow([array.__arrow_c_array__()])
+    assert invalid == [2]  # b"ok \xff bad", counted by the caller as a bad record
+    empty_taken, _ = stream.write_arrow([array.slice(1, 0).__arrow_c_array__()])
+    stream.finish()
+    good = [d.decode() for i, d in enumerate(docs[1:]) if i != 2]
+    assert (taken, empty_taken) == (sum(len(d.encode()) for d in good), 0)
+    reference = _lmrs.TokenStream(tokenizer._core, str(tmp_path / "b.bin"), None)
+    reference.write(good)
+    reference.finish()
+    assert (tmp_path / "a.bin").read_bytes() == (tmp_path / "b.bin").read_bytes()
+    counter = _lmrs.WordCounter(None)
+    assert counter.add_arrow([array.__arrow_c_array__()]) == (taken, [2])
+    # two arrays in one call: rows counted across them
+    halves = [array.slice(0, 2).__arrow_c_array__(), array.slice(2).__arrow_c_array__()]
+    assert counter.add_arrow(halves) == (taken, [2])
+
+
+def test_rust_refuses_arrow_arrays_it_cannot_read_in_place() -> None:
+    counter = _lmrs.WordCounter(None)
+    with pytest.raises(ValueError, match="has nulls"):
+        counter.add_arrow([pa.array(["a", None]).__arrow_c_array__()])
+    with pytest.raises(ValueError, match="not a string or binary array"):
+        counter.add_arrow([pa.array([1, 2]).__arrow_c_array__()])
+    schema, array = pa.array(["a"]).__arrow_c_array__()
+    with pytest.raises(ValueError, match="incorrect name"):  # capsules swapped
+        counter.add_arrow([(array, schema)])
+    assert len(counter) == 0

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from lmrs.arrow_rows import ArrowRows, arrow_rows
+from lmrs.arrow_rows import ArrowBatch, ArrowRows, arrow_rows
 from lmrs.errors import InputError
 from lmrs.prefetch import prefetched
 
@@ -56,7 +56,7 @@ HF_DICT = "dataset_dict.json"
 PYARROW_HINT = "install pyarrow (pip install 'lmrs[data]')"
 
 # What Rust is handed: a list of texts, or rows still in an Arrow column's buffers.
-RustBatch = Union[list[str], ArrowRows]
+RustBatch = Union[list[str], ArrowBatch]
 
 
 @dataclass(frozen=True)
@@ -189,15 +189,15 @@ class RecordReader:
         self,
         batch: RustBatch,
         texts: Callable[[list[str]], int],
-        arrow: Callable[[bytes, bytes, bool], tuple[int, list[int]]],
+        arrow: Callable[[list[tuple[Any, Any]]], tuple[int, list[int]]],
     ) -> int:
         """Hands `batch` to Rust; returns the bytes taken. Rows that Rust finds not to be
         UTF-8 are counted as bad records."""
         if isinstance(batch, list):
             return texts(batch)
-        taken, invalid = arrow(batch.values, batch.offsets, batch.wide)
+        taken, invalid = arrow(batch.capsules())
         for index in invalid:
-            self.bad.add(f"{self.path} row {batch.first_row + index}", "invalid UTF-8")
+            self.bad.add(f"{self.path} row {batch.row_of(index)}", "invalid UTF-8")
         self.num_records += batch.num_rows - len(invalid)
         return taken
 
@@ -211,19 +211,34 @@ class RecordReader:
         }
         batch: list[str] = []
         size = 0
+        arrow: list[ArrowRows] = []
+        arrow_size = 0
+        # Arrow batches grow from batch_chars to 8x: the first is read before any work
+        # starts, later ones are read while Rust works on the one before
+        arrow_target = self.options.batch_chars
         for item in readers[self.format]():
             if isinstance(item, ArrowRows):
                 if batch:  # keep record order
                     yield batch
                     batch, size = [], 0
-                yield item
+                arrow.append(item)
+                arrow_size += item.num_bytes
+                if arrow_size >= arrow_target:
+                    yield ArrowBatch(tuple(arrow))
+                    arrow, arrow_size = [], 0
+                    arrow_target = min(2 * arrow_target, 8 * self.options.batch_chars)
                 continue
+            if arrow:  # keep record order
+                yield ArrowBatch(tuple(arrow))
+                arrow, arrow_size = [], 0
             batch.append(item)
             size += len(item)
             self.num_records += 1
             if size >= self.options.batch_chars:
                 yield batch
                 batch, size = [], 0
+        if arrow:
+            yield ArrowBatch(tuple(arrow))
         if batch:
             yield batch
 

@@ -10,6 +10,13 @@
 //! group is not copied whole): row `i` is `values[offsets[i] - offsets[0]..offsets[i + 1]
 //! - offsets[0]]`. Nulls are the caller's business (it sends only arrays without them).
 
+//!
+//! From Python the array arrives through the Arrow C Data Interface (the
+//! `__arrow_c_array__` PyCapsules pyarrow gives any array): [`c_array_bytes`] reads the
+//! offsets and values where pyarrow keeps them, without a copy.
+
+use std::ffi::{c_char, c_void, CStr};
+
 use crate::{Error, Result};
 
 /// The rows of an Arrow array as text: `texts` the rows that are valid UTF-8, in order,
@@ -63,6 +70,144 @@ pub fn arrow_texts<'a>(values: &'a [u8], offsets: &[u8], wide: bool) -> Result<A
     Ok(out)
 }
 
+/// One array's `(values, offsets, wide)`, as [`arrow_texts`] takes them.
+pub type ArrowBuffers<'a> = (&'a [u8], &'a [u8], bool);
+
+/// The rows of several arrays, given as [`arrow_texts`] takes each, in order, as one
+/// batch: `invalid` counts rows across all of them (array 0's rows first).
+pub fn arrow_texts_of<'a>(arrays: &[ArrowBuffers<'a>]) -> Result<ArrowTexts<'a>> {
+    let mut all = ArrowTexts::default();
+    let mut rows_before = 0;
+    for &(values, offsets, wide) in arrays {
+        let rows = arrow_texts(values, offsets, wide)?;
+        let count = rows.texts.len() + rows.invalid.len();
+        all.texts.extend(rows.texts);
+        all.invalid
+            .extend(rows.invalid.iter().map(|row| row + rows_before));
+        rows_before += count;
+    }
+    Ok(all)
+}
+
+/// `struct ArrowSchema` of the Arrow C Data Interface (its ABI is fixed by the spec).
+#[repr(C)]
+pub struct FfiArrowSchema {
+    format: *const c_char,
+    name: *const c_char,
+    metadata: *const c_char,
+    flags: i64,
+    n_children: i64,
+    children: *mut *mut FfiArrowSchema,
+    dictionary: *mut FfiArrowSchema,
+    release: Option<unsafe extern "C" fn(*mut FfiArrowSchema)>,
+    private_data: *mut c_void,
+}
+
+/// `struct ArrowArray` of the Arrow C Data Interface.
+#[repr(C)]
+pub struct FfiArrowArray {
+    length: i64,
+    null_count: i64,
+    offset: i64,
+    n_buffers: i64,
+    n_children: i64,
+    buffers: *mut *const c_void,
+    children: *mut *mut FfiArrowArray,
+    dictionary: *mut FfiArrowArray,
+    release: Option<unsafe extern "C" fn(*mut FfiArrowArray)>,
+    private_data: *mut c_void,
+}
+
+/// The `(values, offsets, wide)` that [`arrow_texts`] takes, borrowed from a string or
+/// binary array exported through the C Data Interface (`u`, `z`: i32 offsets; `U`, `Z`:
+/// i64). Arrays with nulls, other types and released structs are errors.
+///
+/// # Safety
+/// `schema` and `array` must be live (not released) structs of one exported array, as
+/// the Arrow spec defines them, left alive and unchanged for `'a`: the spec makes the
+/// buffers immutable while the struct is alive, and sized for its `offset + length`
+/// rows (the offsets buffer holds `offset + length + 1` offsets; the values buffer
+/// every byte the offsets point at).
+pub unsafe fn c_array_bytes<'a>(
+    schema: &'a FfiArrowSchema,
+    array: &'a FfiArrowArray,
+) -> Result<ArrowBuffers<'a>> {
+    let refuse = |what: String| Error::Invalid(format!("Arrow array: {what}"));
+    if schema.release.is_none() || array.release.is_none() {
+        return Err(refuse("released".into()));
+    }
+    if schema.format.is_null() {
+        return Err(refuse("schema without a format".into()));
+    }
+    // SAFETY: a live schema's format is a NUL-terminated string (the spec).
+    let format = unsafe { CStr::from_ptr(schema.format) }.to_bytes();
+    let wide = match format {
+        b"u" | b"z" => false,
+        b"U" | b"Z" => true,
+        _ => {
+            let name = String::from_utf8_lossy(format);
+            return Err(refuse(format!(
+                "format {name:?} is not a string or binary array"
+            )));
+        }
+    };
+    if array.null_count != 0 {
+        return Err(refuse("has nulls".into()));
+    }
+    let (Ok(length), Ok(offset)) = (usize::try_from(array.length), usize::try_from(array.offset))
+    else {
+        return Err(refuse("negative length or offset".into()));
+    };
+    if array.n_buffers != 3 || array.buffers.is_null() {
+        return Err(refuse(format!("{} buffers, not 3", array.n_buffers)));
+    }
+    let width = if wide { 8 } else { 4 };
+    // SAFETY: a live array of a string/binary type has `n_buffers` (checked: 3) buffer
+    // pointers: validity, offsets, values.
+    let (offsets_ptr, values_ptr) = unsafe { (*array.buffers.add(1), *array.buffers.add(2)) };
+    if offsets_ptr.is_null() {
+        // only an empty array may leave its offsets out
+        return if length == 0 {
+            Ok((&[], &[0; 8][..width], wide))
+        } else {
+            Err(refuse("no offsets buffer".into()))
+        };
+    }
+    // SAFETY: the offsets buffer holds `offset + length + 1` offsets of `width` bytes
+    // (the spec), alive and unchanged for 'a (the caller's contract).
+    let offsets = unsafe {
+        std::slice::from_raw_parts(
+            offsets_ptr.cast::<u8>().add(offset * width),
+            (length + 1) * width,
+        )
+    };
+    let read = |i: usize| -> Option<usize> {
+        let bytes = &offsets[i * width..(i + 1) * width];
+        if wide {
+            usize::try_from(i64::from_le_bytes(bytes.try_into().ok()?)).ok()
+        } else {
+            usize::try_from(i32::from_le_bytes(bytes.try_into().ok()?)).ok()
+        }
+    };
+    let (Some(first), Some(last)) = (read(0), read(length)) else {
+        return Err(refuse("negative offset".into()));
+    };
+    if last < first {
+        return Err(refuse("decreasing offsets".into()));
+    }
+    if last == first {
+        return Ok((&[], offsets, wide));
+    }
+    if values_ptr.is_null() {
+        return Err(refuse("no values buffer".into()));
+    }
+    // SAFETY: the values buffer holds every byte the array's offsets point at (the
+    // spec), so `first..last` is inside it; alive and unchanged for 'a.
+    let values =
+        unsafe { std::slice::from_raw_parts(values_ptr.cast::<u8>().add(first), last - first) };
+    Ok((values, offsets, wide))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +230,17 @@ mod tests {
         let big = arrow_texts(values, &wide, true).expect("large_string layout");
         assert_eq!(big.texts, ["abc"]);
         assert_eq!(big.invalid, [1]);
+    }
+
+    #[test]
+    fn several_arrays_are_one_batch_with_rows_counted_across_them() {
+        let (a, b) = (b"ab\xffc".as_slice(), b"\xfedef".as_slice());
+        let (oa, ob) = (offsets32(&[0, 2, 3, 4]), offsets32(&[0, 1, 4]));
+        let all = arrow_texts_of(&[(a, &oa, false), (b, &ob, false)]).expect("valid");
+        assert_eq!(all.texts, ["ab", "c", "def"]);
+        assert_eq!(all.invalid, [1, 3]);
+        let bad = offsets32(&[0, 9]);
+        assert!(arrow_texts_of(&[(a, &oa, false), (b, &bad, false)]).is_err());
     }
 
     #[test]

@@ -403,7 +403,7 @@ impl Encoder {
     }
 
     /// Cuts `text` into chunks of about `chunk_bytes` where no piece can cross (see
-    /// [`split_point_after`]), encodes them in parallel and appends the ids in order.
+    /// [`Pretokenizer::units`]), encodes them in parallel and appends the ids in order.
     fn encode_chunks_into(
         &self,
         text: &str,
@@ -411,7 +411,7 @@ impl Encoder {
         options: EncodeOptions,
         out: &mut Vec<u32>,
     ) {
-        let chunks: Vec<&str> = cut_at_split_points(text, chunk_bytes).collect();
+        let chunks: Vec<&str> = self.pretokenizer.units(text, chunk_bytes).collect();
         let parts: Vec<Vec<u32>> = chunks
             .par_iter()
             .map(|chunk| {
@@ -589,15 +589,13 @@ impl Encoder {
         texts: &[S],
         unit_bytes: usize,
     ) -> Vec<Vec<u32>> {
-        let splits = self.pretokenizer.splits_at_newlines();
         let mut units: Vec<(usize, &str)> = Vec::with_capacity(texts.len());
         for (doc, text) in texts.iter().enumerate() {
-            let text = text.as_ref();
-            if splits {
-                units.extend(cut_at_split_points(text, unit_bytes).map(|unit| (doc, unit)));
-            } else {
-                units.push((doc, text));
-            }
+            units.extend(
+                self.pretokenizer
+                    .units(text.as_ref(), unit_bytes)
+                    .map(|unit| (doc, unit)),
+            );
         }
         // Largest units first, each thread pulling the next: the last units to finish are
         // the small ones, so no thread waits long on another (a batch is a barrier).
@@ -895,43 +893,6 @@ impl Encoder {
             i = next[i as usize];
         }
     }
-}
-
-/// `text` in order, cut into units of about `unit_bytes` at split points (see
-/// [`split_point_after`]); one unit when it has no split point. Only for patterns that
-/// split at newlines.
-fn cut_at_split_points(text: &str, unit_bytes: usize) -> impl Iterator<Item = &str> {
-    let mut start = Some(0);
-    std::iter::from_fn(move || {
-        let from = start?;
-        let end = if text.len() - from > unit_bytes {
-            split_point_after(text.as_bytes(), from + unit_bytes)
-        } else {
-            None
-        };
-        start = end;
-        Some(&text[from..end.unwrap_or(text.len())])
-    })
-}
-
-/// The first position at or after `from` where the pieces of every hand-written
-/// pattern can be split without changing them: just after a '\n' followed by a printable
-/// ASCII character other than '/'. No piece spans it: a piece holding a newline ends
-/// with its newline or whitespace run, and neither continues into a non-space (o200k's
-/// punctuation runs take `[\r\n/]*` after them, hence not before a '/').
-fn split_point_after(bytes: &[u8], from: usize) -> Option<usize> {
-    let mut i = from;
-    while let Some(offset) = memchr::memchr(b'\n', bytes.get(i..)?) {
-        let newline = i + offset;
-        if bytes
-            .get(newline + 1)
-            .is_some_and(|&b| b.is_ascii_graphic() && b != b'/')
-        {
-            return Some(newline + 1);
-        }
-        i = newline + 1;
-    }
-    None
 }
 
 /// For each lmrs-order id, the id [`Encoder::encode`] uses for its bytes (the lowest).

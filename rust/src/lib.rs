@@ -26,6 +26,8 @@ pub mod vocab;
 #[cfg(feature = "python")]
 mod py;
 #[cfg(feature = "python")]
+mod py_arrow;
+#[cfg(feature = "python")]
 mod py_decode;
 #[cfg(feature = "python")]
 mod py_token_stream;

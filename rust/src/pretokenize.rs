@@ -149,6 +149,27 @@ impl Pretokenizer {
         )
     }
 
+    /// `text` in order, cut into units of about `unit_bytes` that split into the same
+    /// pieces as the whole (so they can be encoded or counted apart, in parallel): cut
+    /// just after a '\n' followed by a printable ASCII character other than '/', the
+    /// first such point at or after `unit_bytes` into a unit. One unit when the pattern
+    /// does not split at newlines (see [`splits_at_newlines`](Self::splits_at_newlines))
+    /// or the text has no such point.
+    pub fn units<'t>(&self, text: &'t str, unit_bytes: usize) -> impl Iterator<Item = &'t str> {
+        let splits = self.splits_at_newlines();
+        let mut start = Some(0);
+        std::iter::from_fn(move || {
+            let from = start?;
+            let end = if splits && text.len() - from > unit_bytes {
+                split_point_after(text.as_bytes(), from + unit_bytes)
+            } else {
+                None
+            };
+            start = end;
+            Some(&text[from..end.unwrap_or(text.len())])
+        })
+    }
+
     /// Calls `f` on each piece of `text`, in order. The pieces are never empty and
     /// always cover the text exactly: for any pattern, their concatenation is `text`.
     pub fn for_each_piece<'t>(&self, text: &'t str, mut f: impl FnMut(&'t str)) {
@@ -791,6 +812,27 @@ impl Gpt4Scanner<'_> {
             Kind::Space => self.whitespace_end(start, c0, next, false),              // 5, 6, 7
         }
     }
+}
+
+/// The first position at or after `from` where the pieces of every hand-written
+/// pattern that splits at newlines can be cut without changing them: just after a '\n'
+/// followed by a printable ASCII character other than '/'. No piece spans it: a piece
+/// holding a newline ends with its newline or whitespace run, and neither continues into
+/// a non-space (o200k's punctuation runs take `[\r\n/]*` after them, hence not before a
+/// '/').
+fn split_point_after(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(offset) = memchr::memchr(b'\n', bytes.get(i..)?) {
+        let newline = i + offset;
+        if bytes
+            .get(newline + 1)
+            .is_some_and(|&b| b.is_ascii_graphic() && b != b'/')
+        {
+            return Some(newline + 1);
+        }
+        i = newline + 1;
+    }
+    None
 }
 
 #[cfg(test)]

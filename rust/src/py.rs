@@ -19,11 +19,11 @@ use numpy::{IntoPyArray, PyArray1};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
+use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyBytes, PyDict, PyInt};
 
-use crate::arrow_texts::arrow_texts;
-use crate::corpus::{collect_files as collect, count_words_in_files, WordCounts};
+use crate::arrow_texts::arrow_texts_of;
+use crate::corpus::{collect_files as collect, count_words_in_files, CountShards, WordCounts};
 use crate::encode::{id_out_of_range, AllowedSpecial, Encoder};
 use crate::pretokenize::{
     Pretokenizer, CL100K_PATTERN, GPT2_PATTERN, GPT4_PATTERN, HF_BYTE_LEVEL_PATTERN, O200K_PATTERN,
@@ -546,6 +546,19 @@ impl CoreTokenizer {
 struct WordCounter {
     pretokenizer: Pretokenizer,
     counts: WordCounts,
+    /// Counts of `add_texts` / `add_arrow` batches, one map per thread until read.
+    shards: CountShards,
+}
+
+impl WordCounter {
+    /// Every count so far in `counts` (the batches' per-thread maps merged into it).
+    fn settle(&mut self) -> &mut WordCounts {
+        let shards = std::mem::take(&mut self.shards);
+        if !shards.is_empty() {
+            self.counts.merge(shards.merged());
+        }
+        &mut self.counts
+    }
 }
 
 #[pymethods]
@@ -558,13 +571,14 @@ impl WordCounter {
             Ok(Self {
                 pretokenizer: Pretokenizer::new(&pattern).map_err(to_py_err)?,
                 counts: WordCounts::new(),
+                shards: CountShards::default(),
             })
         })
     }
 
     /// Distinct words so far.
-    fn __len__(&self) -> usize {
-        self.counts.len()
+    fn __len__(&mut self) -> usize {
+        self.settle().len()
     }
 
     /// Reads and counts files in parallel (Rust reads them; no Python str per file).
@@ -598,30 +612,29 @@ impl WordCounter {
     /// Counts a batch of texts in parallel with the GIL released; returns their bytes.
     fn add_texts(&mut self, py: Python<'_>, texts: Vec<PyBackedStr>) -> PyResult<u64> {
         guard("Tokenizer.train", || {
-            let (counts, pretokenizer) = (&mut self.counts, &self.pretokenizer);
+            let (shards, pretokenizer) = (&mut self.shards, &self.pretokenizer);
             Ok(py.detach(|| {
                 let refs: Vec<&str> = texts.iter().map(|t| &**t).collect();
-                counts.add_texts(&refs, pretokenizer);
+                shards.add_texts(&refs, pretokenizer);
                 refs.iter().map(|t| t.len() as u64).sum()
             }))
         })
     }
 
-    /// Counts the rows of an Arrow string/binary array given as its buffers, as
+    /// Counts the rows of Arrow string/binary arrays without nulls, given as
     /// `TokenStream.write_arrow` takes them; returns (bytes counted, indices of the rows
-    /// skipped as invalid UTF-8).
+    /// skipped as invalid UTF-8, counted across the arrays).
     fn add_arrow(
         &mut self,
         py: Python<'_>,
-        values: PyBackedBytes,
-        offsets: PyBackedBytes,
-        wide: bool,
+        arrays: crate::py_arrow::CapsulePairs<'_>,
     ) -> PyResult<(u64, Vec<usize>)> {
         guard("Tokenizer.train", || {
-            let (counts, pretokenizer) = (&mut self.counts, &self.pretokenizer);
+            let buffers = crate::py_arrow::arrow_buffers_of(&arrays)?;
+            let (shards, pretokenizer) = (&mut self.shards, &self.pretokenizer);
             py.detach(|| {
-                let rows = arrow_texts(&values, &offsets, wide)?;
-                counts.add_texts(&rows.texts, pretokenizer);
+                let rows = arrow_texts_of(&buffers)?;
+                shards.add_texts(&rows.texts, pretokenizer);
                 Ok((
                     rows.texts.iter().map(|t| t.len() as u64).sum(),
                     rows.invalid,
@@ -658,7 +671,7 @@ impl WordCounter {
                 max_token_length,
             };
             options.num_merges().map_err(to_py_err)?; // fail before the counts are taken
-            let counts = std::mem::take(&mut self.counts);
+            let counts = std::mem::take(self.settle());
             let start = Instant::now();
             let merges = run_with_progress(py, progress.as_ref(), move |counter, _| {
                 train_bpe_owned(counts, &options, counter)

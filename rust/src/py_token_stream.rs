@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
+use pyo3::pybacked::PyBackedStr;
 
-use crate::arrow_texts::arrow_texts;
+use crate::arrow_texts::arrow_texts_of;
+use crate::py_arrow::{arrow_buffers_of, CapsulePairs};
 
 use crate::encode::Encoder;
 use crate::py::{guard, to_py_err, CoreTokenizer};
@@ -47,21 +48,20 @@ impl PyTokenStream {
         })
     }
 
-    /// Appends the rows of an Arrow string/binary array given as its buffers (see
-    /// `crate::arrow_texts`): `values` from the first row's offset on, the rows' `n + 1`
-    /// `offsets` (i64 when `wide`). Returns (UTF-8 bytes written, indices of the rows
-    /// skipped as invalid UTF-8).
+    /// Appends the rows of Arrow string/binary arrays without nulls, in order, encoded
+    /// as one batch: each array given as the (schema, array) capsules of its
+    /// `__arrow_c_array__()` (read in place, see `crate::py_arrow`). Returns (UTF-8 bytes
+    /// written, indices of the rows skipped as invalid UTF-8, counted across the arrays).
     fn write_arrow(
         &mut self,
         py: Python<'_>,
-        values: PyBackedBytes,
-        offsets: PyBackedBytes,
-        wide: bool,
+        arrays: CapsulePairs<'_>,
     ) -> PyResult<(u64, Vec<usize>)> {
         guard("TokenStream.write_arrow", || {
+            let buffers = arrow_buffers_of(&arrays)?;
             let (encoder, stream) = (&self.encoder, &mut self.stream);
             py.detach(|| {
-                let rows = arrow_texts(&values, &offsets, wide)?;
+                let rows = arrow_texts_of(&buffers)?;
                 Ok((stream.write(encoder, &rows.texts)?, rows.invalid))
             })
             .map_err(to_py_err)
