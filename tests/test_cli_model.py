@@ -277,6 +277,31 @@ def test_quickstart_on_a_given_corpus(trained: dict[str, Path], tmp_path: Path) 
     assert (tmp_path / "qs/checkpoint/model.safetensors").is_file()
 
 
+def test_quickstart_on_a_record_file(trained: dict[str, Path], tmp_path: Path) -> None:
+    """A JSONL corpus (one document per record, --text-field) runs the whole quickstart;
+    the token file is the one `lmrs encode` makes from the same records."""
+    records = tmp_path / "docs.jsonl"
+    docs = [p.read_text() for p in sorted(Path(trained["corpus"]).rglob("*")) if p.is_file()]
+    records.write_text("".join(json.dumps({"content": d}) + "\n" for d in docs))
+    result = run(
+        "quickstart", "--corpus", str(records), "--text-field", "content",
+        "--out", str(tmp_path / "qs"), "--minutes", "0.05", "--vocab-size", "300", "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "4/4 samples" in result.output
+    again = run(
+        "encode", str(records), "-t", str(tmp_path / "qs/tokenizer.json"),
+        "-o", str(tmp_path / "again.bin"), "--text-field", "content",
+    )  # fmt: skip
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "qs/tokens.bin").read_bytes() == (tmp_path / "again.bin").read_bytes()
+    missing = run(
+        "quickstart", "--corpus", str(records), "--out", str(tmp_path / "qs2"),
+        "--minutes", "0.05", "--quiet",
+    )  # fmt: skip
+    fails_with(missing, "missing field 'text'")
+
+
 def test_helpers() -> None:
     assert parse_duration("10m") == 600 and parse_duration("90") == 90
     assert parse_duration("1.5h") == 5400

@@ -904,18 +904,30 @@ def stdlib_python_files(max_bytes: int = QUICKSTART_CORPUS_BYTES) -> list[str]:
     show_default=True,
     help="Training time budget.",
 )
-@click.option("--corpus", type=click.Path(exists=True), help="Default: Python's stdlib sources.")
+@click.option(
+    "--corpus",
+    type=click.Path(exists=True),
+    help="A folder of text files or a record file (.jsonl, .parquet, ...). "
+    "Default: Python's stdlib sources.",
+)
+@click.option("--text-field", default="text", show_default=True, help="Text field of record files.")
 @click.option(
     "--vocab-size", type=click.IntRange(min=257), default=QUICKSTART_VOCAB, show_default=True
 )
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def quickstart_command(
-    out: str, minutes: float, corpus: Optional[str], vocab_size: int, device: str, quiet: bool
+    out: str,
+    minutes: float,
+    corpus: Optional[str],
+    text_field: str,
+    vocab_size: int,
+    device: str,
+    quiet: bool,
 ) -> None:
     """Corpus → vocab → a few minutes of training → samples, with nothing to download."""
     from lmrs.model import create_small_model
-    from lmrs.tokenizer import Tokenizer
+    from lmrs.record_tokens import train_tokenizer
     from lmrs.train import TrainConfig, train
 
     out_dir = Path(out)
@@ -926,10 +938,14 @@ def quickstart_command(
     click.echo(f"1/4 vocab: {vocab_size} tokens from {label}")
     _check_out_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = Tokenizer.train(source, vocab_size, show_progress=not quiet)
+    tokenizer = train_tokenizer(
+        source, vocab_size, text_field=text_field, show_progress=not quiet
+    )
     tokenizer.save(str(out_dir / "tokenizer.json"))
     click.echo(f"2/4 encoding into {out_dir / 'tokens.bin'}")
-    _encode_corpus(tokenizer, source, out_dir / "tokens.bin", show_progress=not quiet)
+    _encode_corpus(
+        tokenizer, source, out_dir / "tokens.bin", show_progress=not quiet, text_field=text_field
+    )
     dataset = _open_dataset(out_dir / "tokens.bin", tokenizer)
     click.echo(f"3/4 training the small model for {minutes:g} min on {dataset.num_tokens:,} tokens")
     # the `lmrs train` recipe (modern architecture, Muon) at the small size
