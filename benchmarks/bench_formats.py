@@ -55,7 +55,7 @@ def write_parquet(files: list[Path], out: Path, row_group_size: int) -> int:
 @click.option("--size", "vocab_size", default=5000, show_default=True, help="Vocab size.")
 @click.option("--max-files", type=int, default=None, help="Only the first N files (a quick run).")
 @click.option("--row-group-size", default=8, show_default=True, help="Documents per row group.")
-@click.option("--repeats", default=5, show_default=True)
+@click.option("--repeats", default=15, show_default=True)
 def main(
     corpus: Path | None, vocab_size: int, max_files: int | None, row_group_size: int, repeats: int
 ) -> None:

@@ -213,9 +213,10 @@ class RecordReader:
         size = 0
         arrow: list[ArrowRows] = []
         arrow_size = 0
-        # Arrow batches grow from batch_chars to 8x: the first is read before any work
-        # starts, later ones are read while Rust works on the one before
-        arrow_target = self.options.batch_chars
+        # Arrow batches grow from batch_chars / 2 to 8x batch_chars: the first is read
+        # before any work starts (small: Rust starts sooner), later ones are read while
+        # Rust works on the one before (large: fewer calls, each ending in a wait)
+        arrow_target = self.options.batch_chars // 2
         for item in readers[self.format]():
             if isinstance(item, ArrowRows):
                 if batch:  # keep record order
