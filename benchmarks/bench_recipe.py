@@ -48,7 +48,7 @@ class RecipeOptions:
     batch_size: int = 16
     seq_len: int = 128
     warmup_steps: int = 50
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: float = 0.0  # the recipe's (TrainConfig's) default
     weight_decay: float = 0.1
     eval_batches: int = 100
     held_out: tuple[str, ...] = QualityOptions.held_out

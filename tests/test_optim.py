@@ -71,6 +71,72 @@ def test_untied_output_head_stays_on_adamw() -> None:
     assert id(model.blocks[0].ffn.up.weight) in muon
 
 
+def test_groups_have_roles_and_take_their_own_peak_rates() -> None:
+    from lmrs.model import create_small_model
+    from lmrs.train import create_optimizer, set_learning_rates
+
+    model = create_small_model(60, embed_dim=32, num_heads=2, num_layers=1, ff_dim=64,
+                               max_seq_len=16, tie_weights=False)  # fmt: skip
+    groups = muon_parameter_groups(model, 0.1)
+    role = {id(p): g["role"] for g in groups for p in g["params"]}
+    assert role[id(model.token_embedding.weight)] == "embed"
+    assert role[id(model.lm_head.weight)] == "head"
+    assert role[id(model.blocks[0].ffn.up.weight)] == "muon"
+    assert {g["role"] for g in groups if g["weight_decay"] == 0} == {"no_decay"}
+    config = TrainConfig(learning_rate=4e-3, embed_lr=2e-2, head_lr=1e-3, muon_lr=8e-3)
+    optimizer = create_optimizer(model, config, torch.device("cpu"))
+    set_learning_rates(optimizer, 2e-3, config)  # half the peak: every group at half its own
+    rates = {g["role"]: g["lr"] for g in optimizer.param_groups}
+    assert rates == pytest.approx({"muon": 4e-3, "embed": 1e-2, "head": 5e-4, "no_decay": 2e-3})
+    tied = create_small_model(60, embed_dim=32, num_heads=2, num_layers=1, ff_dim=64,
+                              max_seq_len=16)  # fmt: skip
+    tied_roles = {g["role"] for g in muon_parameter_groups(tied, 0.1)}
+    assert "head" not in tied_roles  # a tied head is the embedding, in its group
+
+
+def test_optimizer_state_of_the_earlier_grouping_is_regrouped_by_name() -> None:
+    """An earlier lmrs saved Muon's AdamW matrices as one group; resuming regroups them by
+    parameter name, each parameter keeping its own moments."""
+    from lmrs.distributed import (
+        DistContext,
+        load_full_optimizer_state_dict,
+        regrouped_optimizer_state,
+    )
+    from lmrs.model import create_small_model
+    from lmrs.train import create_optimizer
+
+    model = create_small_model(60, embed_dim=32, num_heads=2, num_layers=1, ff_dim=64,
+                               max_seq_len=16, tie_weights=False)  # fmt: skip
+    names = {id(p): n for n, p in model.named_parameters()}
+    optimizer = create_optimizer(model, TrainConfig(), torch.device("cpu"))
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    new = optimizer.state_dict()
+    ordered = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    named_state = {ordered[i]: v for i, v in new["state"].items()}
+    by_role = {g["role"]: g for g in new["param_groups"]}
+    old_groups = [  # the earlier layout: muon, one AdamW group with decay, no decay
+        {**by_role["muon"], "params": [ordered[i] for i in by_role["muon"]["params"]]},
+        {**by_role["embed"], "params": [ordered[i] for role in ("embed", "head")
+                                       for i in by_role[role]["params"]]},  # fmt: skip
+        {**by_role["no_decay"], "params": [ordered[i] for i in by_role["no_decay"]["params"]]},
+    ]
+    for group in old_groups:
+        group.pop("role")
+    old = {"state": named_state, "param_groups": old_groups}
+    fresh = create_optimizer(model, TrainConfig(), torch.device("cpu"))
+    regrouped = regrouped_optimizer_state(model, fresh, old)
+    assert [g["role"] for g in regrouped["param_groups"]] == [
+        g["role"] for g in fresh.param_groups
+    ]
+    load_full_optimizer_state_dict(model, fresh, old, DistContext())
+    for p in model.parameters():
+        assert fresh.state[p].keys() == optimizer.state[p].keys()
+        for key, value in optimizer.state[p].items():
+            assert torch.equal(fresh.state[p][key], value), (names[id(p)], key)
+
+
 def test_muon_groups_reject_vectors() -> None:
     with pytest.raises(ValueError, match="2-D"):
         MuonAdamW([{"params": [torch.nn.Parameter(torch.zeros(3))], "use_muon": True}])
@@ -165,14 +231,15 @@ def test_schedule_shapes_warmup_hold_and_decay_to_the_floor() -> None:
     assert wsd[90] == pytest.approx(1.0 - 0.9 * 0.5) and wsd[110] == pytest.approx(0.1)
     assert all(a >= b for a, b in zip(wsd[10:], wsd[11:]))
     # a time-budgeted run passes the fraction of its budget spent instead of steps
-    config = TrainConfig(learning_rate=1.0, warmup_steps=0, cooldown_frac=0.5)
+    config = TrainConfig(learning_rate=1.0, warmup_steps=0, cooldown_frac=0.5, min_lr_ratio=0.1)
     assert learning_rate_at(5, config, None, progress=0.4) == 1.0
     assert learning_rate_at(5, config, None, progress=1.0) == pytest.approx(0.1)
 
 
 def test_schedule_options_are_checked() -> None:
     for fields, name in (({"decay": "step"}, "decay"), ({"cooldown_frac": 0.0}, "cooldown_frac"),
-                         ({"muon_lr": -1.0}, "muon_lr")):  # fmt: skip
+                         ({"muon_lr": -1.0}, "muon_lr"), ({"embed_lr": 0.0}, "embed_lr"),
+                         ({"head_lr": float("inf")}, "head_lr")):  # fmt: skip
         with pytest.raises(ValueError, match=name):
             TrainConfig(**fields).validate()
 
@@ -180,7 +247,7 @@ def test_schedule_options_are_checked() -> None:
 def test_muon_matrices_take_their_own_rate_on_the_same_schedule() -> None:
     from lmrs.train import create_optimizer, set_learning_rates
 
-    config = TrainConfig(optimizer="muon", learning_rate=1e-3, muon_lr=2e-2)
+    config = TrainConfig(optimizer="muon", learning_rate=1e-3, muon_lr=2e-2, embed_lr=None)
     optimizer = create_optimizer(tiny_model(), config, torch.device("cpu"))
     set_learning_rates(optimizer, 5e-4, config)  # the base rate halfway down a decay
     rates = {bool(g.get("use_muon")): g["lr"] for g in optimizer.param_groups}

@@ -51,7 +51,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lmrs.atomic import default_mode, fsync_dir, fsync_file
-from lmrs.distributed import unwrap_model
+from lmrs.distributed import regrouped_optimizer_state, unwrap_model
 from lmrs.errors import InputError, one_line
 from lmrs.faults import fault_point
 from lmrs.jsonfile import is_plain_name, read_json_object
@@ -679,12 +679,23 @@ def load_checkpoint(
     if optimizer is not None:
         optimizer_state = read_optimizer_state(path, map_location)
         try:
+            if model is not None and not _positional(optimizer_state):
+                optimizer_state = regrouped_optimizer_state(
+                    unwrap_model(model), optimizer, optimizer_state
+                )
             optimizer.load_state_dict(optimizer_state)
         except Exception as e:  # noqa: BLE001 - a state of the wrong shape fails in many ways
             raise CheckpointError(
                 f"{path / OPTIMIZER_FILE}: cannot restore optimizer: {one_line(e)}"
             ) from e
     return Checkpoint(path=path, state=state, model_config=model_config, train_config=train_config)
+
+
+def _positional(optimizer_state: Mapping[str, Any]) -> bool:
+    """True for ``optimizer.state_dict()``'s form (ids by position), False for the
+    name-keyed form that training saves."""
+    groups = optimizer_state.get("param_groups", [])
+    return any(isinstance(i, int) for g in groups for i in g.get("params", []))
 
 
 def load_weights_into(model: nn.Module, weights_path: Path) -> None:

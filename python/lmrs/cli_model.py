@@ -222,6 +222,16 @@ def _check_out_dir(out_dir: Path) -> None:
     help="Peak rate of Muon's hidden matrices [default: --lr]; the rest takes --lr.",
 )
 @click.option(
+    "--embed-lr",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Peak rate of the token embeddings under --optimizer muon [default: --lr].",
+)
+@click.option(
+    "--head-lr",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Peak rate of an untied output head under --optimizer muon [default: --lr].",
+)
+@click.option(
     "--optimizer",
     type=click.Choice(OPTIMIZERS),
     default=TRAIN_DEFAULTS.optimizer,
@@ -346,6 +356,8 @@ def train_command(
     cooldown_frac: float,
     min_lr_ratio: float,
     muon_lr: Optional[float],
+    embed_lr: Optional[float],
+    head_lr: Optional[float],
     optimizer: str,
     weight_decay: float,
     eval_every: int,
@@ -404,6 +416,8 @@ def train_command(
         cooldown_frac=cooldown_frac,
         min_lr_ratio=min_lr_ratio,
         muon_lr=muon_lr,
+        embed_lr=embed_lr,
+        head_lr=head_lr,
         optimizer=optimizer,
         weight_decay=weight_decay,
         eval_every=eval_every,

@@ -690,11 +690,13 @@ def load_full_optimizer_state_dict(
     sharded = ctx.enabled and is_fsdp(model)
     if sharded and not ctx.is_main:
         state = {}  # rank 0's state is broadcast; the others' is never read
-    if state:
-        state = _keep_implementation(optimizer, state)
     positional = bool(state) and any(
         isinstance(i, int) for g in state["param_groups"] for i in g["params"]
     )
+    if state and not positional:
+        state = regrouped_optimizer_state(raw, optimizer, state)
+    if state:
+        state = _keep_implementation(optimizer, state)
     if not sharded:
         if not positional:
             state = _positional_optimizer_state(raw, optimizer, state)
@@ -712,6 +714,33 @@ def load_full_optimizer_state_dict(
             state,
             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
         )
+
+
+def regrouped_optimizer_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> dict[str, Any]:
+    """A name-keyed `state` whose parameter groups are not the optimizer's (a checkpoint of
+    an earlier lmrs: Muon's AdamW matrices were one group before the embeddings and the
+    head had a group each), regrouped as the optimizer groups its parameters: each group
+    takes the settings of the saved group that held its first parameter, and its own
+    ``role`` / ``use_muon``. Unchanged when the groups already match."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    current = [[names[id(p)] for p in group["params"]] for group in optimizer.param_groups]
+    saved_groups = state["param_groups"]
+    if [list(g["params"]) for g in saved_groups] == current:
+        return state
+    holder = {name: group for group in saved_groups for name in group["params"]}
+    missing = [name for names_ in current for name in names_ if name not in holder]
+    if missing or len(holder) != sum(len(names_) for names_ in current):
+        return state  # not a regrouping: the loaders' own checks name the difference
+    groups = []
+    for group, params in zip(optimizer.param_groups, current):
+        if not params:
+            groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": []})
+            continue
+        own = {k: group[k] for k in ("role", "use_muon") if k in group}
+        groups.append({**holder[params[0]], **own, "params": params})
+    return {**state, "param_groups": groups}
 
 
 # how an optimizer runs, not what it learned: chosen for this run's device, never restored

@@ -295,25 +295,38 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
 
 
 def muon_parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """:func:`parameter_groups` with the hidden matrices moved to a Muon group: embeddings
-    and the output head stay on AdamW (decayed), biases and norms on AdamW without decay.
+    """:func:`parameter_groups` with the hidden matrices moved to a Muon group: the token
+    embeddings (``role`` "embed") and the output head ("head") stay on AdamW (decayed),
+    biases and norms on AdamW without decay ("no_decay"). Every group has a ``role`` (also
+    "muon", and "adamw" for weights of more than 2 dimensions), which the learning-rate
+    schedule reads (``embed_lr``, ``head_lr``, ``muon_lr``).
 
     The output head is any submodule named ``lm_head`` (lmrs and Hugging Face models); a
     tied head is the token embedding itself. Orthogonalising a vocabulary-sized projection
     or a lookup table does not help: their rows are updated by how often a token occurs.
     """
-    on_adamw = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    for name, module in model.named_modules():
-        if name.rsplit(".", 1)[-1] == "lm_head":
-            on_adamw.update(id(p) for p in module.parameters())
+    embed = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    head = {
+        id(p)
+        for name, module in model.named_modules()
+        if name.rsplit(".", 1)[-1] == "lm_head"
+        for p in module.parameters()
+    } - embed  # a tied head is the embedding: one tensor, in the embedding's group
     decay, no_decay = parameter_groups(model, weight_decay)
-    muon, adamw = [], []
+    roles: dict[str, list[nn.Parameter]] = {"muon": [], "embed": [], "head": [], "adamw": []}
     for parameter in decay["params"]:
-        hidden = parameter.dim() == 2 and id(parameter) not in on_adamw
-        (muon if hidden else adamw).append(parameter)
+        if id(parameter) in embed:
+            roles["embed"].append(parameter)
+        elif id(parameter) in head:
+            roles["head"].append(parameter)
+        else:
+            roles["muon" if parameter.dim() == 2 else "adamw"].append(parameter)
     groups = [
-        {"params": muon, "weight_decay": weight_decay, "use_muon": True},
-        {**decay, "params": adamw},
-        no_decay,
+        {"params": roles["muon"], "weight_decay": weight_decay, "use_muon": True, "role": "muon"},
+        *(
+            {"params": roles[role], "weight_decay": weight_decay, "role": role}
+            for role in ("embed", "head", "adamw")
+        ),
+        {**no_decay, "role": "no_decay"},
     ]
     return [group for group in groups if group["params"]]

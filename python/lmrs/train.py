@@ -149,12 +149,16 @@ def learning_rate_at(
 
 
 def set_learning_rates(optimizer: Any, lr: float, config: TrainConfig) -> None:
-    """Give each parameter group the base rate ``lr``, Muon's matrices scaled by
-    ``muon_lr / learning_rate`` when ``muon_lr`` is set (AdamW's embeddings, head, biases and
-    norms take ``lr`` itself), so every group follows the same schedule shape."""
-    muon_scale = config.muon_lr / config.learning_rate if config.muon_lr else 1.0
+    """Give each parameter group the base rate ``lr``, scaled by ``muon_lr / learning_rate``
+    for Muon's matrices, ``embed_lr / learning_rate`` for the token embeddings and
+    ``head_lr / learning_rate`` for the output head where those are set (the group's
+    ``role``, :func:`lmrs.optim.muon_parameter_groups`), so every group follows the same
+    schedule shape."""
+    peaks = {"muon": config.muon_lr, "embed": config.embed_lr, "head": config.head_lr}
     for group in optimizer.param_groups:
-        group["lr"] = lr * (muon_scale if group.get("use_muon") else 1.0)
+        role = "muon" if group.get("use_muon") else group.get("role")
+        peak = peaks.get(role) if isinstance(role, str) else None
+        group["lr"] = lr * (peak / config.learning_rate if peak else 1.0)
 
 
 def create_optimizer(

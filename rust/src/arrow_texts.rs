@@ -173,14 +173,17 @@ pub unsafe fn c_array_bytes<'a>(
             Err(refuse("no offsets buffer".into()))
         };
     }
+    // a valid array's buffers fit in memory; anything else is refused before it is read
+    let span = |rows: usize| {
+        rows.checked_mul(width)
+            .filter(|&b| b <= isize::MAX as usize)
+    };
+    let (Some(skip), Some(len)) = (span(offset), length.checked_add(1).and_then(span)) else {
+        return Err(refuse("offset or length too large".into()));
+    };
     // SAFETY: the offsets buffer holds `offset + length + 1` offsets of `width` bytes
     // (the spec), alive and unchanged for 'a (the caller's contract).
-    let offsets = unsafe {
-        std::slice::from_raw_parts(
-            offsets_ptr.cast::<u8>().add(offset * width),
-            (length + 1) * width,
-        )
-    };
+    let offsets = unsafe { std::slice::from_raw_parts(offsets_ptr.cast::<u8>().add(skip), len) };
     let read = |i: usize| -> Option<usize> {
         let bytes = &offsets[i * width..(i + 1) * width];
         if wide {
@@ -192,7 +195,7 @@ pub unsafe fn c_array_bytes<'a>(
     let (Some(first), Some(last)) = (read(0), read(length)) else {
         return Err(refuse("negative offset".into()));
     };
-    if last < first {
+    if last < first || last - first > isize::MAX as usize {
         return Err(refuse("decreasing offsets".into()));
     }
     if last == first {
