@@ -9,7 +9,6 @@
 //! from the first of them on (only the bytes those rows use, so a slice of a large row
 //! group is not copied whole): row `i` is `values[offsets[i] - offsets[0]..offsets[i + 1]
 //! - offsets[0]]`. Nulls are the caller's business (it sends only arrays without them).
-
 //!
 //! From Python the array arrives through the Arrow C Data Interface (the
 //! `__arrow_c_array__` PyCapsules pyarrow gives any array): [`c_array_bytes`] reads the
@@ -37,13 +36,7 @@ pub fn arrow_texts<'a>(values: &'a [u8], offsets: &[u8], wide: bool) -> Result<A
     if !offsets.len().is_multiple_of(width) || offsets.is_empty() {
         return Err(malformed("offsets buffer is not n + 1 offsets"));
     }
-    let read = |bytes: &[u8]| -> Option<usize> {
-        if wide {
-            usize::try_from(i64::from_le_bytes(bytes.try_into().ok()?)).ok()
-        } else {
-            usize::try_from(i32::from_le_bytes(bytes.try_into().ok()?)).ok()
-        }
-    };
+    let read = |bytes: &[u8]| offset_value(bytes, wide);
     let mut out = ArrowTexts {
         texts: Vec::with_capacity(offsets.len() / width - 1),
         invalid: Vec::new(),
@@ -68,6 +61,16 @@ pub fn arrow_texts<'a>(values: &'a [u8], offsets: &[u8], wide: bool) -> Result<A
         begin = end;
     }
     Ok(out)
+}
+
+/// One little-endian offset (`wide`: 8 bytes, else 4) as a position; None when it is
+/// negative or `bytes` is not one offset long.
+fn offset_value(bytes: &[u8], wide: bool) -> Option<usize> {
+    if wide {
+        usize::try_from(i64::from_le_bytes(bytes.try_into().ok()?)).ok()
+    } else {
+        usize::try_from(i32::from_le_bytes(bytes.try_into().ok()?)).ok()
+    }
 }
 
 /// One array's `(values, offsets, wide)`, as [`arrow_texts`] takes them.
@@ -184,14 +187,7 @@ pub unsafe fn c_array_bytes<'a>(
     // SAFETY: the offsets buffer holds `offset + length + 1` offsets of `width` bytes
     // (the spec), alive and unchanged for 'a (the caller's contract).
     let offsets = unsafe { std::slice::from_raw_parts(offsets_ptr.cast::<u8>().add(skip), len) };
-    let read = |i: usize| -> Option<usize> {
-        let bytes = &offsets[i * width..(i + 1) * width];
-        if wide {
-            usize::try_from(i64::from_le_bytes(bytes.try_into().ok()?)).ok()
-        } else {
-            usize::try_from(i32::from_le_bytes(bytes.try_into().ok()?)).ok()
-        }
-    };
+    let read = |i: usize| offset_value(&offsets[i * width..(i + 1) * width], wide);
     let (Some(first), Some(last)) = (read(0), read(length)) else {
         return Err(refuse("negative offset".into()));
     };
