@@ -679,7 +679,7 @@ def load_checkpoint(
     if optimizer is not None:
         optimizer_state = read_optimizer_state(path, map_location)
         try:
-            if model is not None and not _positional(optimizer_state):
+            if model is not None:
                 optimizer_state = regrouped_optimizer_state(
                     unwrap_model(model), optimizer, optimizer_state
                 )
@@ -689,13 +689,6 @@ def load_checkpoint(
                 f"{path / OPTIMIZER_FILE}: cannot restore optimizer: {one_line(e)}"
             ) from e
     return Checkpoint(path=path, state=state, model_config=model_config, train_config=train_config)
-
-
-def _positional(optimizer_state: Mapping[str, Any]) -> bool:
-    """True for ``optimizer.state_dict()``'s form (ids by position), False for the
-    name-keyed form that training saves."""
-    groups = optimizer_state.get("param_groups", [])
-    return any(isinstance(i, int) for g in groups for i in g.get("params", []))
 
 
 def load_weights_into(model: nn.Module, weights_path: Path) -> None:

@@ -690,13 +690,9 @@ def load_full_optimizer_state_dict(
     sharded = ctx.enabled and is_fsdp(model)
     if sharded and not ctx.is_main:
         state = {}  # rank 0's state is broadcast; the others' is never read
-    positional = bool(state) and any(
-        isinstance(i, int) for g in state["param_groups"] for i in g["params"]
-    )
-    if state and not positional:
-        state = regrouped_optimizer_state(raw, optimizer, state)
+    positional = bool(state) and is_positional_state(state)
     if state:
-        state = _keep_implementation(optimizer, state)
+        state = _keep_implementation(optimizer, regrouped_optimizer_state(raw, optimizer, state))
     if not sharded:
         if not positional:
             state = _positional_optimizer_state(raw, optimizer, state)
@@ -716,6 +712,12 @@ def load_full_optimizer_state_dict(
         )
 
 
+def is_positional_state(state: dict[str, Any]) -> bool:
+    """True for ``optimizer.state_dict()``'s form (parameters by position), False for the
+    name-keyed form of :func:`full_optimizer_state_dict`, which training saves."""
+    return any(isinstance(i, int) for g in state.get("param_groups", []) for i in g["params"])
+
+
 def regrouped_optimizer_state(
     model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
 ) -> dict[str, Any]:
@@ -723,7 +725,10 @@ def regrouped_optimizer_state(
     an earlier lmrs: Muon's AdamW matrices were one group before the embeddings and the
     head had a group each), regrouped as the optimizer groups its parameters: each group
     takes the settings of the saved group that held its first parameter, and its own
-    ``role`` / ``use_muon``. Unchanged when the groups already match."""
+    ``role`` / ``use_muon``. Unchanged when the groups already match, and for the
+    positional form (its ids cannot be matched by name)."""
+    if is_positional_state(state):
+        return state
     names = {id(p): name for name, p in model.named_parameters()}
     current = [[names[id(p)] for p in group["params"]] for group in optimizer.param_groups]
     saved_groups = state["param_groups"]

@@ -156,8 +156,7 @@ def set_learning_rates(optimizer: Any, lr: float, config: TrainConfig) -> None:
     schedule shape."""
     peaks = {"muon": config.muon_lr, "embed": config.embed_lr, "head": config.head_lr}
     for group in optimizer.param_groups:
-        role = "muon" if group.get("use_muon") else group.get("role")
-        peak = peaks.get(role) if isinstance(role, str) else None
+        peak = peaks.get("muon" if group.get("use_muon") else group.get("role", ""))
         group["lr"] = lr * (peak / config.learning_rate if peak else 1.0)
 
 
