@@ -118,9 +118,7 @@ def test_measuring_trains_the_real_model_and_reports_its_throughput() -> None:
     assert all(torch.equal(v, build(A).state_dict()[k]) for k, v in before.items())
 
 
-def test_size_for_budget_measures_smallest_first_and_charges_the_probe(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_size_for_budget_measures_smallest_first_and_charges_the_probe() -> None:
     config = TrainConfig(time_budget_s=30.0, **QUIET)
     seen: list[str] = []
     decision = size_for_budget(
@@ -138,11 +136,11 @@ def test_size_for_budget_measures_smallest_first_and_charges_the_probe(
         decision.rows, key=lambda r: abs(math.log(r.tokens_per_param / sizing.TOKENS_PER_PARAM))
     )
     assert decision.shape == best.measurement.shape
-    # a shape too big for any use stops the measuring: nothing larger is tried
-    monkeypatch.setattr(sizing, "GIVE_UP_RATIO", 1e9)
+    # a shape already below the target stops the measuring: larger ones, slower and bigger,
+    # could only be further below it, so nothing larger is tried
     stopped = size_for_budget(
         model_builder(300, OPTIONS), config, torch.device("cpu"), vocab_size=300,
-        candidates=TINY_LADDER, seconds_per_shape=0.02,
+        candidates=TINY_LADDER, seconds_per_shape=0.02, tokens_per_param=1e12,
     )  # fmt: skip
     assert [row.measurement.shape for row in stopped.rows] == [A]
 

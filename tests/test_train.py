@@ -159,6 +159,29 @@ def test_train_on_token_dataset_reports_bits_per_byte(tmp_path: Path) -> None:
     assert final is not None and final.bits_per_byte is not None and final.bits_per_byte > 0
 
 
+def test_default_validation_split_holds_what_validation_reads(tmp_path: Path) -> None:
+    # 200 documents of 20-39 tokens: 10% would be ~590 tokens; 2 batches of 4 x 16 read 129
+    write_token_file(tmp_path / "t.bin", make_docs(200, low=20, high=40))
+    dataset = TokenDataset(tmp_path / "t.bin", tokenizer=FakeTokenizer())
+    config = TrainConfig(batch_size=4, seq_len=16, eval_batches=2)
+    reads = 2 * 4 * 16 + 1
+    assert config.validation_fraction(dataset.num_tokens) == pytest.approx(
+        reads / dataset.num_tokens
+    )
+    result = train(tiny_model(), dataset, config, max_steps=2, learning_rate=3e-3, **QUIET)
+    final = result.final_eval
+    assert final is not None and final.tokens == 2 * 4 * 16  # every window it asked for
+    train_split, val_split = dataset.split(config.validation_fraction(dataset.num_tokens))
+    assert reads <= len(val_split) < reads + 40  # whole documents, one at most past the need
+    assert len(train_split) > 0.9 * dataset.num_tokens
+    # capped at 10% when validation would read more; an explicit fraction is kept
+    hungry = TrainConfig(batch_size=64, seq_len=16, eval_batches=20)
+    assert hungry.validation_fraction(dataset.num_tokens) == pytest.approx(0.1)
+    assert TrainConfig(val_fraction=0.3).validation_fraction(10) == 0.3
+    with pytest.raises(ValueError, match="val_fraction"):
+        train(tiny_model(), dataset, val_fraction=1.0, **QUIET)
+
+
 def test_bad_config_is_rejected() -> None:
     batches = prepare_training_data(pattern_docs(2), batch_size=2, seq_len=8)
     with pytest.raises(ValueError, match="optimizer"):

@@ -284,8 +284,9 @@ def _check_out_dir(out_dir: Path) -> None:
 @click.option(
     "--val-fraction",
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=TRAIN_DEFAULTS.val_fraction,
-    show_default=True,
+    default=None,
+    help="Share of the corpus held out (whole documents) for validation. Default: the "
+    "tokens --eval-batches windows read, at most 10%.",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps")
 @click.option("--dtype", type=click.Choice(TRAIN_DTYPES), default=TRAIN_DEFAULTS.dtype)
@@ -366,7 +367,7 @@ def train_command(
     log_every: int,
     keep_checkpoints: int,
     checkpoint_format: str,
-    val_fraction: float,
+    val_fraction: Optional[float],
     device: str,
     dtype: str,
     use_compile: bool,

@@ -20,6 +20,7 @@ POSITIONS = ("learned", "rope")  # ModelConfig.position
 NORMS = ("layernorm", "rmsnorm")  # ModelConfig.norm
 MLPS = ("gelu", "relu2", "swiglu")  # ModelConfig.mlp
 ENGINES = ("auto", "torch", "rust")  # decoding implementations
+MAX_VAL_FRACTION = 0.1  # the most TrainConfig.val_fraction=None holds out for validation
 SAMPLING_DTYPES = ("auto", "float32", "bfloat16", "float16")
 PRESETS: dict[str, dict[str, Any]] = {
     "small": {"embed_dim": 128, "num_heads": 4, "num_layers": 2, "ff_dim": 512},
@@ -123,7 +124,10 @@ class TrainConfig:
     dtype: str = "auto"  # auto: bf16 autocast where the device has native bf16, else float32
     compile: bool = False
     seed: int = 0
-    val_fraction: float = 0.1  # held out by document when data is a whole TokenDataset
+    # share of a whole TokenDataset held out by document for validation; None: the tokens
+    # validation reads (eval_batches windows of eval_batch_size x seq_len), at most
+    # MAX_VAL_FRACTION, so a large corpus is not held out for windows nobody evaluates
+    val_fraction: Optional[float] = None
     strategy: str = "ddp"  # "ddp" or "fsdp" when launched with several processes
     dist_timeout_s: float = 300.0
     show_progress: bool = True
@@ -174,10 +178,23 @@ class TrainConfig:
             raise ValueError(f"dtype must be one of {TRAIN_DTYPES}, got {self.dtype!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}")
-        if not 0.0 < self.val_fraction < 1.0:
+        if self.val_fraction is not None and not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if any(name not in LOG_SINKS for name in self.log_to):
             raise ValueError(f"log_to must name sinks from {LOG_SINKS}, got {self.log_to}")
+
+    def eval_rows(self) -> int:
+        """Sequences per evaluation batch, all processes together."""
+        return self.eval_batch_size or max(1, self.batch_size // self.grad_accum_steps)
+
+    def validation_fraction(self, num_tokens: int) -> float:
+        """The share of ``num_tokens`` to hold out: ``val_fraction``, or by default the
+        tokens the evaluation windows read (at least one window), at most
+        :data:`MAX_VAL_FRACTION`."""
+        if self.val_fraction is not None:
+            return self.val_fraction
+        reads = self.eval_batches * self.eval_rows() * self.seq_len + 1
+        return min(MAX_VAL_FRACTION, reads / max(num_tokens, 1))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -19,9 +19,9 @@ budget would see a few tokens per parameter, one far too small would repeat a ti
 over many more tokens than it can use.
 
 The probe time counts against the budget: the run gets what is left. Measuring stops early
-once a candidate reaches fewer than a quarter of the target tokens per parameter (larger
-shapes, slower and bigger, would only be further off), when the probe's own time allowance
-is spent, or when a shape does not fit in the device's memory.
+once a candidate reaches fewer tokens per parameter than the target (larger shapes, slower
+and bigger, would only be further below it, so none of them could be nearer), when the
+probe's own time allowance is spent, or when a shape does not fit in the device's memory.
 
 Under torchrun rank 0 alone measures (one process's tokens/s times the number of processes
 is the job's, communication not counted) and every rank receives its decision.
@@ -43,7 +43,7 @@ from lmrs.options import TOKENS_PER_PARAM
 PROBE_FRACTION = 0.05  # at most this share of the budget goes to measuring
 PROBE_SECONDS = (1.0, 5.0)  # each candidate is timed for budget/100 seconds within this range
 MAX_PROBE_SECONDS = 60.0
-GIVE_UP_RATIO = 0.25  # stop measuring once a shape reaches < this x the target tokens/param
+GIVE_UP_RATIO = 1.0  # stop measuring once a shape reaches < this x the target tokens/param
 
 
 @dataclass(frozen=True)

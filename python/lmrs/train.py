@@ -310,7 +310,8 @@ def _resolve_data(
 ) -> tuple[Union[SplitSource, BatchListSource], Any]:
     if isinstance(data, TokenDataset):
         if val_data is None:
-            train_split, val_split = data.split(config.val_fraction, config.seed)
+            fraction = config.validation_fraction(data.num_tokens)
+            train_split, val_split = data.split(fraction, config.seed)
             return SplitSource(train_split, config), val_split
         return SplitSource(data.full(), config), val_data
     if isinstance(data, TokenSplit):
@@ -321,8 +322,7 @@ def _resolve_data(
 def eval_batch_per_rank(config: TrainConfig, world_size: int) -> int:
     """Sequences each process evaluates per forward pass: its share of ``eval_batch_size``,
     by default the training micro-batch (the memory training has already shown it needs)."""
-    size = config.eval_batch_size or max(1, config.batch_size // config.grad_accum_steps)
-    return max(1, -(-size // world_size))
+    return max(1, -(-config.eval_rows() // world_size))
 
 
 def _val_batches(val: Any, config: TrainConfig, ctx: dist_utils.DistContext) -> list[Batch]:
@@ -340,8 +340,7 @@ def _val_batches(val: Any, config: TrainConfig, ctx: dist_utils.DistContext) -> 
     if isinstance(val, TokenDataset):
         val = val.full()
     if isinstance(val, TokenSplit):
-        size = config.eval_batch_size or max(1, config.batch_size // config.grad_accum_steps)
-        total = val.eval_batches(config.seq_len, size, config.eval_batches)
+        total = val.eval_batches(config.seq_len, config.eval_rows(), config.eval_batches)
         per_rank = eval_batch_per_rank(config, ctx.world_size)
     else:
         total = list(val)[: config.eval_batches]
@@ -521,7 +520,8 @@ def train(
     """Train ``model`` on ``data``; keyword overrides replace :class:`TrainConfig` fields.
 
     ``data``: a list of ``(inputs, targets)`` batches (:func:`lmrs.prepare_training_data`),
-    a :class:`TokenDataset` (split into train/val by document, ``val_fraction``) or a
+    a :class:`TokenDataset` (split into train/val by document: ``val_fraction``, by default
+    the tokens validation reads, at most 10%) or a
     :class:`TokenSplit`. ``val_data``: batches or a split to evaluate on. ``tokenizer``:
     saved with checkpoints and used for exact bits per byte. ``resume_from``: a checkpoint
     or run directory to continue from (weights, optimizer, step, RNG states).
