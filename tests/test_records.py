@@ -249,13 +249,96 @@ def test_missing_pyarrow_says_how_to_install(
         list(RecordReader(source).batches())
 
 
-def test_num_parts_needs_text_files(tmp_path: Path, reference: dict[str, Path]) -> None:
-    source = write_jsonl(tmp_path / "d.jsonl", DOCS)
-    code, out = run(
-        "encode", str(source), "-t", str(reference["tok"]), "-o", str(tmp_path / "s"),
-        "--num-parts", "2",
-    )  # fmt: skip
-    assert code != 0 and "--num-parts needs a folder of text files" in out
+def write_json_lines_dot_json(path: Path, docs: list[str]) -> Path:
+    return write_jsonl(path, docs)  # a .json file holding JSON lines, not an array
+
+
+PART_WRITERS = {**WRITERS, "json-lines": ("lines.json", write_json_lines_dot_json)}
+
+
+@pytest.mark.parametrize("fmt", sorted(PART_WRITERS))
+@pytest.mark.parametrize("num_parts", [2, 3, 40])
+def test_parts_of_a_record_file_are_the_whole_file_in_order(
+    fmt: str, num_parts: int, tmp_path: Path, reference: dict[str, Path]
+) -> None:
+    # each part run alone, in any order (as separate machines would), into one folder:
+    # its shards, read in the manifest's order, are the single token file's bytes
+    name, writer = PART_WRITERS[fmt]
+    source = writer(tmp_path / name, DOCS)
+    out = tmp_path / "parts"
+    documents = []
+    for part in reversed(range(num_parts)):
+        code, output = run(
+            "encode", str(source), "-t", str(reference["tok"]), "-o", str(out),
+            "--num-parts", str(num_parts), "--part-index", str(part), "-q",
+        )  # fmt: skip
+        assert code == 0, output
+        documents.append(json.loads(Path(f"{out}/shard-{part:05d}-00000.bin.json").read_text()))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["missing_parts"] == []
+    joined = b"".join((out / s).read_bytes() for s in manifest["shards"])
+    assert joined == reference["tokens"].read_bytes()
+    counts = [d["num_documents"] for d in documents]
+    assert sum(counts) == len(DOCS)
+    if num_parts < len(DOCS) and fmt != "datasets":  # a datasets folder has one batch here
+        assert sum(c > 0 for c in counts) >= 2  # the records are shared out, not all in one
+
+
+def test_parts_count_each_bad_record_once_with_its_line(tmp_path: Path) -> None:
+    lines = [json.dumps({"text": f"document {i} " * (i % 7 + 1)}).encode() for i in range(30)]
+    lines[4] = b'{"body": "no text"}'
+    lines[17] = b'{"text": "unterminated'
+    lines[25] = b'{"text": 7}'
+    source = tmp_path / "d.jsonl"
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    whole = RecordReader(source)
+    expected = list(whole.texts())
+    texts: list[str] = []
+    examples: list[str] = []
+    for part in range(4):
+        reader = RecordReader(source, RecordOptions(num_parts=4, part_index=part))
+        texts += reader.texts()
+        examples += reader.bad.examples
+        assert reader.num_records > 0 and f"part {part} of 4" in reader.describe()
+    assert texts == expected and len(texts) == 27
+    assert examples == whole.bad.examples == [
+        f"{source} line 5: missing field 'text'",
+        f"{source} line 18: JSON syntax error (Invalid control character at)",
+        f"{source} line 26: field 'text' is int, not a string",
+    ]
+    # CSV: every part parses the file; the bad rows go to the part that owns them
+    table = tmp_path / "d.csv"
+    table.write_bytes(b'id,text\n1,"one\ntwo"\n2\n3,bad \xfe\n4,four\n5,five\n')
+    seen: list[str] = []
+    bad = 0
+    for part in range(3):
+        reader = RecordReader(table, RecordOptions(num_parts=3, part_index=part))
+        seen += reader.texts()
+        bad += reader.bad.total
+    assert seen == ["one\ntwo", "four", "five"] and bad == 2
+    with pytest.raises(ValueError, match="part_index 3 is out of range for num_parts 3"):
+        RecordOptions(num_parts=3, part_index=3)
+
+
+def test_parquet_parts_read_only_their_row_groups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = write_parquet(tmp_path / "d.parquet", DOCS)  # row groups of 5 records
+    groups = pq.ParquetFile(source).num_row_groups
+    read: list[int] = []
+    original = pq.ParquetFile.read_row_group
+
+    def spy(self: object, index: int, *args: object, **kwargs: object) -> object:
+        read.append(index)
+        return original(self, index, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", spy)
+    for part in range(2):
+        before = len(read)
+        reader = RecordReader(source, RecordOptions(num_parts=2, part_index=part))
+        assert list(reader.texts())
+        assert 0 < len(read) - before < groups
+    assert sorted(read) == list(range(groups))  # each row group read by exactly one part
 
 
 def test_corpus_add_keeps_record_boundaries(tmp_path: Path, reference: dict[str, Path]) -> None:

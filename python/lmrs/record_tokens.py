@@ -35,9 +35,9 @@ class RecordRun:
         return self.reader.describe() if self.reader is not None else ""
 
 
-def _reader(corpus: Any, text_field: str) -> Optional[RecordReader]:
+def _reader(corpus: Any, options: RecordOptions) -> Optional[RecordReader]:
     if isinstance(corpus, (str, os.PathLike)) and record_format(corpus) is not None:
-        return RecordReader(corpus, RecordOptions(text_field=text_field))
+        return RecordReader(corpus, options)
     return None
 
 
@@ -52,7 +52,7 @@ def train_tokenizer(
     """``Tokenizer.train`` on `corpus`, which may also be a record file or ``datasets``
     folder (one document per record). `run`, when given, receives the reader (its
     counts of bad records)."""
-    reader = _reader(corpus, text_field)
+    reader = _reader(corpus, RecordOptions(text_field=text_field))
     if reader is None:
         return Tokenizer.train(corpus, vocab_size, **options)
     if run is not None:
@@ -79,9 +79,14 @@ def encode_corpus(
 ) -> dict[str, Any]:
     """``tokenizer.encode_files`` on `corpus`, which may also be a record file or
     ``datasets`` folder: its records are read in batches and streamed into the token file
-    (or shard directory with `shard_tokens`). Returns the sidecar/manifest as a dict plus
-    "skipped_files" (and "bad_records", the count, for record sources)."""
-    reader = _reader(corpus, text_field)
+    (or shard directory with `shard_tokens`; with `num_parts > 1`, part `part_index` of its
+    records into the shared shard directory, see :mod:`lmrs.records`). Returns the
+    sidecar/manifest as a dict plus "skipped_files" (and "bad_records", the count, for
+    record sources)."""
+    if not 0 <= part_index < num_parts:
+        raise InputError(f"--part-index {part_index} must be below --num-parts {num_parts}")
+    parts = RecordOptions(text_field=text_field, num_parts=num_parts, part_index=part_index)
+    reader = _reader(corpus, parts)
     if reader is None:
         return tokenizer.encode_files(
             corpus,
@@ -94,13 +99,10 @@ def encode_corpus(
         )
     if run is not None:
         run.reader = reader
-    if num_parts != 1:
-        raise InputError(
-            f"{reader.path}: --num-parts needs a folder of text files; "
-            "split a record file into several files and encode each instead"
-        )
     # The stream lives in Rust; it takes the tokenizer's Rust core.
-    stream = _lmrs.TokenStream(tokenizer._core, str(Path(out_path)), shard_tokens)
+    stream = _lmrs.TokenStream(
+        tokenizer._core, str(Path(out_path)), shard_tokens, num_parts, part_index
+    )
     try:
         with tqdm(unit="B", unit_scale=True, desc="encode", disable=not show_progress) as bar:
             reader.encode_into(stream, bar.update)

@@ -15,6 +15,15 @@ line) is skipped and counted in :class:`BadRecords`, never dropped silently; a f
 cannot be read at all (not Parquet, truncated, no such column) is an
 :class:`~lmrs.errors.InputError` naming it, in one line.
 
+With ``num_parts`` / ``part_index`` (``lmrs encode --num-parts N --part-index I``) a reader
+yields only its part of the records, contiguous and about equal in size, so that N
+processes or machines can encode one record file together and their parts, read in order,
+are the file's records in order: JSON lines by byte range (a line belongs to the part where
+it starts; each part reads only its range), Parquet by row groups (sizes from the
+metadata), ``datasets`` folders by record batches, CSV and JSON arrays by record (every
+part parses the file, since a CSV field may hold newlines). A bad record is counted by the
+part that owns it.
+
 pyarrow is needed only for Parquet and ``datasets`` folders (``pip install 'lmrs[data]'``).
 """
 
@@ -22,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import os
 import sys
@@ -30,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from lmrs import _lmrs
 from lmrs.arrow_rows import ArrowBatch, ArrowRows, arrow_rows
 from lmrs.errors import InputError
 from lmrs.prefetch import prefetched
@@ -69,6 +80,15 @@ class RecordOptions:
     batch_chars: int = 1 << 20
     # how many bad records are named (with their line/row) in the summary
     max_examples: int = 5
+    # read only part `part_index` of `num_parts` (contiguous, about equal in size)
+    num_parts: int = 1
+    part_index: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.part_index < self.num_parts:
+            raise ValueError(
+                f"part_index {self.part_index} is out of range for num_parts {self.num_parts}"
+            )
 
 
 @dataclass
@@ -202,11 +222,11 @@ class RecordReader:
         return taken
 
     def _batches(self, *, as_bytes: bool) -> Iterator[RustBatch]:
-        readers: dict[str, Callable[[], Iterator[Union[str, ArrowRows]]]] = {
+        readers: dict[str, Callable[[], Iterator[Union[str, ArrowRows, None]]]] = {
             "jsonl": self._jsonl,
             "json": self._json,
             "parquet": lambda: self._parquet(as_bytes),
-            "csv": self._csv,
+            "csv": lambda: self._part_of_records(self._csv),
             "datasets": lambda: self._datasets(as_bytes),
         }
         batch: list[str] = []
@@ -218,6 +238,8 @@ class RecordReader:
         # Rust works on the one before (large: fewer calls, each ending in a wait)
         arrow_target = self.options.batch_chars // 2
         for item in readers[self.format]():
+            if item is None:  # a bad record, counted where it was read
+                continue
             if isinstance(item, ArrowRows):
                 if batch:  # keep record order
                     yield batch
@@ -250,7 +272,10 @@ class RecordReader:
 
     def describe(self) -> str:
         """A closing line: records read, and the bad ones when there were any."""
-        line = f"{self.num_records:,} records from {self.path} ({self.format})"
+        line = f"{self.num_records:,} records from {self.path} ({self.format}"
+        if self.options.num_parts > 1:
+            line += f", part {self.options.part_index} of {self.options.num_parts}"
+        line += ")"
         if self.bad.total:
             line += f"; {self.bad.summary()}"
         return line
@@ -295,12 +320,15 @@ class RecordReader:
 
     # ---- JSON lines / JSON ------------------------------------------------------------
 
-    def _jsonl(self) -> Iterator[str]:
+    def _jsonl(self) -> Iterator[Optional[str]]:
         with self._open() as f:
-            yield from self._json_lines(f, 0)
+            yield from self._json_lines(f)
 
-    def _json_lines(self, f: Iterable[bytes], first_line: int) -> Iterator[str]:
-        for number, raw in enumerate(f, start=first_line + 1):
+    def _json_lines(self, f: io.BufferedReader) -> Iterator[Optional[str]]:
+        """The records of this reader's part of a JSON-lines file (None for a bad one)."""
+        start, end, first_line = self._line_range(f)
+        f.seek(start)
+        for number, raw in enumerate(_lines_until(f, end - start), start=first_line):
             where = f"{self.path} line {number}"
             if not raw.strip():
                 continue
@@ -308,22 +336,33 @@ class RecordReader:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
                 self.bad.add(where, "invalid UTF-8")
+                yield None
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 self.bad.add(where, f"JSON syntax error ({e.msg})")
+                yield None
                 continue
-            text = self._from_object(record, where)
-            if text is not None:
-                yield text
+            yield self._from_object(record, where)
+
+    def _line_range(self, f: io.BufferedReader) -> tuple[int, int, int]:
+        """(first byte, end byte, number of the first line) of this reader's part: the
+        lines that start in its share of the file's bytes."""
+        n, i = self.options.num_parts, self.options.part_index
+        if n == 1:
+            return 0, os.fstat(f.fileno()).st_size, 1
+        size = os.fstat(f.fileno()).st_size
+        start = _line_start_at_or_after(f, size * i // n, size)
+        end = _line_start_at_or_after(f, size * (i + 1) // n, size)
+        return start, end, _newlines_before(f, start) + 1
 
     def _json(self) -> Iterator[str]:
         with self._open() as f:
             head = f.read(4096).lstrip()
             f.seek(0)
             if not head.startswith(b"["):
-                yield from self._json_lines(f, 0)
+                yield from self._json_lines(f)
                 return
             try:
                 records = json.load(f)
@@ -335,14 +374,36 @@ class RecordReader:
                 raise InputError(
                     f"{self.path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
                 ) from None
-        for index, record in enumerate(records):
-            text = self._from_object(record, f"{self.path} record {index}")
-            if text is not None:
-                yield text
+        def each() -> Iterator[Optional[str]]:
+            for index, record in enumerate(records):
+                yield self._from_object(record, f"{self.path} record {index}")
+
+        yield from self._part_of_records(each)
+
+    def _part_of_records(
+        self, read: Callable[[], Iterator[Optional[str]]]
+    ) -> Iterator[Optional[str]]:
+        """This reader's part of the records `read()` yields (None for a bad one): a first
+        pass sizes every record (counting nothing), a second yields the part's records;
+        bad records before the part are counted aside, those after it are never read."""
+        n, i = self.options.num_parts, self.options.part_index
+        if n == 1:
+            yield from read()
+            return
+        owned, self.bad = self.bad, BadRecords(self.options.max_examples)
+        try:
+            sizes = [0 if text is None else len(text) for text in read()]
+            start, end = _lmrs.part_range(sizes, n, i)
+            records = read()
+            for _ in itertools.islice(records, start):
+                pass
+        finally:
+            self.bad = owned
+        yield from itertools.islice(records, end - start)
 
     # ---- CSV --------------------------------------------------------------------------
 
-    def _csv(self) -> Iterator[str]:
+    def _csv(self) -> Iterator[Optional[str]]:
         # Documents are often longer than the csv module's default field limit (128 KiB);
         # the limit is process-wide, so it is only ever raised.
         csv.field_size_limit(max(csv.field_size_limit(), min(sys.maxsize, 2**31 - 1)))
@@ -362,10 +423,9 @@ class RecordReader:
                         continue
                     if column >= len(row):
                         self.bad.add(where, f"missing field {self.options.text_field!r}")
+                        yield None
                         continue
-                    value = self._checked(row[column], where)
-                    if value is not None:
-                        yield value
+                    yield self._checked(row[column], where)
             except csv.Error as e:
                 raise InputError(f"{self.path} line {reader.line_num}: bad CSV ({e})") from None
 
@@ -459,8 +519,12 @@ class RecordReader:
     def _parquet(self, as_bytes: bool) -> Iterator[Union[str, ArrowRows]]:
         pa = self._pyarrow()
         with self._open_parquet() as parquet:
-            row = 0
-            for index in range(parquet.num_row_groups):
+            meta = parquet.metadata
+            groups = [meta.row_group(k) for k in range(parquet.num_row_groups)]
+            sizes = [self._text_bytes(group) for group in groups]
+            start, end = _lmrs.part_range(sizes, self.options.num_parts, self.options.part_index)
+            row = sum(group.num_rows for group in groups[:start])
+            for index in range(start, end):
                 try:
                     table = parquet.read_row_group(
                         index, columns=[self.options.text_field], use_threads=False
@@ -473,6 +537,15 @@ class RecordReader:
                 for chunk in table.column(0).chunks:
                     yield from self._column_values(chunk, row, as_bytes)
                     row += len(chunk)
+
+    def _text_bytes(self, group: Any) -> int:
+        """Uncompressed bytes of the text column in one Parquet row group (its metadata),
+        the size by which row groups are shared out between parts."""
+        for j in range(group.num_columns):
+            column = group.column(j)
+            if column.path_in_schema == self.options.text_field:
+                return int(column.total_uncompressed_size)
+        return int(group.total_byte_size)
 
     def _arrow_files(self) -> list[Path]:
         """The Arrow files of a ``datasets`` folder, in order, from its state.json."""
@@ -499,12 +572,22 @@ class RecordReader:
 
     def _datasets(self, as_bytes: bool) -> Iterator[Union[str, ArrowRows]]:
         pa = self._pyarrow()
+        files = self._arrow_files()
+
+        def batches() -> Iterator[Any]:
+            for path in files:
+                yield from self._arrow_batches(pa, path)
+
+        start, end = 0, None
+        if self.options.num_parts > 1:  # record batches are memory-mapped: sizing reads no text
+            sizes = [batch.nbytes for batch in batches()]
+            start, end = _lmrs.part_range(sizes, self.options.num_parts, self.options.part_index)
         row = 0
-        for path in self._arrow_files():
-            for batch in self._arrow_batches(pa, path):
+        for index, batch in enumerate(itertools.islice(batches(), end)):
+            if index >= start:
                 self.row_groups_read += 1
                 yield from self._column_values(batch.column(0), row, as_bytes)
-                row += batch.num_rows
+            row += batch.num_rows
 
     def _arrow_reader(self, pa: Any, path: Path) -> tuple[Any, Any, Iterable[Any]]:
         """(memory map, reader, its record batches) of one Arrow IPC file, stream or file
@@ -545,6 +628,40 @@ class RecordReader:
                 except (pa.ArrowException, OSError) as e:
                     raise InputError(f"{path}: truncated or corrupt ({_first_line(e)})") from None
                 yield batch.select([index])
+
+
+def _line_start_at_or_after(f: io.BufferedReader, offset: int, size: int) -> int:
+    """The offset of the first line that starts at or after `offset`."""
+    if offset <= 0:
+        return 0
+    if offset >= size:
+        return size
+    f.seek(offset - 1)
+    f.readline()  # to the end of the line holding byte offset - 1
+    return f.tell()
+
+
+def _newlines_before(f: io.BufferedReader, offset: int, chunk: int = 1 << 24) -> int:
+    """Line breaks in the file's first `offset` bytes (for line numbers in a part)."""
+    f.seek(0)
+    count = 0
+    while offset > 0:
+        data = f.read(min(chunk, offset))
+        if not data:
+            break
+        count += data.count(b"\n")
+        offset -= len(data)
+    return count
+
+
+def _lines_until(f: io.BufferedReader, limit: int) -> Iterator[bytes]:
+    """Lines from the current position until `limit` bytes have been read."""
+    while limit > 0:
+        raw = f.readline()
+        if not raw:
+            return
+        limit -= len(raw)
+        yield raw
 
 
 def _first_line(error: BaseException) -> str:

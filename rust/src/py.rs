@@ -705,6 +705,22 @@ fn build_manifest(py: Python<'_>, dir: PathBuf) -> PyResult<String> {
     })
 }
 
+/// The documents of part `part_index` of `num_parts` as (start, end): contiguous, about
+/// the same bytes each (the split `encode_files` uses; `lmrs.records` uses it for record
+/// batches and rows).
+#[pyfunction]
+fn part_range(sizes: Vec<u64>, num_parts: usize, part_index: usize) -> PyResult<(usize, usize)> {
+    guard("part_range", || {
+        if num_parts == 0 || part_index >= num_parts {
+            return Err(PyValueError::new_err(format!(
+                "part_index {part_index} is out of range for num_parts {num_parts}"
+            )));
+        }
+        let range = token_file::part_range(&sizes, num_parts, part_index);
+        Ok((range.start, range.end))
+    })
+}
+
 /// (size in bytes, checksum) of a token file as its sidecar records them: the one
 /// definition of `head_tail_sha256`, shared with `lmrs.data`.
 #[pyfunction]
@@ -735,6 +751,7 @@ fn _lmrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<crate::py_token_stream::PyTokenStream>()?;
     m.add_function(wrap_pyfunction!(collect_files, m)?)?;
     m.add_function(wrap_pyfunction!(build_manifest, m)?)?;
+    m.add_function(wrap_pyfunction!(part_range, m)?)?;
     m.add_function(wrap_pyfunction!(fault_points, m)?)?;
     m.add_function(wrap_pyfunction!(head_tail_sha256, m)?)?;
     m.add("FAULT_EXIT_CODE", crate::fault::EXIT_CODE)?;

@@ -12,6 +12,7 @@ use crate::py_arrow::{arrow_buffers_of, CapsulePairs};
 
 use crate::encode::Encoder;
 use crate::py::{guard, to_py_err, CoreTokenizer};
+use crate::token_file::TokenFileOptions;
 use crate::token_stream::TokenStream;
 
 #[pyclass(module = "lmrs._lmrs", name = "TokenStream")]
@@ -22,18 +23,26 @@ pub(crate) struct PyTokenStream {
 
 #[pymethods]
 impl PyTokenStream {
-    /// A token file at `out` (a shard directory with `shard_tokens`), written by
+    /// A token file at `out` (a shard directory with `shard_tokens`; part `part_index`'s
+    /// shards in the shared directory `out` with `num_parts > 1`), written by
     /// `write(texts)` calls and committed by `finish()`.
     #[new]
-    #[pyo3(signature = (tokenizer, out, shard_tokens=None))]
+    #[pyo3(signature = (tokenizer, out, shard_tokens=None, num_parts=1, part_index=0))]
     fn new(
         tokenizer: PyRef<'_, CoreTokenizer>,
         out: PathBuf,
         shard_tokens: Option<u64>,
+        num_parts: usize,
+        part_index: usize,
     ) -> PyResult<Self> {
         guard("TokenStream", || {
             let encoder = Arc::clone(&tokenizer.encoder);
-            let stream = TokenStream::create(&encoder, &out, shard_tokens).map_err(to_py_err)?;
+            let options = TokenFileOptions {
+                shard_tokens,
+                num_parts,
+                part_index,
+            };
+            let stream = TokenStream::create(&encoder, &out, &options).map_err(to_py_err)?;
             Ok(Self { encoder, stream })
         })
     }

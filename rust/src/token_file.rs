@@ -279,53 +279,115 @@ fn write_documents<'a>(
     options: &TokenFileOptions,
     progress: &(dyn Fn(u64) -> bool + Sync),
 ) -> Result<(Written, Vec<usize>)> {
-    if options.num_parts == 0 || options.part_index >= options.num_parts {
-        return Err(Error::Invalid(format!(
-            "part_index {} is out of range for num_parts {}",
-            options.part_index, options.num_parts
-        )));
-    }
-    if options.shard_tokens == Some(0) {
-        return Err(Error::Invalid("shard_tokens must be positive".into()));
-    }
+    let target = Target::prepare(out, options)?;
     let range = part_range(sizes, options.num_parts, options.part_index);
     let mut skipped = Vec::new();
-    let sharded = options.shard_tokens.is_some() || options.num_parts > 1;
-    let encode_to = |layout: Layout, range, skipped: &mut Vec<usize>| {
-        encode_into(
-            encoder, sizes, load, range, layout, options, progress, skipped,
-        )
-    };
-    if !sharded {
-        let mut infos = encode_to(Layout::Single(out.to_path_buf()), range, &mut skipped)?;
-        return Ok((Written::File(infos.remove(0).1), skipped));
-    }
-    if out.exists() && !out.is_dir() {
-        return Err(Error::Invalid(format!(
-            "{}: exists and is not a shard directory",
-            out.display()
-        )));
-    }
-    if options.num_parts == 1 {
-        // one process writes the whole directory: build it beside `out`, then swap it in
-        check_replaceable_dir(out)?;
-        let tmp_dir = atomic::temp_path(out)?;
-        std::fs::create_dir_all(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
-        let result = encode_to(Layout::Dir(tmp_dir.clone()), range, &mut skipped)
-            .and_then(|_| build_manifest(&tmp_dir))
-            .and_then(|manifest| {
-                atomic::replace_dir(&tmp_dir, out, "token_file.dir").map(|_| manifest)
-            });
-        if result.is_err() {
-            let _ = std::fs::remove_dir_all(&tmp_dir);
+    let encoded = encode_into(
+        encoder,
+        sizes,
+        load,
+        range,
+        target.layout(),
+        options,
+        progress,
+        &mut skipped,
+    );
+    match encoded {
+        Ok(files) => Ok((target.commit(files)?, skipped)),
+        Err(e) => {
+            target.discard();
+            Err(e)
         }
-        Ok((Written::Shards(result?), skipped))
-    } else {
-        // one part of many: its shards go straight into the shared directory
+    }
+}
+
+/// Where a token writer puts its files, and how they become visible at `out`.
+pub(crate) enum Target {
+    /// One token file.
+    File(PathBuf),
+    /// A whole shard directory, built in `tmp` beside `out` and swapped in when committed,
+    /// so `out` never holds a half-written directory.
+    Dir { tmp: PathBuf, out: PathBuf },
+    /// Part `part` of a multi-part run: its shards go straight into the shared `dir`
+    /// (each under a temporary name until complete), beside the other parts' shards.
+    Part { dir: PathBuf, part: usize },
+}
+
+impl Target {
+    /// Checks `options` and makes the directory the files will be written in.
+    pub(crate) fn prepare(out: &Path, options: &TokenFileOptions) -> Result<Self> {
+        if options.num_parts == 0 || options.part_index >= options.num_parts {
+            return Err(Error::Invalid(format!(
+                "part_index {} is out of range for num_parts {}",
+                options.part_index, options.num_parts
+            )));
+        }
+        if options.shard_tokens == Some(0) {
+            return Err(Error::Invalid("shard_tokens must be positive".into()));
+        }
+        if options.shard_tokens.is_none() && options.num_parts == 1 {
+            return Ok(Target::File(out.to_path_buf()));
+        }
+        if out.exists() && !out.is_dir() {
+            return Err(Error::Invalid(format!(
+                "{}: exists and is not a shard directory",
+                out.display()
+            )));
+        }
+        if options.num_parts == 1 {
+            check_replaceable_dir(out)?;
+            let tmp = atomic::temp_path(out)?;
+            std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            return Ok(Target::Dir {
+                tmp,
+                out: out.to_path_buf(),
+            });
+        }
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-        let written = encode_to(Layout::Dir(out.to_path_buf()), range, &mut skipped)?;
-        remove_stale_shards(out, options.part_index, &written)?;
-        Ok((Written::Shards(build_manifest(out)?), skipped))
+        Ok(Target::Part {
+            dir: out.to_path_buf(),
+            part: options.part_index,
+        })
+    }
+
+    pub(crate) fn layout(&self) -> Layout {
+        match self {
+            Target::File(path) => Layout::Single(path.clone()),
+            Target::Dir { tmp, .. } => Layout::Dir(tmp.clone()),
+            Target::Part { dir, .. } => Layout::Dir(dir.clone()),
+        }
+    }
+
+    /// Makes the committed `files` (what [`ShardSink::finish`] returned) visible at `out`
+    /// and returns the sidecar or manifest; a part also removes its own stale shards.
+    pub(crate) fn commit(self, files: Vec<(PathBuf, TokenFileInfo)>) -> Result<Written> {
+        match self {
+            Target::File(path) => files
+                .into_iter()
+                .next()
+                .map(|(_, info)| Written::File(info))
+                .ok_or_else(|| Error::Invalid(format!("{}: nothing written", path.display()))),
+            Target::Dir { tmp, out } => {
+                let committed = build_manifest(&tmp).and_then(|manifest| {
+                    atomic::replace_dir(&tmp, &out, "token_file.dir").map(|_| manifest)
+                });
+                if committed.is_err() {
+                    let _ = std::fs::remove_dir_all(&tmp);
+                }
+                Ok(Written::Shards(committed?))
+            }
+            Target::Part { dir, part } => {
+                remove_stale_shards(&dir, part, &files)?;
+                Ok(Written::Shards(build_manifest(&dir)?))
+            }
+        }
+    }
+
+    /// After a failure (the sink has removed its own files): removes a temporary directory.
+    pub(crate) fn discard(self) {
+        if let Target::Dir { tmp, .. } = self {
+            let _ = std::fs::remove_dir_all(tmp);
+        }
     }
 }
 

@@ -2,19 +2,17 @@
 //! Arrow files read by `lmrs.records`), so a corpus never has to be in memory whole.
 //!
 //! The layout and the integrity fields are those of [`crate::token_file`]: one token file
-//! (+ document index and sidecar) or, with `shard_tokens`, a shard directory built beside `out` and swapped
-//! in when [`TokenStream::finish`] runs. Each document is followed by one `eot_id`, as in
-//! a token file made from text files, so the same documents give the same ids either way.
-//! Splitting into parts (`num_parts > 1`) needs every document's size up front and is
-//! left to [`crate::token_file::encode_files`].
+//! (+ document index and sidecar); with `shard_tokens`, a shard directory built beside
+//! `out` and swapped in when [`TokenStream::finish`] runs; with `num_parts > 1`, part
+//! `part_index`'s shards in the shared directory `out` (the caller feeds only that part's
+//! documents: `lmrs.records` picks them by byte range, row group or record). Each document
+//! is followed by one `eot_id`, as in a token file made from text files, so the same
+//! documents give the same ids either way.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::atomic;
 use crate::encode::Encoder;
-use crate::token_file::{
-    build_manifest, check_replaceable_dir, Layout, ShardSink, TokenFileOptions, Written,
-};
+use crate::token_file::{ShardSink, Target, TokenFileOptions, Written};
 use crate::{Error, Result};
 
 /// An open token file (or shard directory) that documents are appended to in batches.
@@ -22,39 +20,19 @@ use crate::{Error, Result};
 /// without finishing removes what it wrote.
 pub struct TokenStream {
     sink: ShardSink,
-    out: PathBuf,
-    /// The temporary shard directory, when writing shards.
-    tmp_dir: Option<PathBuf>,
+    /// Where the files go; taken when committed or discarded.
+    target: Option<Target>,
     done: bool,
 }
 
 impl TokenStream {
-    pub fn create(encoder: &Encoder, out: &Path, shard_tokens: Option<u64>) -> Result<Self> {
-        if shard_tokens == Some(0) {
-            return Err(Error::Invalid("shard_tokens must be positive".into()));
-        }
-        let options = TokenFileOptions {
-            shard_tokens,
-            ..TokenFileOptions::default()
-        };
-        let (layout, tmp_dir) = if shard_tokens.is_some() {
-            if out.exists() && !out.is_dir() {
-                return Err(Error::Invalid(format!(
-                    "{}: exists and is not a shard directory",
-                    out.display()
-                )));
-            }
-            check_replaceable_dir(out)?;
-            let tmp_dir = atomic::temp_path(out)?;
-            std::fs::create_dir_all(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
-            (Layout::Dir(tmp_dir.clone()), Some(tmp_dir))
-        } else {
-            (Layout::Single(out.to_path_buf()), None)
-        };
+    /// `options`: `shard_tokens`, and `num_parts` / `part_index` for one part of a
+    /// multi-part run (as [`crate::token_file::encode_files`] takes them).
+    pub fn create(encoder: &Encoder, out: &Path, options: &TokenFileOptions) -> Result<Self> {
+        let target = Target::prepare(out, options)?;
         Ok(Self {
-            sink: ShardSink::new(encoder, layout, &options),
-            out: out.to_path_buf(),
-            tmp_dir,
+            sink: ShardSink::new(encoder, target.layout(), options),
+            target: Some(target),
             done: false,
         })
     }
@@ -86,32 +64,25 @@ impl TokenStream {
             return Err(Error::Invalid("token stream already finished".into()));
         }
         self.done = true;
-        let result = self.sink.finish();
-        let mut files = match result {
+        let files = match self.sink.finish() {
             Ok(files) => files,
             Err(e) => {
                 self.abandon();
                 return Err(e);
             }
         };
-        let Some(tmp_dir) = self.tmp_dir.take() else {
-            return Ok(Written::File(files.remove(0).1));
-        };
-        let committed = build_manifest(&tmp_dir).and_then(|manifest| {
-            atomic::replace_dir(&tmp_dir, &self.out, "token_file.dir").map(|_| manifest)
-        });
-        if committed.is_err() {
-            let _ = std::fs::remove_dir_all(&tmp_dir);
-        }
-        Ok(Written::Shards(committed?))
+        let target = self.target.take();
+        target
+            .ok_or_else(|| Error::Invalid("token stream already finished".into()))?
+            .commit(files)
     }
 
     /// Removes everything written so far (after an error, or when the caller gives up).
     pub fn abandon(&mut self) {
         self.done = true;
         self.sink.abandon();
-        if let Some(tmp_dir) = self.tmp_dir.take() {
-            let _ = std::fs::remove_dir_all(tmp_dir);
+        if let Some(target) = self.target.take() {
+            target.discard();
         }
     }
 }
@@ -131,10 +102,19 @@ mod tests {
     use crate::token_file::encode_texts;
     use crate::token_index::index_path;
     use crate::vocab::Vocab;
+    use std::path::PathBuf;
 
     fn encoder() -> Encoder {
         let vocab = Vocab::new(GPT4_PATTERN, vec![(116, 104), (256, 101)], &[]).expect("vocab");
         Encoder::new(vocab).expect("encoder")
+    }
+
+    fn sharded(shard_tokens: Option<u64>, num_parts: usize, part_index: usize) -> TokenFileOptions {
+        TokenFileOptions {
+            shard_tokens,
+            num_parts,
+            part_index,
+        }
     }
 
     fn tmp_dir(name: &str) -> PathBuf {
@@ -155,7 +135,8 @@ mod tests {
         })
         .expect("encode");
         let streamed = dir.join("streamed.bin");
-        let mut stream = TokenStream::create(&enc, &streamed, None).expect("create");
+        let mut stream =
+            TokenStream::create(&enc, &streamed, &TokenFileOptions::default()).expect("create");
         stream.write(&enc, &texts[..1]).expect("write");
         stream.write(&enc, &texts[1..]).expect("write");
         let written = stream.finish().expect("finish");
@@ -177,10 +158,61 @@ mod tests {
         let dir = tmp_dir("drop");
         let enc = encoder();
         let out = dir.join("shards");
-        let mut stream = TokenStream::create(&enc, &out, Some(3)).expect("create");
+        let mut stream = TokenStream::create(&enc, &out, &sharded(Some(3), 1, 0)).expect("create");
         stream.write(&enc, &["some text here"]).expect("write");
         drop(stream);
         assert_eq!(std::fs::read_dir(&dir).expect("list").count(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn parts_streamed_give_the_shards_of_encode_texts_parts() {
+        // The stream of part p, fed part p's documents, writes what encode_texts writes
+        // for that part: same shard names, same bytes, one manifest over all parts.
+        let dir = tmp_dir("parts");
+        let enc = encoder();
+        let texts = [
+            "first doc",
+            "",
+            "second, longer document",
+            "x",
+            "the end",
+            "more",
+        ];
+        let whole = dir.join("whole");
+        let streamed = dir.join("streamed");
+        for part in 0..3 {
+            let options = sharded(Some(4), 3, part);
+            let range = crate::token_file::part_range(
+                &texts.iter().map(|t| t.len() as u64).collect::<Vec<_>>(),
+                3,
+                part,
+            );
+            encode_texts(&enc, &texts, &whole, &options, &|_| true).expect("encode");
+            let mut stream = TokenStream::create(&enc, &streamed, &options).expect("create");
+            stream.write(&enc, &texts[range]).expect("write");
+            stream.finish().expect("finish");
+        }
+        let mut names: Vec<_> = std::fs::read_dir(&whole)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        names.sort();
+        assert!(names
+            .iter()
+            .any(|n| n.to_string_lossy().starts_with("shard-00002-")));
+        for name in &names {
+            let read = |d: &Path| std::fs::read(d.join(name)).expect("read");
+            assert_eq!(read(&whole), read(&streamed), "{name:?}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_part_out_of_range_is_refused() {
+        let dir = tmp_dir("range");
+        let result = TokenStream::create(&encoder(), &dir.join("x"), &sharded(None, 2, 2));
+        assert!(matches!(result, Err(Error::Invalid(_))));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
