@@ -551,8 +551,8 @@ def quality_section(opts: QualityOptions) -> None:
             gpt2, data.train_split, optimizer="adamw", batch_size=opts.batch_size,
             seq_len=opts.seq_len, time_budget_s=budget_s, learning_rate=opts.learning_rate,
             warmup_steps=opts.warmup_steps, weight_decay=opts.weight_decay,
-            min_lr_ratio=opts.min_lr_ratio, eval_every=0, seed=opts.seed, device="cpu",
-            show_progress=False,
+            min_lr_ratio=opts.min_lr_ratio, decay="cosine", cooldown_frac=1.0, eval_every=0,
+            seed=opts.seed, device="cpu", show_progress=False,
         )  # fmt: skip
         scores = evaluate(
             gpt2, data.val_split, batches=opts.eval_batches, batch_size=32, seq_len=opts.seq_len

@@ -30,7 +30,7 @@ from bench_model import QualityOptions, cpu_description, held_out_splits, load_a
 
 from lmrs import evaluate, train
 from lmrs.model import create_model
-from lmrs.options import ARCHITECTURES, PRESETS
+from lmrs.options import ARCHITECTURES, PRESETS, TRAIN_DEFAULTS
 from lmrs.precision import native_bf16
 
 
@@ -152,7 +152,8 @@ def run(opts: RecipeOptions) -> None:
         )
     print(
         f"{opts.size} shape {PRESETS[opts.size]}, vocab {tokenizer.vocab_size}, batch "
-        f"{opts.batch_size}x{opts.seq_len}, {opts.warmup_steps} warmup steps, cosine to "
+        f"{opts.batch_size}x{opts.seq_len}, {opts.warmup_steps} warmup steps, "
+        f"{TRAIN_DEFAULTS.decay} decay over the last {TRAIN_DEFAULTS.cooldown_frac:.0%} to "
         f"{opts.min_lr_ratio:.0%}, weight decay {opts.weight_decay:g}, precision {precision}, "
         f"dropout 0, {opts.budget_s:g} s per run, held-out bits per byte over "
         f"{opts.eval_batches} batches of 32x{opts.seq_len}"

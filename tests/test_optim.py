@@ -219,14 +219,14 @@ def test_schedule_shapes_warmup_hold_and_decay_to_the_floor() -> None:
         config = TrainConfig(learning_rate=1.0, warmup_steps=10, min_lr_ratio=0.1, **fields)
         return [learning_rate_at(step, config, 110) for step in range(111)]
 
-    cosine = curve()
+    cosine = curve(decay="cosine", cooldown_frac=1.0)
     assert cosine[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])  # linear warmup
     assert cosine[10] == pytest.approx(1.0) and cosine[60] == pytest.approx(0.55)
     assert cosine[110] == pytest.approx(0.1)
-    linear = curve(decay="linear")
+    linear = curve(decay="linear", cooldown_frac=1.0)
     assert linear[35] == pytest.approx(1.0 - 0.9 * 0.25) and linear[110] == pytest.approx(0.1)
     # warmup-stable-decay: the peak holds for the first 60 % after warmup, then decays
-    wsd = curve(decay="linear", cooldown_frac=0.4)
+    wsd = curve()  # the default: linear over the last 40%
     assert wsd[10:71] == pytest.approx([1.0] * 61)
     assert wsd[90] == pytest.approx(1.0 - 0.9 * 0.5) and wsd[110] == pytest.approx(0.1)
     assert all(a >= b for a, b in zip(wsd[10:], wsd[11:]))

@@ -43,7 +43,9 @@ def pattern_docs(count: int = 12) -> list[list[int]]:
 
 
 def test_warmup_then_cosine() -> None:
-    config = TrainConfig(learning_rate=1e-3, warmup_steps=10, min_lr_ratio=0.1)
+    config = TrainConfig(
+        learning_rate=1e-3, warmup_steps=10, min_lr_ratio=0.1, decay="cosine", cooldown_frac=1.0
+    )
     assert learning_rate_at(0, config, 110) == pytest.approx(1e-4)
     assert learning_rate_at(4, config, 110) == pytest.approx(5e-4)
     assert learning_rate_at(9, config, 110) == pytest.approx(1e-3)  # warmup ends at the peak

@@ -86,10 +86,12 @@ class TrainConfig:
     # better than to 10% in 10 minutes at the same steps (README, bench_recipe.py)
     min_lr_ratio: float = 0.0
     warmup_steps: int = 50
-    decay: str = "cosine"  # shape of the decay: cosine or linear
-    # the decay takes this last fraction of the run after warmup; the peak holds before it
-    # (1.0: decay all the way; e.g. 0.4: warmup-stable-decay, modded-nanogpt's trapezoid)
-    cooldown_frac: float = 1.0
+    # the decay takes the last cooldown_frac of the run after warmup, the peak holding
+    # before it (1.0: decay all the way). Warmup-stable-decay (modded-nanogpt's trapezoid),
+    # linear over the last 40%, measured 0.012 bits per byte better than cosine over the
+    # whole run in two 10-minute pairs at equal steps (README)
+    decay: str = "linear"  # shape of the decay: cosine or linear
+    cooldown_frac: float = 0.4
     # peak rate of Muon's hidden matrices (None: learning_rate); the AdamW groups
     # (embeddings, head, biases, norms) take learning_rate. Both follow one schedule.
     muon_lr: Optional[float] = None

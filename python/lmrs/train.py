@@ -1,7 +1,8 @@
 """The training loop: optimiser, learning-rate schedule, accumulation, eval, logs, checkpoints.
 
 ``train(model, data, config)`` runs AdamW (weight decay on matrices only; or Adam, SGD, or
-Muon on the hidden matrices from :mod:`lmrs.optim`) with linear warmup and cosine decay,
+Muon on the hidden matrices from :mod:`lmrs.optim`) with linear warmup, a hold at the peak
+and a decay (warmup-stable-decay by default, :func:`learning_rate_at`),
 gradient clipping and accumulation, bf16 autocast where the device supports it, optional
 ``torch.compile``, and data parallelism across processes launched by torchrun
 (:mod:`lmrs.distributed`). Rank 0 alone draws the progress bar, appends to
@@ -122,12 +123,12 @@ def learning_rate_at(
     Warmup raises the rate linearly over ``warmup_steps`` steps to ``learning_rate``. The
     rest of the run is split by ``cooldown_frac``: the rate holds at its peak for the first
     ``1 - cooldown_frac`` of it, then ``decay`` ("cosine" or "linear") takes it down to
-    ``learning_rate * min_lr_ratio`` at the end. ``cooldown_frac=1`` (the default) decays
-    over the whole run; smaller values are the trapezoid / warmup-stable-decay schedule of
-    modded-nanogpt and nanochat. ``progress`` (0..1), when given, replaces the step-based
-    position (time-budgeted runs: the fraction of the budget spent, since their number of
-    steps is not known in advance). This is the base rate; :func:`set_learning_rates` gives
-    each parameter group its share of it.
+    ``learning_rate * min_lr_ratio`` at the end. ``cooldown_frac=1`` decays over the whole
+    run; smaller values (the default: linear over the last 40%) are the trapezoid /
+    warmup-stable-decay schedule of modded-nanogpt and nanochat. ``progress`` (0..1), when
+    given, replaces the step-based position (time-budgeted runs: the fraction of the budget
+    spent, since their number of steps is not known in advance). This is the base rate;
+    :func:`set_learning_rates` gives each parameter group its share of it.
     """
     peak = config.learning_rate
     floor = peak * config.min_lr_ratio
