@@ -83,8 +83,6 @@ def encode_corpus(
     records into the shared shard directory, see :mod:`lmrs.records`). Returns the
     sidecar/manifest as a dict plus "skipped_files" (and "bad_records", the count, for
     record sources)."""
-    if not 0 <= part_index < num_parts:
-        raise InputError(f"--part-index {part_index} must be below --num-parts {num_parts}")
     parts = RecordOptions(text_field=text_field, num_parts=num_parts, part_index=part_index)
     reader = _reader(corpus, parts)
     if reader is None:

@@ -350,8 +350,6 @@ class RecordReader:
         """(first byte, end byte, number of the first line) of this reader's part: the
         lines that start in its share of the file's bytes."""
         n, i = self.options.num_parts, self.options.part_index
-        if n == 1:
-            return 0, os.fstat(f.fileno()).st_size, 1
         size = os.fstat(f.fileno()).st_size
         start = _line_start_at_or_after(f, size * i // n, size)
         end = _line_start_at_or_after(f, size * (i + 1) // n, size)

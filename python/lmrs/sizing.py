@@ -43,7 +43,6 @@ from lmrs.options import TOKENS_PER_PARAM
 PROBE_FRACTION = 0.05  # at most this share of the budget goes to measuring
 PROBE_SECONDS = (1.0, 5.0)  # each candidate is timed for budget/100 seconds within this range
 MAX_PROBE_SECONDS = 60.0
-GIVE_UP_RATIO = 1.0  # stop measuring once a shape reaches < this x the target tokens/param
 
 
 @dataclass(frozen=True)
@@ -302,7 +301,7 @@ def size_for_budget(
         reachable = m.tokens_per_s * max(remaining, 0.0) / max(m.params, 1)
         log(f"  measured {shape.name}: {m.tokens_per_s:,.0f} tokens/s, "
             f"{reachable:.1f} tokens/param")  # fmt: skip
-        if reachable < GIVE_UP_RATIO * tokens_per_param or spent >= allowance:
+        if reachable < tokens_per_param or spent >= allowance:  # larger: only further below
             break
     probe = time.perf_counter() - started
     if probe >= budget:
