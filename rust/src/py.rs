@@ -711,11 +711,7 @@ fn build_manifest(py: Python<'_>, dir: PathBuf) -> PyResult<String> {
 #[pyfunction]
 fn part_range(sizes: Vec<u64>, num_parts: usize, part_index: usize) -> PyResult<(usize, usize)> {
     guard("part_range", || {
-        if num_parts == 0 || part_index >= num_parts {
-            return Err(PyValueError::new_err(format!(
-                "part_index {part_index} is out of range for num_parts {num_parts}"
-            )));
-        }
+        token_file::check_part(num_parts, part_index).map_err(to_py_err)?;
         let range = token_file::part_range(&sizes, num_parts, part_index);
         Ok((range.start, range.end))
     })

@@ -242,6 +242,16 @@ pub fn encode_texts<S: AsRef<str> + Sync>(
     Ok(write_documents(encoder, &sizes, &load, out, options, progress)?.0)
 }
 
+/// `part_index` must name one of `num_parts` parts (at least one).
+pub fn check_part(num_parts: usize, part_index: usize) -> Result<()> {
+    if num_parts == 0 || part_index >= num_parts {
+        return Err(Error::Invalid(format!(
+            "part_index {part_index} is out of range for num_parts {num_parts}"
+        )));
+    }
+    Ok(())
+}
+
 /// The documents of part `part_index` of `num_parts`: a contiguous range, split so that
 /// each part gets about the same number of bytes.
 pub fn part_range(sizes: &[u64], num_parts: usize, part_index: usize) -> std::ops::Range<usize> {
@@ -316,12 +326,7 @@ pub(crate) enum Target {
 impl Target {
     /// Checks `options` and makes the directory the files will be written in.
     pub(crate) fn prepare(out: &Path, options: &TokenFileOptions) -> Result<Self> {
-        if options.num_parts == 0 || options.part_index >= options.num_parts {
-            return Err(Error::Invalid(format!(
-                "part_index {} is out of range for num_parts {}",
-                options.part_index, options.num_parts
-            )));
-        }
+        check_part(options.num_parts, options.part_index)?;
         if options.shard_tokens == Some(0) {
             return Err(Error::Invalid("shard_tokens must be positive".into()));
         }
