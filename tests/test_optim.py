@@ -203,6 +203,34 @@ def test_muon_works_with_fsdp_and_checks_its_momentum() -> None:
         TrainConfig(optimizer="muon", muon_momentum=1.0).validate()
 
 
+def test_muon_momentum_warms_up_linearly_then_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from lmrs.train import create_optimizer, muon_momentum_at, set_muon_momentum
+
+    config = TrainConfig(muon_momentum=0.95, muon_momentum_start=0.85, muon_momentum_warmup=4)
+    assert [muon_momentum_at(s, config) for s in range(6)] == pytest.approx(
+        [0.85, 0.875, 0.9, 0.925, 0.95, 0.95]
+    )
+    assert muon_momentum_at(0, TrainConfig(muon_momentum=0.9)) == 0.9  # no warmup: constant
+    optimizer = create_optimizer(tiny_model(), config, torch.device("cpu"))
+    set_muon_momentum(optimizer, 0.5)
+    assert {bool(g["use_muon"]): g.get("momentum") for g in optimizer.param_groups}[True] == 0.5
+    for fields, name in (({"muon_momentum_start": 1.0}, "muon_momentum_start"),
+                         ({"muon_momentum_warmup": -1}, "muon_momentum_warmup")):  # fmt: skip
+        with pytest.raises(ValueError, match=name):
+            TrainConfig(**fields).validate()
+    # the training loop sets it before every step
+    seen: list[float] = []
+    # (sys.modules: the package's `train` attribute is the function, not this module)
+    monkeypatch.setattr(
+        sys.modules["lmrs.train"], "set_muon_momentum", lambda _opt, m: seen.append(m)
+    )
+    batches = prepare_training_data(pattern_docs(), batch_size=4, seq_len=16, eot_id=99)
+    train(tiny_model(), batches, max_steps=6, muon_momentum_warmup=4, **QUIET)
+    assert seen == pytest.approx([0.85, 0.875, 0.9, 0.925, 0.95, 0.95])
+
+
 def test_work_is_split_in_chunks_of_one_shape_one_matrix_per_rank() -> None:
     shapes = [(96, 32), (32, 32), (64, 32), (96, 32), (32, 32), (64, 32), (96, 32)]
     params = [torch.zeros(shape) for shape in shapes]

@@ -105,6 +105,10 @@ class TrainConfig:
     eps: float = 1e-8
     momentum: float = 0.9  # sgd only
     muon_momentum: float = 0.95  # muon only (its hidden matrices; the rest runs AdamW)
+    # Muon's momentum rises linearly from muon_momentum_start to muon_momentum over the
+    # first muon_momentum_warmup steps (modded-nanogpt, nanochat); 0: constant
+    muon_momentum_warmup: int = 0
+    muon_momentum_start: float = 0.85
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
     grad_accum_steps: int = 1
     # muon: Muon on the hidden matrices, AdamW on the rest (lmrs.optim); the measured best
@@ -174,8 +178,13 @@ class TrainConfig:
             raise ValueError("warmup_steps, weight_decay and grad_clip must be >= 0")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if not 0.0 <= self.muon_momentum < 1.0:
-            raise ValueError(f"muon_momentum must be in [0, 1), got {self.muon_momentum}")
+        for name in ("muon_momentum", "muon_momentum_start"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.muon_momentum_warmup < 0:
+            raise ValueError(
+                f"muon_momentum_warmup must be >= 0, got {self.muon_momentum_warmup}"
+            )
         if self.dtype not in TRAIN_DTYPES:
             raise ValueError(f"dtype must be one of {TRAIN_DTYPES}, got {self.dtype!r}")
         if self.strategy not in STRATEGIES:

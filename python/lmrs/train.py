@@ -161,6 +161,22 @@ def set_learning_rates(optimizer: Any, lr: float, config: TrainConfig) -> None:
         group["lr"] = lr * (peak / config.learning_rate if peak else 1.0)
 
 
+def muon_momentum_at(step: int, config: TrainConfig) -> float:
+    """Muon's momentum for optimizer step ``step`` (0-based): ``muon_momentum_start``
+    rising linearly to ``muon_momentum`` over ``muon_momentum_warmup`` steps, then held."""
+    if step >= config.muon_momentum_warmup:
+        return config.muon_momentum
+    share = step / config.muon_momentum_warmup
+    return config.muon_momentum_start + share * (config.muon_momentum - config.muon_momentum_start)
+
+
+def set_muon_momentum(optimizer: Any, momentum: float) -> None:
+    """Give Muon's groups (the hidden matrices) the momentum ``momentum``."""
+    for group in optimizer.param_groups:
+        if group.get("use_muon"):
+            group["momentum"] = momentum
+
+
 def create_optimizer(
     model: nn.Module, config: TrainConfig, device: torch.device, *, distributed: bool = False
 ) -> Any:
@@ -776,6 +792,8 @@ class Trainer:
                 progress = max(progress, steps)
         self.lr = learning_rate_at(self.step_count, self.config, self.total_steps, progress)
         set_learning_rates(self.run.optimizer, self.lr, self.config)
+        if self.config.optimizer == "muon" and self.config.muon_momentum_warmup:
+            set_muon_momentum(self.run.optimizer, muon_momentum_at(self.step_count, self.config))
         return True
 
     # --- one optimizer step --------------------------------------------------------------
@@ -1005,6 +1023,7 @@ __all__ = [
     "TrainingDiverged",
     "create_optimizer",
     "learning_rate_at",
+    "muon_momentum_at",
     "set_learning_rates",
     "parameter_groups",
     "train",
