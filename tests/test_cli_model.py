@@ -150,12 +150,14 @@ def test_train_with_muon_optimizer(trained: dict[str, Path], tmp_path: Path) -> 
               str(trained["tokenizer"]), *TRAIN_ARGS, *TINY]  # fmt: skip
     out = tmp_path / "muon"
     result = run("train", *common, "--out", str(out), "--max-steps", "4", "--optimizer", "muon",
-                 "--embed-lr", "0.02", "--head-lr", "0.001")  # fmt: skip
+                 "--embed-lr", "0.02", "--head-lr", "0.001",
+                 "--muon-momentum-warmup", "3")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "trained 4 steps" in result.output
     config = json.loads((out / "checkpoint/train_config.json").read_text())
     assert config["optimizer"] == "muon" and config["weight_decay"] == 0.1
     assert (config["embed_lr"], config["head_lr"], config["min_lr_ratio"]) == (0.02, 0.001, 0.0)
+    assert config["muon_momentum_warmup"] == 3
     fails_with(run("train", *common, "--out", str(tmp_path / "bad"), "--embed-lr", "0"),
                "embed-lr")  # fmt: skip
 

@@ -232,6 +232,16 @@ def _check_out_dir(out_dir: Path) -> None:
     help="Peak rate of an untied output head under --optimizer muon [default: --lr].",
 )
 @click.option(
+    "--muon-momentum-warmup",
+    type=click.IntRange(min=0),
+    default=TRAIN_DEFAULTS.muon_momentum_warmup,
+    show_default=True,
+    help=(
+        f"Steps over which Muon's momentum rises from {TRAIN_DEFAULTS.muon_momentum_start} "
+        f"to {TRAIN_DEFAULTS.muon_momentum} (0: constant)."
+    ),
+)
+@click.option(
     "--optimizer",
     type=click.Choice(OPTIMIZERS),
     default=TRAIN_DEFAULTS.optimizer,
@@ -359,6 +369,7 @@ def train_command(
     muon_lr: Optional[float],
     embed_lr: Optional[float],
     head_lr: Optional[float],
+    muon_momentum_warmup: int,
     optimizer: str,
     weight_decay: float,
     eval_every: int,
@@ -419,6 +430,7 @@ def train_command(
         muon_lr=muon_lr,
         embed_lr=embed_lr,
         head_lr=head_lr,
+        muon_momentum_warmup=muon_momentum_warmup,
         optimizer=optimizer,
         weight_decay=weight_decay,
         eval_every=eval_every,

@@ -73,7 +73,7 @@ class Shape:
 LADDER: tuple[Shape, ...] = (
     Shape("tiny", 64, 2, 2, 256, 16, 128),
     Shape("small", 128, 4, 2, 512, 16, 128),
-    Shape("small-4", 128, 4, 4, 512, 16, 256),
+    Shape("small-4", 128, 4, 4, 512, 32, 128),
     Shape("medium", 192, 6, 4, 768, 16, 256),
     Shape("full", 256, 8, 6, 1024, 32, 256),
     Shape("large", 384, 6, 8, 1536, 32, 512),
