@@ -113,7 +113,11 @@ def test_resume_after_a_crash_continues_from_the_newest_complete_state(tmp_path:
     model, _ = load_model(tmp_path / "run")
     batches = [(torch.randint(0, 80, (2, 8)), torch.randint(0, 80, (2, 8)))] * 4
     config = TrainConfig(
-        max_steps=12, warmup_steps=0, show_progress=False, dtype="float32", eval_every=0,
+        max_steps=12,
+        warmup_steps=0,
+        show_progress=False,
+        dtype="float32",
+        eval_every=0,
         out_dir=str(tmp_path / "run"),
     )
     result = train(model, batches, config, resume_from=tmp_path / "run")

@@ -120,7 +120,10 @@ def test_two_nodes_at_a_c10d_rendezvous_follow_the_single_process_curve(
         ]  # fmt: skip
         agents.append(
             subprocess.Popen(
-                command, env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                command,
+                env=_child_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
             )  # fmt: skip
         )

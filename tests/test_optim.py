@@ -118,8 +118,10 @@ def test_optimizer_state_of_the_earlier_grouping_is_regrouped_by_name() -> None:
     by_role = {g["role"]: g for g in new["param_groups"]}
     old_groups = [  # the earlier layout: muon, one AdamW group with decay, no decay
         {**by_role["muon"], "params": [ordered[i] for i in by_role["muon"]["params"]]},
-        {**by_role["embed"], "params": [ordered[i] for role in ("embed", "head")
-                                       for i in by_role[role]["params"]]},  # fmt: skip
+        {
+            **by_role["embed"],
+            "params": [ordered[i] for role in ("embed", "head") for i in by_role[role]["params"]],
+        },  # fmt: skip
         {**by_role["no_decay"], "params": [ordered[i] for i in by_role["no_decay"]["params"]]},
     ]
     for group in old_groups:
@@ -127,9 +129,7 @@ def test_optimizer_state_of_the_earlier_grouping_is_regrouped_by_name() -> None:
     old = {"state": named_state, "param_groups": old_groups}
     fresh = create_optimizer(model, TrainConfig(), torch.device("cpu"))
     regrouped = regrouped_optimizer_state(model, fresh, old)
-    assert [g["role"] for g in regrouped["param_groups"]] == [
-        g["role"] for g in fresh.param_groups
-    ]
+    assert [g["role"] for g in regrouped["param_groups"]] == [g["role"] for g in fresh.param_groups]
     load_full_optimizer_state_dict(model, fresh, old, DistContext())
     for p in model.parameters():
         assert fresh.state[p].keys() == optimizer.state[p].keys()

@@ -301,11 +301,15 @@ def test_parts_count_each_bad_record_once_with_its_line(tmp_path: Path) -> None:
         examples += reader.bad.examples
         assert reader.num_records > 0 and f"part {part} of 4" in reader.describe()
     assert texts == expected and len(texts) == 27
-    assert examples == whole.bad.examples == [
-        f"{source} line 5: missing field 'text'",
-        f"{source} line 18: JSON syntax error (Invalid control character at)",
-        f"{source} line 26: field 'text' is int, not a string",
-    ]
+    assert (
+        examples
+        == whole.bad.examples
+        == [
+            f"{source} line 5: missing field 'text'",
+            f"{source} line 18: JSON syntax error (Invalid control character at)",
+            f"{source} line 26: field 'text' is int, not a string",
+        ]
+    )
     # CSV: every part parses the file; the bad rows go to the part that owns them
     table = tmp_path / "d.csv"
     table.write_bytes(b'id,text\n1,"one\ntwo"\n2\n3,bad \xfe\n4,four\n5,five\n')

@@ -668,7 +668,8 @@ def _model_for_training(
             )
     if contradictions:
         raise InputError(
-            f"{saved.path}: cannot resume with " + "; ".join(contradictions)
+            f"{saved.path}: cannot resume with "
+            + "; ".join(contradictions)
             + ": drop the option or start a new run"
         )
     if seq_len > config.max_seq_len:
@@ -965,9 +966,7 @@ def quickstart_command(
     click.echo(f"1/4 vocab: {vocab_size} tokens from {label}")
     _check_out_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(
-        source, vocab_size, text_field=text_field, show_progress=not quiet
-    )
+    tokenizer = train_tokenizer(source, vocab_size, text_field=text_field, show_progress=not quiet)
     tokenizer.save(str(out_dir / "tokenizer.json"))
     click.echo(f"2/4 encoding into {out_dir / 'tokens.bin'}")
     _encode_corpus(

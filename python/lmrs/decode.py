@@ -283,9 +283,7 @@ class Decoder:
             self._session = rust_decode_model(model).session(batch_size, self.max_len)
             return
         self._model = sampling_model(model, resolved)
-        self._cache = KVCache.empty(
-            config, batch_size, self.max_len, dtype=resolved, device=device
-        )
+        self._cache = KVCache.empty(config, batch_size, self.max_len, dtype=resolved, device=device)
 
     @property
     def dtype(self) -> torch.dtype:

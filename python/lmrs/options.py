@@ -182,9 +182,7 @@ class TrainConfig:
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.muon_momentum_warmup < 0:
-            raise ValueError(
-                f"muon_momentum_warmup must be >= 0, got {self.muon_momentum_warmup}"
-            )
+            raise ValueError(f"muon_momentum_warmup must be >= 0, got {self.muon_momentum_warmup}")
         if self.dtype not in TRAIN_DTYPES:
             raise ValueError(f"dtype must be one of {TRAIN_DTYPES}, got {self.dtype!r}")
         if self.strategy not in STRATEGIES:

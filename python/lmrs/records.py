@@ -372,6 +372,7 @@ class RecordReader:
                 raise InputError(
                     f"{self.path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
                 ) from None
+
         def each() -> Iterator[Optional[str]]:
             for index, record in enumerate(records):
                 yield self._from_object(record, f"{self.path} record {index}")
