@@ -581,6 +581,7 @@ def quality_section(opts: QualityOptions) -> None:
         f"{opts.warmup_steps} steps, cosine to {opts.min_lr_ratio:.0%}, weight decay "
         f"{opts.weight_decay:g}"
     )
+    print(cpu_description())
 
 
 def main() -> None:
