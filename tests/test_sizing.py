@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from lmrs import sizing
 from lmrs.distributed import DistContext
 from lmrs.model import create_model
-from lmrs.options import TrainConfig
+from lmrs.options import PRESETS, TrainConfig
 from lmrs.sizing import (
     Measurement,
     Shape,
@@ -98,6 +98,24 @@ def test_non_embedding_parameters_leave_out_tables_and_head() -> None:
             expected -= model.lm_head.weight.numel()
         assert non_embedding_parameters(model) == expected
         assert blocks <= expected < blocks + 1_000  # the blocks and a final norm
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "modern"])
+def test_ladder_grows_and_its_named_rungs_are_the_presets(arch: str) -> None:
+    # measuring stops at the first shape below the target, which is only sound if every
+    # later shape is larger; "small" and "full" must stay what --size small|full builds
+    counts = []
+    for shape in sizing.LADDER:
+        with torch.device("meta"):
+            model = create_model(5_000, arch=arch, **shape.model_fields())
+        counts.append(non_embedding_parameters(model))
+        assert shape.embed_dim % shape.num_heads == 0, shape.name
+    assert counts == sorted(counts) and len(set(counts)) == len(counts), counts
+    names = [shape.name for shape in sizing.LADDER]
+    assert len(set(names)) == len(names)
+    for name, preset in PRESETS.items():
+        shape = next(s for s in sizing.LADDER if s.name == name)
+        assert {k: shape.model_fields()[k] for k in preset} == preset
 
 
 def test_measuring_trains_the_real_model_and_reports_its_throughput() -> None:
