@@ -229,3 +229,16 @@ def test_huggingface_export_round_trip(tok: Tokenizer, tmp_path: Path) -> None:
         ids = tok.encode(text)
         assert hf.encode(text).ids == ids
         assert hf.decode(ids, skip_special_tokens=False) == text
+
+
+def test_a_list_of_existing_paths_is_files_and_an_iterator_is_always_texts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "notes").write_text("zzzz qqqq " * 40, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    from_file = Tokenizer.train(["notes"], 270, min_frequency=1, show_progress=False)
+    assert from_file.train_stats is not None and from_file.train_stats.num_files == 1
+    assert len(from_file.encode("zzzz qqqq")) <= 3  # learnt the file's words
+    as_text = Tokenizer.train(iter(["notes"] * 40), 270, min_frequency=1, show_progress=False)
+    assert len(as_text.encode("notes")) == 1  # learnt the word itself
+    assert len(as_text.encode("zzzz")) > 1

@@ -173,7 +173,9 @@ class Tokenizer:
     ) -> Tokenizer:
         """Train on `corpus`: a folder (walked recursively, sorted, hidden entries
         skipped), a file, a list of those, an iterable of str (one text each), or a
-        :class:`WordSource` such as a :class:`~lmrs.records.RecordReader`.
+        :class:`WordSource` such as a :class:`~lmrs.records.RecordReader`. A list or tuple
+        whose every item names something on disk is paths; texts that might all be paths
+        (such as ``["/"]``) go in as an iterator, ``iter(texts)``, which is always texts.
 
         `vocab_size` counts bytes, merges and special tokens. Pairs seen fewer than
         `min_frequency` times are not merged (so the vocab may come out smaller).
