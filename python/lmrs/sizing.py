@@ -38,7 +38,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from lmrs.options import TOKENS_PER_PARAM
+from lmrs.options import PRESETS, TOKENS_PER_PARAM
 
 PROBE_FRACTION = 0.05  # at most this share of the budget goes to measuring
 PROBE_SECONDS = (1.0, 5.0)  # each candidate is timed for budget/100 seconds within this range
@@ -68,14 +68,21 @@ class Shape:
         }
 
 
+def _preset_shape(name: str, batch_size: int, seq_len: int) -> Shape:
+    """The size preset ``name`` of lmrs.options.PRESETS as a rung, with its batch."""
+    p = PRESETS[name]
+    return Shape(name, p["embed_dim"], p["num_heads"], p["num_layers"], p["ff_dim"],
+                 batch_size, seq_len)  # fmt: skip
+
+
 # smallest to largest; "small" and "full" are the presets of lmrs.options.PRESETS; widths
 # grow with depth (head size 32 to 64), batches and contexts with the model, as in GPT-2/3
 LADDER: tuple[Shape, ...] = (
     Shape("tiny", 64, 2, 2, 256, 16, 128),
-    Shape("small", 128, 4, 2, 512, 16, 128),
+    _preset_shape("small", 16, 128),
     Shape("small-4", 128, 4, 4, 512, 32, 128),
     Shape("medium", 192, 6, 4, 768, 16, 256),
-    Shape("full", 256, 8, 6, 1024, 32, 256),
+    _preset_shape("full", 32, 256),
     Shape("large", 384, 6, 8, 1536, 32, 512),
     Shape("xl", 512, 8, 10, 2048, 32, 512),
     Shape("gpt2", 768, 12, 12, 3072, 64, 1024),
