@@ -3,11 +3,13 @@
 Speed (default): training tokens/s with AdamW in fp32 (and % of the measured fp32 matmul
 peak), and sampling tokens/s at batch 1 and 16 (``--sampling-only``: sampling alone).
 Quality (``--quality``): both models trained for the same wall-clock budget on a corpus
-directory, held-out bits per byte.
+directory, held-out bits per byte; ``--seeds 0,1,2`` runs each model once per seed and
+prints the mean and range (one seed's run moves by a few hundredths on a small corpus).
 
     python benchmarks/bench_model.py
     python benchmarks/bench_model.py --sampling-only
     python benchmarks/bench_model.py --quality --corpus /work/shared/corpora/shakespeare
+    python benchmarks/bench_model.py --skip-speed --quality --corpus stdlib --seeds 0,1
 
 The CPU's model and the SIMD features the Rust decoding engine uses are printed first;
 every sampling row names its engine (and the Rust kernel). The Rust engine's lower kernels
@@ -26,6 +28,7 @@ import json
 import math
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -433,7 +436,8 @@ class QualityOptions:
     # most plays twice, a modern and a First Folio spelling, so a split by file would leak)
     held_out: tuple[str, ...] = ("macbeth", "othello", "twel", "julius_caesar")
     eval_batches: int = 100
-    seed: int = 0
+    # one run per model and seed; the spread between seeds on stdlib is ~0.035 bits per byte
+    seeds: tuple[int, ...] = (0,)
     models: tuple[str, ...] = ("lmrs", "gpt2")  # "lmrs" alone: tuning runs
 
 
@@ -507,15 +511,19 @@ def held_out_splits(corpus: Path, held_out: tuple[str, ...], vocab_size: int) ->
     return data.tokenizer, data.train_split, data.val_split
 
 
-def train_lmrs_defaults(opts: QualityOptions, data: HeldOut, budget_s: float) -> tuple[Any, str]:
-    """`lmrs train` as a user types it (plus `opts.lmrs_args`); (model, description)."""
+def train_lmrs_defaults(
+    opts: QualityOptions, data: HeldOut, budget_s: float, seed: int = 0
+) -> tuple[Any, str]:
+    """`lmrs train` as a user types it (plus `opts.lmrs_args`, and `--seed` past the first
+    seed); (model, description)."""
     from lmrs.checkpoint import load_model
 
     out = data.workdir / f"run-{len(list(data.workdir.glob('run-*')))}"
+    seed_args = ["--seed", str(seed)] if seed else []
     command = [
         sys.executable, "-m", "lmrs", "train", "--tokens", str(data.train_path),
         "--tokenizer", str(data.tokenizer_path), "--out", str(out),
-        "--time-budget", f"{budget_s:g}s", "--quiet", *opts.lmrs_args,
+        "--time-budget", f"{budget_s:g}s", "--quiet", *seed_args, *opts.lmrs_args,
     ]  # fmt: skip
     print("  $ lmrs " + " ".join(command[3:]), flush=True)
     subprocess.run(command, check=True)
@@ -525,54 +533,72 @@ def train_lmrs_defaults(opts: QualityOptions, data: HeldOut, budget_s: float) ->
         f"{config.get('optimizer')} lr {config.get('learning_rate'):g}, batch "
         f"{config.get('batch_size')}x{config.get('seq_len')}, {checkpoint.step} steps; "
         f"model {shape.get('embed_dim')} dim x {shape.get('num_layers')} layers, "
-        f"{shape.get('position')}, {shape.get('norm')}, mlp {shape.get('mlp')}"
+        f"ffn {shape.get('ff_dim')}, {shape.get('position')}, {shape.get('norm')}, "
+        f"mlp {shape.get('mlp')}"
     )
     return model, description
 
 
+def train_gpt2(opts: QualityOptions, data: HeldOut, budget_s: float, seed: int) -> tuple[Any, str]:
+    """HF GPT-2 of the full shape in lmrs's loop with its best settings; (model, description)."""
+    from lmrs import train
+
+    gpt2 = HFAdapter(hf_gpt2(data.tokenizer.vocab_size))  # stock dropout 0.1
+    outcome = train(
+        gpt2, data.train_split, optimizer="adamw", batch_size=opts.batch_size,
+        seq_len=opts.seq_len, time_budget_s=budget_s, learning_rate=opts.learning_rate,
+        warmup_steps=opts.warmup_steps, weight_decay=opts.weight_decay,
+        min_lr_ratio=opts.min_lr_ratio, decay="cosine", cooldown_frac=1.0, eval_every=0,
+        seed=seed, device="cpu", show_progress=False,
+    )  # fmt: skip
+    description = (
+        f"adamw lr {opts.learning_rate:g}, batch {opts.batch_size}x{opts.seq_len}, "
+        f"{outcome.steps} steps, {outcome.tokens_per_s:,.0f} tokens/s; full shape"
+    )
+    return gpt2, description
+
+
 def quality_section(opts: QualityOptions) -> None:
-    from lmrs import evaluate, train
+    from lmrs import evaluate
 
     data = held_out_files(opts.corpus, opts.held_out, opts.vocab_size)
     budget_s = opts.budget_minutes * 60
-    results: dict[str, tuple[Any, str]] = {}
-    if "lmrs" in opts.models:
-        print(f"training lmrs for {opts.budget_minutes:g} min with its defaults", flush=True)
-        model, description = train_lmrs_defaults(opts, data, budget_s)
-        scores = evaluate(
-            model, data.val_split, batches=opts.eval_batches, batch_size=32, seq_len=opts.seq_len
-        )
-        results["lmrs"] = (scores, description)
-        print(f"  lmrs: {description}; held-out {scores.summary()}", flush=True)
-    if "gpt2" in opts.models:
-        print(f"training HF GPT-2 for {opts.budget_minutes:g} min with adamw", flush=True)
-        gpt2 = HFAdapter(hf_gpt2(data.tokenizer.vocab_size))  # stock dropout 0.1
-        outcome = train(
-            gpt2, data.train_split, optimizer="adamw", batch_size=opts.batch_size,
-            seq_len=opts.seq_len, time_budget_s=budget_s, learning_rate=opts.learning_rate,
-            warmup_steps=opts.warmup_steps, weight_decay=opts.weight_decay,
-            min_lr_ratio=opts.min_lr_ratio, decay="cosine", cooldown_frac=1.0, eval_every=0,
-            seed=opts.seed, device="cpu", show_progress=False,
-        )  # fmt: skip
-        scores = evaluate(
-            gpt2, data.val_split, batches=opts.eval_batches, batch_size=32, seq_len=opts.seq_len
-        )
-        description = (
-            f"adamw lr {opts.learning_rate:g}, batch {opts.batch_size}x{opts.seq_len}, "
-            f"{outcome.steps} steps, {outcome.tokens_per_s:,.0f} tokens/s; full shape"
-        )
-        results["HF GPT-2"] = (scores, description)
-        print(f"  HF GPT-2: {description}; held-out {scores.summary()}", flush=True)
+    trainers = {"lmrs": train_lmrs_defaults, "HF GPT-2": train_gpt2}
+    chosen = [name for name in trainers if ("lmrs" if name == "lmrs" else "gpt2") in opts.models]
+    # name -> one (bits per byte, loss, description) per seed; seeds interleave the models
+    # so that a drift of the host's speed falls on both
+    results: dict[str, list[tuple[float, float, str]]] = {name: [] for name in chosen}
+    for seed in opts.seeds:
+        for name in chosen:
+            print(f"training {name} for {opts.budget_minutes:g} min, seed {seed}", flush=True)
+            model, description = trainers[name](opts, data, budget_s, seed)
+            scores = evaluate(
+                model, data.val_split, batches=opts.eval_batches, batch_size=32,
+                seq_len=opts.seq_len,
+            )  # fmt: skip
+            bpb = scores.bits_per_byte or float("nan")
+            results[name].append((bpb, scores.loss, description))
+            print(f"  {name}: {description}; held-out {scores.summary()}", flush=True)
 
     print()
-    print(f"{'':<10}{'bits/byte':>10}{'loss':>8}  run")
-    for name, (scores, description) in results.items():
-        bpb = scores.bits_per_byte or float("nan")
-        print(f"{name:<10}{bpb:>10.3f}{scores.loss:>8.3f}  {description}")
+    print(f"{'':<10}{'seed':>5}{'bits/byte':>10}{'loss':>8}  run")
+    for name, runs in results.items():
+        for seed, (bpb, loss, description) in zip(opts.seeds, runs):
+            print(f"{name:<10}{seed:>5}{bpb:>10.3f}{loss:>8.3f}  {description}")
+        if len(runs) > 1:
+            bpbs = [r[0] for r in runs]
+            print(
+                f"{name:<10}{'mean':>5}{statistics.fmean(bpbs):>10.3f}{'':>8}  "
+                f"range {min(bpbs):.3f}-{max(bpbs):.3f} over {len(bpbs)} seeds"
+            )
     if len(results) == 2:
-        ours, theirs = (r[0].bits_per_byte for r in results.values())
-        if ours and theirs:
-            print(f"lmrs / GPT-2 bits per byte: {ours / theirs:.3f} (target <= 0.85)")
+        ours, theirs = ([r[0] for r in runs] for runs in results.values())
+        per_seed = ", ".join(f"{a / b:.3f}" for a, b in zip(ours, theirs))
+        print(
+            f"lmrs / GPT-2 bits per byte: {statistics.fmean(ours) / statistics.fmean(theirs):.3f}"
+            + (f" (per seed {per_seed})" if len(ours) > 1 else "")
+            + " (target <= 0.85)"
+        )
     print(
         f"{opts.budget_minutes:g} min each on {opts.corpus}, held-out bits per byte over "
         f"{opts.eval_batches} batches of 32x{opts.seq_len}; lmrs: `lmrs train` defaults"
@@ -613,6 +639,9 @@ def main() -> None:
     parser.add_argument(
         "--models", default="lmrs,gpt2", help="quality mode: lmrs,gpt2 or one of them"
     )
+    parser.add_argument(
+        "--seeds", default="0", help="quality: comma-separated seeds, one run per model each"
+    )
     args = parser.parse_args()
 
     if args.sample_worker:
@@ -636,6 +665,12 @@ def main() -> None:
     models = tuple(m for m in args.models.split(",") if m)
     if not models or set(models) - {"lmrs", "gpt2"}:
         raise SystemExit(f"--models: give lmrs, gpt2 or both, got {args.models!r}")
+    try:
+        seeds = tuple(int(seed) for seed in args.seeds.split(",") if seed.strip())
+    except ValueError:
+        raise SystemExit(f"--seeds: give comma-separated integers, got {args.seeds!r}") from None
+    if not seeds:
+        raise SystemExit("--seeds: give at least one seed")
     if args.quality:
         quality_section(
             QualityOptions(
@@ -647,6 +682,7 @@ def main() -> None:
                 min_lr_ratio=args.min_lr_ratio,
                 lmrs_args=tuple(shlex.split(args.lmrs_args)),
                 models=models,
+                seeds=seeds,
             )
         )
 
