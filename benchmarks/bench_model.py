@@ -4,7 +4,10 @@ Speed (default): training tokens/s with AdamW in fp32 (and % of the measured fp3
 peak), and sampling tokens/s at batch 1 and 16 (``--sampling-only``: sampling alone).
 Quality (``--quality``): both models trained for the same wall-clock budget on a corpus
 directory, held-out bits per byte; ``--seeds 0,1,2`` runs each model once per seed and
-prints the mean and range (one seed's run moves by a few hundredths on a small corpus).
+prints the mean and range (one seed's run moves by a few hundredths on a small corpus). The
+seed orders the training windows and sets dropout (lmrs: ``lmrs train --seed``, which also
+picks its validation documents; its initial weights stay at ModelConfig.seed 0, GPT-2's are
+drawn unseeded).
 
     python benchmarks/bench_model.py
     python benchmarks/bench_model.py --sampling-only
@@ -563,15 +566,16 @@ def quality_section(opts: QualityOptions) -> None:
 
     data = held_out_files(opts.corpus, opts.held_out, opts.vocab_size)
     budget_s = opts.budget_minutes * 60
-    trainers = {"lmrs": train_lmrs_defaults, "HF GPT-2": train_gpt2}
-    chosen = [name for name in trainers if ("lmrs" if name == "lmrs" else "gpt2") in opts.models]
-    # name -> one (bits per byte, loss, description) per seed; seeds interleave the models
+    # --models name -> (label, trainer), in the order they train
+    trainers = {"lmrs": ("lmrs", train_lmrs_defaults), "gpt2": ("HF GPT-2", train_gpt2)}
+    chosen = [trainers[model] for model in trainers if model in opts.models]
+    # label -> one (bits per byte, loss, description) per seed; seeds interleave the models
     # so that a drift of the host's speed falls on both
-    results: dict[str, list[tuple[float, float, str]]] = {name: [] for name in chosen}
+    results: dict[str, list[tuple[float, float, str]]] = {name: [] for name, _ in chosen}
     for seed in opts.seeds:
-        for name in chosen:
+        for name, trainer in chosen:
             print(f"training {name} for {opts.budget_minutes:g} min, seed {seed}", flush=True)
-            model, description = trainers[name](opts, data, budget_s, seed)
+            model, description = trainer(opts, data, budget_s, seed)
             scores = evaluate(
                 model, data.val_split, batches=opts.eval_batches, batch_size=32,
                 seq_len=opts.seq_len,

@@ -77,8 +77,8 @@ def _preset_shape(name: str, batch_size: int, seq_len: int) -> Shape:
 
 # smallest to largest; "small" and "full" are the presets of lmrs.options.PRESETS; widths
 # grow with depth (head size 32 to 64), batches and contexts with the model, as in GPT-2/3;
-# small-4's FFN is 3x its width, not 4x: measured better on code and prose at 10 minutes
-# on 2 CPU cores (docs/recipe.md, sitting 6), and 10% more tokens/s
+# small-4's FFN is 3x its width, not 4x: at 10 minutes on 2 CPU cores it is better on code
+# and equal on prose, with 8-10% more tokens/s (docs/recipe.md, sitting 6 and the last section)
 LADDER: tuple[Shape, ...] = (
     Shape("tiny", 64, 2, 2, 256, 16, 128),
     _preset_shape("small", 16, 128),
