@@ -1094,6 +1094,42 @@ def test_consolidate_gives_the_weights_the_training_gathered(
     assert done.exit_code != 0 and "__1_0.distcp" in done.output
 
 
+def test_a_consolidation_killed_between_its_renames_is_recovered(
+    tmp_path: Path, sharded_run: tuple[Path, dict[str, Any]]
+) -> None:
+    import shutil
+
+    from click.testing import CliRunner
+
+    from lmrs.checkpoint import load_model
+    from lmrs.cli import cli
+
+    run_dir, _ = sharded_run
+    copy = tmp_path / "run" / "checkpoint"
+    shutil.copytree(run_dir / "checkpoint", copy)
+    (copy / "model.safetensors").unlink()
+    sums = json.loads((copy / "checksums.json").read_text())
+    del sums["model.safetensors"]
+    (copy / "checksums.json").write_text(json.dumps(sums))
+    env = {**os.environ, "LMRS_FAULT_POINT": "checkpoint.old_renamed", "LMRS_FAULT_ACTION": "kill"}
+    killed = subprocess.run(
+        [sys.executable, "-m", "lmrs", "checkpoint", "consolidate", str(tmp_path / "run")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    assert not copy.exists()  # only the unconsolidated .old-* and the finished .tmp-* are left
+    # readers take the consolidated copy (same step, the newer write), not the sharded one
+    model, saved = load_model(tmp_path / "run")
+    assert ".tmp-" in saved.path.name and saved.step == CHECKPOINT_STEP
+    # the next writer puts it back in place and removes the debris
+    done = CliRunner().invoke(cli, ["checkpoint", "consolidate", str(tmp_path / "run")])
+    assert done.exit_code == 0, done.output
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name != ".lmrs.lock") == [
+        "checkpoint"
+    ]
+    assert load_model(tmp_path / "run")[1].path == copy
+
+
 def test_sharded_checkpoint_resumes_on_one_process(
     workspace: Path, reference: dict[str, Any], sharded_run: tuple[Path, dict[str, Any]]
 ) -> None:

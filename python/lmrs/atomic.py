@@ -49,7 +49,8 @@ def fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _process_gone(pid: int) -> bool:
+def process_gone(pid: int) -> bool:
+    """Whether no process ``pid`` exists on this host (this process is never gone)."""
     if pid == os.getpid():
         return False
     try:
@@ -66,7 +67,7 @@ def remove_dead_temporaries(path: Path) -> int:
     removed = 0
     for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
         pid_text = stale.name[len(path.name) + 6 :].split("-", 1)[0]
-        if not pid_text.isdigit() or not _process_gone(int(pid_text)):
+        if not pid_text.isdigit() or not process_gone(int(pid_text)):
             continue
         if stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)

@@ -11,12 +11,15 @@ A checkpoint is a directory (DESIGN.md):
     checksums.json      size and SHA-256 of every file above; written last, so its presence
                         marks a complete checkpoint, and every load verifies what it reads
 
-It is written into ``DIR.tmp-XXXX`` (each file fsynced) and renamed into place; an existing
-``DIR`` is first renamed to ``DIR.old-XXXX`` and removed after the new one is in place, so a
-crash at any point leaves either the old or the new checkpoint complete. When ``DIR`` is
-missing (a crash between the two renames), :func:`resolve_checkpoint_dir` takes the complete,
-verified ``DIR.old-*`` / ``DIR.tmp-*`` with the highest recorded step and says so on stderr.
-Each successful save removes the ``.tmp-*`` / ``.old-*`` leftovers of earlier crashes.
+It is written into ``DIR.tmp-PID-XXXX`` (each file fsynced) and renamed into place; an
+existing ``DIR`` is first renamed to ``DIR.old-PID-XXXX`` and removed after the new one is in
+place, so a crash at any point leaves either the old or the new checkpoint complete. When
+``DIR`` is missing (a crash between the two renames), :func:`resolve_checkpoint_dir` takes the
+complete, verified ``DIR.old-*`` / ``DIR.tmp-*`` with the highest recorded step (at equal
+steps the ``.tmp-*``, the newer write) and says so on stderr; a writer, holding the run's lock
+(:mod:`lmrs.runlock`), first puts that one back in ``DIR``'s place
+(:func:`recover_checkpoint`). Each successful save removes the ``.tmp-*`` / ``.old-*``
+leftovers of earlier crashes whose writing process is gone (the PID in their name).
 
 A training run directory holds its latest checkpoint in ``RUN/checkpoint``; every loader
 accepts the run directory or the checkpoint directory. With ``keep > 1`` the checkpoint a
@@ -50,7 +53,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lmrs.atomic import default_mode, fsync_dir, fsync_file
+from lmrs.atomic import default_mode, fsync_dir, fsync_file, process_gone
 from lmrs.distributed import regrouped_optimizer_state, unwrap_model
 from lmrs.errors import InputError, one_line
 from lmrs.faults import fault_point
@@ -301,7 +304,7 @@ def new_checkpoint_tmp(final: Path) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists() and not final.is_dir():
         raise CheckpointError(f"{final}: exists and is not a directory")
-    tmp = final.with_name(f"{final.name}.tmp-{secrets.token_hex(4)}")
+    tmp = final.with_name(f"{final.name}.tmp-{_writer_tag()}")
     tmp.mkdir()
     os.chmod(tmp, 0o777 & ~(0o666 ^ default_mode()))  # like mkdir under the umask, not 0700
     fault_point("checkpoint.tmp_created")
@@ -351,15 +354,72 @@ def _write_error(error: OSError, final: Path) -> OSError:
     return OSError(error.errno, error.strerror or str(error), str(final))
 
 
+def _writer_tag() -> str:
+    """``PID-XXXXXXXX``: the writing process (so that only a dead writer's debris is
+    removed) and a random part (so that no two saves share a name)."""
+    return f"{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _writer_gone(leftover: Path) -> bool:
+    """Whether the process that wrote ``NAME.tmp-PID-XXXX`` / ``.old-PID-XXXX`` is gone (or
+    is this one, whose own saves are finished); names without a PID come from versions
+    before the run lock, whose writers cannot still be saving into a locked run."""
+    tag = leftover.name.rsplit(".", 1)[-1].split("-")
+    if len(tag) == 3 and tag[1].isdigit():
+        pid = int(tag[1])
+        return pid == os.getpid() or process_gone(pid)
+    return True
+
+
+def checkpoint_leftovers(final: Path) -> list[Path]:
+    """``final``'s ``.tmp-*`` / ``.old-*`` sibling directories (saves in progress or crashed)."""
+    if not final.parent.is_dir():
+        return []
+    return [
+        path
+        for kind in ("tmp", "old")
+        for path in sorted(final.parent.glob(f"{glob.escape(final.name)}.{kind}-*"))
+        if path.is_dir() and not path.is_symlink()
+    ]
+
+
 def remove_checkpoint_leftovers(final: Path) -> int:
-    """Remove ``final``'s ``.tmp-*`` / ``.old-*`` siblings (debris of crashed saves)."""
+    """Remove ``final``'s ``.tmp-*`` / ``.old-*`` siblings whose writer is gone (debris of
+    crashed saves); a live writer's temporary directory is left alone."""
     removed = 0
-    for kind in ("tmp", "old"):
-        for stale in final.parent.glob(f"{glob.escape(final.name)}.{kind}-*"):
-            if stale.is_dir() and not stale.is_symlink():
-                shutil.rmtree(stale, ignore_errors=True)
-                removed += 1
+    for stale in checkpoint_leftovers(final):
+        if _writer_gone(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+            removed += 1
     return removed
+
+
+def holds_checkpoints(run_dir: PathLike) -> bool:
+    """Whether ``run_dir`` holds any checkpoint of a trained run: ``checkpoint/``, kept
+    ``checkpoint-STEP`` ones, or the complete copies an interrupted save left beside them."""
+    final = Path(run_dir) / RUN_CHECKPOINT_NAME
+    return final.exists() or bool(kept_checkpoints(final)) or _newest_leftover(final) is not None
+
+
+def recover_checkpoint(final: Path) -> Optional[Path]:
+    """Put the newest complete copy of a missing ``final`` (left by a save or consolidation
+    that died between its two renames) back in its place; returns what it restored from.
+    Only a writer holding the run's lock calls this: readers resolve without renaming."""
+    if final.exists():
+        return None
+    recovered = _newest_leftover(final)
+    if recovered is None:
+        return None
+    directory, step = recovered
+    os.rename(directory, final)
+    fsync_dir(final.parent)
+    remove_checkpoint_leftovers(final)  # the copy it replaced, if a dead writer left one
+    print(
+        f"lmrs: {final} was missing (a save was interrupted); restored it from "
+        f"{directory.name} (step {step})",
+        file=sys.stderr,
+    )
+    return directory
 
 
 def kept_checkpoints(final: Path) -> list[tuple[int, Path]]:
@@ -405,7 +465,7 @@ def _replace_dir(tmp: Path, final: Path, *, keep: int = 1) -> None:
         step = _saved_step(final) if keep > 1 else None
         aside = kept_name(final, step) if step is not None else None
         if aside is None or aside.exists():
-            aside = final.with_name(f"{final.name}.old-{secrets.token_hex(4)}")
+            aside = final.with_name(f"{final.name}.old-{_writer_tag()}")
         os.rename(final, aside)
         fault_point("checkpoint.old_renamed")
         os.rename(tmp, final)
@@ -484,6 +544,14 @@ def is_checkpoint_dir(path: Path) -> bool:
     return (path / MODEL_FILE).is_file() or (path / SHARDED_METADATA_FILE).is_file()
 
 
+def run_dir_of(path: PathLike) -> Path:
+    """The directory a checkpoint writer locks (:mod:`lmrs.runlock`): ``path`` for a run
+    directory, the parent for a checkpoint directory (where its ``.tmp-*`` / ``.old-*`` /
+    kept siblings are made)."""
+    path = Path(path)
+    return path.parent if is_checkpoint_dir(path) else path
+
+
 def _not_a_checkpoint(path: Path) -> Path:
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint directory not found")
@@ -494,24 +562,20 @@ def _not_a_checkpoint(path: Path) -> Path:
 
 def _newest_leftover(candidate: Path) -> Optional[tuple[Path, int]]:
     """The complete, verified ``candidate.old-*`` / ``.tmp-*`` / kept ``candidate-STEP``
-    with the highest step."""
-    best: Optional[tuple[int, Path]] = None
-    if not candidate.parent.is_dir():
-        return None
-    leftovers = [
-        directory
-        for kind in ("old", "tmp")
-        for directory in candidate.parent.glob(f"{glob.escape(candidate.name)}.{kind}-*")
-    ]
-    for directory in leftovers + [path for _, path in kept_checkpoints(candidate)]:
+    with the highest step; at equal steps a ``.tmp-*`` (the newer write: a consolidation
+    rewrites the same step) before an ``.old-*`` before a kept one."""
+    best: Optional[tuple[int, int, Path]] = None
+    kept = [path for _, path in kept_checkpoints(candidate)]
+    for directory in checkpoint_leftovers(candidate) + kept:
         try:
             verify_checkpoint(directory, require_checksums=True)
             step = int(_read_json(directory / STATE_FILE).get("step", 0))
         except (CheckpointError, TypeError, ValueError):
             continue
-        if best is None or step > best[0]:
-            best = (step, directory)
-    return None if best is None else (best[1], best[0])
+        rank = 2 if ".tmp-" in directory.name else 1 if ".old-" in directory.name else 0
+        if best is None or (step, rank) > best[:2]:
+            best = (step, rank, directory)
+    return None if best is None else (best[2], best[0])
 
 
 def verify_checkpoint(directory: Path, *, require_checksums: bool = False) -> None:

@@ -39,19 +39,24 @@ from lmrs.checkpoint import (
     CHECKSUMS_FILE,
     MODEL_CONFIG_FILE,
     MODEL_FILE,
+    RUN_CHECKPOINT_NAME,
     SHARDED_METADATA_FILE,
     CheckpointError,
     commit_checkpoint,
     file_digest,
+    is_checkpoint_dir,
     new_checkpoint_tmp,
     read_checkpoint_json,
+    recover_checkpoint,
     resolve_checkpoint_dir,
+    run_dir_of,
     verify_file,
     write_run_files,
     write_weights,
 )
 from lmrs.errors import one_line
 from lmrs.jsonfile import read_json_object
+from lmrs.runlock import run_lock
 
 SHARD_SUFFIX = ".distcp"
 
@@ -205,12 +210,20 @@ def consolidate(path: Any) -> Path:
     """Give a sharded checkpoint its ``model.safetensors`` (one process, no group): the
     directory is rebuilt beside itself (hard links to its files, copies where links are
     not possible) with the weights and new checksums, then swapped in atomically. Returns
-    the checkpoint directory; one that already has the file is left as it is."""
+    the checkpoint directory; one that already has the file is left as it is. Holds the
+    run's lock (:mod:`lmrs.runlock`): refused while the run trains."""
+    with run_lock(run_dir_of(path), "lmrs checkpoint consolidate"):
+        return _consolidate(path)
+
+
+def _consolidate(path: Any) -> Path:
     import torch.distributed.checkpoint as dcp
 
     from lmrs.checkpoint import check_weight_shapes
     from lmrs.model import GPT
 
+    if not is_checkpoint_dir(Path(path)):  # a run directory: its checkpoint/ may need recovery
+        recover_checkpoint(Path(path) / RUN_CHECKPOINT_NAME)
     directory = resolve_checkpoint_dir(path)
     if not is_sharded(directory):
         if (directory / MODEL_FILE).is_file():

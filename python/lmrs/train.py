@@ -63,6 +63,7 @@ from lmrs.optim import MuonAdamW, muon_parameter_groups, parameter_groups
 from lmrs.options import TRAIN_DTYPES, TrainConfig
 from lmrs.precision import autocast_context, fast_float32_matmul, uses_bf16
 from lmrs.progress import tqdm
+from lmrs.runlock import run_lock
 
 DTYPES = TRAIN_DTYPES  # the name this module exported before options.py
 METRICS_FILE = "metrics.jsonl"
@@ -548,8 +549,9 @@ def train(
     config.validate()
     owns_group = not torch.distributed.is_initialized()
     ctx = dist_utils.init_distributed(config.device, config.dist_timeout_s)
+    lock = run_lock(config.out_dir, "lmrs.train", primary=ctx.is_main) if config.out_dir else None
     try:
-        with fast_float32_matmul(ctx.device):
+        with lock or contextlib.nullcontext(), fast_float32_matmul(ctx.device):
             return _train(model, data, config, ctx, val_data, tokenizer, resume_from)
     finally:
         if owns_group:  # a group the caller created is the caller's to destroy
