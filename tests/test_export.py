@@ -347,3 +347,115 @@ def test_imported_tokenizer_exports_with_its_own_ids(tmp_path: Path) -> None:
         assert tokenizer.encode(text) == ids
         assert from_folder.encode(text, add_special_tokens=False) == ids
         assert from_gguf.encode(text, add_special_tokens=False) == ids
+
+
+# ---- whole outputs: an export replaces only its own, and is never a mix of two ------------
+
+EXPORT_POINTS = ("export.tmp_written", "export.old_renamed", "export.new_renamed")
+# what is at -o after a crash at each point: the first export, nothing (both whole beside
+# it, as temporaries), the second export
+AFTER_CRASH = {"export.tmp_written": "A", "export.old_renamed": None, "export.new_renamed": "B"}
+
+EXPORT_TWICE = """
+import os, sys
+from lmrs import Tokenizer
+from lmrs.export_hf import export_huggingface
+from lmrs.model import create_model
+texts = ["The quick brown fox jumps over the lazy dog. " * 8, "def add(a, b): return a + b" * 6]
+dims = dict(max_seq_len=16, embed_dim=16, num_heads=2, num_layers=1, ff_dim=32)
+for label, vocab in (("A", 280), ("B", 300)):
+    if label == "B":
+        os.environ["LMRS_FAULT_POINT"] = sys.argv[2]
+        os.environ["LMRS_FAULT_ACTION"] = "kill"
+    tokenizer = Tokenizer.train(texts, vocab, show_progress=False)
+    model = create_model(vocab, dropout_rate=0.0, seed=vocab, **dims)
+    export_huggingface(model, sys.argv[1], tokenizer)
+"""
+
+
+def exported_vocab(folder: Path) -> int:
+    """The vocabulary of an export folder, after checking that every file in it is the one
+    its manifest lists (the config, the weights and the tokenizer are one export's)."""
+    import hashlib
+    import json
+
+    manifest = json.loads((folder / "lmrs_export.json").read_text())
+    assert {p.name for p in folder.iterdir()} == {*manifest["files"], "lmrs_export.json"}
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest["sha256"]
+    vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
+    assert len(json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"]) == vocab
+    return vocab
+
+
+@pytest.mark.parametrize("point", EXPORT_POINTS)
+def test_a_killed_export_leaves_one_whole_export_or_none(
+    tmp_path: Path, point: str, tokenizer: Tokenizer
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-c", EXPORT_TWICE, str(out), point],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if not k.startswith("LMRS_FAULT")},
+    )
+    assert done.returncode == -9, done.stderr  # killed at the point, during the second export
+    expected = AFTER_CRASH[point]
+    if expected is None:
+        assert not out.exists()
+        # both exports are whole beside it, as temporaries of the dead process
+        vocabs = sorted(exported_vocab(p) for p in tmp_path.glob(".out.tmp-*"))
+        assert vocabs == [280, 300]
+    else:
+        assert exported_vocab(out) == {"A": 280, "B": 300}[expected]
+    # the next export replaces what is there without --overwrite (lmrs wrote it) and
+    # removes the dead process's temporaries
+    export_huggingface(tiny_model(GPT2), out, tokenizer)
+    assert exported_vocab(out) == VOCAB
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_export_replaces_only_what_lmrs_wrote(
+    tmp_path: Path, run_dir: Path, tokenizer: Tokenizer
+) -> None:
+    from lmrs.cli import cli
+
+    runner = CliRunner()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.json").write_text('{"mine": true}')
+    result = runner.invoke(cli, ["export", str(run_dir), "-o", str(foreign)])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("lmrs: ") and "--overwrite" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert (foreign / "config.json").read_text() == '{"mine": true}'
+    # an earlier export is replaced; a file added to it makes it someone else's again
+    out = tmp_path / "out"
+    for _ in range(2):
+        assert runner.invoke(cli, ["export", str(run_dir), "-o", str(out)]).exit_code == 0
+    (out / "README.md").write_text("my model card")
+    result = runner.invoke(cli, ["export", str(run_dir), "-o", str(out)])
+    assert result.exit_code == 1 and "README.md" in result.output
+    assert (out / "README.md").read_text() == "my model card"
+    result = runner.invoke(cli, ["export", str(run_dir), "-o", str(foreign), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert exported_vocab(foreign) == VOCAB
+    with pytest.raises(InputError, match="overwrite"):
+        export_huggingface(tiny_model(GPT2), out, tokenizer)
+    # GGUF: one file, replaced atomically; a file that is not GGUF is not replaced
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    args = ["export", str(run_dir), "--format", "gguf", "-o"]
+    result = runner.invoke(cli, [*args, str(notes)])
+    assert result.exit_code == 1 and "not a GGUF file" in result.output
+    assert notes.read_text() == "keep me"
+    for _ in range(2):
+        assert runner.invoke(cli, [*args, str(tmp_path / "m.gguf")]).exit_code == 0
+    assert runner.invoke(cli, [*args, str(notes), "--overwrite"]).exit_code == 0
+    assert notes.read_bytes()[:4] == b"GGUF"
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]

@@ -40,15 +40,30 @@ from lmrs.export_run import DTYPES, FORMATS
     default=None,
     help="tokenizer.json to export instead of the run's own.",
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace -o even if lmrs did not write it (a folder: everything in it).",
+)
 def export_command(
-    run: str, format_: str, output: str, dtype: Optional[str], tokenizer_path: Optional[str]
+    run: str,
+    format_: str,
+    output: str,
+    dtype: Optional[str],
+    tokenizer_path: Optional[str],
+    overwrite: bool,
 ) -> None:
-    """Export a trained RUN (a run or checkpoint folder) for transformers or llama.cpp."""
+    """Export a trained RUN (a run or checkpoint folder) for transformers or llama.cpp.
+
+    The output is written beside -o and renamed into place whole; an existing -o is
+    replaced only when it is an earlier lmrs export (or with --overwrite)."""
     from lmrs.export_run import export
     from lmrs.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.load(tokenizer_path) if tokenizer_path else None
-    path = export(run, output, format_, dtype=dtype or "f32", tokenizer=tokenizer)
+    path = export(
+        run, output, format_, dtype=dtype or "f32", tokenizer=tokenizer, overwrite=overwrite
+    )
     click.echo(f"wrote {path} ({format_}, {dtype or 'f32'})")
 
 

@@ -179,8 +179,35 @@ def gguf_tensors(model: GPT, target: Target) -> dict[str, torch.Tensor]:
     return out
 
 
-def export_gguf(model: GPT, path: PathLike, tokenizer: Tokenizer, *, dtype: str = "f32") -> Path:
-    """Write ``path`` (one .gguf file) atomically: a temporary file beside it, renamed."""
+def check_gguf_target(path: PathLike, *, overwrite: bool = False) -> Path:
+    """``path`` as a file a GGUF export may replace: missing, or a GGUF file; anything else
+    is refused unless ``overwrite`` (a mistyped ``-o`` must not replace someone's file)."""
+    out = Path(path)
+    if out.is_dir():
+        raise InputError(f"{out}: is a directory (give the .gguf file to write)")
+    if out.exists() and not overwrite:
+        try:
+            with open(out, "rb") as f:
+                magic = f.read(4)
+        except OSError as e:
+            raise InputError(f"{out}: exists and cannot be read: {e.strerror or e}") from e
+        if magic != b"GGUF":
+            raise InputError(
+                f"{out}: exists and is not a GGUF file; pass --overwrite to replace it"
+            )
+    return out
+
+
+def export_gguf(
+    model: GPT,
+    path: PathLike,
+    tokenizer: Tokenizer,
+    *,
+    dtype: str = "f32",
+    overwrite: bool = False,
+) -> Path:
+    """Write ``path`` (one .gguf file) atomically: a temporary file beside it, renamed. An
+    existing file there that is not a GGUF file is refused unless ``overwrite``."""
     try:
         import gguf
     except ImportError:
@@ -195,9 +222,7 @@ def export_gguf(model: GPT, path: PathLike, tokenizer: Tokenizer, *, dtype: str 
             "cannot export to GGUF: bias true with rotary positions (llama.cpp and "
             "transformers disagree on the layout of Llama's query/key biases)"
         )
-    out = Path(path)
-    if out.is_dir():
-        raise InputError(f"{out}: is a directory (give the .gguf file to write)")
+    out = check_gguf_target(path, overwrite=overwrite)
     check_tokenizer_fits(model.config, tokenizer, str(out))
     tensors = gguf_tensors(model, target)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent)

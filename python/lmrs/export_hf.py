@@ -11,16 +11,23 @@ case is written out, so the outputs are the same numbers, not an approximation.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import secrets
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 
-from lmrs.atomic import write_atomic
+from lmrs.atomic import default_mode, fsync_dir, remove_dead_temporaries, write_atomic
 from lmrs.errors import InputError
+from lmrs.faults import fault_point
+from lmrs.jsonfile import is_plain_name
 
 if TYPE_CHECKING:
     from lmrs.model import GPT, ModelConfig
@@ -30,6 +37,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 HF_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 EOT = "<|endoftext|>"
+# written into every export folder: what lmrs wrote there (size and SHA-256 of each file),
+# so that a later export replaces only a folder of its own
+EXPORT_MANIFEST = "lmrs_export.json"
 
 
 @dataclass(frozen=True)
@@ -332,16 +342,106 @@ def _json_bytes(data: dict[str, Any]) -> bytes:
     return (json.dumps(data, indent=2) + "\n").encode("utf-8")
 
 
+def read_export_manifest(directory: Path) -> Optional[dict[str, Any]]:
+    """The manifest of an lmrs export folder (``lmrs_export.json``), or None when the
+    folder has none or it is not one lmrs wrote."""
+    try:
+        data = json.loads((directory / EXPORT_MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict) or data.get("written_by") != "lmrs export":
+        return None
+    files = data.get("files")
+    if not isinstance(files, dict) or not all(is_plain_name(name) for name in files):
+        return None
+    return data
+
+
+def check_export_folder(path: PathLike, *, overwrite: bool = False) -> Path:
+    """``path`` as the folder a Hugging Face export may replace: missing, empty, or an
+    earlier lmrs export holding nothing but what it wrote; anything else (a folder lmrs did
+    not write, or one with files added to it) is refused unless ``overwrite``. Returns the
+    folder (a symlink's target: the export replaces what the link points to)."""
+    out = Path(path)
+    if out.is_symlink():
+        out = Path(os.path.realpath(out))
+    if not out.exists():
+        return out
+    if not out.is_dir():
+        raise InputError(f"{out}: exists and is not a directory (an hf export is a folder)")
+    if overwrite:
+        return out
+    names = sorted(entry.name for entry in out.iterdir())
+    if not names:
+        return out
+    manifest = read_export_manifest(out)
+    if manifest is None:
+        raise InputError(
+            f"{out}: not empty and not an lmrs export (it holds {names[0]}"
+            + (f" and {len(names) - 1} more" if len(names) > 1 else "")
+            + "); pass --overwrite to replace the folder and everything in it"
+        )
+    foreign = [name for name in names if name != EXPORT_MANIFEST and name not in manifest["files"]]
+    if foreign:
+        raise InputError(
+            f"{out}: holds {foreign[0]}"
+            + (f" and {len(foreign) - 1} more files" if len(foreign) > 1 else "")
+            + " that lmrs export did not write; pass --overwrite to replace the folder and "
+            "everything in it"
+        )
+    return out
+
+
+def _write_files(folder: Path, files: dict[str, bytes]) -> dict[str, Any]:
+    """Write ``files`` into ``folder`` (each fsynced); their sizes and SHA-256 by name."""
+    digests: dict[str, Any] = {}
+    for name, data in files.items():
+        write_atomic(folder / name, data)
+        digests[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return digests
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Put the complete folder ``tmp`` in ``out``'s place. An earlier ``out`` is renamed
+    aside (a name :func:`lmrs.atomic.remove_dead_temporaries` removes once this process is
+    gone) until the new folder is in, then removed: a crash at any point leaves the old
+    folder or the new one at ``out`` (or, between the renames, neither, with both whole
+    beside it), never a mix of the two."""
+    try:
+        os.rename(tmp, out)  # no folder there, or an empty one: one atomic step
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        aside = out.with_name(f".{out.name}.tmp-{os.getpid()}-old-{secrets.token_hex(4)}")
+        os.rename(out, aside)
+        fault_point("export.old_renamed")
+        try:
+            os.rename(tmp, out)
+        except BaseException:
+            os.rename(aside, out)  # the old folder back where it was
+            raise
+        fault_point("export.new_renamed")
+        fsync_dir(out.parent)
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    fault_point("export.new_renamed")
+    fsync_dir(out.parent)
+
+
 def export_huggingface(
     model: GPT,
     path: PathLike,
     tokenizer: Optional[Tokenizer] = None,
     *,
     dtype: str = "f32",
+    overwrite: bool = False,
 ) -> Path:
     """Write ``path/`` for ``AutoModelForCausalLM.from_pretrained`` (and, with a tokenizer,
-    ``AutoTokenizer.from_pretrained``). Each file is written atomically; config.json, the
-    file transformers reads first, is written last."""
+    ``AutoTokenizer.from_pretrained``), with ``lmrs_export.json`` listing the size and SHA-256
+    of every file. The folder is written whole beside ``path`` and swapped in (see
+    :func:`_swap_in`), so a reader or a crash never sees one export's tokenizer beside
+    another's weights. An existing ``path`` that lmrs did not write is refused unless
+    ``overwrite`` (:func:`check_export_folder`)."""
     from safetensors.torch import save
 
     if dtype not in HF_DTYPES:
@@ -349,23 +449,46 @@ def export_huggingface(
             f"unknown dtype {dtype!r} for a Hugging Face export; choose one of {sorted(HF_DTYPES)}"
         )
     target = choose_target(model.config)
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_export_folder(path, overwrite=overwrite)
     eot_id = None
     if tokenizer is not None:
         check_tokenizer_fits(model.config, tokenizer, str(out))
         eot_id = tokenizer.eot_id
-        tokenizer.export_huggingface(out / "tokenizer.json")
-        write_atomic(
-            out / "tokenizer_config.json",
-            _json_bytes(tokenizer_config(tokenizer, model.config.max_seq_len)),
-        )
     state = hf_state_dict(model, target)
     state = {name: t.to(HF_DTYPES[dtype]) for name, t in state.items()}
-    write_atomic(out / "model.safetensors", save(state, metadata={"format": "pt"}))
-    generation = {"bos_token_id": eot_id, "eos_token_id": eot_id}
-    write_atomic(out / "generation_config.json", _json_bytes(generation))
-    write_atomic(out / "config.json", _json_bytes(hf_config(model.config, target, eot_id, dtype)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~(0o666 ^ default_mode()))  # as mkdir under the umask, not 0700
+        files: dict[str, bytes] = {}
+        if tokenizer is not None:
+            tokenizer.export_huggingface(tmp / "tokenizer.json")
+            files["tokenizer_config.json"] = _json_bytes(
+                tokenizer_config(tokenizer, model.config.max_seq_len)
+            )
+        files["model.safetensors"] = save(state, metadata={"format": "pt"})
+        files["generation_config.json"] = _json_bytes(
+            {"bos_token_id": eot_id, "eos_token_id": eot_id}
+        )
+        files["config.json"] = _json_bytes(hf_config(model.config, target, eot_id, dtype))
+        digests = _write_files(tmp, files)
+        if tokenizer is not None:
+            data = (tmp / "tokenizer.json").read_bytes()
+            digests["tokenizer.json"] = {
+                "size": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+        manifest = {"written_by": "lmrs export", "format": "hf", "dtype": dtype}
+        write_atomic(tmp / EXPORT_MANIFEST, _json_bytes({**manifest, "files": digests}))
+        fsync_dir(tmp)
+        fault_point("export.tmp_written")
+        _swap_in(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        # the folder the user named, not the temporary one that failed
+        raise OSError(e.errno, e.strerror or str(e), str(out)) from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    remove_dead_temporaries(out)
     return out

@@ -42,14 +42,26 @@ def export(
     *,
     dtype: str = "f32",
     tokenizer: Optional[Tokenizer] = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``run_or_model`` (a run or checkpoint directory, or a GPT) to ``path``:
     ``format="hf"`` a transformers folder, ``"gguf"`` one .gguf file. A run's own
-    tokenizer is used unless ``tokenizer`` is given; GGUF needs one. Returns ``path``."""
+    tokenizer is used unless ``tokenizer`` is given; GGUF needs one. What is at ``path``
+    is replaced only when lmrs wrote it (an earlier export) or ``overwrite``. Returns
+    ``path``."""
     from torch import nn
 
     if format not in FORMATS:
         raise InputError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    # checked before the run is read: a refusal costs nothing
+    if format == "hf":
+        from lmrs.export_hf import check_export_folder
+
+        check_export_folder(path, overwrite=overwrite)
+    else:
+        from lmrs.export_gguf import check_gguf_target
+
+        check_gguf_target(path, overwrite=overwrite)
     if isinstance(run_or_model, nn.Module):
         model = run_or_model
     else:
@@ -62,9 +74,15 @@ def export(
             raise InputError(
                 "dtype q8_0 is for --format gguf; a Hugging Face export takes f32, f16 or bf16"
             )
-        return export_huggingface(model, path, tokenizer, dtype=dtype)  # type: ignore[arg-type]
+        return export_huggingface(
+            model,  # type: ignore[arg-type]
+            path,
+            tokenizer,
+            dtype=dtype,
+            overwrite=overwrite,
+        )
     from lmrs.export_gguf import export_gguf
 
     if tokenizer is None:
         raise InputError(f"{path}: a GGUF file needs the tokenizer (pass tokenizer=...)")
-    return export_gguf(model, path, tokenizer, dtype=dtype)  # type: ignore[arg-type]
+    return export_gguf(model, path, tokenizer, dtype=dtype, overwrite=overwrite)  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ import signal
 
 FAULT_EXIT_CODE = 86
 
-# Every Python crash point, in the order a checkpoint save reaches them.
+# Every Python crash point, in the order a checkpoint save (or an export) reaches them.
 PYTHON_FAULT_POINTS = (
     "checkpoint.tmp_created",
     "checkpoint.weights_written",
@@ -25,6 +25,10 @@ PYTHON_FAULT_POINTS = (
     "checkpoint.cleaned",
     "atomic.tmp_written",
     "atomic.renamed",
+    # a Hugging Face export folder: complete beside the target, then swapped in
+    "export.tmp_written",
+    "export.old_renamed",
+    "export.new_renamed",
 )
 
 
