@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from tolerances import CURVE_RTOL
 
 from lmrs import distributed
 from lmrs.distributed import DistContext, DistributedError
@@ -861,8 +862,8 @@ def test_two_processes_two_accum_equal_one_process_four_accum(
     spec = {"tokens": str(workspace / "tokens.bin"), "config": train_config(run_dir, 2)}
     seen = _train_on_two(workspace, "two", spec)
     assert seen["steps"] == STEPS
-    np.testing.assert_allclose(seen["losses"], reference["losses"], rtol=0, atol=1e-5)
-    assert seen["val_loss"] == pytest.approx(reference["val_loss"], abs=1e-5)
+    np.testing.assert_allclose(seen["losses"], reference["losses"], rtol=CURVE_RTOL, atol=0)
+    assert seen["val_loss"] == pytest.approx(reference["val_loss"], rel=CURVE_RTOL)
     # rank 1 trained the same steps but wrote nothing; rank 0 wrote one log line per step
     assert seen["rank1"]["losses"] == pytest.approx(seen["losses"], abs=0)
     assert seen["rank1"]["writes"] == []
@@ -973,8 +974,8 @@ def test_resume_on_one_process_continues_the_two_process_run(
     seen = run_training(spec)
     assert (seen["start_step"], seen["steps"]) == (CHECKPOINT_STEP, STEPS)
     expected = reference["losses"][CHECKPOINT_STEP:]
-    np.testing.assert_allclose(seen["losses"], expected, rtol=0, atol=1e-5)
-    assert seen["val_loss"] == pytest.approx(reference["val_loss"], abs=1e-5)
+    np.testing.assert_allclose(seen["losses"], expected, rtol=CURVE_RTOL, atol=0)
+    assert seen["val_loss"] == pytest.approx(reference["val_loss"], rel=CURVE_RTOL)
 
 
 def test_resume_on_two_processes_with_fsdp_continues_the_run(
@@ -993,8 +994,8 @@ def test_resume_on_two_processes_with_fsdp_continues_the_run(
     seen = _train_on_two(workspace, "resumed-on-2", spec)
     assert (seen["start_step"], seen["steps"]) == (CHECKPOINT_STEP, STEPS)
     expected = reference["losses"][CHECKPOINT_STEP:]
-    np.testing.assert_allclose(seen["losses"], expected, rtol=0, atol=1e-5)
-    assert seen["val_loss"] == pytest.approx(reference["val_loss"], abs=1e-5)
+    np.testing.assert_allclose(seen["losses"], expected, rtol=CURVE_RTOL, atol=0)
+    assert seen["val_loss"] == pytest.approx(reference["val_loss"], rel=CURVE_RTOL)
     assert seen["rank1"]["writes"] == []
     # rank 0 alone reads the weights and optimizer state; FSDP broadcasts them shard by shard
     assert seen["checkpoint_reads"] == ["weights", "optimizer"]
@@ -1031,7 +1032,7 @@ def test_fsdp_sharded_checkpoint_is_written_by_every_rank(
 
     run_dir, seen = sharded_run
     np.testing.assert_allclose(
-        seen["losses"], reference["losses"][:CHECKPOINT_STEP], rtol=0, atol=1e-5
+        seen["losses"], reference["losses"][:CHECKPOINT_STEP], rtol=CURVE_RTOL, atol=0
     )
     assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith("checkpoint")) == [
         "checkpoint",
@@ -1142,7 +1143,7 @@ def test_sharded_checkpoint_resumes_on_one_process(
     seen = run_training(spec)
     assert (seen["start_step"], seen["steps"]) == (CHECKPOINT_STEP, STEPS)
     expected = reference["losses"][CHECKPOINT_STEP:]
-    np.testing.assert_allclose(seen["losses"], expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(seen["losses"], expected, rtol=CURVE_RTOL, atol=0)
 
 
 def test_sharded_checkpoint_resumes_on_two_processes(
@@ -1155,8 +1156,8 @@ def test_sharded_checkpoint_resumes_on_two_processes(
     seen = _train_on_two(workspace, "sharded-on-2", spec)
     assert (seen["start_step"], seen["steps"]) == (CHECKPOINT_STEP, STEPS)
     expected = reference["losses"][CHECKPOINT_STEP:]
-    np.testing.assert_allclose(seen["losses"], expected, rtol=0, atol=1e-5)
-    assert seen["val_loss"] == pytest.approx(reference["val_loss"], abs=1e-5)
+    np.testing.assert_allclose(seen["losses"], expected, rtol=CURVE_RTOL, atol=0)
+    assert seen["val_loss"] == pytest.approx(reference["val_loss"], rel=CURVE_RTOL)
     assert seen["checkpoint_reads"] == seen["rank1"]["checkpoint_reads"] == []  # DCP reads
     _assert_checkpoint_at(run_dir, STEPS)
 
