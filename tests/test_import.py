@@ -258,3 +258,63 @@ def test_a_tokenizer_lmrs_cannot_represent_is_refused(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert result.output.startswith("lmrs: ") and "tokenizer.json" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
+def test_a_config_bigger_than_its_weights_is_refused_before_building(
+    tmp_path: Path, weights: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """n_embd 65536 beside small weights: a 51 GB model was built before any shape check."""
+    from lmrs import model as model_module
+
+    hf = random_gpt2(tmp_path)
+    if weights == "pytorch_model.bin":
+        (tmp_path / "model.safetensors").unlink()
+        torch.save(hf.state_dict(), tmp_path / weights)
+    edit_config(tmp_path, n_embd=65536)
+    built = model_module.GPT.__init__
+
+    def refuse_huge(self: Any, config: Any) -> None:
+        assert config.embed_dim != 65536, "a model of config.json's shape was built"
+        built(self, config)
+
+    monkeypatch.setattr(model_module.GPT, "__init__", refuse_huge)
+    with pytest.raises(InputError) as info:
+        load_pretrained(tmp_path)
+    message = str(info.value)
+    assert "config.json" in message and weights in message and "(300, 65536)" in message
+    assert "\n" not in message
+    edit_config(tmp_path, n_embd=32, n_inner=4096)  # a width the header does not show
+    with pytest.raises(InputError, match="mlp|c_fc|ffn"):
+        load_pretrained(tmp_path)
+
+
+def test_weights_that_are_not_finite_are_named(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from lmrs.cli import cli
+
+    random_gpt2(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    state["transformer.h.1.mlp.c_fc.weight"][3, 4] = float("nan")
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(InputError, match=r"model.safetensors: tensor .*h\.1\.mlp\.c_fc.* finite"):
+        load_pretrained(tmp_path)
+    Tokenizer.train(TEXTS, VOCAB, show_progress=False).export_huggingface(
+        tmp_path / "tokenizer.json"
+    )
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text(TEXTS[0])
+    args = ["train", "--init-from", str(tmp_path), "--corpus", str(corpus), "--out"]
+    result = CliRunner().invoke(cli, [*args, str(tmp_path / "run"), "--max-steps", "1"])
+    assert result.exit_code == 1, result.output
+    assert "not finite" in result.output and "lr" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_deeply_nested_config_is_one_line(tmp_path: Path) -> None:
+    random_gpt2(tmp_path)
+    (tmp_path / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(InputError, match="config.json: not valid JSON: nested too deeply"):
+        load_pretrained(tmp_path)

@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 
 from lmrs.errors import InputError, one_line
+from lmrs.jsonfile import is_plain_name
 
 if TYPE_CHECKING:
     from lmrs.model import GPT, ModelConfig
@@ -38,7 +39,9 @@ def _read_config(directory: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"{path}: missing (not a Hugging Face model folder)") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except RecursionError:
+        raise InputError(f"{path}: not valid JSON: nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an over-long integer
         raise InputError(f"{path}: not valid JSON: {one_line(e)}") from e
     if not isinstance(data, dict):
         raise InputError(f"{path}: not a JSON object")
@@ -174,6 +177,9 @@ def read_weights(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
             loaded = torch.load(str(pickle), map_location="cpu", weights_only=True)
             if not isinstance(loaded, dict):
                 raise InputError(f"{pickle}: not a state dict")
+            for name, value in loaded.items():
+                if not isinstance(value, torch.Tensor):
+                    raise InputError(f"{pickle}: not a state dict ({name!r} is not a tensor)")
             return loaded, pickle
     except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as e:
         if isinstance(e, InputError):
@@ -261,6 +267,8 @@ def lmrs_state_dict(
         state = convert(body, config)
     except KeyError as e:
         raise InputError(f"{where}: tensor {prefix}{e.args[0]} is missing") from None
+    except RuntimeError as e:  # tensors whose shapes do not fit together (cat, transpose)
+        raise InputError(f"{where}: tensors do not fit together: {one_line(e)}") from e
     if config.qk_norm:
         _check_qk_norm_gains(body, config, where)
     extra = sorted(set(body) - _used_names(config, kind))
@@ -294,23 +302,107 @@ def _used_names(config: ModelConfig, kind: str) -> set[str]:
     return names
 
 
+def stored_shapes(directory: Path) -> Optional[tuple[dict[str, tuple[int, ...]], Path]]:
+    """The tensor shapes of the folder's safetensors weights, read from the file headers
+    (nothing is loaded), and the file they came from; None for ``pytorch_model.bin``."""
+    from safetensors import SafetensorError, safe_open
+
+    single = directory / "model.safetensors"
+    index = directory / "model.safetensors.index.json"
+    if single.is_file():
+        files, where = [single], single
+    elif index.is_file():
+        try:
+            shards = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            names = sorted(set(shards.values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+            raise InputError(f"{index}: cannot read the shard index: {one_line(e)}") from e
+        for name in names:
+            if not is_plain_name(name):
+                raise InputError(f"{index}: shard name {name!r} is not a plain file name")
+        files, where = [directory / name for name in names], index
+    else:
+        return None
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for name in f.keys():
+                    shapes[name] = tuple(f.get_slice(name).get_shape())
+        except (OSError, SafetensorError, ValueError) as e:
+            raise InputError(f"{file}: cannot read weights: {one_line(e)}") from e
+    return shapes, where
+
+
+def check_embedding_shape(
+    shapes: dict[str, tuple[int, ...]], config: ModelConfig, kind: str, where: Path
+) -> None:
+    """The token embedding stored is the one config.json describes: checked on the file's
+    header before anything is loaded or built, so that a config edited to absurd sizes
+    is refused, never an attempt to allocate them."""
+    prefix = "transformer." if kind == "gpt2" else "model."
+    name = "wte.weight" if kind == "gpt2" else "embed_tokens.weight"
+    stored = shapes.get(prefix + name, shapes.get(name))
+    wanted = (config.vocab_size, config.embed_dim)
+    if stored is not None and tuple(stored) != wanted:
+        raise InputError(
+            f"{where.parent / 'config.json'}: does not describe the weights in {where.name}: "
+            f"{prefix}{name} is {tuple(stored)} there, the config gives {wanted}"
+        )
+
+
+def check_finite(hf: dict[str, torch.Tensor], where: Path) -> None:
+    """Every floating-point weight is a number: NaN or infinity would surface later as a
+    diverged loss, blamed on the learning rate."""
+    for name, tensor in hf.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise InputError(
+                f"{where}: tensor {name} is not finite (it holds NaN or infinity): these "
+                "weights cannot be used"
+            )
+
+
+def expected_shapes(config: ModelConfig, where: Path) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of a GPT of ``config``, without allocating it."""
+    from lmrs.model import GPT
+
+    try:
+        with torch.device("meta"):
+            return {name: tuple(t.shape) for name, t in GPT(config).state_dict().items()}
+    except (RuntimeError, ValueError, OverflowError, TypeError) as e:
+        raise _refuse(where, f"cannot build this model: {one_line(e)}") from e
+
+
 def load_pretrained(path: PathLike) -> GPT:
-    """A GPT with the weights of the Hugging Face model folder ``path`` (eval mode)."""
+    """A GPT with the weights of the Hugging Face model folder ``path`` (eval mode).
+
+    Shapes are checked before the model is built (the token embedding against the
+    safetensors header before any weight is read), and every weight must be finite."""
     from lmrs.model import GPT
 
     directory = Path(path)
     data = _read_config(directory)
-    config = config_from_hf(data, directory / "config.json")
+    config_file = directory / "config.json"
+    config = config_from_hf(data, config_file)
+    kind = model_type(data)
+    header = stored_shapes(directory)
+    if header is not None:
+        check_embedding_shape(header[0], config, kind, header[1])
     hf, weights_file = read_weights(directory)
-    state = lmrs_state_dict(hf, config, model_type(data), weights_file)
-    model = GPT(config)
-    expected = model.state_dict()
-    for name, tensor in state.items():
-        if tuple(tensor.shape) != tuple(expected[name].shape):
+    if header is None:  # pytorch_model.bin: the same check, on the loaded tensors
+        shapes = {name: tuple(t.shape) for name, t in hf.items() if isinstance(t, torch.Tensor)}
+        check_embedding_shape(shapes, config, kind, weights_file)
+    check_finite(hf, weights_file)
+    state = lmrs_state_dict(hf, config, kind, weights_file)
+    expected = expected_shapes(config, config_file)
+    for name in sorted(set(expected) | set(state)):
+        have = tuple(state[name].shape) if name in state else None
+        if have != expected.get(name):
             raise InputError(
-                f"{weights_file}: {name} has shape {tuple(tensor.shape)}, config.json "
-                f"gives {tuple(expected[name].shape)}"
+                f"{config_file}: does not describe the weights in {weights_file.name}: "
+                f"{name} is {have} there, the config gives {expected.get(name)}"
             )
+    model = GPT(config)
     model.load_state_dict(state, strict=True)
     return model.eval()
 
