@@ -112,6 +112,27 @@ def test_plot(trained: dict[str, Path], tmp_path: Path) -> None:
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_plot_skips_a_torn_last_line_and_refuses_bad_ones(tmp_path: Path) -> None:
+    """A run killed while writing metrics.jsonl leaves its last line cut short: skipped with
+    a warning. A bad line before it (not JSON, nested too deeply, not a record) is refused
+    in one line naming the file and the line."""
+    lines = [json.dumps({"step": s, "train_loss": 5.0 - s / 10}) for s in range(1, 4)]
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("\n".join(lines) + '\n{"step": 4, "train_lo')
+    result = run("plot", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "line 4 is cut short" in result.output and (tmp_path / "loss.png").is_file()
+    for bad, why in (
+        ("{not json", "not JSON"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('{"step": "two", "train_loss": 1.0}', "step is not a number"),
+        ("[1, 2]", "not a JSON object"),
+    ):
+        metrics.write_text("\n".join([lines[0], bad, *lines[1:]]) + "\n")
+        fails_with(run("plot", str(tmp_path)), rf"^lmrs: {re.escape(str(metrics))}: line 2: {why}")
+        assert len(run("plot", str(tmp_path)).output.strip().splitlines()) == 1
+
+
 def test_resume_continues_the_run(trained: dict[str, Path], tmp_path: Path) -> None:
     import shutil
 
