@@ -4,11 +4,13 @@ afterwards (nothing lost, nothing half-written)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -289,3 +291,75 @@ def test_full_disk_names_the_checkpoint(world: Path, small_disk: Path) -> None:
     line = refused(result, "no space left on device writing")
     assert str(out / "checkpoint") in line
     assert not any(p.name.startswith("checkpoint") for p in out.iterdir())  # no half checkpoint
+
+
+def test_train_on_an_empty_corpus_keeps_the_runs_tokens(unchanged: Path, tmp_path: Path) -> None:
+    """The resumed run's tokens.bin (and .idx, .json) are not removed by a corpus with no
+    text: the input is refused before anything is written."""
+    (tmp_path / "empty").mkdir()
+    run_dir = str(unchanged / "run")
+    args = train_args(unchanged, "--out", run_dir, "--resume", run_dir, "--max-steps", "6")
+    args[args.index("--corpus") + 1] = str(tmp_path / "empty")
+    refused(run(*args), "empty")
+
+
+def write_no_text(kind: str, where: Path) -> Path:
+    """An input without one usable document."""
+    if kind == "empty folder":
+        where.mkdir()
+    elif kind == "binary files":
+        where.mkdir()
+        (where / "a.bin").write_bytes(b"\x00\x01\x02")
+    elif kind == "bad records":
+        where = where.with_suffix(".jsonl")
+        where.write_text('{"body": "no text field"}\n{"text": 3}\n', encoding="utf-8")
+    else:
+        where = where.with_suffix(".csv")
+        where.write_text("id,text\n", encoding="utf-8")
+    return where
+
+
+@pytest.mark.parametrize("shards", [False, True])
+@pytest.mark.parametrize("kind", ["empty folder", "binary files", "bad records", "empty csv"])
+def test_encode_with_no_usable_text_keeps_the_old_output(
+    unchanged: Path, tmp_path: Path, kind: str, shards: bool
+) -> None:
+    out = tmp_path / ("keep" if shards else "keep.bin")
+    options = ["--shard-tokens", "500"] if shards else []
+    tokenizer = str(unchanged / "tok.json")
+    encoded = run("encode", str(unchanged / "corpus"), "-t", tokenizer, "-o", str(out), *options)
+    assert encoded.exit_code == 0, encoded.output
+    before = snapshot(tmp_path)
+    source = write_no_text(kind, tmp_path / "nothing")
+    line = refused(run("encode", str(source), "-t", tokenizer, "-o", str(out), "-q", *options), "")
+    assert str(source) in line or f"{out}: not written: the input is empty" in line
+    assert f"{out} not written" in line or f"{out}: not written" in line
+    assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("nothing")} == before
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".json", ".parquet"])
+def test_a_record_file_that_is_a_named_pipe_is_refused_by_name(
+    unchanged: Path, tmp_path: Path, suffix: str
+) -> None:
+    """A pipe cannot be read twice (and opening it waits for a writer): refused by name
+    before it is opened, for every command that reads records."""
+    pipe = tmp_path / f"data{suffix}"
+    os.mkfifo(pipe)
+    results: list[Result] = []
+    commands = [
+        ["vocab", str(pipe), "-o", str(tmp_path / "t.json"), "-q"],
+        ["encode", str(pipe), "-t", str(unchanged / "tok.json"), "-o", str(tmp_path / "t.bin")],
+        ["corpus", "add", str(pipe), str(tmp_path / "corpus"), "--quiet"],
+    ]
+    worker = threading.Thread(target=lambda: [results.append(run(*c)) for c in commands])
+    worker.start()
+    worker.join(20)
+    hung = worker.is_alive()
+    while worker.is_alive():  # blocked opening the pipe: a writer that closes at once frees it
+        with contextlib.suppress(OSError):
+            os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(0.1)
+    assert not hung, "a command waits for ever on a named pipe"
+    assert len(results) == len(commands)
+    for result in results:
+        refused(result, f"{pipe}: not a regular file")

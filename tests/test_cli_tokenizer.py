@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from tok_corpus import make_texts, write_corpus
 
@@ -104,3 +105,40 @@ def test_errors_are_one_line_and_write_nothing(tmp_path: Path) -> None:
     code, out = run("vocab", str(tmp_path / "c"), "--pattern", "(", "-o", str(tmp_path / "v.json"))
     assert code != 0 and "pattern" in out and not (tmp_path / "v.json").exists()
     assert out.strip().count("\n") == 0
+
+
+def test_vocab_from_a_deeply_nested_tokenizer_json_is_one_line(tmp_path: Path) -> None:
+    source = tmp_path / "tokenizer.json"
+    source.write_bytes(b'{"model": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    code, out = run("vocab", "--from", str(source), "-o", str(tmp_path / "v.json"))
+    assert code == 1 and not (tmp_path / "v.json").exists()
+    assert out.strip() == f"lmrs: {source}: not a tokenizer.json (JSON nested too deeply)"
+
+
+def test_a_file_that_shrinks_while_read_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files' sizes are taken before they are read: one read shorter (truncated by
+    another process meanwhile) is named in a warning by vocab and encode."""
+    import lmrs.tokenizer
+
+    paths = write_corpus(tmp_path / "c", make_texts(6))
+    shrunk = paths[2]
+    whole = shrunk.read_bytes()
+    real = lmrs.tokenizer._file_sizes
+
+    def sizes_then_truncate(files: list[Path]) -> list[int]:
+        before = real(files)
+        shrunk.write_bytes(shrunk.read_bytes()[:5])  # as if cut while being read
+        return before
+
+    monkeypatch.setattr(lmrs.tokenizer, "_file_sizes", sizes_then_truncate)
+    tok = tmp_path / "t.json"
+    for args in (
+        ["vocab", str(tmp_path / "c"), "--size", "260", "-o", str(tok), "-q"],
+        ["encode", str(tmp_path / "c"), "-t", str(tok), "-o", str(tmp_path / "t.bin"), "-q"],
+    ):
+        shrunk.write_bytes(whole)
+        code, out = run(*args)
+        assert code == 0, out
+        assert f"lmrs: warning: {shrunk}: changed while being read" in out

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from lmrs import Tokenizer
 from lmrs.cli import cli
-from lmrs.corpus import add_to_corpus
+from lmrs.corpus import add_to_corpus, record_folder_name
 
 
 def make_tree(root: Path) -> None:
@@ -88,3 +90,53 @@ def test_cli_corpus_add(tmp_path: Path) -> None:
     bad = runner.invoke(cli, ["corpus", "add", str(tmp_path / "missing"), str(dst)])
     assert bad.exit_code != 0
     assert "missing" in bad.output and len(bad.output.strip().splitlines()) == 1
+
+
+def documents(folder: Path) -> list[str]:
+    return [p.read_text(encoding="utf-8") for p in sorted(folder.rglob("*.txt"))]
+
+
+def test_record_files_of_one_name_from_two_sources_never_replace_each_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """a/data.jsonl and b/data.jsonl each get their own folder (name and a hash of the
+    resolved source path); adding the same source again changes nothing."""
+    first = [f"first source document {i}" for i in range(30)]
+    second = [f"second source document {i}" for i in range(5)]
+    for name, docs in (("a", first), ("b", second)):
+        (tmp_path / name).mkdir()
+        lines = [json.dumps({"text": d}) for d in docs]
+        (tmp_path / name / "data.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    dst = tmp_path / "corpus"
+    result = CliRunner().invoke(
+        cli, ["corpus", "add", str(tmp_path / "a" / "data.jsonl"), str(dst), "--quiet"]
+    )
+    assert result.exit_code == 0, result.output
+    monkeypatch.chdir(tmp_path / "b")  # relative or absolute: the same source
+    assert add_to_corpus("data.jsonl", dst, show_progress=False).added == 5
+    again = add_to_corpus(tmp_path / "b" / "data.jsonl", dst, show_progress=False)
+    assert (again.added, again.unchanged) == (0, 5)
+    folders = sorted(p.name for p in dst.iterdir())
+    assert folders == sorted(record_folder_name(tmp_path / n / "data.jsonl") for n in "ab")
+    assert all(f.startswith("data-") and len(f) == len("data-") + 8 for f in folders)
+    assert documents(dst / record_folder_name(tmp_path / "a" / "data.jsonl")) == first
+    assert documents(dst / record_folder_name(tmp_path / "b" / "data.jsonl")) == second
+
+
+def test_symlinked_folders_are_followed_like_vocab_follows_them(tmp_path: Path) -> None:
+    """One rule for `corpus add` and `vocab`: a symlinked folder is read, a link to a
+    folder that holds it (a loop) is skipped."""
+    src, outside = tmp_path / "src", tmp_path / "outside"
+    (src / "real").mkdir(parents=True)
+    outside.mkdir()
+    (src / "real" / "a.txt").write_text("alpha beta\n")
+    (outside / "b.txt").write_text("gamma delta\n")
+    (src / "linked").symlink_to(outside, target_is_directory=True)
+    (src / "real" / "loop").symlink_to(src, target_is_directory=True)
+    dst = tmp_path / "corpus"
+    result = add_to_corpus(src, dst, show_progress=False)
+    copied = sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file())
+    assert copied == ["linked/b.txt", "real/a.txt"]
+    assert result.added == 2
+    tokenizer = Tokenizer.train(src, 260, show_progress=False)
+    assert tokenizer.train_stats is not None and tokenizer.train_stats.num_files == 2

@@ -17,6 +17,7 @@ from tok_corpus import make_texts
 
 from lmrs import Tokenizer, _lmrs, add_to_corpus
 from lmrs.cli import cli
+from lmrs.corpus import record_folder_name
 from lmrs.errors import InputError
 from lmrs.records import RecordOptions, RecordReader
 
@@ -355,7 +356,7 @@ def test_corpus_add_keeps_record_boundaries(tmp_path: Path, reference: dict[str,
     assert result.bad_records.total == 1
     again = add_to_corpus(source, corpus, show_progress=False)
     assert again.added == 0 and again.unchanged == len(DOCS) + 1
-    files = sorted((corpus / "d").rglob("*.txt"))
+    files = sorted((corpus / record_folder_name(source)).rglob("*.txt"))
     assert [f.read_bytes().decode("utf-8") for f in files] == [*DOCS, "x"]
 
     code, out = run("corpus", "add", str(source), str(tmp_path / "c2"), "--quiet")
@@ -486,3 +487,77 @@ def test_rust_refuses_arrow_arrays_it_cannot_read_in_place() -> None:
     with pytest.raises(ValueError, match="incorrect name"):  # capsules swapped
         counter.add_arrow([(array, schema)])
     assert len(counter) == 0
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000  # one line a recursive parser cannot descend
+
+
+def test_deeply_nested_json_is_a_bad_record_or_a_refused_file(
+    tmp_path: Path, reference: dict[str, Path]
+) -> None:
+    """A JSON line nested 100,000 deep is one bad record (vocab, encode, corpus add); a
+    JSON array nested so deep is a refused file, one line naming it."""
+    lines = [json.dumps({"text": "first document"}).encode(), DEEP, b'{"text": "second"}']
+    source = tmp_path / "deep.jsonl"
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    reader = RecordReader(source)
+    assert list(reader.texts()) == ["first document", "second"]
+    assert reader.bad.examples == [f"{source} line 2: JSON not readable (JSON nested too deeply)"]
+    tok = str(reference["tok"])
+    for args in (
+        ["vocab", str(source), "--size", "260", "-o", str(tmp_path / "t.json"), "-q"],
+        ["encode", str(source), "-t", tok, "-o", str(tmp_path / "t.bin"), "-q"],
+        ["corpus", "add", str(source), str(tmp_path / "corpus"), "--quiet"],
+    ):
+        code, out = run(*args)
+        assert code == 0 and "1 bad records skipped" in out, out
+    array = tmp_path / "deep.json"
+    array.write_bytes(b'[{"text": "a"}, ' + DEEP + b"]")
+    for args in (
+        ["vocab", str(array), "--size", "260", "-o", str(tmp_path / "u.json"), "-q"],
+        ["encode", str(array), "-t", tok, "-o", str(tmp_path / "u.bin"), "-q"],
+        ["corpus", "add", str(array), str(tmp_path / "corpus2"), "--quiet"],
+    ):
+        code, out = run(*args)
+        assert code == 1 and out.strip() == f"lmrs: {array}: not readable: JSON nested too deeply"
+    assert not (tmp_path / "u.json").exists() and not (tmp_path / "u.bin").exists()
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "csv"])
+def test_a_byte_order_mark_is_skipped(fmt: str, tmp_path: Path, reference: dict[str, Path]) -> None:
+    """A file saved with a UTF-8 BOM gives the same documents as without it (the first
+    JSON line is not bad; the CSV header's first column is 'text', not '\\ufefftext')."""
+    name, writer = WRITERS[fmt]
+    plain = writer(tmp_path / name, DOCS)
+    marked = tmp_path / f"bom-{name}"
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    if fmt == "csv":  # text as the first column: the BOM would rename it
+        with open(marked, "w", encoding="utf-8-sig", newline="") as f:
+            csv.writer(f).writerows([["text"], *([d] for d in DOCS)])
+    reader = RecordReader(marked)
+    assert list(reader.texts()) == DOCS
+    assert reader.bad.total == 0
+
+
+def test_record_files_in_a_folder_of_text_files_are_warned_about(
+    tmp_path: Path, reference: dict[str, Path]
+) -> None:
+    """A .jsonl among text files is read as plain text (one document): each command says
+    so in one line, naming it."""
+    folder = write_text_folder(tmp_path / "mixed", DOCS[:3])
+    write_jsonl(folder / "records.jsonl", DOCS[3:6])
+    tok = str(reference["tok"])
+    for args in (
+        ["vocab", str(folder), "--size", "260", "-o", str(tmp_path / "t.json"), "-q"],
+        ["encode", str(folder), "-t", tok, "-o", str(tmp_path / "t.bin"), "-q"],
+    ):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+        assert warnings == [
+            f"lmrs: warning: {folder / 'records.jsonl'}: record files read as plain text, one "
+            "document each (JSON or CSV syntax and all); give each one alone to read its "
+            "records as documents"
+        ]
+    with pytest.warns(UserWarning, match="records.jsonl: record files read as plain text"):
+        Tokenizer.train(folder, 260, show_progress=False)

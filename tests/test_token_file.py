@@ -232,3 +232,51 @@ def test_temporaries_sit_beside_the_target_and_outputs_have_normal_permissions(
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
     assert stat.S_IMODE((out / "shards").stat().st_mode) == 0o777 & ~umask
+
+
+def files_in(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("shards", [None, 20])
+def test_no_documents_is_an_error_and_keeps_the_old_output(
+    tok: Tokenizer, corpus: tuple[Path, list[str]], shards: int | None
+) -> None:
+    """An input with no usable text (no files, only binary files, no texts) is refused
+    before anything is written: the token file (or shard directory) there stays whole."""
+    root, _ = corpus
+    out = root.parent / ("kept" if shards else "kept.bin")
+    tok.encode_files(root, out, shard_tokens=shards, show_progress=False)
+    folder = out if shards else out.parent
+    before = files_in(folder)
+    (root.parent / "empty").mkdir()
+    (root.parent / "binary").mkdir()
+    (root.parent / "binary" / "a.dat").write_bytes(b"\x00\x01 not text")
+    with pytest.raises(TokenizerError, match="empty: no files to encode"):
+        tok.encode_files(root.parent / "empty", out, shard_tokens=shards, show_progress=False)
+    with pytest.raises(ValueError, match="not written: the input is empty .1 files, none"):
+        tok.encode_files(root.parent / "binary", out, shard_tokens=shards, show_progress=False)
+    with pytest.raises(ValueError, match="not written: the input is empty"):
+        tok.encode_files(iter([]), out, shard_tokens=shards, show_progress=False)
+    assert files_in(folder) == before
+
+
+def test_an_empty_part_is_still_written(tok: Tokenizer, tmp_path: Path) -> None:
+    """More parts than documents: a part with none writes its (empty) shard."""
+    info = tok.encode_files(["one document"], tmp_path / "p", num_parts=2, part_index=1)
+    assert info["num_parts"] == 2 and info["missing_parts"] == [0]
+
+
+@pytest.mark.parametrize("clash", ["tokenizer", "num_parts"])
+def test_a_refused_part_leaves_nothing_in_the_shared_folder(
+    tok: Tokenizer, corpus: tuple[Path, list[str]], clash: str
+) -> None:
+    root, _ = corpus
+    out = root.parent / "parts"
+    tok.encode_files(root, out, num_parts=2, part_index=0, show_progress=False)
+    before = files_in(out)
+    other = Tokenizer.train(make_texts(10, seed=9), 300, show_progress=False)
+    encoder, num_parts = (other, 2) if clash == "tokenizer" else (tok, 3)
+    with pytest.raises(ValueError, match="shard-00000-00000.bin.json: a shard of another run"):
+        encoder.encode_files(root, out, num_parts=num_parts, part_index=1, show_progress=False)
+    assert files_in(out) == before

@@ -242,3 +242,9 @@ def test_a_list_of_existing_paths_is_files_and_an_iterator_is_always_texts(
     as_text = Tokenizer.train(iter(["notes"] * 40), 270, min_frequency=1, show_progress=False)
     assert len(as_text.encode("notes")) == 1  # learnt the word itself
     assert len(as_text.encode("zzzz")) > 1
+
+
+@pytest.mark.parametrize("texts", [iter([]), [], ()])
+def test_train_on_no_texts_raises(texts: object) -> None:
+    with pytest.raises(TokenizerError, match="no texts to train on: the corpus is empty"):
+        Tokenizer.train(texts, 300, show_progress=False)

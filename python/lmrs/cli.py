@@ -3,14 +3,18 @@
 Errors are handled here, once, for every command: an lmrs error (``LmrsError``, the Rust
 ``TokenizerError``), a ``ValueError`` from an argument check, or an ``OSError`` becomes one
 line, ``lmrs: FILE: problem``, and exit status 1; ``--debug`` (or ``LMRS_DEBUG=1``) shows the
-traceback instead. Any other exception is a bug in lmrs and keeps its traceback.
+traceback instead. Any other exception is a bug in lmrs and keeps its traceback. A warning
+about the input (``lmrs.errors.InputWarning``) is one line too, ``lmrs: warning: ...``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
-from typing import Any, Optional
+import warnings
+from collections.abc import Iterator
+from typing import Any, Optional, TextIO
 
 import click
 
@@ -19,7 +23,7 @@ from lmrs.cli_corpus import register_corpus_commands
 from lmrs.cli_export import register_export_commands
 from lmrs.cli_model import register_model_commands
 from lmrs.cli_tokenizer import register_tokenizer_commands
-from lmrs.errors import LmrsError, one_line
+from lmrs.errors import InputWarning, LmrsError, one_line
 from lmrs.tokenizer import TokenizerError
 
 # What the user can fix: each becomes one line. Everything else is a bug: a traceback.
@@ -48,6 +52,30 @@ def debug_enabled() -> bool:
     return os.environ.get("LMRS_DEBUG", "") not in ("", "0")
 
 
+@contextlib.contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Shows each :class:`InputWarning` as one line on stderr, every time it is issued."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", InputWarning)
+        show = warnings.showwarning
+
+        def show_one_line(
+            message: Warning | str,
+            category: type[Warning],
+            filename: str,
+            lineno: int,
+            file: Optional[TextIO] = None,
+            line: Optional[str] = None,
+        ) -> None:
+            if issubclass(category, InputWarning):
+                click.echo(f"lmrs: warning: {message}", err=True)
+            else:
+                show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show_one_line
+        yield
+
+
 class LmrsUsageError(click.UsageError):
     """A bad option or argument, printed as one line with a pointer to the help."""
 
@@ -61,7 +89,8 @@ class LmrsGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with one_line_warnings():
+                return super().invoke(ctx)
         except click.UsageError as e:
             if debug_enabled() or isinstance(e, LmrsUsageError):
                 raise

@@ -2,11 +2,19 @@
 
 The corpus folder is what `lmrs vocab`, `lmrs encode` and `lmrs train` read. Copying keeps
 relative paths, so adding the same tree twice changes nothing (idempotent), and adding a
-second tree puts it beside the first.
+second tree puts it beside the first. Symlinked folders are followed, as `lmrs vocab`
+follows them, each real folder once (a link back up the tree is no loop).
+
+A record file (or ``datasets`` folder) becomes the folder ``NAME-HASH/`` of one text file
+per record, HASH being the first 8 hex digits of the sha256 of the source's resolved path:
+two sources of the same name (``a/data.jsonl``, ``b/data.jsonl``) never write into one
+folder, so adding one never replaces a document of the other. Adding the same source again
+updates its own folder: identical documents are left alone, changed ones rewritten.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -66,25 +74,52 @@ def normalize_extensions(extensions: Sequence[str] | None) -> set[str] | None:
 def iter_source_files(
     src: Path, extensions: set[str] | None, exclude: Path | None = None
 ) -> Iterator[Path]:
-    """Files under `src` in sorted order, skipping hidden folders and `exclude`."""
+    """Files under `src` in sorted order, skipping hidden folders and `exclude`. Symlinked
+    folders are followed, as `lmrs vocab` and `lmrs encode` follow them, and by the same
+    rule: a link to a folder that holds it (a loop) is skipped."""
     if src.is_file():
         yield src
         return
-    for root, dirs, files in os.walk(src):
+    # the folders from `src` down to each folder walked: a link to one of them is a loop
+    above: dict[str, frozenset[tuple[int, int]]] = {str(src): frozenset(_folder_ids(src))}
+    for root, dirs, files in os.walk(src, followlinks=True):
         root_path = Path(root)
-        dirs[:] = sorted(
-            d
-            for d in dirs
-            if not d.startswith(".")
-            and d != "__pycache__"
-            and (exclude is None or (root_path / d).resolve() != exclude)
-        )
+        kept = []
+        for d in sorted(dirs):
+            if d.startswith(".") or d == "__pycache__":
+                continue
+            if exclude is not None and (root_path / d).resolve() == exclude:
+                continue
+            folder = _folder_ids(root_path / d)
+            if not folder or folder[0] in above[root]:
+                continue
+            above[os.path.join(root, d)] = above[root] | {folder[0]}
+            kept.append(d)
+        dirs[:] = kept
+        del above[root]
         for name in sorted(files):
             path = root_path / name
             if extensions is not None and path.suffix.lower() not in extensions:
                 continue
             if path.is_file():
                 yield path
+
+
+def _folder_ids(path: Path) -> list[tuple[int, int]]:
+    """[(device, inode)] of a folder, following links; [] when it cannot be read."""
+    try:
+        info = path.stat()
+    except OSError:
+        return []
+    return [(info.st_dev, info.st_ino)]
+
+
+def record_folder_name(src: Path) -> str:
+    """The corpus folder of a record source: its name (a file's without the suffix) and a
+    short hash of its resolved path, so that two sources never share a folder."""
+    name = src.name if src.is_dir() else src.stem
+    digest = hashlib.sha256(os.fsencode(src.resolve())).hexdigest()[:8]
+    return f"{name}-{digest}"
 
 
 def to_text(data: bytes) -> tuple[str | None, str]:
@@ -117,8 +152,9 @@ def add_to_corpus(
 
     When `src` is a record file (.jsonl, .json, .parquet, .csv) or a ``datasets`` folder,
     each record's `text_field` becomes one text file (one document):
-    ``CORPUS/NAME/KKKKK/NNNNNNNNN.txt``, numbered in record order, so the corpus keeps the
-    record boundaries; bad records are counted in ``AddResult.bad_records``.
+    ``CORPUS/NAME-HASH/KKKKK/NNNNNNNNN.txt`` (:func:`record_folder_name`: two sources of one
+    name never share a folder), numbered in record order, so the corpus keeps the record
+    boundaries; bad records are counted in ``AddResult.bad_records``.
 
     Relative paths are kept (a single file lands at the top of the corpus). Files with NUL
     bytes, or with more than 1% invalid UTF-8, are skipped and counted; files with a few
@@ -175,7 +211,7 @@ def _store(dest: Path, data: bytes, result: AddResult) -> None:
 def _add_records(src: Path, corpus_path: Path, text_field: str, show_progress: bool) -> AddResult:
     reader = RecordReader(src, RecordOptions(text_field=text_field))
     result = AddResult(bad_records=reader.bad)
-    base = corpus_path / (src.name if src.is_dir() else src.stem)
+    base = corpus_path / record_folder_name(src)
     index = 0
     with tqdm(desc="corpus", unit="record", disable=not show_progress) as bar:
         for batch in reader.batches():

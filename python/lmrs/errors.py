@@ -8,6 +8,8 @@ message names the file; the CLI turns each into one line, ``lmrs: FILE: problem`
 
 from __future__ import annotations
 
+import warnings
+
 
 class LmrsError(Exception):
     """Base of lmrs's own errors; the message is one line that names the file at fault."""
@@ -15,6 +17,17 @@ class LmrsError(Exception):
 
 class InputError(LmrsError, ValueError):
     """An argument or an input file that lmrs cannot use (a ValueError for old callers)."""
+
+
+class InputWarning(UserWarning):
+    """Input that lmrs uses but that is probably not what was meant (record files in a
+    folder of text files, a file that changed while it was read); the CLI prints each as
+    one line, ``lmrs: warning: ...``."""
+
+
+def warn(message: str) -> None:
+    """Issues an :class:`InputWarning` (``message`` names the file, like an error's)."""
+    warnings.warn(message, InputWarning, stacklevel=3)
 
 
 def one_line(error: BaseException) -> str:

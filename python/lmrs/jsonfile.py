@@ -5,7 +5,28 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+
+class JSONNestingError(ValueError):
+    """JSON nested deeper than Python's recursion allows (``json`` raises RecursionError)."""
+
+
+def parse_json(data: str | bytes | bytearray) -> Any:
+    """``json.loads`` whose every failure on bad input is a ``ValueError``: JSON syntax
+    (``json.JSONDecodeError``), bad UTF-8 (``UnicodeDecodeError``), an integer of more
+    digits than Python converts, and nesting too deep to parse (:class:`JSONNestingError`
+    instead of the ``RecursionError`` that ``json`` raises: one line of a hundred thousand
+    ``[`` must not be a traceback). A UTF-8 byte-order mark before bytes is accepted."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise JSONNestingError("JSON nested too deeply") from None
+
+
+def load_json(f: IO[bytes] | IO[str]) -> Any:
+    """:func:`parse_json` of a whole open file."""
+    return parse_json(f.read())
 
 
 def read_json_object(path: Path, what: str, error: type[Exception]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from lmrs import _lmrs
 from lmrs.errors import InputError
 from lmrs.progress import tqdm
 from lmrs.records import RecordOptions, RecordReader, record_format
-from lmrs.tokenizer import Tokenizer
+from lmrs.tokenizer import Tokenizer, TokenizerError
 
 __all__ = ["RecordRun", "encode_corpus", "train_tokenizer"]
 
@@ -58,10 +58,20 @@ def train_tokenizer(
     if run is not None:
         run.reader = reader
     options.pop("extensions", None)  # a record file has no member files to filter
-    tokenizer = Tokenizer.train(reader, vocab_size, **options)
-    if reader.num_records == 0:
-        raise InputError(f"{reader.path}: no usable records ({reader.bad.summary() or 'empty'})")
-    return tokenizer
+    try:
+        return Tokenizer.train(reader, vocab_size, **options)
+    except TokenizerError:
+        if reader.num_records == 0:
+            raise _no_records(reader) from None
+        raise
+
+
+def _no_records(reader: RecordReader, out: Optional[Path] = None) -> InputError:
+    """The error for a record source without one usable document."""
+    written = f"; {out} not written" if out is not None else ""
+    return InputError(
+        f"{reader.path}: no usable records ({reader.bad.summary() or 'empty'}){written}"
+    )
 
 
 def encode_corpus(
@@ -104,6 +114,10 @@ def encode_corpus(
     try:
         with tqdm(unit="B", unit_scale=True, desc="encode", disable=not show_progress) as bar:
             reader.encode_into(stream, bar.update)
+        if reader.num_records == 0 and num_parts == 1:
+            # an input with no usable text is an error: the old output stays as it was
+            # (an empty part of a multi-part run is fine: more parts than records)
+            raise _no_records(reader, Path(out_path))
         info: dict[str, Any] = json.loads(stream.finish())
     except BaseException:
         stream.abandon()

@@ -11,9 +11,11 @@ whole. JSON arrays (``.json`` starting with ``[``) are the exception: ``json`` r
 whole; JSON lines in a ``.json`` file are read a line at a time.
 
 A bad record (missing field, null, not a string, invalid UTF-8, a JSON syntax error on one
-line) is skipped and counted in :class:`BadRecords`, never dropped silently; a file that
-cannot be read at all (not Parquet, truncated, no such column) is an
-:class:`~lmrs.errors.InputError` naming it, in one line.
+line, JSON nested too deeply to parse) is skipped and counted in :class:`BadRecords`, never
+dropped silently; a file that cannot be read at all (not Parquet, truncated, no such
+column, a JSON array nested too deeply, a named pipe: record files are read more than
+once) is an :class:`~lmrs.errors.InputError` naming it, in one line. A UTF-8 byte-order
+mark at the start of a JSON or CSV file is skipped.
 
 With ``num_parts`` / ``part_index`` (``lmrs encode --num-parts N --part-index I``) a reader
 yields only its part of the records, contiguous and about equal in size, so that N
@@ -34,6 +36,7 @@ import io
 import itertools
 import json
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -43,6 +46,7 @@ from typing import Any, Optional, Union
 from lmrs import _lmrs
 from lmrs.arrow_rows import ArrowBatch, ArrowRows, arrow_rows
 from lmrs.errors import InputError
+from lmrs.jsonfile import JSONNestingError, load_json, parse_json
 from lmrs.prefetch import prefetched
 
 __all__ = [
@@ -64,6 +68,8 @@ SUFFIXES = {
 HF_STATE = "state.json"
 HF_INFO = "dataset_info.json"
 HF_DICT = "dataset_dict.json"
+# A UTF-8 byte-order mark, which some editors write at the start of a file: not text.
+BOM = b"\xef\xbb\xbf"
 PYARROW_HINT = "install pyarrow (pip install 'lmrs[data]')"
 
 # What Rust is handed: a list of texts, or rows still in an Arrow column's buffers.
@@ -169,6 +175,13 @@ class RecordReader:
         self.row_groups_read = 0
         if not self.path.exists():
             raise InputError(f"{self.path}: no such file or directory")
+        if self.format != "datasets" and not stat.S_ISREG(self.path.stat().st_mode):
+            # a named pipe can be read only once, and opening it waits for a writer;
+            # a record file is opened more than once (a header check, then the records)
+            raise InputError(
+                f"{self.path}: not a regular file (a pipe, socket or device); a record file "
+                "is read more than once: save it to a file first"
+            )
         self.check()
 
     def check(self) -> None:
@@ -330,6 +343,8 @@ class RecordReader:
         f.seek(start)
         for number, raw in enumerate(_lines_until(f, end - start), start=first_line):
             where = f"{self.path} line {number}"
+            if number == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM) :]
             if not raw.strip():
                 continue
             try:
@@ -339,9 +354,13 @@ class RecordReader:
                 yield None
                 continue
             try:
-                record = json.loads(line)
+                record = parse_json(line)
             except json.JSONDecodeError as e:
                 self.bad.add(where, f"JSON syntax error ({e.msg})")
+                yield None
+                continue
+            except ValueError as e:  # nested too deeply, or an integer too long
+                self.bad.add(where, f"JSON not readable ({_first_line(e)})")
                 yield None
                 continue
             yield self._from_object(record, where)
@@ -357,13 +376,13 @@ class RecordReader:
 
     def _json(self) -> Iterator[str]:
         with self._open() as f:
-            head = f.read(4096).lstrip()
+            head = f.read(4096)
             f.seek(0)
-            if not head.startswith(b"["):
+            if not head.removeprefix(BOM).lstrip().startswith(b"["):
                 yield from self._json_lines(f)
                 return
             try:
-                records = json.load(f)
+                records = load_json(f)  # bytes: a byte-order mark is skipped
             except UnicodeDecodeError:
                 raise InputError(
                     f"{self.path}: invalid UTF-8 (a JSON array is read whole)"
@@ -372,6 +391,10 @@ class RecordReader:
                 raise InputError(
                     f"{self.path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
                 ) from None
+            except JSONNestingError:
+                raise InputError(f"{self.path}: not readable: JSON nested too deeply") from None
+            except ValueError as e:
+                raise InputError(f"{self.path}: not readable JSON ({_first_line(e)})") from None
 
         def each() -> Iterator[Optional[str]]:
             for index, record in enumerate(records):
@@ -407,9 +430,7 @@ class RecordReader:
         # the limit is process-wide, so it is only ever raised.
         csv.field_size_limit(max(csv.field_size_limit(), min(sys.maxsize, 2**31 - 1)))
         with self._open() as raw:
-            # surrogateescape keeps undecodable bytes visible (as lone surrogates) so that
-            # one bad row is counted instead of failing the whole file
-            text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+            text = _csv_text(raw)
             reader = csv.reader(text)
             try:
                 header = next(reader, None)
@@ -439,7 +460,7 @@ class RecordReader:
 
     def _check_csv_header(self) -> None:
         with self._open() as raw:
-            text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+            text = _csv_text(raw)
             try:
                 header = next(csv.reader(text), None)
             except csv.Error as e:
@@ -663,6 +684,13 @@ def _lines_until(f: io.BufferedReader, limit: int) -> Iterator[bytes]:
         yield raw
 
 
+def _csv_text(raw: io.BufferedReader) -> io.TextIOWrapper:
+    """A CSV file as text: UTF-8, a byte-order mark skipped (else the first column would be
+    named '\\ufefftext'); surrogateescape keeps undecodable bytes visible (as lone
+    surrogates) so that one bad row is counted instead of failing the whole file."""
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -671,7 +699,7 @@ def _first_line(error: BaseException) -> str:
 def _json_field(path: Path, key: str) -> Any:
     try:
         with open(path, "rb") as f:
-            data = json.load(f)
+            data = load_json(f)
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: unreadable ({_first_line(e)})") from None
     if not isinstance(data, dict):

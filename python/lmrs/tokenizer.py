@@ -32,7 +32,9 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union, runt
 from lmrs import _lmrs
 from lmrs._lmrs import TokenizerError
 from lmrs.atomic import write_atomic
+from lmrs.errors import warn
 from lmrs.progress import tqdm
+from lmrs.records import SUFFIXES as RECORD_SUFFIXES
 from lmrs.tokenizer_import import (
     TIKTOKEN_SPECIAL_TOKENS,
     bytes_to_unicode,
@@ -118,10 +120,51 @@ def _as_paths(corpus: Any) -> list[Path] | None:
 
 
 def _collect_files(roots: Sequence[Path], extensions: Sequence[str] | None) -> list[Path]:
+    """The files under `roots`; warns when record files (.jsonl, .csv...) are among them:
+    they are read as plain text here, JSON or CSV syntax and all (the commands read a
+    record file given alone as records, one document per record)."""
     files: list[Path] = []
     for root in roots:
         files.extend(Path(p) for p in _lmrs.collect_files(str(root), list(extensions or ())))
+    records = [f for f in files if f.suffix.lower() in RECORD_SUFFIXES]
+    if records:
+        names = ", ".join(str(f) for f in records[:3])
+        more = f" and {len(records) - 3} more" if len(records) > 3 else ""
+        warn(
+            f"{names}{more}: record files read as plain text, one document each (JSON or "
+            "CSV syntax and all); give each one alone to read its records as documents"
+        )
     return files
+
+
+def _file_sizes(files: Sequence[Path]) -> list[int]:
+    """The sizes of `files` before they are read (compared with what was read)."""
+    return [f.stat().st_size for f in files]
+
+
+def _check_sizes(
+    files: Sequence[Path], sizes: Sequence[int], skipped: Iterable[str], bytes_read: int
+) -> None:
+    """Warns, naming them, when files changed while they were read: the text bytes read
+    differ from the sizes of the files read (all but `skipped`) at the start."""
+    skip = set(skipped)
+    kept = [(f, size) for f, size in zip(files, sizes) if str(f) not in skip]
+    expected = sum(size for _, size in kept)
+    if bytes_read == expected:
+        return
+    changed = [str(f) for f, size in kept if _size_now(f) != size] or ["a file"]
+    more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+    warn(
+        f"{', '.join(changed[:3])}{more}: changed while being read ({bytes_read:,} bytes "
+        f"read, {expected:,} at the start); what was read is used"
+    )
+
+
+def _size_now(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
 
 
 def _progress_callback(bar: tqdm) -> Callable[[int], None]:
@@ -188,9 +231,9 @@ class Tokenizer:
         roots = _as_paths(corpus)
         if roots is not None:
             files = _collect_files(roots, extensions)
-            total = sum(f.stat().st_size for f in files)
+            sizes = _file_sizes(files)
             with tqdm(
-                total=total, unit="B", unit_scale=True, desc="scan", disable=not show_progress
+                total=sum(sizes), unit="B", unit_scale=True, desc="scan", disable=not show_progress
             ) as bar:
                 counted = counter.add_files([str(f) for f in files], _progress_callback(bar))
             stats.num_bytes = counted["bytes_read"]
@@ -203,6 +246,7 @@ class Tokenizer:
                     f"{where}: no text files to train on "
                     f"({len(files)} files found, {stats.files_skipped} not text)"
                 )
+            _check_sizes(files, sizes, stats.skipped_paths, stats.num_bytes)
         elif isinstance(corpus, WordSource):
             with tqdm(unit="B", unit_scale=True, desc="scan", disable=not show_progress) as bar:
 
@@ -211,6 +255,9 @@ class Tokenizer:
                     bar.update(num_bytes)
 
                 stats.num_files = corpus.count_words(counter, progress)
+            if stats.num_files == 0:
+                where = getattr(corpus, "path", "the corpus")
+                raise TokenizerError(f"{where}: no documents to train on")
         else:
             if isinstance(corpus, (str, bytes)) or not isinstance(corpus, Iterable):
                 raise TypeError("corpus must be a path, a list of paths or an iterable of str")
@@ -223,6 +270,8 @@ class Tokenizer:
                     bar.update(taken)
                     stats.num_bytes += taken
                     stats.num_files += len(batch)
+            if stats.num_files == 0:
+                raise TokenizerError("no texts to train on: the corpus is empty")
         stats.scan_seconds = time.perf_counter() - start
         stats.num_words = len(counter)
 
@@ -543,9 +592,16 @@ class Tokenizer:
         roots = _as_paths(corpus_or_paths)
         if roots is not None:
             files = _collect_files(roots, extensions)
-            total = sum(f.stat().st_size for f in files)
+            if not files:
+                where = ", ".join(str(r) for r in roots)
+                raise TokenizerError(f"{where}: empty: no files to encode; {out} not written")
+            sizes = _file_sizes(files)
             with tqdm(
-                total=total, unit="B", unit_scale=True, desc="encode", disable=not show_progress
+                total=sum(sizes),
+                unit="B",
+                unit_scale=True,
+                desc="encode",
+                disable=not show_progress,
             ) as bar:
                 written, skipped = self._core.encode_files(
                     [str(f) for f in files],
@@ -569,6 +625,8 @@ class Tokenizer:
             skipped = []
         info: dict[str, Any] = json.loads(written)
         info["skipped_files"] = [str(p) for p in skipped]
+        if roots is not None and num_parts == 1:
+            _check_sizes(files, sizes, info["skipped_files"], int(info["num_bytes"]))
         return info
 
     @staticmethod

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Union
 
 from lmrs import _lmrs
 from lmrs._lmrs import TokenizerError
+from lmrs.jsonfile import parse_json
 
 __all__ = [
     "PATTERNS",
@@ -267,8 +267,8 @@ def read_huggingface(path: PathLike) -> HfVocab:
     """A Hugging Face tokenizer.json holding a byte-level BPE (GPT-2, Llama 3, Qwen style:
     model BPE, ByteLevel pre-tokenizer and decoder, no normalizer)."""
     try:
-        data = json.loads(Path(path).read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        data = parse_json(Path(path).read_bytes())
+    except ValueError as e:  # not JSON, not UTF-8, nested too deeply
         raise TokenizerError(f"{path}: not a tokenizer.json ({e})") from None
     if not isinstance(data, dict) or "model" not in data:
         raise TokenizerError(f'{path}: not a Hugging Face tokenizer.json (no "model")')

@@ -20,7 +20,8 @@ pub const CHUNK_BYTES: usize = 8 << 20;
 
 /// Every file under `root` (or `root` itself when it is a file), sorted by path so the
 /// order is the same on every machine. Hidden files and folders (names starting with
-/// '.', such as `.git`) are skipped below `root`. `extensions` keeps only files with one
+/// '.', such as `.git`) are skipped below `root`. Symlinked folders are followed, except
+/// a link to a folder that holds it (a loop). `extensions` keeps only files with one
 /// of the given extensions, written "py" or ".py" (case-insensitive); empty keeps all.
 pub fn collect_files(root: &Path, extensions: &[String]) -> Result<Vec<PathBuf>> {
     let meta = std::fs::metadata(root).map_err(|e| Error::io(root, e))?;
@@ -41,10 +42,16 @@ pub fn collect_files(root: &Path, extensions: &[String]) -> Result<Vec<PathBuf>>
             entry.depth() == 0 || !entry.file_name().to_string_lossy().starts_with('.')
         });
     for entry in walker {
-        let entry = entry.map_err(|e| {
-            let path = e.path().unwrap_or(root).to_path_buf();
-            Error::Invalid(format!("{}: {e}", path.display()))
-        })?;
+        let entry = match entry {
+            Ok(entry) => entry,
+            // A link to a folder that holds it: followed, it would never end. Skipped,
+            // as `lmrs corpus add` skips it.
+            Err(e) if e.loop_ancestor().is_some() => continue,
+            Err(e) => {
+                let path = e.path().unwrap_or(root).to_path_buf();
+                return Err(Error::Invalid(format!("{}: {e}", path.display())));
+            }
+        };
         if !entry.file_type().is_file() {
             continue;
         }
@@ -492,6 +499,28 @@ mod tests {
         let mut v: Vec<_> = counts.iter().map(|(w, c)| (w.to_vec(), c)).collect();
         v.sort();
         v
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn follows_symlinked_folders_and_skips_a_loop() {
+        let dir = temp_dir("links");
+        let (root, outside) = (dir.join("root"), dir.join("outside"));
+        std::fs::create_dir_all(root.join("real")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(root.join("real").join("a.txt"), "a").unwrap();
+        std::fs::write(outside.join("b.txt"), "b").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("linked")).unwrap();
+        std::os::unix::fs::symlink(&root, root.join("real").join("loop")).unwrap();
+        let files = collect_files(&root, &[]).unwrap();
+        assert_eq!(
+            files,
+            vec![
+                root.join("linked").join("b.txt"),
+                root.join("real").join("a.txt")
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

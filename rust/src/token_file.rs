@@ -289,7 +289,8 @@ fn write_documents<'a>(
     options: &TokenFileOptions,
     progress: &(dyn Fn(u64) -> bool + Sync),
 ) -> Result<(Written, Vec<usize>)> {
-    let target = Target::prepare(out, options)?;
+    let target = Target::prepare(out, options, encoder)?;
+    target.check_other_parts()?;
     let range = part_range(sizes, options.num_parts, options.part_index);
     let mut skipped = Vec::new();
     let encoded = encode_into(
@@ -297,7 +298,7 @@ fn write_documents<'a>(
         sizes,
         load,
         range,
-        target.layout(),
+        &target,
         options,
         progress,
         &mut skipped,
@@ -320,12 +321,46 @@ pub(crate) enum Target {
     Dir { tmp: PathBuf, out: PathBuf },
     /// Part `part` of a multi-part run: its shards go straight into the shared `dir`
     /// (each under a temporary name until complete), beside the other parts' shards.
-    Part { dir: PathBuf, part: usize },
+    Part {
+        dir: PathBuf,
+        part: usize,
+        num_parts: usize,
+        tokenizer: ShardTokenizer,
+    },
+}
+
+/// What every part's shards in one directory must share: their tokenizer's hash,
+/// vocabulary size and end-of-text id.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ShardTokenizer {
+    hash: String,
+    vocab_size: u64,
+    eot_id: u32,
+}
+
+impl ShardTokenizer {
+    fn of(encoder: &Encoder) -> Self {
+        Self {
+            hash: encoder.hash().to_string(),
+            vocab_size: encoder.vocab_size() as u64,
+            eot_id: encoder.eot_id(),
+        }
+    }
+
+    fn wrote(&self, info: &TokenFileInfo) -> bool {
+        info.tokenizer_hash == self.hash
+            && info.vocab_size == self.vocab_size
+            && info.eot_id == self.eot_id
+    }
 }
 
 impl Target {
     /// Checks `options` and makes the directory the files will be written in.
-    pub(crate) fn prepare(out: &Path, options: &TokenFileOptions) -> Result<Self> {
+    pub(crate) fn prepare(
+        out: &Path,
+        options: &TokenFileOptions,
+        encoder: &Encoder,
+    ) -> Result<Self> {
         check_part(options.num_parts, options.part_index)?;
         if options.shard_tokens == Some(0) {
             return Err(Error::Invalid("shard_tokens must be positive".into()));
@@ -352,7 +387,49 @@ impl Target {
         Ok(Target::Part {
             dir: out.to_path_buf(),
             part: options.part_index,
+            num_parts: options.num_parts,
+            tokenizer: ShardTokenizer::of(encoder),
         })
+    }
+
+    /// Refuses, before anything is written, to commit no documents over `out`: an input
+    /// with no usable text is an error, and the file (or directory) already at `out` is
+    /// kept. A part of a multi-part run may be empty (more parts than documents).
+    pub(crate) fn check_documents(&self, num_documents: u64, detail: &str) -> Result<()> {
+        let out = match self {
+            Target::File(path) => path,
+            Target::Dir { out, .. } => out,
+            Target::Part { .. } => return Ok(()),
+        };
+        if num_documents == 0 {
+            return Err(Error::Invalid(format!(
+                "{}: not written: the input is empty ({detail})",
+                out.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// A part refuses, before it writes anything, a shared directory holding another
+    /// part's shards of a different run (another tokenizer or part count): its shards
+    /// could never be listed in one manifest with them.
+    pub(crate) fn check_other_parts(&self) -> Result<()> {
+        if let Target::Part {
+            dir,
+            part,
+            num_parts,
+            tokenizer,
+        } = self
+        {
+            if let Some((sidecar, reason)) = foreign_shard(dir, *part, tokenizer, *num_parts) {
+                return Err(Error::Invalid(format!(
+                    "{}: a shard of another run ({reason}); part {part} not written: \
+                     encode into another directory or remove the old shards",
+                    sidecar.display()
+                )));
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn layout(&self) -> Layout {
@@ -381,9 +458,24 @@ impl Target {
                 }
                 Ok(Written::Shards(committed?))
             }
-            Target::Part { dir, part } => {
+            Target::Part {
+                dir,
+                part,
+                num_parts,
+                tokenizer,
+            } => {
                 remove_stale_shards(&dir, part, &files)?;
-                Ok(Written::Shards(build_manifest(&dir)?))
+                build_manifest(&dir).map(Written::Shards).inspect_err(|_| {
+                    // Another run's part came in meanwhile: this part is refused, and
+                    // takes its shards back out of the shared directory.
+                    if foreign_shard(&dir, part, &tokenizer, num_parts).is_some() {
+                        for (path, _) in &files {
+                            let _ = std::fs::remove_file(sidecar_path(path));
+                            let _ = std::fs::remove_file(index_path(path));
+                            let _ = std::fs::remove_file(path);
+                        }
+                    }
+                })
             }
         }
     }
@@ -403,13 +495,22 @@ fn encode_into<'a>(
     sizes: &[u64],
     load: &(dyn Fn(usize) -> Result<Option<Cow<'a, str>>> + Sync),
     range: std::ops::Range<usize>,
-    layout: Layout,
+    target: &Target,
     options: &TokenFileOptions,
     progress: &(dyn Fn(u64) -> bool + Sync),
     skipped: &mut Vec<usize>,
 ) -> Result<Vec<(PathBuf, TokenFileInfo)>> {
-    let mut sink = ShardSink::new(encoder, layout, options);
+    let mut sink = ShardSink::new(encoder, target.layout(), options);
+    let num_inputs = range.len();
     let result = encode_range(encoder, sizes, load, range, &mut sink, progress, skipped)
+        .and_then(|_| {
+            let detail = if num_inputs == 0 {
+                "no documents".to_string()
+            } else {
+                format!("{num_inputs} files, none of them text: NUL bytes or invalid UTF-8")
+            };
+            target.check_documents(sink.num_documents(), &detail)
+        })
         .and_then(|_| sink.finish());
     if result.is_err() {
         sink.abandon();
@@ -690,6 +791,12 @@ impl ShardSink {
         Ok(())
     }
 
+    /// Documents written so far (ended in this sink's shards).
+    pub(crate) fn num_documents(&self) -> u64 {
+        let closed: u64 = self.closed.iter().map(|s| s.info.num_documents).sum();
+        closed + self.current.as_ref().map_or(0, |s| s.info.num_documents)
+    }
+
     /// Closes the last shard, then commits every shard, its index and then its sidecar.
     /// Data goes first: the old content of the sidecar (if any) records the old sizes and
     /// checksums, so a crash between the renames is caught by readers, never read as valid.
@@ -743,6 +850,47 @@ pub fn sidecar_path(bin: &Path) -> PathBuf {
     let mut name = bin.as_os_str().to_owned();
     name.push(".json");
     PathBuf::from(name)
+}
+
+/// The first shard of another part in `dir` that cannot join this run's shards in one
+/// manifest (another tokenizer, vocabulary, end-of-text id or part count): its sidecar and
+/// the reason. Shards of `part` itself are not looked at (this run replaces them), nor
+/// are unreadable sidecars (`build_manifest` names those).
+fn foreign_shard(
+    dir: &Path,
+    part: usize,
+    tokenizer: &ShardTokenizer,
+    num_parts: usize,
+) -> Option<(PathBuf, String)> {
+    let own = format!("shard-{part:05}-");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            name.starts_with("shard-") && name.ends_with(".bin") && !name.starts_with(&own)
+        })
+        .collect();
+    names.sort();
+    for path in names {
+        let sidecar = sidecar_path(&path);
+        let Ok(info) = read_info(&sidecar) else {
+            continue;
+        };
+        let theirs = info.num_parts.unwrap_or(1);
+        let reason = if !tokenizer.wrote(&info) {
+            "written with another tokenizer".to_string()
+        } else if theirs != num_parts {
+            format!("{theirs} parts, this run has {num_parts}")
+        } else {
+            continue;
+        };
+        return Some((sidecar, reason));
+    }
+    None
 }
 
 /// Removes shards of `part` left by an earlier run that this run did not write.

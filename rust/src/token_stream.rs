@@ -29,7 +29,8 @@ impl TokenStream {
     /// `options`: `shard_tokens`, and `num_parts` / `part_index` for one part of a
     /// multi-part run (as [`crate::token_file::encode_files`] takes them).
     pub fn create(encoder: &Encoder, out: &Path, options: &TokenFileOptions) -> Result<Self> {
-        let target = Target::prepare(out, options)?;
+        let target = Target::prepare(out, options, encoder)?;
+        target.check_other_parts()?;
         Ok(Self {
             sink: ShardSink::new(encoder, target.layout(), options),
             target: Some(target),
@@ -64,6 +65,14 @@ impl TokenStream {
             return Err(Error::Invalid("token stream already finished".into()));
         }
         self.done = true;
+        let checked = match &self.target {
+            Some(target) => target.check_documents(self.sink.num_documents(), "no documents"),
+            None => Err(Error::Invalid("token stream already finished".into())),
+        };
+        if let Err(e) = checked {
+            self.abandon();
+            return Err(e);
+        }
         let files = match self.sink.finish() {
             Ok(files) => files,
             Err(e) => {
@@ -205,6 +214,26 @@ mod tests {
             let read = |d: &Path| std::fs::read(d.join(name)).expect("read");
             assert_eq!(read(&whole), read(&streamed), "{name:?}");
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn no_documents_is_refused_and_the_old_file_kept() {
+        let dir = tmp_dir("empty");
+        let enc = encoder();
+        let out = dir.join("t.bin");
+        let mut stream = TokenStream::create(&enc, &out, &sharded(None, 1, 0)).expect("create");
+        stream.write(&enc, &["kept"]).expect("write");
+        stream.finish().expect("finish");
+        let before = std::fs::read(&out).expect("read");
+        let mut empty = TokenStream::create(&enc, &out, &sharded(None, 1, 0)).expect("create");
+        let refused = empty.finish();
+        assert!(
+            matches!(&refused, Err(Error::Invalid(m)) if m.contains("the input is empty")),
+            "{refused:?}"
+        );
+        assert_eq!(std::fs::read(&out).expect("read"), before);
+        assert_eq!(std::fs::read_dir(&dir).expect("list").count(), 3); // .bin, .idx, .json
         let _ = std::fs::remove_dir_all(&dir);
     }
 
