@@ -133,6 +133,57 @@ def test_plot_skips_a_torn_last_line_and_refuses_bad_ones(tmp_path: Path) -> Non
         assert len(run("plot", str(tmp_path)).output.strip().splitlines()) == 1
 
 
+HUGE = "99999999999999999999999"
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["sample", "--checkpoint", "x", "--top-k", HUGE], "--top-k"),
+        (["sample", "--checkpoint", "x", "--seed", str(2**64)], "--seed"),
+        (["sample", "--checkpoint", "x", "--seed", "-1"], "--seed"),
+        (["train", "--tokens", "x", "--out", "y", "--seed", str(2**64)], "--seed"),
+        (["train", "--tokens", "x", "--out", "y", "--batch-size", HUGE], "--batch-size"),
+        (["train", "--tokens", "x", "--out", "y", "--seq-len", HUGE], "--seq-len"),
+        (["eval", "--checkpoint", "x", "--tokens", "y", "--batch-size", HUGE], "--batch-size"),
+        (["quickstart", "--vocab-size", HUGE], "--vocab-size"),
+    ],
+)
+def test_integers_beyond_what_torch_and_rust_take_name_their_option(
+    args: list[str], option: str, tmp_path: Path
+) -> None:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert option in result.output and result.output.startswith("lmrs: ")
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (MemoryError(), "out of memory: reduce --max-length"),
+        (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried"), "out of memory"),
+        (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), "out of GPU memory"),
+    ],
+)
+def test_running_out_of_memory_is_one_line(
+    error: BaseException, said: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lmrs.cli_model
+
+    def no_memory(*args: object) -> None:
+        raise error
+
+    monkeypatch.setattr(lmrs.cli_model, "_load_run", no_memory)
+    result = CliRunner().invoke(cli, ["sample", "--checkpoint", "x"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"lmrs: {said}") and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    error = RuntimeError("a bug")  # any other RuntimeError keeps its traceback
+    result = CliRunner().invoke(cli, ["sample", "--checkpoint", "x"])
+    assert result.exception is error
+
+
 def test_resume_continues_the_run(trained: dict[str, Path], tmp_path: Path) -> None:
     import shutil
 
@@ -339,3 +390,10 @@ def test_helpers() -> None:
     assert files and all(f.endswith(".py") for f in files)
     assert not any("site-packages" in f or "/test/" in f for f in files)
     assert sum(Path(f).stat().st_size for f in files) <= 200_000
+
+
+def test_the_seq_len_bound_is_the_models_context() -> None:
+    from lmrs.cli_model import SEQ_LEN
+    from lmrs.model import MAX_CONTEXT
+
+    assert SEQ_LEN.max == MAX_CONTEXT

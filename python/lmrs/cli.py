@@ -48,6 +48,33 @@ def describe(error: BaseException) -> str:
     return one_line(error)
 
 
+# What to make smaller when a command runs out of memory, by command.
+MEMORY_HINTS = {
+    "train": "--batch-size (--grad-accum keeps the batch), --seq-len or --size",
+    "eval": "--batch-size or --seq-len",
+    "sample": "--max-length, or use a device with more memory",
+    "quickstart": "--vocab-size or the corpus",
+}
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says memory ran out: MemoryError (Python, numpy) or torch's
+    RuntimeError (torch.OutOfMemoryError on a GPU, the CPU allocator's 'can't allocate')."""
+    if isinstance(error, MemoryError):
+        return True
+    if not isinstance(error, RuntimeError):
+        return False
+    text = str(error)
+    return "out of memory" in text or "can't allocate memory" in text
+
+
+def describe_out_of_memory(error: BaseException, command: Optional[str]) -> str:
+    """One line for running out of memory: what ran out and what to reduce."""
+    hint = MEMORY_HINTS.get(command or "", "the input, or use a machine with more memory")
+    what = "GPU memory" if "CUDA" in str(error) or "MPS" in str(error) else "memory"
+    return f"out of {what}: reduce {hint}"
+
+
 def debug_enabled() -> bool:
     return os.environ.get("LMRS_DEBUG", "") not in ("", "0")
 
@@ -103,6 +130,10 @@ class LmrsGroup(click.Group):
             if debug_enabled():
                 raise
             raise LmrsCliError(describe(e)) from e
+        except (MemoryError, RuntimeError) as e:
+            if debug_enabled() or not out_of_memory(e):
+                raise
+            raise LmrsCliError(describe_out_of_memory(e, ctx.invoked_subcommand)) from e
         except KeyboardInterrupt as e:
             if debug_enabled():
                 raise

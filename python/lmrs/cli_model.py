@@ -51,6 +51,19 @@ QUICKSTART_MAX_FILE_BYTES = 200_000  # larger stdlib files are mostly generated 
 QUICKSTART_VOCAB = 2000
 QUICKSTART_PROMPTS = ("def ", "import os\n", "class ")
 
+# Bounds of the integer options that reach torch, numpy and Rust: what those accept, so that
+# a huge number is refused naming its option instead of overflowing inside them.
+# Seeds: torch.manual_seed takes 64 bits and a run adds its rank and step; numpy no sign.
+SEED = click.IntRange(0, 2**63 - 1)
+# Batch sizes and counts that size tensors: beyond this, memory runs out long before.
+BATCH = click.IntRange(1, 2**31 - 1)
+# lmrs.model.MAX_CONTEXT (not imported: that would load torch with every command)
+SEQ_LEN = click.IntRange(1, 1 << 20)
+# top-k reaches the Rust sampler as a usize (and torch.topk below the vocabulary size)
+TOP_K = click.IntRange(0, 2**63 - 1)
+# the Rust trainer takes a vocabulary of up to u32::MAX ids
+VOCAB_SIZE = click.IntRange(257, 2**32 - 1)
+
 
 def parse_duration(text: str) -> float:
     """'90', '90s', '10m', '1.5h' → seconds."""
@@ -180,12 +193,8 @@ def _check_out_dir(out_dir: Path) -> None:
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many steps.")
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Passes over data.")
 @click.option("--time-budget", help="Wall-clock budget, e.g. 10m, 90s, 1h.")
-@click.option(
-    "--batch-size", type=click.IntRange(min=1), default=TRAIN_DEFAULTS.batch_size, show_default=True
-)
-@click.option(
-    "--seq-len", type=click.IntRange(min=1), default=TRAIN_DEFAULTS.seq_len, show_default=True
-)
+@click.option("--batch-size", type=BATCH, default=TRAIN_DEFAULTS.batch_size, show_default=True)
+@click.option("--seq-len", type=SEQ_LEN, default=TRAIN_DEFAULTS.seq_len, show_default=True)
 @click.option(
     "--lr",
     type=click.FloatRange(min=0, min_open=True),
@@ -259,7 +268,7 @@ def _check_out_dir(out_dir: Path) -> None:
 )
 @click.option(
     "--eval-batches",
-    type=click.IntRange(min=1),
+    type=BATCH,
     default=TRAIN_DEFAULTS.eval_batches,
     show_default=True,
 )
@@ -323,7 +332,7 @@ def _check_out_dir(out_dir: Path) -> None:
 )
 @click.option(
     "--grad-accum",
-    type=click.IntRange(min=1),
+    type=BATCH,
     default=TRAIN_DEFAULTS.grad_accum_steps,
     show_default=True,
 )
@@ -344,7 +353,7 @@ def _check_out_dir(out_dir: Path) -> None:
     help="Logit soft-cap: cap * tanh(logits / cap); 0 turns it off [default: the --arch's].",
 )
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None)
-@click.option("--seed", type=int, default=TRAIN_DEFAULTS.seed, show_default=True)
+@click.option("--seed", type=SEED, default=TRAIN_DEFAULTS.seed, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train_command(
@@ -723,10 +732,10 @@ def stream_text(tokenizer: Any, ids: Iterator[int]) -> Iterator[str]:
 @click.option("--prompt", default="", help="Text to continue (empty: start of a document).")
 @click.option("--max-length", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--temperature", type=float, default=0.8, show_default=True)
-@click.option("--top-k", type=int, default=50, show_default=True, help="0 disables top-k.")
+@click.option("--top-k", type=TOP_K, default=50, show_default=True, help="0 disables top-k.")
 @click.option("--top-p", type=float, default=None)
 @click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--seed", type=int, default=None)
+@click.option("--seed", type=SEED, default=None)
 @click.option("--device", default="auto", show_default=True)
 @click.option(
     "--dtype",
@@ -763,8 +772,6 @@ def sample_command(
         raise InputError(f"--temperature must be a finite number >= 0, got {temperature}")
     if top_p is not None and not 0 < top_p <= 1:
         raise InputError(f"--top-p must be in (0, 1], got {top_p}")
-    if top_k < 0:
-        raise InputError(f"--top-k must be >= 0, got {top_k}")
     model, tokenizer, _ = _load_run(checkpoint, device)
     prompt_ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
     context = model.config.max_seq_len
@@ -809,9 +816,9 @@ def sample_command(
 @click.option("--checkpoint", required=True, type=click.Path(), help="Run or checkpoint dir.")
 @click.option("--corpus", type=click.Path(exists=True), help="Corpus folder to evaluate on.")
 @click.option("--tokens", type=click.Path(), help="Token file or shard folder instead.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--seq-len", type=click.IntRange(min=1), default=None, help="Default: as trained.")
-@click.option("--max-batches", type=click.IntRange(min=1), default=None, help="Default: all.")
+@click.option("--batch-size", type=BATCH, default=16, show_default=True)
+@click.option("--seq-len", type=SEQ_LEN, default=None, help="Default: as trained.")
+@click.option("--max-batches", type=BATCH, default=None, help="Default: all.")
 @click.option("--device", default="auto", show_default=True)
 @click.option(
     "--dtype",
@@ -939,9 +946,7 @@ def stdlib_python_files(max_bytes: int = QUICKSTART_CORPUS_BYTES) -> list[str]:
     "Default: Python's stdlib sources.",
 )
 @click.option("--text-field", default="text", show_default=True, help="Text field of record files.")
-@click.option(
-    "--vocab-size", type=click.IntRange(min=257), default=QUICKSTART_VOCAB, show_default=True
-)
+@click.option("--vocab-size", type=VOCAB_SIZE, default=QUICKSTART_VOCAB, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def quickstart_command(
