@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 import lmrs
+import lmrs.checkpoint
 
 
 def test_every_public_name_resolves() -> None:
@@ -64,3 +68,31 @@ def test_functions_are_not_hidden_by_their_modules() -> None:
         "lmrs.generate",
         "TrainConfig",
     ]
+
+
+def test_load_gives_a_trained_runs_model_and_tokenizer(tmp_path: Path) -> None:
+    import torch
+
+    texts = [f"def f{i}(x):\n    return x + {i}\n" for i in range(200)]
+    tokenizer = lmrs.Tokenizer.train(texts, 300, show_progress=False)
+    model = lmrs.create_small_model(tokenizer.vocab_size, max_seq_len=32, seed=0)
+    batches = lmrs.prepare_training_data(tokenizer.encode("".join(texts)), 16, 4)
+    lmrs.train(model, batches, max_steps=2, show_progress=False, out_dir=str(tmp_path / "run"),
+               tokenizer=tokenizer, eval_every=0, dtype="float32")  # fmt: skip
+    model, tok = lmrs.load(tmp_path / "run")  # unpacks as the two things a user needs
+    assert not model.training and tok.vocab_size == tokenizer.vocab_size
+    loaded = lmrs.load(tmp_path / "run" / "checkpoint")
+    assert loaded.checkpoint.step == 2 and loaded.path == tmp_path / "run" / "checkpoint"
+    # the same weights the run saved, and generation through them
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.model.state_dict()[name]), name
+    ids = lmrs.generate(
+        model, tok.encode("def "), 8, temperature=0, dtype="float32", stop_tokens=[tok.eot_id]
+    )
+    text = loaded.generate("def ", max_length=8, temperature=0, dtype="float32")
+    assert text == tok.decode(ids)
+    # a damaged checkpoint is one line naming the file
+    weights = tmp_path / "run" / "checkpoint" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1])
+    with pytest.raises(lmrs.checkpoint.CheckpointError, match="model.safetensors"):
+        lmrs.load(tmp_path / "run")

@@ -42,6 +42,8 @@ _LAZY = {
     "save_checkpoint": "lmrs.checkpoint",
     "load_checkpoint": "lmrs.checkpoint",
     "export": "lmrs.export_run",
+    "load": "lmrs.loading",
+    "LoadedRun": "lmrs.loading",
 }
 
 __all__ = [
