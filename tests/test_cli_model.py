@@ -397,3 +397,22 @@ def test_the_seq_len_bound_is_the_models_context() -> None:
     from lmrs.model import MAX_CONTEXT
 
     assert SEQ_LEN.max == MAX_CONTEXT
+
+
+def test_errors_name_the_users_file_not_a_temporary(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    """An atomic write's `.NAME.tmp-PID-...` and eval's encoded `/tmp/lmrs-eval-*/tokens.bin`
+    are not files the user named: errors name the target and the corpus instead."""
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "train_loss": 2.0}) + "\n")
+    (tmp_path / "taken").mkdir()
+    result = CliRunner().invoke(cli, ["plot", str(tmp_path), "-o", str(tmp_path / "taken")])
+    fails_with(result, rf"^lmrs: {re.escape(str(tmp_path / 'taken'))}: is a directory")
+    assert ".tmp-" not in result.output
+    short = tmp_path / "short"
+    short.mkdir()
+    (short / "a.txt").write_text("def f")
+    args = ["eval", "--checkpoint", str(trained["run"]), "--corpus", str(short)]
+    result = CliRunner().invoke(cli, args)
+    fails_with(result, rf"^lmrs: {re.escape(str(short))}: .*too few")
+    assert "lmrs-eval-" not in result.output

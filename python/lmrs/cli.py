@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from typing import Any, Optional, TextIO
@@ -37,15 +38,26 @@ class LmrsCliError(click.ClickException):
         click.echo(f"lmrs: {self.format_message()}", err=True)
 
 
+# The temporary name of an atomic write (lmrs.atomic, rust/src/atomic.rs, an export folder):
+# ``DIR/.NAME.tmp-PID-XXXX``; an error names the target, ``DIR/NAME``, the file the user gave.
+TEMPORARY_NAME = re.compile(r"(?P<dir>[^\s'\"]*/)?\.(?P<name>[^/\s'\"]+?)\.tmp-\d+-[\w-]+")
+
+
+def target_names(text: str) -> str:
+    """``text`` with every atomic writer's temporary name replaced by its target's."""
+    return TEMPORARY_NAME.sub(r"\g<dir>\g<name>", text)
+
+
 def describe(error: BaseException) -> str:
-    """The one line for an error: OS errors as 'FILE: problem', others as their message."""
+    """The one line for an error: OS errors as 'FILE: problem', others as their message;
+    a temporary file is named by the target it stands for."""
     if isinstance(error, OSError) and (error.strerror or error.filename):
-        name = error.filename if error.filename is not None else ""
+        name = target_names(str(error.filename)) if error.filename is not None else ""
         reason = (error.strerror or str(error)).rstrip(".")
         if error.errno == errno.ENOSPC:
             return f"no space left on device writing {name}" if name else reason
         return f"{name}: {reason[:1].lower()}{reason[1:]}" if name else reason
-    return one_line(error)
+    return target_names(one_line(error))
 
 
 # What to make smaller when a command runs out of memory, by command.

@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 import click
 
-from lmrs.errors import InputError
+from lmrs.errors import InputError, LmrsError
 from lmrs.metrics_sinks import check_sinks, parse_log_option
 from lmrs.options import (
     ARCHITECTURES,
@@ -849,26 +849,40 @@ def eval_command(
             f"--seq-len {seq_len} exceeds the model's context of {model.config.max_seq_len}"
         )
     with tempfile.TemporaryDirectory(prefix="lmrs-eval-") as scratch:
-        if tokens is None:
-            token_path = Path(scratch) / "tokens.bin"
-            _encode_corpus(tokenizer, corpus, token_path, show_progress=False)
-        else:
-            token_path = Path(tokens)
-        dataset = _open_dataset(token_path, tokenizer)
-        result = evaluate(
-            model,
-            dataset.full(),
-            batches=max_batches,
-            batch_size=batch_size,
-            seq_len=seq_len,
-            show_progress=True,
-            dtype=dtype or _trained_dtype(saved.train_config),
-        )
+        token_path = Path(scratch) / "tokens.bin" if tokens is None else Path(tokens)
+        with _naming_the_corpus(token_path if tokens is None else None, corpus):
+            if tokens is None:
+                _encode_corpus(tokenizer, corpus, token_path, show_progress=False)
+            dataset = _open_dataset(token_path, tokenizer)
+            result = evaluate(
+                model,
+                dataset.full(),
+                batches=max_batches,
+                batch_size=batch_size,
+                seq_len=seq_len,
+                show_progress=True,
+                dtype=dtype or _trained_dtype(saved.train_config),
+            )
     click.echo(
         f"loss {result.loss:.4f}  perplexity {result.perplexity:.2f}  bits per byte "
         + (f"{result.bits_per_byte:.4f}" if result.bits_per_byte is not None else "n/a")
         + f"  ({result.tokens:,} tokens)"
     )
+
+
+@contextlib.contextmanager
+def _naming_the_corpus(scratch_tokens: Optional[Path], corpus: Optional[str]) -> Iterator[None]:
+    """Errors about the tokens ``lmrs eval`` encoded into a temporary file name the corpus
+    they came from instead (the user never asked for that file)."""
+    try:
+        yield
+    except (LmrsError, ValueError) as e:  # the Rust TokenizerError is a ValueError
+        scratch = str(scratch_tokens) if scratch_tokens is not None else None
+        text = str(e)
+        if scratch is None or scratch not in text:
+            raise
+        text = text.replace(f"; {scratch} not written", "").replace(scratch, str(corpus))
+        raise InputError(text) from e
 
 
 def _trained_dtype(train_config: dict[str, Any]) -> str:
