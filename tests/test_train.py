@@ -456,3 +456,16 @@ def test_lmrs_eval_reports_the_loss_training_reported(
     assert evaluated.tokens == trained.tokens  # type: ignore[attr-defined]
     assert evaluated.loss == pytest.approx(trained.loss, abs=1e-6)  # type: ignore[attr-defined]
     assert evaluated.bits_per_byte == pytest.approx(trained.bits_per_byte, abs=1e-6)  # type: ignore[attr-defined]
+
+
+def test_a_resume_drops_metrics_lines_that_are_not_records(tmp_path: Path) -> None:
+    """metrics.jsonl cut back to the resumed step: a line nested too deeply, not an object,
+    bad UTF-8 or cut short by a kill is dropped, never a traceback."""
+    from lmrs.train import truncate_metrics
+
+    good = [json.dumps({"step": s, "train_loss": 1.0}).encode() + b"\n" for s in (1, 2, 3)]
+    bad = [b"[" * 100_000 + b"]" * 100_000 + b"\n", b"[1, 2]\n", b'{"step": "\xff"}\n']
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(good[0] + bad[0] + good[1] + bad[1] + bad[2] + good[2] + b'{"step": 4, "tr')
+    truncate_metrics(path, 2)
+    assert path.read_bytes() == good[0] + good[1]

@@ -275,17 +275,29 @@ class BatchListSource:
 # ---------------------------------------------------------------------------------------
 
 
+def _metrics_step(line: bytes) -> Optional[float]:
+    """The step of one metrics.jsonl line (0 when it has none); None for a line that is
+    not a record (cut short by a kill, bad UTF-8, nested too deeply, not an object)."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+    step = record.get("step", 0) if isinstance(record, dict) else None
+    return step if isinstance(step, (int, float)) and not isinstance(step, bool) else None
+
+
 def truncate_metrics(path: Path, step: int) -> None:
-    """Keep only the records up to ``step`` (a resumed run rewrites what came after)."""
+    """Keep only the records up to ``step`` (a resumed run rewrites what came after); lines
+    that are not records are dropped."""
     if not path.is_file():
         return
     kept = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for line in f:
-            with contextlib.suppress(json.JSONDecodeError):
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line if line.endswith("\n") else line + "\n")
-    write_atomic(path, "".join(kept).encode("utf-8"), mode=0o644)
+            recorded = _metrics_step(line)
+            if recorded is not None and recorded <= step:
+                kept.append(line if line.endswith(b"\n") else line + b"\n")
+    write_atomic(path, b"".join(kept), mode=0o644)
 
 
 class MetricsLog:
