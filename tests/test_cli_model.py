@@ -147,6 +147,10 @@ HUGE = "99999999999999999999999"
         (["train", "--tokens", "x", "--out", "y", "--seq-len", HUGE], "--seq-len"),
         (["eval", "--checkpoint", "x", "--tokens", "y", "--batch-size", HUGE], "--batch-size"),
         (["quickstart", "--vocab-size", HUGE], "--vocab-size"),
+        (["vocab", "x", "--size", HUGE], "--size"),
+        (["vocab", "x", "--min-frequency", HUGE], "--min-frequency"),
+        (["encode", "x", "-t", "t", "--shard-tokens", HUGE], "--shard-tokens"),
+        (["encode", "x", "-t", "t", "--num-parts", HUGE], "--num-parts"),
     ],
 )
 def test_integers_beyond_what_torch_and_rust_take_name_their_option(

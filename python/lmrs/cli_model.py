@@ -43,6 +43,7 @@ from lmrs.options import (
     TRAIN_DEFAULTS,
     TRAIN_DTYPES,
 )
+from lmrs.runlock import run_lock
 
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr)?\s*$")
 
@@ -414,14 +415,20 @@ def train_command(
         raise click.UsageError("give --corpus DIR or --tokens FILE")
     out_dir = Path(out)
     _check_out_dir(out_dir)
+    # one owner: held until the command ends (a refusal below removes a directory it made)
+    click.get_current_context().with_resource(run_lock(out_dir, "lmrs train"))
+    from lmrs.checkpoint import holds_checkpoints, recover_checkpoint
+
     # torchrun --max-restarts: a restarted worker continues the run its job checkpointed
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
-    holds_run = (out_dir / "checkpoint").exists() and not resume and not overwrite
+    holds_run = holds_checkpoints(out_dir) and not resume and not overwrite
     if holds_run and not restarted:
         raise InputError(
             f"{out_dir}: already holds a trained run; pass --resume {out_dir} to continue it "
             "or --overwrite to replace it"
         )
+    if int(os.environ.get("RANK", "0") or 0) == 0:  # a save interrupted between its renames
+        recover_checkpoint(out_dir / "checkpoint")
     from lmrs.options import TrainConfig
 
     show_progress = not quiet
@@ -697,16 +704,11 @@ def _model_for_training(
 
 
 def _load_run(checkpoint: str, device: str) -> tuple[Any, Any, Any]:
-    """(model, tokenizer, Checkpoint) from a run or checkpoint directory."""
-    from lmrs.checkpoint import CheckpointError, check_tokenizer, load_model
-    from lmrs.distributed import resolve_device
+    """(model, tokenizer, Checkpoint) from a run or checkpoint directory (lmrs.load)."""
+    from lmrs.loading import load
 
-    model, saved = load_model(checkpoint, device=resolve_device(device))
-    if saved.tokenizer_path is None:
-        raise CheckpointError(f"{saved.path}: no tokenizer.json in the checkpoint")
-    tokenizer = _load_tokenizer(saved.tokenizer_path)
-    check_tokenizer(saved.path, saved.model_config, tokenizer)
-    return model, tokenizer, saved
+    loaded = load(checkpoint, device=device)
+    return loaded.model, loaded.tokenizer, loaded.checkpoint
 
 
 def _counted(ids: Iterator[int], counter: list[int]) -> Iterator[int]:
@@ -984,7 +986,7 @@ def quickstart_command(
     label = corpus or f"{len(source)} .py files of the Python standard library"
     click.echo(f"1/4 vocab: {vocab_size} tokens from {label}")
     _check_out_dir(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    click.get_current_context().with_resource(run_lock(out_dir, "lmrs quickstart"))
     tokenizer = train_tokenizer(source, vocab_size, text_field=text_field, show_progress=not quiet)
     tokenizer.save(str(out_dir / "tokenizer.json"))
     click.echo(f"2/4 encoding into {out_dir / 'tokens.bin'}")

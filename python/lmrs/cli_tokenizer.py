@@ -34,7 +34,7 @@ TEXT_FIELD_HELP = (
 @click.option(
     "--size",
     "vocab_size",
-    type=click.IntRange(min=257),
+    type=click.IntRange(257, 2**32 - 1),  # ids are u32 in the Rust core
     default=5000,
     show_default=True,
     help="Vocabulary size: 256 bytes + merges + special tokens.",
@@ -49,7 +49,7 @@ TEXT_FIELD_HELP = (
 )
 @click.option(
     "--min-frequency",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 2**63 - 1),
     default=2,
     show_default=True,
     help="Do not merge pairs seen fewer times than this.",
@@ -61,7 +61,10 @@ TEXT_FIELD_HELP = (
     help="Extra special token (repeatable); <|endoftext|> is always included.",
 )
 @click.option(
-    "--max-token-length", type=click.IntRange(min=2), default=None, help="Longest token in bytes."
+    "--max-token-length",
+    type=click.IntRange(2, 2**63 - 1),
+    default=None,
+    help="Longest token in bytes.",
 )
 @click.option("--ext", "extensions", multiple=True, help=EXT_HELP)
 @click.option(
@@ -169,20 +172,20 @@ def _convert(
 @click.option("--ext", "extensions", multiple=True, help=EXT_HELP)
 @click.option(
     "--shard-tokens",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 2**63 - 1),
     default=None,
     help="Write a shard directory with at most this many tokens per shard.",
 )
 @click.option(
     "--num-parts",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 2**31 - 1),
     default=1,
     show_default=True,
     help="Split the corpus into this many parts (one per process or machine).",
 )
 @click.option(
     "--part-index",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, 2**31 - 1),
     default=0,
     show_default=True,
     help="Which part this run encodes (0-based).",
