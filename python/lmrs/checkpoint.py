@@ -521,7 +521,7 @@ def resolve_checkpoint_dir(path: PathLike, *, quiet: bool = False) -> Path:
 
 
 # TrainConfig fields that change how a run reports, not what it computes
-REPORTING_FIELDS = {"show_progress", "log_to", "dist_timeout_s"}
+REPORTING_FIELDS = {"show_progress", "log_to", "dist_timeout_s", "adapt_threads"}
 
 
 def checkpoint_of_run(run_dir: PathLike, train_config: Any) -> Optional[Path]:

@@ -311,6 +311,12 @@ def _check_out_dir(out_dir: Path) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps")
 @click.option("--dtype", type=click.Choice(TRAIN_DTYPES), default=TRAIN_DEFAULTS.dtype)
 @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model.")
+@click.option(
+    "--fixed-threads",
+    is_flag=True,
+    help="Keep torch's CPU thread count (by default one CPU process measures as it trains "
+    "and uses the count that is fastest with the cores actually free).",
+)
 @click.option("--resume", type=click.Path(), help="Continue from a run or checkpoint directory.")
 @click.option(
     "--init-from",
@@ -392,6 +398,7 @@ def train_command(
     device: str,
     dtype: str,
     use_compile: bool,
+    fixed_threads: bool,
     resume: Optional[str],
     init_from: Optional[str],
     strategy: str,
@@ -459,6 +466,7 @@ def train_command(
         device=device,
         dtype=dtype,
         compile=use_compile,
+        adapt_threads=not fixed_threads,
         strategy=strategy,
         dist_timeout_s=dist_timeout_s,
         grad_accum_steps=grad_accum,

@@ -138,6 +138,9 @@ class TrainConfig:
     dist_timeout_s: float = 300.0
     show_progress: bool = True
     log_to: tuple[str, ...] = ()  # extra metric sinks, from LOG_SINKS
+    # one CPU process: the intra-op thread count follows the cores actually free, measured
+    # as it trains (lmrs.cpu_threads); False keeps torch's count
+    adapt_threads: bool = True
 
     def validate(self) -> None:
         positive = {

@@ -55,6 +55,7 @@ from lmrs.checkpoint import (
     save_checkpoint,
     verified_file,
 )
+from lmrs.cpu_threads import ThreadGovernor
 from lmrs.data import Batch, TokenDataset, TokenSplit, micro_batch_size, token_byte_lengths
 from lmrs.errors import LmrsError, one_line
 from lmrs.evaluate import IGNORE_INDEX, EvalResult, evaluation_sums
@@ -624,6 +625,9 @@ def _loop(trainer: Trainer) -> TrainResult:
         bar.close()
         trainer.save_interrupted()
         raise
+    finally:
+        if trainer.threads is not None:
+            trainer.threads.close()
     bar.close()
     return trainer.finish()
 
@@ -755,6 +759,10 @@ class Trainer:
         self.session_start = time.perf_counter()
         self.window: tuple[float, int] = (self.session_start, 0)  # (time, step) of last log
         self.batches = _Prefetcher(source, run)
+        adapt = config.adapt_threads and not config.compile  # compiled kernels fix their count
+        self.threads = (
+            ThreadGovernor.for_training(self.ctx.device, self.ctx.world_size) if adapt else None
+        )
         total = config.max_steps
         if total is None and config.epochs is not None:
             total = max(1, math.ceil(config.epochs * self.steps_per_epoch))
@@ -846,6 +854,8 @@ class Trainer:
             summed = dist_utils.all_reduce_sum_on_device(loss_sum / accum, ctx)
         self.unread.append((step + 1, self.lr, summed))
         step_time = time.perf_counter() - started
+        if self.threads is not None:
+            self.threads.after_step(step_time)
         if step - self.start_step < self.warmup_steps:
             self.warmup_time += step_time
         else:
