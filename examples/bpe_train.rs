@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
-use _lmrs::corpus::{collect_files, count_words_in_files};
-use _lmrs::pretokenize::Pretokenizer;
-use _lmrs::train::{train_bpe, TrainOptions};
+use _lmrs::bpe::corpus::{collect_files, count_words_in_files};
+use _lmrs::bpe::pretokenize::Pretokenizer;
+use _lmrs::bpe::train::{train_bpe, TrainOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();

@@ -40,11 +40,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
-use _lmrs::corpus::{collect_files, WordCounts};
-use _lmrs::encode::{AllowedSpecial, EncodeOptions, Encoder, PieceCacheMode};
-use _lmrs::pretokenize::{Pretokenizer, CL100K_PATTERN, O200K_PATTERN};
-use _lmrs::train::{train_bpe, TrainOptions};
-use _lmrs::vocab::{Vocab, EOT};
+use _lmrs::bpe::corpus::{collect_files, WordCounts};
+use _lmrs::bpe::encode::{AllowedSpecial, EncodeOptions, Encoder, PieceCacheMode};
+use _lmrs::bpe::pretokenize::{Pretokenizer, CL100K_PATTERN, O200K_PATTERN};
+use _lmrs::bpe::train::{train_bpe, TrainOptions};
+use _lmrs::bpe::vocab::{Vocab, EOT};
 use rayon::prelude::*;
 
 type BoxError = Box<dyn std::error::Error>;
@@ -503,7 +503,7 @@ fn header() {
                 .map(|m| m.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let features: Vec<String> = _lmrs::cpu::features()
+    let features: Vec<String> = _lmrs::decode::kernels::cpu::features()
         .into_iter()
         .map(|(name, has)| format!("{name} {}", if has { "yes" } else { "no" }))
         .collect();

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use _lmrs::corpus::{collect_files, WordCounts};
-use _lmrs::pretokenize::{Pretokenizer, GPT4_PATTERN};
+use _lmrs::bpe::corpus::{collect_files, WordCounts};
+use _lmrs::bpe::pretokenize::{Pretokenizer, GPT4_PATTERN};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -1,4 +1,4 @@
-//! One error type for the crate; `py.rs` maps it to Python exceptions by variant.
+//! One error type for the crate; `py/errors.rs` maps it to Python exceptions by variant.
 
 use std::any::Any;
 use std::fmt;

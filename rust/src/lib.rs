@@ -1,35 +1,23 @@
-//! lmrs core: a byte-level BPE engine.
+//! lmrs core: a byte-level BPE engine, its token files, and a CPU decoding step.
 //!
-//! Data flows one way: files → [`corpus`] scan → word counts → [`train`] merges →
-//! [`vocab::Vocab`] → [`encode`] token ids → [`token_file`]. Nothing in this crate root
-//! or the pure-Rust modules depends on PyO3; the Python glue lives in `py.rs` behind the
+//! Layers, each importing only from itself, lower layers and the crate root:
+//! - [`bpe`]: files → [`bpe::corpus`] scan → word counts → [`bpe::train`] merges →
+//!   [`bpe::vocab::Vocab`] → [`bpe::encode`] token ids;
+//! - [`tokens`]: token ids → token files ([`tokens::token_file`]), their index and streams;
+//! - [`decode`]: a GPT decoding step ([`decode::model`]), sampling, and the CPU kernels;
+//! - at the root, what every layer shares: [`error`], [`atomic`] writes, [`fault`] points.
+//!
+//! Nothing outside `py/` depends on PyO3; the Python glue lives in `py/` behind the
 //! `python` feature so that `cargo test` runs without a Python interpreter.
 
-pub mod arrow_texts;
 pub mod atomic;
-pub mod bf16;
-pub mod corpus;
-pub mod cpu;
+pub mod bpe;
 pub mod decode;
-pub mod encode;
 pub mod error;
 pub mod fault;
-pub mod flat_map;
-pub mod pretokenize;
-pub mod sample;
-pub mod token_file;
-pub mod token_index;
-pub mod token_stream;
-pub mod train;
-pub mod vocab;
+pub mod tokens;
 
 #[cfg(feature = "python")]
 mod py;
-#[cfg(feature = "python")]
-mod py_arrow;
-#[cfg(feature = "python")]
-mod py_decode;
-#[cfg(feature = "python")]
-mod py_token_stream;
 
 pub use error::{catch_panic, Error, Result};

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ahash::AHashMap;
 use rayon::prelude::*;
 
-use crate::corpus::WordCounts;
+use crate::bpe::corpus::WordCounts;
 use crate::{Error, Result};
 
 /// Two token ids; merge `i` turns the pair into token `256 + i`.
@@ -677,7 +677,7 @@ impl MergeScratch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pretokenize::Pretokenizer;
+    use crate::bpe::pretokenize::Pretokenizer;
     use std::collections::BTreeMap;
 
     /// The textbook algorithm: recount every pair before every merge.

@@ -1,5 +1,7 @@
-//! PyO3 glue for [`crate::token_stream`]: `lmrs._lmrs.TokenStream`, fed batches of texts
-//! by `lmrs.records` (the GIL is released while a batch is encoded and written).
+//! PyO3 glue for [`crate::tokens`]: `lmrs._lmrs.TokenStream` ([`crate::tokens::token_stream`]),
+//! fed batches of texts by `lmrs.records` (the GIL is released while a batch is encoded and
+//! written), and the token-file functions `build_manifest`, `part_range` and
+//! `head_tail_sha256`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,13 +9,13 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 
-use crate::arrow_texts::arrow_texts_of;
-use crate::py_arrow::{arrow_buffers_of, CapsulePairs};
-
-use crate::encode::Encoder;
-use crate::py::{guard, to_py_err, CoreTokenizer};
-use crate::token_file::TokenFileOptions;
-use crate::token_stream::TokenStream;
+use crate::bpe::encode::Encoder;
+use crate::py::arrow::{arrow_buffers_of, CapsulePairs};
+use crate::py::errors::{guard, to_py_err};
+use crate::py::tokenizer::CoreTokenizer;
+use crate::tokens::arrow_texts::arrow_texts_of;
+use crate::tokens::token_file::{self, TokenFileOptions};
+use crate::tokens::token_stream::TokenStream;
 
 #[pyclass(module = "lmrs._lmrs", name = "TokenStream")]
 pub(crate) struct PyTokenStream {
@@ -59,7 +61,7 @@ impl PyTokenStream {
 
     /// Appends the rows of Arrow string/binary arrays without nulls, in order, encoded
     /// as one batch: each array given as the (schema, array) capsules of its
-    /// `__arrow_c_array__()` (read in place, see `crate::py_arrow`). Returns (UTF-8 bytes
+    /// `__arrow_c_array__()` (read in place, see `crate::py::arrow`). Returns (UTF-8 bytes
     /// written, indices of the rows skipped as invalid UTF-8, counted across the arrays).
     fn write_arrow(
         &mut self,
@@ -90,4 +92,41 @@ impl PyTokenStream {
     fn abandon(&mut self) {
         self.stream.abandon();
     }
+}
+
+/// Rewrites `DIR/manifest.json` from the shards present; returns it as JSON.
+#[pyfunction]
+pub(crate) fn build_manifest(py: Python<'_>, dir: PathBuf) -> PyResult<String> {
+    guard("Tokenizer.build_manifest", || {
+        let manifest = py
+            .detach(|| token_file::build_manifest(&dir))
+            .map_err(to_py_err)?;
+        Ok(token_file::Written::Shards(manifest).to_json())
+    })
+}
+
+/// The documents of part `part_index` of `num_parts` as (start, end): contiguous, about
+/// the same bytes each (the split `encode_files` uses; `lmrs.records` uses it for record
+/// batches and rows).
+#[pyfunction]
+pub(crate) fn part_range(
+    sizes: Vec<u64>,
+    num_parts: usize,
+    part_index: usize,
+) -> PyResult<(usize, usize)> {
+    guard("part_range", || {
+        token_file::check_part(num_parts, part_index).map_err(to_py_err)?;
+        let range = token_file::part_range(&sizes, num_parts, part_index);
+        Ok((range.start, range.end))
+    })
+}
+
+/// (size in bytes, checksum) of a token file as its sidecar records them: the one
+/// definition of `head_tail_sha256`, shared with `lmrs.data`.
+#[pyfunction]
+pub(crate) fn head_tail_sha256(py: Python<'_>, path: PathBuf) -> PyResult<(u64, String)> {
+    guard("head_tail_sha256", || {
+        py.detach(|| token_file::head_tail_sha256(&path))
+            .map_err(to_py_err)
+    })
 }

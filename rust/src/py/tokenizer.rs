@@ -1,8 +1,5 @@
-//! PyO3 glue only: argument conversion, GIL release, errors → exceptions.
-//!
-//! Every binding's body (all but the getters of stored fields) runs inside [`guard`], so that a panic (a bug) reaches Python as
-//! a RuntimeError naming the binding, never as PyO3's `PanicException`. Errors map to
-//! exceptions by variant in [`to_py_err`], never by their message.
+//! PyO3 glue for [`crate::bpe`]: the Rust tokenizer (`CoreTokenizer`: training, encoding,
+//! decoding, token files from files and texts), `WordCounter` and `collect_files`.
 //!
 //! Long work runs with the GIL released. Work that reports progress runs on a scoped
 //! worker thread that bumps an `AtomicU64`; the calling thread (holding the GIL between
@@ -16,49 +13,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use numpy::{IntoPyArray, PyArray1};
-use pyo3::create_exception;
-use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyBytes, PyDict, PyInt};
 
-use crate::arrow_texts::arrow_texts_of;
-use crate::corpus::{collect_files as collect, count_words_in_files, CountShards, WordCounts};
-use crate::encode::{id_out_of_range, AllowedSpecial, Encoder};
-use crate::pretokenize::{
-    Pretokenizer, CL100K_PATTERN, GPT2_PATTERN, GPT4_PATTERN, HF_BYTE_LEVEL_PATTERN, O200K_PATTERN,
-};
-use crate::token_file::{self, TokenFileOptions};
-use crate::train::{train_bpe_owned, TrainOptions};
-use crate::vocab::{MergeRule, Vocab};
+use crate::bpe::corpus::{collect_files as collect, count_words_in_files, CountShards, WordCounts};
+use crate::bpe::encode::{id_out_of_range, AllowedSpecial, Encoder};
+use crate::bpe::pretokenize::{Pretokenizer, GPT4_PATTERN};
+use crate::bpe::train::{train_bpe_owned, TrainOptions};
+use crate::bpe::vocab::{MergeRule, Vocab};
+use crate::py::errors::{guard, to_py_err};
+use crate::tokens::arrow_texts::arrow_texts_of;
+use crate::tokens::token_file::{self, TokenFileOptions};
 use crate::Error;
-
-create_exception!(
-    _lmrs,
-    TokenizerError,
-    PyValueError,
-    "A tokenizer or token file is missing, unreadable, malformed or of the wrong version; \
-     the message names the file and the problem."
-);
 
 /// Texts at least this long are encoded with the GIL released.
 const DETACH_BYTES: usize = 1 << 14;
-
-pub(crate) fn to_py_err(e: Error) -> PyErr {
-    match e {
-        Error::Io { .. } | Error::Format { .. } => TokenizerError::new_err(e.to_string()),
-        Error::Invalid(message) => PyValueError::new_err(message),
-        Error::Interrupted => PyKeyboardInterrupt::new_err(e.to_string()),
-        Error::Internal(message) => PyRuntimeError::new_err(message),
-    }
-}
-
-/// Runs the body of the binding `name`. A panic in it becomes a RuntimeError "lmrs
-/// internal error in NAME: MESSAGE": PyO3 would raise `PanicException`, a BaseException
-/// that `except Exception` and the CLI's one-line error handling both miss.
-pub(crate) fn guard<T>(name: &str, body: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
-    crate::catch_panic(name, body).unwrap_or_else(|e| Err(to_py_err(e)))
-}
 
 /// Runs `work` on a worker thread; while it runs, calls `callback(total)` with the
 /// counter's value every 100 ms (and once at the end). Ctrl-C or an exception from the
@@ -327,9 +298,9 @@ impl CoreTokenizer {
     #[getter]
     fn file_version(&self) -> u64 {
         if self.encoder.vocab().is_version_1() {
-            crate::vocab::VERSION
+            crate::bpe::vocab::VERSION
         } else {
-            crate::vocab::VERSION_IDS
+            crate::bpe::vocab::VERSION_IDS
         }
     }
 
@@ -543,7 +514,7 @@ impl CoreTokenizer {
 
 /// Word counts gathered from files and texts, then trained into a tokenizer.
 #[pyclass(module = "lmrs._lmrs")]
-struct WordCounter {
+pub(crate) struct WordCounter {
     pretokenizer: Pretokenizer,
     counts: WordCounts,
     /// Counts of `add_texts` / `add_arrow` batches, one map per thread until read.
@@ -627,10 +598,10 @@ impl WordCounter {
     fn add_arrow(
         &mut self,
         py: Python<'_>,
-        arrays: crate::py_arrow::CapsulePairs<'_>,
+        arrays: crate::py::arrow::CapsulePairs<'_>,
     ) -> PyResult<(u64, Vec<usize>)> {
         guard("Tokenizer.train", || {
-            let buffers = crate::py_arrow::arrow_buffers_of(&arrays)?;
+            let buffers = crate::py::arrow::arrow_buffers_of(&arrays)?;
             let (shards, pretokenizer) = (&mut self.shards, &self.pretokenizer);
             py.detach(|| {
                 let rows = arrow_texts_of(&buffers)?;
@@ -658,7 +629,7 @@ impl WordCounter {
         progress: Option<Bound<'_, PyAny>>,
     ) -> PyResult<(CoreTokenizer, f64)> {
         guard("Tokenizer.train", || {
-            let mut names = vec![crate::vocab::EOT.to_string()];
+            let mut names = vec![crate::bpe::vocab::EOT.to_string()];
             for name in special_tokens {
                 if !names.contains(&name) {
                     names.push(name);
@@ -688,72 +659,12 @@ impl WordCounter {
 /// like ["py", ".txt"] (empty: all).
 #[pyfunction]
 #[pyo3(signature = (root, extensions=Vec::new()))]
-fn collect_files(py: Python<'_>, root: PathBuf, extensions: Vec<String>) -> PyResult<Vec<PathBuf>> {
+pub(crate) fn collect_files(
+    py: Python<'_>,
+    root: PathBuf,
+    extensions: Vec<String>,
+) -> PyResult<Vec<PathBuf>> {
     guard("collect_files", || {
         py.detach(|| collect(&root, &extensions)).map_err(to_py_err)
     })
-}
-
-/// Rewrites `DIR/manifest.json` from the shards present; returns it as JSON.
-#[pyfunction]
-fn build_manifest(py: Python<'_>, dir: PathBuf) -> PyResult<String> {
-    guard("Tokenizer.build_manifest", || {
-        let manifest = py
-            .detach(|| token_file::build_manifest(&dir))
-            .map_err(to_py_err)?;
-        Ok(token_file::Written::Shards(manifest).to_json())
-    })
-}
-
-/// The documents of part `part_index` of `num_parts` as (start, end): contiguous, about
-/// the same bytes each (the split `encode_files` uses; `lmrs.records` uses it for record
-/// batches and rows).
-#[pyfunction]
-fn part_range(sizes: Vec<u64>, num_parts: usize, part_index: usize) -> PyResult<(usize, usize)> {
-    guard("part_range", || {
-        token_file::check_part(num_parts, part_index).map_err(to_py_err)?;
-        let range = token_file::part_range(&sizes, num_parts, part_index);
-        Ok((range.start, range.end))
-    })
-}
-
-/// (size in bytes, checksum) of a token file as its sidecar records them: the one
-/// definition of `head_tail_sha256`, shared with `lmrs.data`.
-#[pyfunction]
-fn head_tail_sha256(py: Python<'_>, path: PathBuf) -> PyResult<(u64, String)> {
-    guard("head_tail_sha256", || {
-        py.detach(|| token_file::head_tail_sha256(&path))
-            .map_err(to_py_err)
-    })
-}
-
-/// The names of the Rust fault points (`rust/src/fault.rs`), in the order a write
-/// reaches them: the fault-injection tests crash at each in turn.
-#[pyfunction]
-fn fault_points() -> Vec<&'static str> {
-    crate::fault::POINTS.to_vec()
-}
-
-#[pymodule]
-fn _lmrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add("GPT4_PATTERN", GPT4_PATTERN)?;
-    m.add("CL100K_PATTERN", CL100K_PATTERN)?;
-    m.add("GPT2_PATTERN", GPT2_PATTERN)?;
-    m.add("O200K_PATTERN", O200K_PATTERN)?;
-    m.add("HF_BYTE_LEVEL_PATTERN", HF_BYTE_LEVEL_PATTERN)?;
-    m.add("TokenizerError", m.py().get_type::<TokenizerError>())?;
-    m.add_class::<CoreTokenizer>()?;
-    m.add_class::<WordCounter>()?;
-    m.add_class::<crate::py_token_stream::PyTokenStream>()?;
-    m.add_function(wrap_pyfunction!(collect_files, m)?)?;
-    m.add_function(wrap_pyfunction!(build_manifest, m)?)?;
-    m.add_function(wrap_pyfunction!(part_range, m)?)?;
-    m.add_function(wrap_pyfunction!(fault_points, m)?)?;
-    m.add_function(wrap_pyfunction!(head_tail_sha256, m)?)?;
-    m.add("FAULT_EXIT_CODE", crate::fault::EXIT_CODE)?;
-    m.add_class::<crate::py_decode::PyDecodeModel>()?;
-    m.add_class::<crate::py_decode::DecodeSession>()?;
-    m.add_function(wrap_pyfunction!(crate::py_decode::decode_kernel, m)?)?;
-    m.add_function(wrap_pyfunction!(crate::py_decode::sample_next, m)?)?;
-    Ok(())
 }

@@ -23,7 +23,7 @@
 //! file is an error naming it, not silently different data. Files written before these
 //! fields existed still open, unchecked.
 //!
-//! Document index: beside each data file, `NAME.bin.idx` ([`crate::token_index`]) records
+//! Document index: beside each data file, `NAME.bin.idx` ([`crate::tokens::token_index`]) records
 //! where each document ends and its bytes, so readers open a token file without scanning
 //! it. Sidecars and manifests of version 2 have one for every data file (its size and
 //! checksum in the sidecar's `index`, and in the manifest's `index_checks`); version 1
@@ -44,9 +44,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::atomic;
-use crate::encode::Encoder;
+use crate::bpe::encode::Encoder;
 use crate::fault;
-use crate::token_index::{index_path, IndexWriter};
+use crate::tokens::token_index::{index_path, IndexWriter};
 use crate::{Error, Result};
 
 pub const FORMAT: &str = "lmrs-tokens";
@@ -1092,8 +1092,8 @@ pub fn build_manifest(dir: &Path) -> Result<Manifest> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pretokenize::GPT4_PATTERN;
-    use crate::vocab::Vocab;
+    use crate::bpe::pretokenize::GPT4_PATTERN;
+    use crate::bpe::vocab::Vocab;
 
     fn encoder() -> Encoder {
         Encoder::new(Vocab::new(GPT4_PATTERN, vec![(116, 104), (256, 101)], &[]).unwrap()).unwrap()
@@ -1223,7 +1223,7 @@ mod tests {
 
     #[test]
     fn every_data_file_has_an_index_of_its_document_ends() {
-        use crate::token_index::read_index;
+        use crate::tokens::token_index::read_index;
         let enc = encoder();
         let dir = tmp_dir("index");
         let out = dir.join("t.bin");

@@ -6,7 +6,7 @@
 //! Values are stored as `u16`, the upper half of an `f32`.
 //!
 //! Three kernels compute the same sums from the same packed weights, chosen at run time
-//! ([`crate::cpu`]): AVX512-BF16's `vdpbf16ps` (32 products per instruction); AVX2 + FMA,
+//! ([`super::cpu`]): AVX512-BF16's `vdpbf16ps` (32 products per instruction); AVX2 + FMA,
 //! which widens each loaded pair of bfloat16 weights to two float32 vectors (a shift and a
 //! mask: a bfloat16 is the upper half of a float32) and adds them with fused multiply-adds;
 //! and a portable one in plain Rust. Each output element is one dot product computed by one
@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::Isa;
+use crate::decode::kernels::cpu::Isa;
 
 /// f32 → bf16, rounding to nearest even (what `torch.Tensor.to(torch.bfloat16)` does).
 #[inline]
@@ -236,7 +236,7 @@ fn portable_tile(x: &[f32], rows: usize, stride: usize, blocks: &[&[u16]], sums:
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{Widened, BLOCK, BLOCKS_PER_TASK, COLUMNS_PER_TASK, TILE_ROWS};
-    use crate::cpu::Avx2Fma;
+    use crate::decode::kernels::cpu::Avx2Fma;
     use std::arch::x86_64::*;
 
     /// The sums of one task. Every sum is built the same way, `s = fma(x1, w1, fma(x0,
@@ -295,7 +295,7 @@ mod avx2 {
             sums.len() >= (R - 1) * COLUMNS_PER_TASK + (b0 + G) * BLOCK,
             "sums too short"
         );
-        // SAFETY: the token exists only where the CPU reported avx2 and fma (crate::cpu);
+        // SAFETY: the token exists only where the CPU reported avx2 and fma (kernels::cpu);
         // the asserts above bound every load (2·pairs values per row, pairs·32 per block)
         // and every store (16 columns of G blocks for R rows)
         unsafe { tile_unchecked::<R, G>(xs, stride, blocks, b0, sums) }
@@ -349,7 +349,7 @@ mod avx2 {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{BLOCK, BLOCKS_PER_TASK, COLUMNS_PER_TASK};
-    use crate::cpu::Avx512Bf16;
+    use crate::decode::kernels::cpu::Avx512Bf16;
     use std::arch::x86_64::*;
 
     /// `sums[c · COLUMNS_PER_TASK + j]` for the R rows of `xs` (bfloat16, R × k) and the
@@ -368,7 +368,7 @@ mod avx512 {
         );
         assert!(sums.len() >= R * COLUMNS_PER_TASK, "sums too short");
         // SAFETY: the token exists only where the CPU reported avx512f, avx512bw, avx512vl
-        // and avx512bf16 (crate::cpu); the asserts above bound every load (k values per
+        // and avx512bf16 (kernels::cpu); the asserts above bound every load (k values per
         // row, read as pairs below k, pairs·32 per block) and store (64 sums per row)
         unsafe { tile_unchecked::<R>(xs, k, blocks, sums) }
     }
@@ -489,7 +489,7 @@ mod tests {
 
     #[test]
     fn every_kernel_matches_a_scalar_reference() {
-        let kernels = crate::cpu::available();
+        let kernels = crate::decode::kernels::cpu::available();
         assert!(!kernels.is_empty());
         for &(m, n, k) in &SHAPES {
             let x = random_bf16(m * k, 1 + m as u64);
@@ -518,7 +518,7 @@ mod tests {
         let (m, n, k) = (5, 70, 33);
         let x = random_bf16(m * k, 21);
         let packed = PackedMatrix::pack(&random_f32(n * k, 22), n, k);
-        for isa in crate::cpu::available() {
+        for isa in crate::decode::kernels::cpu::available() {
             let inputs = match isa {
                 Isa::Avx512Bf16(_) => Inputs::Bf16(&x),
                 _ => Inputs::F32(Widened::new(&x, m, k)),
@@ -538,7 +538,7 @@ mod tests {
         let x = random_bf16(9 * k, 3);
         let w = random_f32(n * k, 4);
         let packed = PackedMatrix::pack(&w, n, k);
-        for isa in crate::cpu::available() {
+        for isa in crate::decode::kernels::cpu::available() {
             let mut batch = vec![0f32; 9 * n];
             matmul(isa, &x, 9, &packed, None, &mut batch);
             for i in 0..9 {
@@ -566,7 +566,7 @@ mod tests {
         let x = random_bf16(m * k, 5);
         let w = PackedMatrix::pack(&random_f32(n * k, 6), n, k);
         let bias: Vec<f32> = (0..n).map(|j| j as f32).collect();
-        for isa in crate::cpu::available() {
+        for isa in crate::decode::kernels::cpu::available() {
             let (mut plain, mut biased) = (vec![0f32; m * n], vec![0f32; m * n]);
             matmul(isa, &x, m, &w, None, &mut plain);
             matmul(isa, &x, m, &w, Some(&bias), &mut biased);

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use ahash::AHashMap;
 use rayon::prelude::*;
 
-use crate::pretokenize::Pretokenizer;
+use crate::bpe::pretokenize::Pretokenizer;
 use crate::{Error, Result};
 
 /// Files larger than this are read and counted chunk by chunk.
@@ -682,8 +682,8 @@ mod tests {
         let mut texts: Vec<&str> = long.iter().map(String::as_str).collect();
         texts.extend(short.iter().map(String::as_str));
         for pattern in [
-            crate::pretokenize::GPT4_PATTERN,
-            crate::pretokenize::O200K_PATTERN,
+            crate::bpe::pretokenize::GPT4_PATTERN,
+            crate::bpe::pretokenize::O200K_PATTERN,
             r"\S+|\s+",
         ] {
             let pretokenizer = Pretokenizer::new(pattern).unwrap();

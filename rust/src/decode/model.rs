@@ -2,7 +2,7 @@
 //! cache, weights in bfloat16.
 //!
 //! The same network as `lmrs.model.GPT`, built from its engine spec (`lmrs.engine_spec`,
-//! read by `py_decode.rs`): pre-norm blocks (LayerNorm or RMSNorm, with or without a
+//! read by `py/decode.rs`): pre-norm blocks (LayerNorm or RMSNorm, with or without a
 //! scale), causal attention with grouped key/value heads (optionally RMS-normalised
 //! queries and keys), a feed-forward of tanh-GELU, ReLU² or SwiGLU, learned or rotary
 //! positions, a final norm and a language-model head (optionally soft-capped logits).
@@ -18,8 +18,8 @@
 
 use rayon::prelude::*;
 
-use crate::bf16;
-use crate::cpu::{self, Isa};
+use crate::decode::kernels::bf16;
+use crate::decode::kernels::cpu::{self, Isa};
 use crate::{Error, Result};
 
 /// The shape of the network.
@@ -744,7 +744,7 @@ fn portable_weighted_values(weights: &[f32], values: &[u16], y: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 mod attention_avx512 {
     use super::HeadCache;
-    use crate::cpu::Avx512Bf16;
+    use crate::decode::kernels::cpu::Avx512Bf16;
     use std::arch::x86_64::*;
 
     /// `scores[s] = scale · q · K[s]` for the visible positions.
@@ -755,7 +755,7 @@ mod attention_avx512 {
             "keys are not head_dim × max_len"
         );
         // SAFETY: the token exists only where the CPU reported avx512f, avx512bw, avx512vl
-        // and avx512bf16 (crate::cpu); masked loads read positions below `visible` of each
+        // and avx512bf16 (kernels::cpu); masked loads read positions below `visible` of each
         // of the q.len() key rows and masked stores write below `visible`, bounded above
         unsafe { scores_unchecked(q, head, scale, scores) }
     }
@@ -823,8 +823,8 @@ mod attention_avx512 {
 #[cfg(target_arch = "x86_64")]
 mod attention_avx2 {
     use super::HeadCache;
-    use crate::bf16::from_bf16;
-    use crate::cpu::Avx2Fma;
+    use crate::decode::kernels::bf16::from_bf16;
+    use crate::decode::kernels::cpu::Avx2Fma;
     use std::arch::x86_64::*;
 
     /// `scores[s] = scale · q · K[s]` for the visible positions.
@@ -834,7 +834,7 @@ mod attention_avx2 {
             head.keys.len() >= q.len() * head.max_len,
             "keys are not head_dim × max_len"
         );
-        // SAFETY: the token exists only where the CPU reported avx2 and fma (crate::cpu);
+        // SAFETY: the token exists only where the CPU reported avx2 and fma (kernels::cpu);
         // the vector loads read groups of 8 positions only where they end inside the key
         // row (start + 8·groups ≤ max_len), of q.len() rows, bounded above; stores go
         // through a local array

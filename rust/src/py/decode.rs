@@ -1,6 +1,6 @@
-//! PyO3 glue for [`crate::decode`]: `DecodeModel` (the weights, built once from an engine
+//! PyO3 glue for [`crate::decode::model`]: `DecodeModel` (the weights, built once from an engine
 //! spec, `lmrs.engine_spec.EngineSpec`), `DecodeSession` (a key/value cache plus `step`)
-//! and `sample_next` ([`crate::sample`]).
+//! and `sample_next` ([`crate::decode::sample`]).
 //!
 //! The spec is read by field name, and its tensors by the engine-neutral names the spec
 //! defines (`embed.tokens`, `layers.{i}.attn.qkv.weight`, ...); the names of the Python
@@ -16,9 +16,11 @@ use numpy::{
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::cpu::{Isa, Kernel};
-use crate::decode::{self, Activation, Dims, KvCache, Layer, Linear, Norm, NormKind, Positions};
-use crate::py::{guard, to_py_err};
+use crate::decode::kernels::cpu::{Isa, Kernel};
+use crate::decode::model::{
+    Activation, DecodeModel, Dims, KvCache, Layer, Linear, Norm, NormKind, Options, Positions,
+};
+use crate::py::errors::{guard, to_py_err};
 
 /// The fields of `lmrs.engine_spec.EngineSpec` this engine reads (by attribute name).
 #[derive(FromPyObject)]
@@ -51,7 +53,7 @@ struct Plain {
     norm: NormKind,
     norm_eps: f32,
     norm_scale: bool,
-    options: decode::Options,
+    options: Options,
     bias: bool,
     tied_head: bool,
 }
@@ -92,7 +94,7 @@ impl Plain {
             norm,
             norm_eps: spec.norm_eps,
             norm_scale: spec.norm_scale,
-            options: decode::Options {
+            options: Options {
                 activation,
                 qk_norm_eps: spec.qk_norm.then_some(spec.qk_norm_eps),
                 logit_softcap: spec.logit_softcap,
@@ -163,7 +165,7 @@ impl Tensors {
 
 /// A GPT's weights in bfloat16 for decoding on the CPU (see `lmrs.decode`).
 #[pyclass(frozen, module = "lmrs._lmrs", name = "DecodeModel")]
-pub struct PyDecodeModel(Arc<decode::DecodeModel>);
+pub struct PyDecodeModel(Arc<DecodeModel>);
 
 #[pymethods]
 impl PyDecodeModel {
@@ -259,7 +261,7 @@ impl PyDecodeModel {
             }
             .map_err(to_py_err)?;
             tensors.finish()?;
-            let model = decode::DecodeModel::new(
+            let model = DecodeModel::new(
                 p.dims,
                 p.options,
                 layers,
@@ -282,7 +284,7 @@ impl PyDecodeModel {
 /// and returns the float32 logits (batch, vocab) of the last position of every row.
 #[pyclass(module = "lmrs._lmrs")]
 pub struct DecodeSession {
-    model: Arc<decode::DecodeModel>,
+    model: Arc<DecodeModel>,
     cache: KvCache,
 }
 
@@ -324,7 +326,7 @@ impl DecodeSession {
 #[pyfunction]
 pub fn decode_kernel() -> PyResult<&'static str> {
     guard("decode_kernel", || {
-        crate::cpu::selected()
+        crate::decode::kernels::cpu::selected()
             .map(|isa| isa.name())
             .map_err(to_py_err)
     })
@@ -356,7 +358,7 @@ fn pick_next<'py>(
     uniforms: PyReadonlyArray1<'py, f32>,
 ) -> PyResult<Bound<'py, PyArray1<i64>>> {
     let vocab = logits.shape()[1];
-    let rule = crate::sample::SamplingRule {
+    let rule = crate::decode::sample::SamplingRule {
         temperature,
         top_k,
         top_p,
@@ -367,6 +369,6 @@ fn pick_next<'py>(
     let uniforms = uniforms
         .as_slice()
         .map_err(|_| PyValueError::new_err("sampling: uniforms must be a contiguous array"))?;
-    let tokens = crate::sample::pick(logits, vocab, &rule, uniforms).map_err(to_py_err)?;
+    let tokens = crate::decode::sample::pick(logits, vocab, &rule, uniforms).map_err(to_py_err)?;
     Ok(tokens.into_pyarray(py))
 }

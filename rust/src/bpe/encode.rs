@@ -27,9 +27,9 @@ use ahash::AHashMap;
 use aho_corasick::{AhoCorasick, MatchKind};
 use rayon::prelude::*;
 
-use crate::flat_map::FlatMap;
-use crate::pretokenize::Pretokenizer;
-use crate::vocab::{MergeRule, Vocab};
+use crate::bpe::flat_map::FlatMap;
+use crate::bpe::pretokenize::Pretokenizer;
+use crate::bpe::vocab::{MergeRule, Vocab};
 use crate::{Error, Result};
 
 /// Pieces at least this long are merged with a heap and a linked list (O(n log n));
@@ -1049,7 +1049,7 @@ struct Scratch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pretokenize::GPT4_PATTERN;
+    use crate::bpe::pretokenize::GPT4_PATTERN;
 
     /// Plain reference: apply the merge list in order to each piece (minbpe style).
     fn reference_encode(vocab: &Vocab, text: &str) -> Vec<u32> {
@@ -1167,12 +1167,12 @@ mod tests {
 
     #[test]
     fn chunked_encoding_equals_sequential() {
-        use crate::pretokenize::CL100K_PATTERN;
+        use crate::bpe::pretokenize::CL100K_PATTERN;
         let text = chunking_text();
         for pattern in [
             GPT4_PATTERN,
             CL100K_PATTERN,
-            crate::pretokenize::O200K_PATTERN,
+            crate::bpe::pretokenize::O200K_PATTERN,
         ] {
             let merges = vec![(116, 104), (256, 101), (32, 257), (97, 97), (259, 259)];
             let enc = Encoder::new(Vocab::new(pattern, merges, &[]).unwrap()).unwrap();
@@ -1196,7 +1196,11 @@ mod tests {
             "x\n",
             &text[5..],
         ];
-        for pattern in [GPT4_PATTERN, crate::pretokenize::O200K_PATTERN, r"\S+|\s+"] {
+        for pattern in [
+            GPT4_PATTERN,
+            crate::bpe::pretokenize::O200K_PATTERN,
+            r"\S+|\s+",
+        ] {
             let merges = vec![(116, 104), (256, 101), (32, 257), (97, 97), (259, 259)];
             let enc = Encoder::new(Vocab::new(pattern, merges, &[]).unwrap()).unwrap();
             let whole: Vec<Vec<u32>> = docs.iter().map(|d| enc.encode_ordinary(d)).collect();
@@ -1226,7 +1230,7 @@ mod tests {
         )
         .unwrap()
     }
-    const EOT_NAME: &str = crate::vocab::EOT;
+    const EOT_NAME: &str = crate::bpe::vocab::EOT;
 
     #[test]
     fn explicit_ids_come_out_and_decode() {

@@ -1,7 +1,7 @@
 //! Token files from documents that arrive in batches (records of JSONL, Parquet, CSV or
 //! Arrow files read by `lmrs.records`), so a corpus never has to be in memory whole.
 //!
-//! The layout and the integrity fields are those of [`crate::token_file`]: one token file
+//! The layout and the integrity fields are those of [`crate::tokens::token_file`]: one token file
 //! (+ document index and sidecar); with `shard_tokens`, a shard directory built beside
 //! `out` and swapped in when [`TokenStream::finish`] runs; with `num_parts > 1`, part
 //! `part_index`'s shards in the shared directory `out` (the caller feeds only that part's
@@ -11,8 +11,8 @@
 
 use std::path::Path;
 
-use crate::encode::Encoder;
-use crate::token_file::{ShardSink, Target, TokenFileOptions, Written};
+use crate::bpe::encode::Encoder;
+use crate::tokens::token_file::{ShardSink, Target, TokenFileOptions, Written};
 use crate::{Error, Result};
 
 /// An open token file (or shard directory) that documents are appended to in batches.
@@ -27,7 +27,7 @@ pub struct TokenStream {
 
 impl TokenStream {
     /// `options`: `shard_tokens`, and `num_parts` / `part_index` for one part of a
-    /// multi-part run (as [`crate::token_file::encode_files`] takes them).
+    /// multi-part run (as [`crate::tokens::token_file::encode_files`] takes them).
     pub fn create(encoder: &Encoder, out: &Path, options: &TokenFileOptions) -> Result<Self> {
         let target = Target::prepare(out, options, encoder)?;
         target.check_other_parts()?;
@@ -107,10 +107,10 @@ impl Drop for TokenStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pretokenize::GPT4_PATTERN;
-    use crate::token_file::encode_texts;
-    use crate::token_index::index_path;
-    use crate::vocab::Vocab;
+    use crate::bpe::pretokenize::GPT4_PATTERN;
+    use crate::bpe::vocab::Vocab;
+    use crate::tokens::token_file::encode_texts;
+    use crate::tokens::token_index::index_path;
     use std::path::PathBuf;
 
     fn encoder() -> Encoder {
@@ -192,7 +192,7 @@ mod tests {
         let streamed = dir.join("streamed");
         for part in 0..3 {
             let options = sharded(Some(4), 3, part);
-            let range = crate::token_file::part_range(
+            let range = crate::tokens::token_file::part_range(
                 &texts.iter().map(|t| t.len() as u64).collect::<Vec<_>>(),
                 3,
                 part,

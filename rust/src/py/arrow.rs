@@ -5,14 +5,14 @@
 use pyo3::prelude::*;
 use pyo3::types::PyCapsule;
 
-use crate::arrow_texts::{c_array_bytes, ArrowBuffers, FfiArrowArray, FfiArrowSchema};
-use crate::py::to_py_err;
+use crate::py::errors::to_py_err;
+use crate::tokens::arrow_texts::{c_array_bytes, ArrowBuffers, FfiArrowArray, FfiArrowSchema};
 
 /// The arrays a Python batch holds: (schema, array) capsule pairs.
 pub(crate) type CapsulePairs<'py> = Vec<(Bound<'py, PyCapsule>, Bound<'py, PyCapsule>)>;
 
 /// The `(values, offsets, wide)` of each array of `pairs`, as
-/// [`crate::arrow_texts::arrow_texts_of`] takes them.
+/// [`crate::tokens::arrow_texts::arrow_texts_of`] takes them.
 pub(crate) fn arrow_buffers_of<'a>(pairs: &'a CapsulePairs<'_>) -> PyResult<Vec<ArrowBuffers<'a>>> {
     pairs
         .iter()

@@ -167,7 +167,7 @@ impl Vocab {
         check_merges(&merges).map_err(Error::Invalid)?;
         special_tokens.sort_by_key(|&(_, id)| id);
         check_special_tokens(merges.len(), &special_tokens).map_err(Error::Invalid)?;
-        crate::pretokenize::Pretokenizer::new(pattern)?;
+        crate::bpe::pretokenize::Pretokenizer::new(pattern)?;
         Ok(Self {
             pattern: pattern.to_string(),
             merges,
@@ -279,7 +279,7 @@ impl Vocab {
                 "the end-of-text token {eot:?} is not a special token"
             )));
         }
-        crate::pretokenize::Pretokenizer::new(pattern)?;
+        crate::bpe::pretokenize::Pretokenizer::new(pattern)?;
         let identity = ids.iter().enumerate().all(|(i, &id)| id == i as u32);
         let vocab = Self {
             pattern: pattern.to_string(),
@@ -808,7 +808,7 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pretokenize::GPT4_PATTERN;
+    use crate::bpe::pretokenize::GPT4_PATTERN;
 
     fn sample() -> Vocab {
         Vocab::new(
