@@ -24,9 +24,9 @@ from bench_common import cpu_description
 
 CHILD = r"""
 import json, sys, torch
-from lmrs.model import create_small_model
+from lmrs.model.gpt import create_small_model
 from lmrs.options import DEFAULT_ARCH
-from lmrs.train import TrainConfig, train
+from lmrs.training.trainer import TrainConfig, train
 seconds, adapt = float(sys.argv[1]), sys.argv[2] == "adapt"
 torch.manual_seed(0)
 model = create_small_model(2000, max_seq_len=256, arch=DEFAULT_ARCH)
@@ -43,7 +43,7 @@ print(json.dumps({"tokens_per_s": result.tokens_per_s, "steps": result.steps,
 # whether the thread count adapts: TrainConfig.adapt_threads)
 SETTINGS: dict[str, tuple[dict[str, str], bool]] = {
     "adaptive": ({}, True),  # what `lmrs train` does by itself
-    "fixed": ({}, False),  # torch's own count (all cores), as before lmrs.cpu_threads
+    "fixed": ({}, False),  # torch's own count (all cores), as before lmrs.training.cpu_threads
     "passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, False),  # OpenMP threads sleep, not spin
     "threads1": ({"OMP_NUM_THREADS": "1"}, False),
 }

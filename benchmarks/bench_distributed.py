@@ -119,9 +119,9 @@ def run_config(
 
 
 def worker(spec: dict[str, Any]) -> None:
-    from lmrs.data import TokenDataset
-    from lmrs.model import model_from_preset
-    from lmrs.train import TrainConfig, train
+    from lmrs.data.tokens import TokenDataset
+    from lmrs.model.gpt import model_from_preset
+    from lmrs.training.trainer import TrainConfig, train
 
     dataset = TokenDataset(spec["tokens"])
     model = model_from_preset(

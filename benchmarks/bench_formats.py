@@ -61,7 +61,7 @@ def main(
 ) -> None:
 
     from lmrs import Tokenizer
-    from lmrs.record_tokens import encode_corpus, train_tokenizer
+    from lmrs.data.encode import encode_corpus, train_tokenizer
 
     root = corpus or find_corpus()
     files = sorted(p for p in root.rglob("*") if p.is_file())[:max_files]

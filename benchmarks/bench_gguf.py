@@ -33,7 +33,7 @@ def smoke_model(arch: str) -> tuple[Any, Any]:
     import torch
 
     from lmrs import Tokenizer
-    from lmrs.model import create_model
+    from lmrs.model.gpt import create_model
 
     tokenizer = Tokenizer.train(TEXTS, 300, show_progress=False)
     model = create_model(300, max_seq_len=256, embed_dim=64, num_heads=4, num_layers=2, arch=arch)
@@ -67,7 +67,7 @@ def llama_checks(path: Path, model: Any, tokenizer: Any, prompt: list[int], cont
 def lmrs_greedy(
     model: Any, prompt: list[int], n: int, engine: str = "torch", dtype: str = "float32"
 ) -> tuple[list[int], float]:
-    from lmrs.generate import generate
+    from lmrs.model.generation import generate
 
     generate(model, prompt, max_length=2, temperature=0, dtype=dtype, engine=engine)  # warm
     start = time.perf_counter()
@@ -100,8 +100,8 @@ def main() -> None:
     if not args.run and not args.smoke:
         parser.error("give --run DIR or --smoke")
 
-    from lmrs.export_gguf import export_gguf
-    from lmrs.export_run import load_run
+    from lmrs.interop.export import load_run
+    from lmrs.interop.gguf_export import export_gguf
 
     if args.smoke:
         model, tokenizer = smoke_model(args.arch)

@@ -49,11 +49,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import best_of, cpu_description  # noqa: E402
 
 from lmrs import _lmrs  # noqa: E402
-from lmrs.decode import resolve_dtype, resolve_engine
-from lmrs.generate import generate
-from lmrs.model import create_model
+from lmrs.model.decode import resolve_dtype, resolve_engine
+from lmrs.model.generation import generate
+from lmrs.model.gpt import create_model
 from lmrs.precision import native_bf16
-from lmrs.train import autocast_context
+from lmrs.training.trainer import autocast_context
 
 # the shape both sides use: GPT-2 vocabulary replaced by a 5,000-token one
 SHAPE = dict(embed_dim=256, num_heads=8, num_layers=6, ff_dim=1024, max_seq_len=512)
@@ -461,7 +461,7 @@ def _corpus_files(corpus: str, held_out: tuple[str, ...]) -> dict[str, list[tupl
     (in path order) is held out; a folder: the files whose names start with `held_out`."""
     parts: dict[str, list[tuple[str, Path]]] = {"train": [], "heldout": []}
     if corpus == "stdlib":
-        from lmrs.cli_model import stdlib_python_files
+        from lmrs.cli.model import stdlib_python_files
 
         files = sorted(Path(f) for f in stdlib_python_files())
         root = Path(os.path.commonpath([str(f) for f in files]))
@@ -519,7 +519,7 @@ def train_lmrs_defaults(
 ) -> tuple[Any, str]:
     """`lmrs train` as a user types it (plus `opts.lmrs_args`, and `--seed` past the first
     seed); (model, description)."""
-    from lmrs.checkpoint import load_model
+    from lmrs.checkpoint.store import load_model
 
     out = data.workdir / f"run-{len(list(data.workdir.glob('run-*')))}"
     seed_args = ["--seed", str(seed)] if seed else []

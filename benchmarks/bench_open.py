@@ -81,7 +81,7 @@ def write_tokens(
 def measure(path: Path, tokenizer_path: Path, mode: str) -> dict[str, float]:
     """One open in this (fresh) process."""
     from lmrs import Tokenizer
-    from lmrs.data import TokenDataset
+    from lmrs.data.tokens import TokenDataset
 
     tokenizer = Tokenizer.load(tokenizer_path)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

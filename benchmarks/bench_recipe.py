@@ -29,7 +29,7 @@ import torch
 from bench_model import QualityOptions, cpu_description, held_out_splits, load_average
 
 from lmrs import evaluate, train
-from lmrs.model import create_model
+from lmrs.model.gpt import create_model
 from lmrs.options import ARCHITECTURES, PRESETS, TRAIN_DEFAULTS
 from lmrs.precision import native_bf16
 
@@ -43,7 +43,7 @@ class RecipeOptions:
     arch: str = "modern"  # the recipe
     baseline: str = "gpt2"  # what each element is switched back to
     optimizer: str = "muon"
-    learning_rate: float = 4e-3  # Muon's (README: measured with rope)
+    learning_rate: float = 4e-3  # Muon's (docs/recipe.md: measured with rope)
     adamw_learning_rate: float = 2e-3  # for the Muon → AdamW row (the best measured for AdamW)
     batch_size: int = 16
     seq_len: int = 128

@@ -166,7 +166,7 @@ def per_call_us(fn: Callable[[str], Any], text: str, repeat: int) -> float:
 def ranks_section(ranks_dir: Path, texts: list[str], repeat: int) -> None:
     """lmrs vs Python tiktoken on tiktoken's own ranks (see the module docstring)."""
     from lmrs import Tokenizer
-    from lmrs.tokenizer_import import PATTERNS, TIKTOKEN_SPECIAL_TOKENS, read_tiktoken_ranks
+    from lmrs.tokenizer.importing import PATTERNS, TIKTOKEN_SPECIAL_TOKENS, read_tiktoken_ranks
 
     try:
         import tiktoken

@@ -143,7 +143,7 @@ def token_file(settings: Settings, vocab: int, num_tokens: int) -> Path:
 
 def small_model(vocab: int, settings: Settings, **overrides: Any) -> Any:
     """The "small" preset on the GPU, a tinier one in the smoke run; no dropout."""
-    from lmrs.model import create_model
+    from lmrs.model.gpt import create_model
 
     shape = (
         dict(embed_dim=32, num_heads=2, num_layers=2, ff_dim=64, max_seq_len=32)
@@ -157,7 +157,7 @@ def full_model(vocab: int, settings: Settings, **overrides: Any) -> Any:
     """The "full" preset (256 dim, 8 heads, 6 layers) at 512 positions; tiny when smoking."""
     if settings.smoke:
         return small_model(vocab, settings, **overrides)
-    from lmrs.model import model_from_preset
+    from lmrs.model.gpt import model_from_preset
 
     return model_from_preset(
         "full", vocab, **{"max_seq_len": 512, "dropout_rate": 0.0, **overrides}
@@ -165,9 +165,9 @@ def full_model(vocab: int, settings: Settings, **overrides: Any) -> Any:
 
 
 def ladder_model(vocab: int, name: str, **overrides: Any) -> Any:
-    """A shape of the sizing ladder (lmrs.sizing.LADDER) at 512 positions, no dropout."""
-    from lmrs.model import create_model
-    from lmrs.sizing import LADDER
+    """A shape of the sizing ladder (lmrs.training.sizing.LADDER) at 512 positions, no dropout."""
+    from lmrs.model.gpt import create_model
+    from lmrs.training.sizing import LADDER
 
     shape = next(s for s in LADDER if s.name == name)
     fields = {**shape.model_fields(), "max_seq_len": 512, "dropout_rate": 0.0, **overrides}
@@ -176,8 +176,8 @@ def ladder_model(vocab: int, name: str, **overrides: Any) -> Any:
 
 def train_run(model: Any, tokens: Path, settings: Settings, **config: Any) -> Any:
     """``lmrs.train`` on a token file, quiet, on the check's device unless told."""
-    from lmrs.data import TokenDataset
-    from lmrs.train import train
+    from lmrs.data.tokens import TokenDataset
+    from lmrs.training.trainer import train
 
     options = dict(device=settings.device.type, show_progress=False, eval_every=0, seed=1)
     options.update(config)
@@ -188,7 +188,7 @@ def train_run(model: Any, tokens: Path, settings: Settings, **config: Any) -> An
 @contextlib.contextmanager
 def tf32_off() -> Any:
     """Training without lmrs' TF32 context: float32 products as the CPU computes them."""
-    train_module = importlib.import_module("lmrs.train")
+    train_module = importlib.import_module("lmrs.training.trainer")
     saved = train_module.fast_float32_matmul
     train_module.fast_float32_matmul = lambda device: contextlib.nullcontext()
     try:
@@ -532,7 +532,7 @@ def section_distributed(settings: Settings) -> dict[str, Any]:
 def section_eval_memory(settings: Settings) -> dict[str, Any]:
     import torch
 
-    from lmrs.data import TokenDataset
+    from lmrs.data.tokens import TokenDataset
 
     vocab = 97 if settings.smoke else 32_000
     tokens = token_file(settings, vocab, 50_000 if settings.smoke else 4_000_000)
@@ -569,7 +569,7 @@ def section_eval_memory(settings: Settings) -> dict[str, Any]:
 
 
 def section_sampling(settings: Settings) -> dict[str, Any]:
-    from lmrs.generate import generate
+    from lmrs.model.generation import generate
 
     vocab = 97 if settings.smoke else 32_000
     device = settings.device
@@ -604,7 +604,7 @@ def _decoder_logits_check(
     forward over the same tokens, in float32 and bf16."""
     import torch
 
-    from lmrs.decode import Decoder
+    from lmrs.model.decode import Decoder
 
     device = settings.device
     steps = 4 if settings.smoke else 16
@@ -693,7 +693,13 @@ def _write_summary(path: Path, summary: dict[str, Any]) -> None:
 # imported once by the fork server, so each section's process starts with them loaded
 # (importing torch alone takes seconds); none of them initialises CUDA, so every section
 # still gets a fresh CUDA context of its own
-PRELOAD = ["torch", "torch.distributed.fsdp", "lmrs.train", "lmrs.generate", "lmrs.decode"]
+PRELOAD = [
+    "torch",
+    "torch.distributed.fsdp",
+    "lmrs.training.trainer",
+    "lmrs.model.generation",
+    "lmrs.model.decode",
+]
 
 
 def run_all(names: list[str], smoke: bool, out: Path, scale: float) -> int:

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from lmrs.checkpoint import load_model, save_checkpoint
-from lmrs.cli import cli
-from lmrs.cli_model import _architecture
-from lmrs.model import (
+from lmrs.checkpoint.store import load_model, save_checkpoint
+from lmrs.cli.main import cli
+from lmrs.cli.model import _architecture
+from lmrs.model.gpt import (
     GPT,
     LAYER_NORM_EPS,
     RMS_NORM_EPS,
@@ -26,7 +26,7 @@ from lmrs.model import (
     model_from_preset,
 )
 from lmrs.options import ARCHITECTURES, PRESETS
-from lmrs.tokenizer import Tokenizer
+from lmrs.tokenizer.core import Tokenizer
 
 VOCAB = 53
 NEW_FIELDS = ("norm", "norm_scale", "qk_norm", "mlp", "logit_softcap", "zero_init_proj")

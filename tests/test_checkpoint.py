@@ -9,17 +9,17 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import lmrs.checkpoint as checkpoint_module
-from lmrs.checkpoint import (
+import lmrs.checkpoint.store as checkpoint_module
+from lmrs.checkpoint.store import (
     CheckpointError,
     load_checkpoint,
     load_model,
     resolve_checkpoint_dir,
     save_checkpoint,
 )
-from lmrs.model import create_small_model
-from lmrs.plot import plot_metrics
-from lmrs.train import TrainConfig
+from lmrs.model.gpt import create_small_model
+from lmrs.training.plot import plot_metrics
+from lmrs.training.trainer import TrainConfig
 
 
 class SavedTokenizer:
@@ -221,7 +221,7 @@ def test_all_kept_checkpoints_corrupt_is_one_error(tmp_path: Path) -> None:
 
 
 def test_training_keeps_the_last_k_checkpoints(tmp_path: Path) -> None:
-    from lmrs.train import train
+    from lmrs.training.trainer import train
 
     model, _ = model_and_optimizer()
     batches = [(torch.randint(0, 80, (2, 8)), torch.randint(0, 80, (2, 8)))] * 4

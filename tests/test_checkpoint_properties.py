@@ -16,9 +16,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lmrs.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from lmrs.model import create_small_model
-from lmrs.train import TrainConfig, create_optimizer
+from lmrs.checkpoint.store import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from lmrs.model.gpt import create_small_model
+from lmrs.training.trainer import TrainConfig, create_optimizer
 
 JSON_FILES = ["state.json", "model_config.json", "train_config.json", "checksums.json"]
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from lmrs.cli import cli
-from lmrs.tokenizer import Tokenizer
+from lmrs.cli.main import cli
+from lmrs.tokenizer.core import Tokenizer
 
 TINY = ["--batch-size", "4", "--seq-len", "16", "--warmup", "0", "--eval-every", "0"]
 TINY += ["--eval-batches", "1", "--quiet", "--dtype", "float32"]

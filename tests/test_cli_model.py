@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from lmrs.cli import cli
-from lmrs.cli_model import parse_duration, stdlib_python_files
-from lmrs.tokenizer import Tokenizer
+from lmrs.cli.main import cli
+from lmrs.cli.model import parse_duration, stdlib_python_files
+from lmrs.tokenizer.core import Tokenizer
 
 TRAIN_ARGS = ["--batch-size", "4", "--seq-len", "32", "--warmup", "5", "--eval-every", "10"]
 TINY = ["--eval-batches", "2", "--quiet"]
@@ -173,12 +173,12 @@ def test_integers_beyond_what_torch_and_rust_take_name_their_option(
 def test_running_out_of_memory_is_one_line(
     error: BaseException, said: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lmrs.cli_model
+    import lmrs.cli.model
 
     def no_memory(*args: object) -> None:
         raise error
 
-    monkeypatch.setattr(lmrs.cli_model, "_load_run", no_memory)
+    monkeypatch.setattr(lmrs.cli.model, "_load_run", no_memory)
     result = CliRunner().invoke(cli, ["sample", "--checkpoint", "x"])
     assert result.exit_code == 1, result.output
     assert result.output.startswith(f"lmrs: {said}") and "Traceback" not in result.output
@@ -397,8 +397,8 @@ def test_helpers() -> None:
 
 
 def test_the_seq_len_bound_is_the_models_context() -> None:
-    from lmrs.cli_model import SEQ_LEN
-    from lmrs.model import MAX_CONTEXT
+    from lmrs.cli.model import SEQ_LEN
+    from lmrs.model.config import MAX_CONTEXT
 
     assert SEQ_LEN.max == MAX_CONTEXT
 
@@ -420,3 +420,94 @@ def test_errors_name_the_users_file_not_a_temporary(
     result = CliRunner().invoke(cli, args)
     fails_with(result, rf"^lmrs: {re.escape(str(short))}: .*too few")
     assert "lmrs-eval-" not in result.output
+
+
+SHAPE = ["--embed-dim", "192", "--layers", "3", "--heads", "6", "--kv-heads", "2", "--tie-weights"]
+
+
+def test_every_model_option_is_a_flag_and_a_config_file_repeats_a_run(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    import tomllib
+
+    first = tmp_path / "first"
+    args = ["--corpus", str(trained["corpus"]), "--tokenizer", str(trained["tokenizer"])]
+    steps = ["--max-steps", "3", "--lr", "0.002", *TRAIN_ARGS, *TINY]
+    result = run("train", *args, "--out", str(first), *SHAPE, *steps)
+    assert result.exit_code == 0, result.output
+    shape = json.loads((first / "checkpoint" / "model_config.json").read_text())
+    assert (shape["embed_dim"], shape["num_layers"], shape["num_heads"]) == (192, 3, 6)
+    assert shape["num_kv_heads"] == 2 and shape["tie_weights"] is True
+    text = (first / "config.toml").read_text()
+    written = tomllib.loads(text)
+    assert written["embed_dim"] == 192 and written["kv_heads"] == 2 and written["lr"] == 0.002
+    assert written["tokenizer"] == str(trained["tokenizer"]) and "out" not in written
+    # the file alone trains the same run again: same options, same model, same losses
+    second = tmp_path / "second"
+    result = run("train", "--config", str(first / "config.toml"), "--out", str(second))
+    assert result.exit_code == 0, result.output
+    assert (second / "config.toml").read_text() == text
+    assert json.loads((second / "checkpoint" / "model_config.json").read_text()) == shape
+
+    def losses(run_dir: Path) -> list[float]:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line)["train_loss"] for line in lines if "train_loss" in line]
+
+    assert losses(second) == losses(first)
+    # a flag wins over the file
+    third = tmp_path / "third"
+    result = run(
+        "train", "--config", str(first / "config.toml"), "--out", str(third), "--lr", "3e-3"
+    )
+    assert result.exit_code == 0, result.output
+    assert tomllib.loads((third / "config.toml").read_text())["lr"] == 0.003
+
+
+def test_a_bad_config_file_is_one_line(trained: dict[str, Path], tmp_path: Path) -> None:
+    config = tmp_path / "run.toml"
+    base = ["train", "--config", str(config), "--out", str(tmp_path / "out")]
+    for text, said in (
+        ("bogus = 1\n", "unknown option(s) bogus"),
+        ("lr = \n", "not valid TOML"),
+        ("[train]\nlr = 1\n", "a table"),
+    ):
+        config.write_text(text)
+        fails_with(run(*base), re.escape(f"{config}: ") + ".*" + re.escape(said))
+    config.write_text('tokens = "x"\nlr = -1.0\n')
+    fails_with(run(*base), "--lr")  # the option's own range checks a value from the file
+    fails_with(run(*base[:2], str(tmp_path / "missing.toml"), *base[3:]), "not found")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_of_any_shape_exports_like_the_presets(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    import gguf
+    import torch
+    import transformers
+
+    import lmrs
+
+    out = tmp_path / "run"
+    args = ["--corpus", str(trained["corpus"]), "--tokenizer", str(trained["tokenizer"])]
+    result = run("train", *args, "--out", str(out), *SHAPE, "--max-steps", "2", *TRAIN_ARGS, *TINY)
+    assert result.exit_code == 0, result.output
+    assert run("export", str(out), "-o", str(tmp_path / "hf")).exit_code == 0
+    model, tokenizer = lmrs.load(out)
+    ids = torch.tensor([tokenizer.encode("def value(self): return naïve")])
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits.float(), model(ids), atol=1e-4, rtol=0)
+    gguf_path = tmp_path / "model.gguf"
+    result = run("export", str(out), "-o", str(gguf_path), "--format", "gguf")
+    assert result.exit_code == 0, result.output
+    reader = gguf.GGUFReader(str(gguf_path))
+    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+
+    def number(key: str) -> int:
+        return int(reader.fields[f"{arch}.{key}"].parts[-1][0])
+
+    assert (number("embedding_length"), number("block_count")) == (192, 3)
+    assert (number("attention.head_count"), number("attention.head_count_kv")) == (6, 2)
+    names = {tensor.name for tensor in reader.tensors}
+    assert "output.weight" not in names  # the tied head is the token embedding, stored once

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from tok_corpus import make_texts, write_corpus
 
 from lmrs import Tokenizer
-from lmrs.cli import cli
+from lmrs.cli.main import cli
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -120,19 +120,19 @@ def test_a_file_that_shrinks_while_read_is_named(
 ) -> None:
     """The files' sizes are taken before they are read: one read shorter (truncated by
     another process meanwhile) is named in a warning by vocab and encode."""
-    import lmrs.tokenizer
+    import lmrs.tokenizer.core
 
     paths = write_corpus(tmp_path / "c", make_texts(6))
     shrunk = paths[2]
     whole = shrunk.read_bytes()
-    real = lmrs.tokenizer._file_sizes
+    real = lmrs.tokenizer.core._file_sizes
 
     def sizes_then_truncate(files: list[Path]) -> list[int]:
         before = real(files)
         shrunk.write_bytes(shrunk.read_bytes()[:5])  # as if cut while being read
         return before
 
-    monkeypatch.setattr(lmrs.tokenizer, "_file_sizes", sizes_then_truncate)
+    monkeypatch.setattr(lmrs.tokenizer.core, "_file_sizes", sizes_then_truncate)
     tok = tmp_path / "t.json"
     for args in (
         ["vocab", str(tmp_path / "c"), "--size", "260", "-o", str(tok), "-q"],

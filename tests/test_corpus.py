@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from lmrs import Tokenizer
-from lmrs.cli import cli
-from lmrs.corpus import add_to_corpus, record_folder_name
+from lmrs.cli.main import cli
+from lmrs.corpus.files import add_to_corpus, record_folder_name
 
 
 def make_tree(root: Path) -> None:

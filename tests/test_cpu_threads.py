@@ -1,4 +1,4 @@
-"""lmrs.cpu_threads: the trainer's thread count follows the measured step times (a fake
+"""lmrs.training.cpu_threads: the trainer's thread count follows the measured step times (a fake
 clock and fake step times here: no timing in tests), and the count changes no number."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lmrs.cpu_threads import RECHECK_S, ThreadGovernor, candidate_counts
+from lmrs.training.cpu_threads import RECHECK_S, ThreadGovernor, candidate_counts
 
 
 class Machine:
@@ -70,8 +70,8 @@ def test_close_restores_the_count_it_started_from() -> None:
 def test_the_thread_count_changes_no_number() -> None:
     """Training with the count adapting (and so switching while it measures) gives the
     losses of training at a fixed count: the count is a matter of speed only."""
-    from lmrs.model import create_small_model
-    from lmrs.train import TrainConfig, train
+    from lmrs.model.gpt import create_small_model
+    from lmrs.training.trainer import TrainConfig, train
 
     if torch.get_num_threads() < 2:
         torch.set_num_threads(2)

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from lmrs.cli import cli
+from lmrs.cli.main import cli
 from lmrs.errors import InputError
-from lmrs.metrics_sinks import SCALARS, TensorBoardSink, check_sinks, parse_log_option
-from lmrs.tokenizer import Tokenizer
+from lmrs.tokenizer.core import Tokenizer
+from lmrs.training.metrics_sinks import SCALARS, TensorBoardSink, check_sinks, parse_log_option
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lmrs._lmrs import head_tail_sha256
-from lmrs.data import DataError, TokenDataset, micro_batch_size, prepare_training_data
+from lmrs.data.tokens import DataError, TokenDataset, micro_batch_size, prepare_training_data
 
 EOT = 99
 VOCAB = 100

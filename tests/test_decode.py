@@ -1,12 +1,12 @@
-"""Tests for lmrs.decode: the generation path agrees with the model's own forward pass."""
+"""Tests for lmrs.model.decode: the generation path agrees with the model's own forward pass."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lmrs.decode import Decoder, resolve_dtype
-from lmrs.model import GPT, create_model
+from lmrs.model.decode import Decoder, resolve_dtype
+from lmrs.model.gpt import GPT, create_model
 
 VOCAB = 64
 CHUNKS = [(0, 4), (4, 7), (7, 8), (8, 9), (9, 11)]  # a prompt, a chunk after it, single steps
@@ -161,7 +161,7 @@ AUTO_ENGINE_CASES = [
 @pytest.mark.parametrize(("kernel", "device", "dtype", "expected"), AUTO_ENGINE_CASES)
 def test_auto_engine_rule(monkeypatch, kernel, device, dtype, expected):
     from lmrs import _lmrs
-    from lmrs.decode import resolve_engine
+    from lmrs.model.decode import resolve_engine
 
     assert _lmrs.decode_kernel() in ("avx512bf16", "avx2", "portable")  # the answer replaced
     monkeypatch.setattr(_lmrs, "decode_kernel", lambda: kernel)
@@ -187,11 +187,11 @@ def test_auto_engine_rule(monkeypatch, kernel, device, dtype, expected):
     ],
 )
 def test_auto_dtype_rule(monkeypatch, native, kernel, engine, expected):
-    import lmrs.decode
+    import lmrs.model.decode
     from lmrs import _lmrs
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(lmrs.decode, "native_bf16", lambda device: native)
+    monkeypatch.setattr(lmrs.model.decode, "native_bf16", lambda device: native)
     monkeypatch.setattr(_lmrs, "decode_kernel", lambda: kernel)
     assert resolve_dtype("auto", cpu, torch.float32, engine) == expected
     assert resolve_dtype(None, cpu, torch.float32, engine) == expected

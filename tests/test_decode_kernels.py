@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmrs.model import GPT, create_model
+from lmrs.model.gpt import GPT, create_model
 from lmrs.options import ARCHITECTURES
 
 KERNELS = ("portable", "avx2", "avx512bf16")  # lowest first
@@ -58,8 +58,8 @@ CHILD = r"""
 import json, sys
 import torch
 from lmrs import _lmrs
-from lmrs.decode import Decoder
-from lmrs.model import create_model
+from lmrs.model.decode import Decoder
+from lmrs.model.gpt import create_model
 
 spec = json.loads(sys.argv[1])
 try:

@@ -296,7 +296,7 @@ def test_model_builds_under_a_default_device_with_its_cpu_generator(
         return real_normal(self, *args, generator=generator, **kw)
 
     monkeypatch.setattr(torch.Tensor, "normal_", strict_normal)
-    from lmrs.model import create_model
+    from lmrs.model.gpt import create_model
 
     for position in ("learned", "rope"):
         with torch.device("meta"):
@@ -313,7 +313,7 @@ def test_model_builds_under_a_default_device_with_its_cpu_generator(
 def test_checkpoint_state_keeps_tied_weights_one_tensor(tmp_path: Path) -> None:
     from safetensors import safe_open
 
-    from lmrs.checkpoint import load_model_weights, save_model_weights
+    from lmrs.checkpoint.store import load_model_weights, save_model_weights
 
     model = _tiny_model()
     state = distributed.full_state_dict(model, DistContext())
@@ -325,7 +325,7 @@ def test_checkpoint_state_keeps_tied_weights_one_tensor(tmp_path: Path) -> None:
     loaded = load_model_weights(tmp_path / "model.safetensors")
     assert torch.equal(loaded["lm_head.weight"], model.lm_head.weight.detach())
     # an untied model keeps both
-    from lmrs.model import create_model
+    from lmrs.model.gpt import create_model
 
     untied = create_model(VOCAB, max_seq_len=16, embed_dim=32, num_heads=2, num_layers=1,
                           ff_dim=64, tie_weights=False)  # fmt: skip
@@ -371,8 +371,8 @@ def test_training_in_a_group_the_caller_made_wraps_even_a_group_of_one(
 ) -> None:
     # how the GPU check runs DDP and FSDP (NCCL) on one GPU: the caller's group of one is
     # used as it is, and training through the wrapper gives the single-process losses
-    from lmrs.data import prepare_training_data
-    from lmrs.train import train
+    from lmrs.data.tokens import prepare_training_data
+    from lmrs.training.trainer import train
 
     ctx = distributed.init_distributed("cpu")
     assert (ctx.enabled, ctx.world_size, ctx.backend) == (True, 1, "gloo")
@@ -396,7 +396,7 @@ def test_training_in_a_group_the_caller_made_wraps_even_a_group_of_one(
 def test_ddp_does_not_broadcast_buffers_and_skips_sync_on_early_micro_steps(
     one_rank_group: DistContext,
 ) -> None:
-    from lmrs.model import create_model
+    from lmrs.model.gpt import create_model
 
     model = create_model(VOCAB, max_seq_len=16, embed_dim=32, num_heads=2, num_layers=1,
                          ff_dim=64, position="rope")  # fmt: skip
@@ -513,12 +513,12 @@ def test_lmrs_train_dist_timeout_reaches_the_process_group_and_the_run(
 
     from click.testing import CliRunner
 
-    from lmrs.cli import cli
+    from lmrs.cli.main import cli
 
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
-    cli_model = importlib.import_module("lmrs.cli_model")
-    train_module = importlib.import_module("lmrs.train")
+    cli_model = importlib.import_module("lmrs.cli.model")
+    train_module = importlib.import_module("lmrs.training.trainer")
     seen: dict[str, float] = {}
     real_init = distributed.init_distributed
 
@@ -596,7 +596,7 @@ def test_collectives_ddp_and_fsdp_on_two_processes(tmp_path: Path) -> None:
 
 
 def _tiny_model() -> torch.nn.Module:
-    from lmrs.model import create_model
+    from lmrs.model.gpt import create_model
 
     return create_model(
         VOCAB,
@@ -726,9 +726,9 @@ def train_config(out_dir: Path, grad_accum_steps: int, **overrides: Any) -> dict
 
 def run_training(spec: dict[str, Any]) -> dict[str, Any]:
     """``lmrs.train`` on the tiny model; used in-process (1 process) and by the workers."""
-    from lmrs.data import TokenDataset
-    from lmrs.model import GPT
-    from lmrs.train import TrainConfig, train
+    from lmrs.data.tokens import TokenDataset
+    from lmrs.model.gpt import GPT
+    from lmrs.training.trainer import TrainConfig, train
 
     model = _tiny_model()
     fail = spec.get("fail")
@@ -752,7 +752,7 @@ def run_training(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _failing_copy(model: torch.nn.Module, at_call: int, how: str) -> torch.nn.Module:
     """The same model whose ``at_call``-th training loss computation crashes or hangs."""
-    from lmrs.model import GPT
+    from lmrs.model.gpt import GPT
 
     class FailingGPT(GPT):
         calls = 0
@@ -801,7 +801,7 @@ def _count_checkpoint_reads() -> list[str]:
     """Record each time this process reads weights or optimizer state from a checkpoint."""
     import importlib
 
-    train_module = importlib.import_module("lmrs.train")  # `lmrs.train` is the function
+    train_module = importlib.import_module("lmrs.training.trainer")
     reads: list[str] = []
     load_weights, load = train_module.load_model_weights, torch.load
 
@@ -911,7 +911,7 @@ def _dying_run(
 
 
 def _assert_checkpoint_at(run_dir: Path, step: int) -> None:
-    from lmrs.checkpoint import load_checkpoint
+    from lmrs.checkpoint.store import load_checkpoint
 
     checkpoint = load_checkpoint(run_dir)  # complete and readable, or this raises
     assert checkpoint.step == step
@@ -1028,7 +1028,7 @@ def sharded_run(workspace: Path) -> tuple[Path, dict[str, Any]]:
 def test_fsdp_sharded_checkpoint_is_written_by_every_rank(
     reference: dict[str, Any], sharded_run: tuple[Path, dict[str, Any]]
 ) -> None:
-    from lmrs.checkpoint import load_checkpoint, load_model, verify_checkpoint
+    from lmrs.checkpoint.store import load_checkpoint, load_model, verify_checkpoint
 
     run_dir, seen = sharded_run
     np.testing.assert_allclose(
@@ -1063,8 +1063,8 @@ def test_consolidate_gives_the_weights_the_training_gathered(
 
     from click.testing import CliRunner
 
-    from lmrs.checkpoint import load_model_weights
-    from lmrs.cli import cli
+    from lmrs.checkpoint.store import load_model_weights
+    from lmrs.cli.main import cli
 
     run_dir, _ = sharded_run
     # the final checkpoint without the weights the run gathered, as an intermediate one is
@@ -1081,7 +1081,7 @@ def test_consolidate_gives_the_weights_the_training_gathered(
     assert sorted(rebuilt) == sorted(gathered)
     for name, tensor in gathered.items():
         assert torch.equal(rebuilt[name], tensor), name
-    from lmrs.checkpoint import load_model
+    from lmrs.checkpoint.store import load_model
 
     model, saved = load_model(tmp_path)  # every checksum verified, the new file included
     assert saved.step == CHECKPOINT_STEP
@@ -1103,8 +1103,8 @@ def test_a_consolidation_killed_between_its_renames_is_recovered(
 
     from click.testing import CliRunner
 
-    from lmrs.checkpoint import load_model
-    from lmrs.cli import cli
+    from lmrs.checkpoint.store import load_model
+    from lmrs.cli.main import cli
 
     run_dir, _ = sharded_run
     copy = tmp_path / "run" / "checkpoint"
@@ -1211,7 +1211,7 @@ def test_muon_state_resumes_on_one_process(
     muon_reference: dict[str, Any],
     muon_ddp_run: tuple[Path, dict[str, Any]],
 ) -> None:
-    from lmrs.checkpoint import read_optimizer_state
+    from lmrs.checkpoint.store import read_optimizer_state
 
     run_dir, _ = muon_ddp_run
     saved = read_optimizer_state(run_dir / "checkpoint")
@@ -1265,9 +1265,9 @@ tokenizer.encode_files(sys.argv[2], sys.argv[3], num_parts=2, part_index=int(sys
 
 def test_shards_written_in_parallel_are_read_as_one_stream(tmp_path: Path) -> None:
     from lmrs import Tokenizer
-    from lmrs.data import TokenDataset
-    from lmrs.model import create_model
-    from lmrs.train import train
+    from lmrs.data.tokens import TokenDataset
+    from lmrs.model.gpt import create_model
+    from lmrs.training.trainer import train
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()

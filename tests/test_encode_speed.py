@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmrs import Tokenizer
-from lmrs.tokenizer_import import PATTERNS
+from lmrs.tokenizer.importing import PATTERNS
 
 tiktoken = pytest.importorskip("tiktoken")
 

@@ -20,8 +20,8 @@ import torch
 from model_options import OPTION_IDS, OPTIONS
 
 from lmrs import _lmrs
-from lmrs import decode as decode_module
-from lmrs.decode import (
+from lmrs.model import decode as decode_module
+from lmrs.model.decode import (
     OPTION_CHOICES,
     RUST_ENGINE_FIELDS,
     SHAPE,
@@ -29,8 +29,8 @@ from lmrs.decode import (
     Decoder,
     rust_unsupported,
 )
-from lmrs.engine_spec import PARAMETER_NAMES, engine_spec, spec_name, tensor_shapes
-from lmrs.model import GPT, ModelConfig, create_model
+from lmrs.model.engine_spec import PARAMETER_NAMES, engine_spec, spec_name, tensor_shapes
+from lmrs.model.gpt import GPT, ModelConfig, create_model
 
 VOCAB = 67
 SHAPE_OPTIONS = dict(max_seq_len=16, embed_dim=32, num_heads=4, num_layers=2, ff_dim=48, seed=9)

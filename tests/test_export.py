@@ -11,11 +11,11 @@ from click.testing import CliRunner
 
 from lmrs import Tokenizer
 from lmrs.errors import InputError
-from lmrs.export_gguf import export_gguf
-from lmrs.export_hf import export_huggingface
-from lmrs.export_run import export
-from lmrs.generate import generate
-from lmrs.model import GPT, create_model
+from lmrs.interop.export import export
+from lmrs.interop.gguf_export import export_gguf
+from lmrs.model.generation import generate
+from lmrs.model.gpt import GPT, create_model
+from lmrs.model.hf_export import export_huggingface
 
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
@@ -268,7 +268,7 @@ def test_gguf_refuses_llama_biases(tmp_path: Path, tokenizer: Tokenizer) -> None
 
 @pytest.fixture()
 def run_dir(tmp_path: Path, tokenizer: Tokenizer) -> Path:
-    from lmrs.checkpoint import save_checkpoint
+    from lmrs.checkpoint.store import save_checkpoint
 
     model = tiny_model(LLAMA)
     run = tmp_path / "run"
@@ -279,8 +279,8 @@ def run_dir(tmp_path: Path, tokenizer: Tokenizer) -> Path:
 def test_cli_export_writes_both_formats(
     tmp_path: Path, run_dir: Path, tokenizer: Tokenizer
 ) -> None:
-    from lmrs.checkpoint import load_model
-    from lmrs.cli import cli
+    from lmrs.checkpoint.store import load_model
+    from lmrs.cli.main import cli
 
     runner = CliRunner()
     result = runner.invoke(cli, ["export", str(run_dir), "-o", str(tmp_path / "hf")])
@@ -359,8 +359,8 @@ AFTER_CRASH = {"export.tmp_written": "A", "export.old_renamed": None, "export.ne
 EXPORT_TWICE = """
 import os, sys
 from lmrs import Tokenizer
-from lmrs.export_hf import export_huggingface
-from lmrs.model import create_model
+from lmrs.model.hf_export import export_huggingface
+from lmrs.model.gpt import create_model
 texts = ["The quick brown fox jumps over the lazy dog. " * 8, "def add(a, b): return a + b" * 6]
 dims = dict(max_seq_len=16, embed_dim=16, num_heads=2, num_layers=1, ff_dim=32)
 for label, vocab in (("A", 280), ("B", 300)):
@@ -423,7 +423,7 @@ def test_a_killed_export_leaves_one_whole_export_or_none(
 def test_export_replaces_only_what_lmrs_wrote(
     tmp_path: Path, run_dir: Path, tokenizer: Tokenizer
 ) -> None:
-    from lmrs.cli import cli
+    from lmrs.cli.main import cli
 
     runner = CliRunner()
     foreign = tmp_path / "foreign"

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lmrs.atomic import write_atomic
-from lmrs.checkpoint import (
+from lmrs.checkpoint.store import (
     CHECKSUMS_FILE,
     MODEL_FILE,
     STATE_FILE,
@@ -24,8 +24,8 @@ from lmrs.checkpoint import (
     save_checkpoint,
 )
 from lmrs.faults import FAULT_EXIT_CODE, PYTHON_FAULT_POINTS
-from lmrs.model import create_small_model
-from lmrs.train import TrainConfig, train
+from lmrs.model.gpt import create_small_model
+from lmrs.training.trainer import TrainConfig, train
 
 CHECKPOINT_POINTS = [p for p in PYTHON_FAULT_POINTS if p.startswith("checkpoint.")]
 ATOMIC_POINTS = [p for p in PYTHON_FAULT_POINTS if p.startswith("atomic.")]
@@ -44,9 +44,9 @@ SETTINGS = dict(max_seq_len=16, embed_dim=16, num_heads=2, num_layers=1, ff_dim=
 
 SAVE_SCRIPT = f"""
 import sys, torch
-from lmrs.checkpoint import save_checkpoint
-from lmrs.model import create_small_model
-from lmrs.train import TrainConfig, create_optimizer
+from lmrs.checkpoint.store import save_checkpoint
+from lmrs.model.gpt import create_small_model
+from lmrs.training.trainer import TrainConfig, create_optimizer
 model = create_small_model(80, seed=int(sys.argv[2]), **{SETTINGS})
 optimizer = create_optimizer(model, TrainConfig(), torch.device("cpu"))
 ids = torch.randint(0, 80, (2, 8))
@@ -79,7 +79,7 @@ def leftovers(directory: Path) -> list[str]:
 def test_every_python_point_is_listed_and_reached(tmp_path: Path) -> None:
     assert set(STEP_AFTER_CRASH) == set(CHECKPOINT_POINTS)
     source = Path(__file__).parent.parent / "python" / "lmrs"
-    text = "".join(p.read_text() for p in source.glob("*.py"))
+    text = "".join(p.read_text() for p in sorted(source.rglob("*.py")))
     for point in PYTHON_FAULT_POINTS:
         assert f'fault_point("{point}")' in text, point
 

@@ -28,8 +28,8 @@ import pytest
 from click.testing import CliRunner
 
 from lmrs import Tokenizer, _lmrs
-from lmrs.cli import cli
-from lmrs.data import DataError, TokenDataset
+from lmrs.cli.main import cli
+from lmrs.data.tokens import DataError, TokenDataset
 
 POINTS: list[str] = _lmrs.fault_points()
 TOKEN_FILE_POINTS = {p for p in POINTS if p.startswith("token_file.")}

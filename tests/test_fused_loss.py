@@ -1,4 +1,4 @@
-"""lmrs.fused_loss: the chunked head + soft-cap + cross-entropy is the plain expression."""
+"""lmrs.model.fused_loss: the chunked head + soft-cap + cross-entropy is the plain expression."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmrs import fused_loss
-from lmrs.fused_loss import head_cross_entropy
-from lmrs.model import create_model
+from lmrs.model import fused_loss
+from lmrs.model.fused_loss import head_cross_entropy
+from lmrs.model.gpt import create_model
 
 
 def plain(

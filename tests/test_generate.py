@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmrs.generate import SamplingOptions, filter_logits, generate, stream_generate
-from lmrs.model import GPT, create_model
+from lmrs.model.generation import SamplingOptions, filter_logits, generate, stream_generate
+from lmrs.model.gpt import GPT, create_model
 
 VOCAB = 96
 
@@ -196,7 +196,7 @@ def test_stream_rejects_batches():
 def test_vectorised_draw_matches_filtered_softmax(top_k, top_p):
     # evenly spaced uniforms turn the sampler into a histogram of its distribution:
     # each token must get its filter_logits probability, up to the grid's resolution
-    from lmrs.generate import _pick_next
+    from lmrs.model.generation import _pick_next
 
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 12, generator=gen) * 2
@@ -217,7 +217,7 @@ def test_vectorised_draw_matches_filtered_softmax(top_k, top_p):
     "top_k, top_p", [(None, None), (5, None), (None, 0.8), (20, 0.6), (1, None), (0, 0.3)]
 )
 def test_rust_sampler_picks_what_the_tensor_version_picks(temperature, top_k, top_p):
-    from lmrs.generate import _pick_next, _pick_next_torch
+    from lmrs.model.generation import _pick_next, _pick_next_torch
 
     gen = torch.Generator().manual_seed(7)
     logits = torch.randn(64, 300, generator=gen) * 3

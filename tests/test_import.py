@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 from lmrs import Tokenizer
 from lmrs.errors import InputError
-from lmrs.export_hf import export_huggingface
-from lmrs.import_hf import load_pretrained, load_pretrained_tokenizer
-from lmrs.model import GPT, create_model
+from lmrs.model.gpt import GPT, create_model
+from lmrs.model.hf_export import export_huggingface
+from lmrs.model.hf_import import load_pretrained_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -61,7 +61,7 @@ def test_pytorch_model_bin_loads_with_weights_only(tmp_path: Path) -> None:
     state = hf.state_dict()
     (tmp_path / "model.safetensors").unlink()
     torch.save(state, tmp_path / "pytorch_model.bin")
-    assert_same_logits(load_pretrained(tmp_path), hf)
+    assert_same_logits(GPT.from_pretrained(tmp_path), hf)
 
 
 def test_sharded_and_hub_style_checkpoints_load(tmp_path: Path) -> None:
@@ -72,7 +72,7 @@ def test_sharded_and_hub_style_checkpoints_load(tmp_path: Path) -> None:
     hf = random_gpt2(tmp_path / "a")
     hf.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
     assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
-    assert_same_logits(load_pretrained(tmp_path / "sharded"), hf)
+    assert_same_logits(GPT.from_pretrained(tmp_path / "sharded"), hf)
 
     hub = tmp_path / "hub"
     hub.mkdir()
@@ -81,7 +81,7 @@ def test_sharded_and_hub_style_checkpoints_load(tmp_path: Path) -> None:
     state.pop("lm_head.weight")
     state["h.0.attn.bias"] = torch.ones(1, 1, 64, 64)
     save_file(state, hub / "model.safetensors")
-    assert_same_logits(load_pretrained(hub), hf)
+    assert_same_logits(GPT.from_pretrained(hub), hf)
 
 
 class NotATensor:
@@ -93,20 +93,20 @@ def test_pickled_objects_are_refused(tmp_path: Path) -> None:
     (tmp_path / "model.safetensors").unlink()
     torch.save({"transformer.wte.weight": NotATensor()}, tmp_path / "pytorch_model.bin")
     with pytest.raises(InputError, match="pytorch_model.bin") as info:
-        load_pretrained(tmp_path)
+        GPT.from_pretrained(tmp_path)
     assert "\n" not in str(info.value)
 
 
 def test_training_continues_from_an_import(tmp_path: Path) -> None:
     """`lmrs train --init-from` starts from the folder's weights and its tokenizer."""
-    from lmrs.checkpoint import load_model
-    from lmrs.cli import cli
+    from lmrs.checkpoint.store import load_model
+    from lmrs.cli.main import cli
 
     tokenizer = Tokenizer.train(TEXTS, VOCAB, show_progress=False)
     folder = tmp_path / "hf"
     random_gpt2(folder)
     tokenizer.export_huggingface(folder / "tokenizer.json")
-    start = load_pretrained(folder)
+    start = GPT.from_pretrained(folder)
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for i, text in enumerate(TEXTS * 4):
@@ -182,20 +182,20 @@ def test_what_lmrs_cannot_compute_is_refused(
     random_gpt2(tmp_path)
     edit_config(tmp_path, **changes)
     with pytest.raises(InputError) as info:
-        load_pretrained(tmp_path)
+        GPT.from_pretrained(tmp_path)
     assert named in str(info.value) and "\n" not in str(info.value)
 
 
 def test_missing_and_broken_folders_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="config.json"):
-        load_pretrained(tmp_path)
+        GPT.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(InputError, match="not valid JSON"):
-        load_pretrained(tmp_path)
+        GPT.from_pretrained(tmp_path)
     random_gpt2(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"\x00" * 16)
     with pytest.raises(InputError, match="model.safetensors"):
-        load_pretrained(tmp_path)
+        GPT.from_pretrained(tmp_path)
     with pytest.raises(InputError, match="tokenizer.json"):
         load_pretrained_tokenizer(tmp_path)
 
@@ -220,11 +220,11 @@ def test_qwen3_with_a_learned_qk_gain_is_refused(tmp_path: Path) -> None:
     state["model.layers.0.self_attn.q_norm.weight"] *= 2
     save_file(state, tmp_path / "model.safetensors")
     with pytest.raises(InputError, match="q_norm"):
-        load_pretrained(tmp_path)
+        GPT.from_pretrained(tmp_path)
 
 
 def test_init_from_refuses_shape_options_and_resume(tmp_path: Path) -> None:
-    from lmrs.cli import cli
+    from lmrs.cli.main import cli
 
     folder = tmp_path / "hf"
     random_gpt2(folder)
@@ -245,7 +245,7 @@ def test_a_tokenizer_lmrs_cannot_represent_is_refused(tmp_path: Path) -> None:
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import models
 
-    from lmrs.cli import cli
+    from lmrs.cli.main import cli
 
     random_gpt2(tmp_path)
     HFTokenizer(models.WordLevel({"hello": 0, "[UNK]": 1}, unk_token="[UNK]")).save(
@@ -265,7 +265,7 @@ def test_a_config_bigger_than_its_weights_is_refused_before_building(
     tmp_path: Path, weights: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """n_embd 65536 beside small weights: a 51 GB model was built before any shape check."""
-    from lmrs import model as model_module
+    from lmrs.model import gpt as model_module
 
     hf = random_gpt2(tmp_path)
     if weights == "pytorch_model.bin":
@@ -280,26 +280,26 @@ def test_a_config_bigger_than_its_weights_is_refused_before_building(
 
     monkeypatch.setattr(model_module.GPT, "__init__", refuse_huge)
     with pytest.raises(InputError) as info:
-        load_pretrained(tmp_path)
+        GPT.from_pretrained(tmp_path)
     message = str(info.value)
     assert "config.json" in message and weights in message and "(300, 65536)" in message
     assert "\n" not in message
     edit_config(tmp_path, n_embd=32, n_inner=4096)  # a width the header does not show
     with pytest.raises(InputError, match="mlp|c_fc|ffn"):
-        load_pretrained(tmp_path)
+        GPT.from_pretrained(tmp_path)
 
 
 def test_weights_that_are_not_finite_are_named(tmp_path: Path) -> None:
     from safetensors.torch import load_file, save_file
 
-    from lmrs.cli import cli
+    from lmrs.cli.main import cli
 
     random_gpt2(tmp_path)
     state = load_file(tmp_path / "model.safetensors")
     state["transformer.h.1.mlp.c_fc.weight"][3, 4] = float("nan")
     save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(InputError, match=r"model.safetensors: tensor .*h\.1\.mlp\.c_fc.* finite"):
-        load_pretrained(tmp_path)
+        GPT.from_pretrained(tmp_path)
     Tokenizer.train(TEXTS, VOCAB, show_progress=False).export_huggingface(
         tmp_path / "tokenizer.json"
     )
@@ -317,4 +317,4 @@ def test_a_deeply_nested_config_is_one_line(tmp_path: Path) -> None:
     random_gpt2(tmp_path)
     (tmp_path / "config.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(InputError, match="config.json: not valid JSON: nested too deeply"):
-        load_pretrained(tmp_path)
+        GPT.from_pretrained(tmp_path)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from model_options import OPTION_IDS, OPTIONS
 
-from lmrs.generate import generate
-from lmrs.model import GPT, KVCache, create_model
+from lmrs.model.generation import generate
+from lmrs.model.gpt import GPT, KVCache, create_model
 
 VOCAB = 61
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmrs.model import (
+from lmrs.model.gpt import (
     GPT,
     PRESETS,
     ModelConfig,

@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 from tolerances import CURVE_RTOL
 
-from lmrs.cli import cli
+from lmrs.cli.main import cli
 
 STEPS = 6
 CHECKPOINT_STEP = 3
@@ -33,7 +33,7 @@ TRAIN_ARGS = [
 WORKER = """
 import os, sys
 if os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0" and os.environ.get("RANK") == "1":
-    from lmrs.model import GPT
+    from lmrs.model.gpt import GPT
     compute_loss, calls = GPT.compute_loss, [0]
     def dying(self, *args, **kwargs):
         if self.training:
@@ -42,7 +42,7 @@ if os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0" and os.environ.get("RANK"
                 os._exit(7)
         return compute_loss(self, *args, **kwargs)
     GPT.compute_loss = dying
-from lmrs.cli import main
+from lmrs.cli.main import main
 sys.argv = ["lmrs", *sys.argv[1:]]
 main()
 """
@@ -162,7 +162,7 @@ def test_elastic_restart_resumes_from_the_newest_checkpoint(
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
     assert "(exitcode: 7)" in done.stderr, done.stderr  # the kill happened, then the restart
     assert f"restarted job: resuming from {out / 'checkpoint'}" in done.stderr, done.stderr
-    from lmrs.checkpoint import load_checkpoint
+    from lmrs.checkpoint.store import load_checkpoint
 
     assert load_checkpoint(out).step == STEPS
     # the curve continues where the checkpoint left it: steps 4-6 by the restarted workers,

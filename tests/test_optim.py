@@ -11,9 +11,9 @@ import pytest
 import torch
 from test_train import QUIET, pattern_docs, tiny_model
 
-from lmrs.data import prepare_training_data
-from lmrs.optim import MuonAdamW, _chunks, muon_parameter_groups, orthogonalize
-from lmrs.train import TrainConfig, train
+from lmrs.data.tokens import prepare_training_data
+from lmrs.training.optim import MuonAdamW, _chunks, muon_parameter_groups, orthogonalize
+from lmrs.training.trainer import TrainConfig, train
 
 
 @pytest.mark.parametrize("shape", [(24, 64), (64, 24), (40, 40)])
@@ -22,7 +22,7 @@ def test_orthogonalize_pushes_singular_values_towards_one(
     shape: tuple[int, int], native: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # both precisions the iteration runs in: bf16 where the device has it, float32 elsewhere
-    monkeypatch.setattr("lmrs.optim.native_bf16", lambda device: native)
+    monkeypatch.setattr("lmrs.training.optim.native_bf16", lambda device: native)
     torch.manual_seed(0)
     # badly conditioned on purpose: singular values spread over two orders of magnitude
     u, _ = torch.linalg.qr(torch.randn(shape[0], shape[0]))
@@ -61,7 +61,7 @@ def test_groups_put_hidden_matrices_on_muon_and_the_rest_on_adamw() -> None:
 
 
 def test_untied_output_head_stays_on_adamw() -> None:
-    from lmrs.model import create_small_model
+    from lmrs.model.gpt import create_small_model
 
     model = create_small_model(60, embed_dim=32, num_heads=2, num_layers=1, ff_dim=64,
                                max_seq_len=16, tie_weights=False)  # fmt: skip
@@ -72,8 +72,8 @@ def test_untied_output_head_stays_on_adamw() -> None:
 
 
 def test_groups_have_roles_and_take_their_own_peak_rates() -> None:
-    from lmrs.model import create_small_model
-    from lmrs.train import create_optimizer, set_learning_rates
+    from lmrs.model.gpt import create_small_model
+    from lmrs.training.trainer import create_optimizer, set_learning_rates
 
     model = create_small_model(60, embed_dim=32, num_heads=2, num_layers=1, ff_dim=64,
                                max_seq_len=16, tie_weights=False)  # fmt: skip
@@ -102,8 +102,8 @@ def test_optimizer_state_of_the_earlier_grouping_is_regrouped_by_name() -> None:
         load_full_optimizer_state_dict,
         regrouped_optimizer_state,
     )
-    from lmrs.model import create_small_model
-    from lmrs.train import create_optimizer
+    from lmrs.model.gpt import create_small_model
+    from lmrs.training.trainer import create_optimizer
 
     model = create_small_model(60, embed_dim=32, num_heads=2, num_layers=1, ff_dim=64,
                                max_seq_len=16, tie_weights=False)  # fmt: skip
@@ -147,7 +147,7 @@ def test_matches_torch_muon_plus_adamw(monkeypatch: pytest.MonkeyPatch) -> None:
     """Same trajectory as torch.optim.Muon (match_rms_adamw) on the matrices and
     torch.optim.AdamW on everything else, stepped side by side."""
     # torch's Muon iterates in bfloat16 on every device; ours does where it is native
-    monkeypatch.setattr("lmrs.optim.native_bf16", lambda device: True)
+    monkeypatch.setattr("lmrs.training.optim.native_bf16", lambda device: True)
     torch.manual_seed(0)
     ours_model = tiny_model()
     ref_model = copy.deepcopy(ours_model)
@@ -206,7 +206,7 @@ def test_muon_works_with_fsdp_and_checks_its_momentum() -> None:
 def test_muon_momentum_warms_up_linearly_then_holds(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from lmrs.train import create_optimizer, muon_momentum_at, set_muon_momentum
+    from lmrs.training.trainer import create_optimizer, muon_momentum_at, set_muon_momentum
 
     config = TrainConfig(muon_momentum=0.95, muon_momentum_start=0.85, muon_momentum_warmup=4)
     assert [muon_momentum_at(s, config) for s in range(6)] == pytest.approx(
@@ -224,7 +224,7 @@ def test_muon_momentum_warms_up_linearly_then_holds(monkeypatch: pytest.MonkeyPa
     seen: list[float] = []
     # (sys.modules: the package's `train` attribute is the function, not this module)
     monkeypatch.setattr(
-        sys.modules["lmrs.train"], "set_muon_momentum", lambda _opt, m: seen.append(m)
+        sys.modules["lmrs.training.trainer"], "set_muon_momentum", lambda _opt, m: seen.append(m)
     )
     batches = prepare_training_data(pattern_docs(), batch_size=4, seq_len=16, eot_id=99)
     train(tiny_model(), batches, max_steps=6, muon_momentum_warmup=4, **QUIET)
@@ -241,7 +241,7 @@ def test_work_is_split_in_chunks_of_one_shape_one_matrix_per_rank() -> None:
 
 
 def test_schedule_shapes_warmup_hold_and_decay_to_the_floor() -> None:
-    from lmrs.train import learning_rate_at
+    from lmrs.training.trainer import learning_rate_at
 
     def curve(**fields: object) -> list[float]:
         config = TrainConfig(learning_rate=1.0, warmup_steps=10, min_lr_ratio=0.1, **fields)
@@ -273,7 +273,7 @@ def test_schedule_options_are_checked() -> None:
 
 
 def test_muon_matrices_take_their_own_rate_on_the_same_schedule() -> None:
-    from lmrs.train import create_optimizer, set_learning_rates
+    from lmrs.training.trainer import create_optimizer, set_learning_rates
 
     config = TrainConfig(optimizer="muon", learning_rate=1e-3, muon_lr=2e-2, embed_lr=None)
     optimizer = create_optimizer(tiny_model(), config, torch.device("cpu"))

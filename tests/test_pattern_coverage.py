@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from tok_corpus import make_texts, write_corpus
 
 from lmrs import Tokenizer
-from lmrs.cli import cli
+from lmrs.cli.main import cli
 
 # Atoms that take a quantifier, and zero-width assertions that do not; any sequence or
 # alternation of them compiles.

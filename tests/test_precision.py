@@ -74,10 +74,10 @@ def test_training_and_evaluation_run_under_tf32_on_their_device(
 ) -> None:
     import importlib
 
-    from lmrs.data import prepare_training_data
-    from lmrs.evaluate import evaluate
-    from lmrs.model import create_small_model
-    from lmrs.train import train
+    from lmrs.data.tokens import prepare_training_data
+    from lmrs.model.gpt import create_small_model
+    from lmrs.training.evaluation import evaluate
+    from lmrs.training.trainer import train
 
     entered: list[torch.device] = []
     real = precision.fast_float32_matmul
@@ -86,8 +86,8 @@ def test_training_and_evaluation_run_under_tf32_on_their_device(
         entered.append(device)
         return real(device)
 
-    train_module = importlib.import_module("lmrs.train")
-    evaluate_module = importlib.import_module("lmrs.evaluate")
+    train_module = importlib.import_module("lmrs.training.trainer")
+    evaluate_module = importlib.import_module("lmrs.training.evaluation")
     monkeypatch.setattr(train_module, "fast_float32_matmul", recording)
     monkeypatch.setattr(evaluate_module, "fast_float32_matmul", recording)
     docs = [[(k + i) % 50 for i in range(60)] for k in range(4)]

@@ -16,10 +16,10 @@ from click.testing import CliRunner
 from tok_corpus import make_texts
 
 from lmrs import Tokenizer, _lmrs, add_to_corpus
-from lmrs.cli import cli
-from lmrs.corpus import record_folder_name
+from lmrs.cli.main import cli
+from lmrs.corpus.files import record_folder_name
+from lmrs.corpus.records import RecordOptions, RecordReader
 from lmrs.errors import InputError
-from lmrs.records import RecordOptions, RecordReader
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -388,7 +388,7 @@ def test_arrow_columns_go_to_rust_as_bytes(
     """Rows that are not UTF-8 are skipped and named by row; the others give the ids and
     vocab of the same documents as text files, whatever the column type and batch size."""
     from lmrs import Tokenizer, _lmrs
-    from lmrs.record_tokens import encode_corpus, train_tokenizer
+    from lmrs.data.encode import encode_corpus, train_tokenizer
 
     bad_rows = {3, 11}
     raw = [d.encode("utf-8") for d in DOCS]
@@ -427,7 +427,7 @@ def test_arrow_columns_go_to_rust_as_bytes(
 
 
 def test_arrow_rows_cover_a_sliced_array_in_order() -> None:
-    from lmrs.arrow_rows import arrow_rows
+    from lmrs.corpus.arrow_rows import arrow_rows
 
     docs = ["", "a", "bb", "", "cccc", "日本語", "e" * 40, "", "f"]
     whole = pa.array(["skip me", *docs])

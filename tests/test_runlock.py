@@ -16,17 +16,17 @@ import pytest
 from click.testing import CliRunner, Result
 from test_faults_checkpoint import leftovers, save_in_child, write_fake
 
-from lmrs.checkpoint import (
+from lmrs.checkpoint.store import (
     holds_checkpoints,
     kept_name,
     recover_checkpoint,
     remove_checkpoint_leftovers,
     resolve_checkpoint_dir,
 )
-from lmrs.cli import cli
+from lmrs.cli.main import cli
 from lmrs.faults import FAULT_EXIT_CODE
 from lmrs.runlock import HELD_ENV, LOCK_FILE, RunInUseError, run_lock
-from lmrs.tokenizer import Tokenizer
+from lmrs.tokenizer.core import Tokenizer
 
 HOLD_SCRIPT = """
 import sys

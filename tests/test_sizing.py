@@ -12,11 +12,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from lmrs import sizing
 from lmrs.distributed import DistContext
-from lmrs.model import create_model
+from lmrs.model.gpt import create_model
 from lmrs.options import PRESETS, TrainConfig
-from lmrs.sizing import (
+from lmrs.training import sizing
+from lmrs.training.sizing import (
     Measurement,
     Shape,
     choose_shape,
@@ -194,8 +194,8 @@ def test_lmrs_train_with_a_budget_and_no_size_picks_and_says_why(
 ) -> None:
     from test_cli_model import write_corpus
 
-    from lmrs.cli import cli
-    from lmrs.tokenizer import Tokenizer
+    from lmrs.cli.main import cli
+    from lmrs.tokenizer.core import Tokenizer
 
     corpus = write_corpus(tmp_path / "corpus", files=3)
     Tokenizer.train(str(corpus), 300, show_progress=False).save(str(tmp_path / "tok.json"))

@@ -13,7 +13,7 @@ from tok_corpus import make_texts, write_corpus
 
 from lmrs import Tokenizer, TokenizerError
 from lmrs._lmrs import head_tail_sha256
-from lmrs.data import DataError, TokenDataset
+from lmrs.data.tokens import DataError, TokenDataset
 
 
 @pytest.fixture(scope="module")

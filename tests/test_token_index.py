@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from tok_corpus import make_texts, write_corpus
 
 from lmrs import Tokenizer
-from lmrs import data as data_module
 from lmrs._lmrs import head_tail_sha256
-from lmrs.cli import cli
-from lmrs.data import DataError, TokenDataset, index_path, verify_token_data
-from lmrs.record_tokens import encode_corpus
+from lmrs.cli.main import cli
+from lmrs.data import tokens as data_module
+from lmrs.data.encode import encode_corpus
+from lmrs.data.tokens import DataError, TokenDataset, index_path, verify_token_data
 
 SEQ_LEN = 8
 

@@ -22,8 +22,8 @@ from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from lmrs import Tokenizer, TokenizerError, _lmrs
-from lmrs.cli import cli as cli_main
-from lmrs.tokenizer_import import PATTERNS, bytes_to_unicode
+from lmrs.cli.main import cli as cli_main
+from lmrs.tokenizer.importing import PATTERNS, bytes_to_unicode
 
 EOT = "<|endoftext|>"
 # Llama 3's Split pattern (tiktoken's cl100k without the possessive quantifiers)

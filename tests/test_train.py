@@ -13,10 +13,10 @@ import torch
 from test_data import FakeTokenizer, make_docs, write_token_file
 from torch import nn
 
-from lmrs.data import TokenDataset, prepare_training_data
-from lmrs.evaluate import evaluate
-from lmrs.model import create_small_model
-from lmrs.train import TrainConfig, learning_rate_at, parameter_groups, train
+from lmrs.data.tokens import TokenDataset, prepare_training_data
+from lmrs.model.gpt import create_small_model
+from lmrs.training.evaluation import evaluate
+from lmrs.training.trainer import TrainConfig, learning_rate_at, parameter_groups, train
 
 VOCAB = 100
 # float32: the equalities tested here are exact only without autocast (auto would pick
@@ -232,7 +232,7 @@ class StepClock:
 
 @pytest.mark.parametrize("max_steps", [None, 100])
 def test_time_budget_stops_the_run(monkeypatch, max_steps) -> None:
-    train_module = importlib.import_module("lmrs.train")
+    train_module = importlib.import_module("lmrs.training.trainer")
     clock = StepClock()
     fake_time = SimpleNamespace(perf_counter=clock.read, monotonic=clock.read, time=clock.read)
     monkeypatch.setattr(train_module, "time", fake_time)
@@ -264,7 +264,7 @@ def test_bfloat16_autocast_trains_as_well_as_float32_on_cpu() -> None:
 
 
 def test_auto_precision_autocasts_only_where_bfloat16_is_native(monkeypatch) -> None:
-    train_module = importlib.import_module("lmrs.train")
+    train_module = importlib.import_module("lmrs.training.trainer")
     precision = importlib.import_module("lmrs.precision")
     cpu = torch.device("cpu")
     for native in (True, False):
@@ -295,7 +295,7 @@ def test_each_rank_evaluates_its_training_micro_batch_and_all_windows_once(
     tmp_path: Path, world_size: int
 ) -> None:
     from lmrs.distributed import DistContext
-    from lmrs.train import _val_batches
+    from lmrs.training.trainer import _val_batches
 
     write_token_file(tmp_path / "t.bin", make_docs(40, low=40, high=80))
     split = TokenDataset(tmp_path / "t.bin", tokenizer=FakeTokenizer()).full()
@@ -316,8 +316,8 @@ def test_each_rank_evaluates_its_training_micro_batch_and_all_windows_once(
 
 def test_validation_loss_does_not_depend_on_how_the_windows_are_split(tmp_path: Path) -> None:
     from lmrs.distributed import DistContext
-    from lmrs.evaluate import EvalResult, evaluation_sums
-    from lmrs.train import _val_batches
+    from lmrs.training.evaluation import EvalResult, evaluation_sums
+    from lmrs.training.trainer import _val_batches
 
     write_token_file(tmp_path / "t.bin", make_docs(40, low=40, high=80))
     dataset = TokenDataset(tmp_path / "t.bin", tokenizer=FakeTokenizer())
@@ -349,7 +349,7 @@ def test_validation_loss_does_not_depend_on_how_the_windows_are_split(tmp_path: 
 
 
 def test_compile_time_is_kept_out_of_tokens_per_second(monkeypatch: pytest.MonkeyPatch) -> None:
-    train_module = importlib.import_module("lmrs.train")
+    train_module = importlib.import_module("lmrs.training.trainer")
     clock = StepClock()
     fake_time = SimpleNamespace(perf_counter=clock.read, monotonic=clock.read, time=clock.read)
     monkeypatch.setattr(train_module, "time", fake_time)
@@ -381,9 +381,9 @@ def test_compile_time_is_kept_out_of_tokens_per_second(monkeypatch: pytest.Monke
 def test_resume_says_when_cuda_random_states_cannot_be_restored(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from lmrs.checkpoint import encode_rng_state
+    from lmrs.checkpoint.store import encode_rng_state
     from lmrs.distributed import DistContext
-    from lmrs.train import _restore_rng
+    from lmrs.training.trainer import _restore_rng
 
     restored: list[int] = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -410,7 +410,7 @@ def test_lmrs_eval_reports_the_loss_training_reported(
     from click.testing import CliRunner
 
     from lmrs import Tokenizer
-    from lmrs.cli import cli
+    from lmrs.cli.main import cli
 
     corpus, held_out = tmp_path / "corpus", tmp_path / "held-out"
     for folder, count in ((corpus, 8), (held_out, 3)):
@@ -439,7 +439,7 @@ def test_lmrs_eval_reports_the_loss_training_reported(
     trained = result.final_eval
     assert trained is not None
     reported: list[object] = []
-    evaluate_module = importlib.import_module("lmrs.evaluate")  # `lmrs.evaluate` is the function
+    evaluate_module = importlib.import_module("lmrs.training.evaluation")
     real_evaluate = evaluate_module.evaluate
 
     def spy(*args: object, **kwargs: object) -> object:
@@ -461,7 +461,7 @@ def test_lmrs_eval_reports_the_loss_training_reported(
 def test_a_resume_drops_metrics_lines_that_are_not_records(tmp_path: Path) -> None:
     """metrics.jsonl cut back to the resumed step: a line nested too deeply, not an object,
     bad UTF-8 or cut short by a kill is dropped, never a traceback."""
-    from lmrs.train import truncate_metrics
+    from lmrs.training.trainer import truncate_metrics
 
     good = [json.dumps({"step": s, "train_loss": 1.0}).encode() + b"\n" for s in (1, 2, 3)]
     bad = [b"[" * 100_000 + b"]" * 100_000 + b"\n", b"[1, 2]\n", b'{"step": "\xff"}\n']

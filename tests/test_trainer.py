@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import torch
 
-from lmrs.data import prepare_training_data
-from lmrs.model import create_small_model
-from lmrs.train import BatchListSource, Trainer, TrainingDiverged, _make_run, train
+from lmrs.data.tokens import prepare_training_data
+from lmrs.model.gpt import create_small_model
+from lmrs.training.trainer import BatchListSource, Trainer, TrainingDiverged, _make_run, train
 
 VOCAB = 64
 QUIET: dict[str, Any] = dict(show_progress=False, device="cpu", dtype="float32", eval_every=0)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from lmrs.checkpoint import Checkpoint, CheckpointError, check_tokenizer, load_model
-from lmrs.tokenizer import Tokenizer
+from lmrs.checkpoint.store import Checkpoint, CheckpointError, check_tokenizer, load_model
+from lmrs.tokenizer.core import Tokenizer
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -41,7 +41,7 @@ class LoadedRun:
         """The text continuing ``prompt`` (at most ``max_length`` new tokens, stopping at
         the end-of-text token); ``options`` are :func:`lmrs.generate`'s (``temperature``,
         ``top_k``, ``top_p``, ``seed``, ``dtype``, ``engine``)."""
-        from lmrs.generate import generate
+        from lmrs.model.generation import generate
 
         stops = options.pop("stop_tokens", None)
         if stops is None and self.tokenizer.eot_id is not None:
@@ -54,7 +54,7 @@ class LoadedRun:
     def export(self, path: PathLike, format: str = "hf", **options: Any) -> Path:
         """Write this checkpoint to ``path`` as :func:`lmrs.export` does (``format`` "hf"
         or "gguf"; ``dtype``, ``overwrite``)."""
-        from lmrs.export_run import export
+        from lmrs.interop.export import export
 
         return export(self.path, path, format, **options)
 

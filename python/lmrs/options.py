@@ -11,11 +11,14 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "muon")
-DECAYS = ("cosine", "linear")  # learning-rate decay shapes (lmrs.train.learning_rate_at)
+DECAYS = ("cosine", "linear")  # learning-rate decay shapes (lmrs.training.trainer.learning_rate_at)
 TRAIN_DTYPES = ("auto", "float32", "bfloat16")  # training precision (autocast)
 STRATEGIES = ("ddp", "fsdp")  # data parallelism under torchrun
 CHECKPOINT_FORMATS = ("full", "sharded")  # TrainConfig.checkpoint_format
-LOG_SINKS = ("tensorboard", "wandb")  # metric sinks besides metrics.jsonl (lmrs.metrics_sinks)
+LOG_SINKS = (
+    "tensorboard",
+    "wandb",
+)  # metric sinks besides metrics.jsonl (lmrs.training.metrics_sinks)
 POSITIONS = ("learned", "rope")  # ModelConfig.position
 NORMS = ("layernorm", "rmsnorm")  # ModelConfig.norm
 MLPS = ("gelu", "relu2", "swiglu")  # ModelConfig.mlp
@@ -62,8 +65,8 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
 }
 # what `lmrs train` and `lmrs quickstart` build unless told otherwise (bench_recipe.py)
 DEFAULT_ARCH = "modern"
-# sizing to a budget (lmrs.sizing): tokens per non-embedding parameter aimed at; measured
-# best on CPU budgets (see lmrs.sizing), where Chinchilla's large-scale figure is 20
+# sizing to a budget (lmrs.training.sizing): tokens per non-embedding parameter aimed at; measured
+# best on CPU budgets (see lmrs.training.sizing), where Chinchilla's large-scale figure is 20
 TOKENS_PER_PARAM = 5.0
 
 
@@ -79,17 +82,18 @@ class TrainConfig:
     epochs: Optional[float] = None
     time_budget_s: Optional[float] = None
     stop_at_step: Optional[int] = None  # end this session early; the schedule is unchanged
-    # Muon's and AdamW's groups share it (Muon's steps are scaled to AdamW's RMS, lmrs.optim);
+    # Muon's and AdamW's groups share it (Muon's steps are scaled to AdamW's RMS,
+    # lmrs.training.optim);
     # measured best for 4-10 minute CPU budgets by benchmarks/bench_model.py --quality
     learning_rate: float = 4e-3
     # the decay ends at learning_rate * min_lr_ratio; to zero measured 0.013 bits per byte
-    # better than to 10% in 10 minutes at the same steps (README, bench_recipe.py)
+    # better than to 10% in 10 minutes at the same steps (docs/recipe.md, bench_recipe.py)
     min_lr_ratio: float = 0.0
     warmup_steps: int = 50
     # the decay takes the last cooldown_frac of the run after warmup, the peak holding
     # before it (1.0: decay all the way). Warmup-stable-decay (modded-nanogpt's trapezoid),
     # linear over the last 40%, measured 0.012 bits per byte better than cosine over the
-    # whole run in two 10-minute pairs at equal steps (README)
+    # whole run in two 10-minute pairs at equal steps (docs/recipe.md)
     decay: str = "linear"  # shape of the decay: cosine or linear
     cooldown_frac: float = 0.4
     # peak rate of Muon's hidden matrices (None: learning_rate); the AdamW groups
@@ -111,7 +115,7 @@ class TrainConfig:
     muon_momentum_start: float = 0.85
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
     grad_accum_steps: int = 1
-    # muon: Muon on the hidden matrices, AdamW on the rest (lmrs.optim); the measured best
+    # muon: Muon on the hidden matrices, AdamW on the rest (lmrs.training.optim); the measured best
     optimizer: str = "muon"
     eval_every: int = 200  # steps between evaluations (0: only at the end)
     eval_batches: int = 20
@@ -123,7 +127,8 @@ class TrainConfig:
     # checkpoints kept in out_dir, the newest included (older ones as checkpoint-STEP)
     keep_checkpoints: int = 1
     # "full": rank 0 writes model.safetensors + optimizer.pt; "sharded": every rank writes
-    # its part with torch.distributed.checkpoint (lmrs.dcp), consolidated on the last save
+    # its part with torch.distributed.checkpoint (lmrs.checkpoint.sharded), consolidated on
+    # the last save
     checkpoint_format: str = "full"
     out_dir: Optional[str] = None
     device: str = "auto"  # auto: CUDA → MPS → CPU
@@ -139,7 +144,7 @@ class TrainConfig:
     show_progress: bool = True
     log_to: tuple[str, ...] = ()  # extra metric sinks, from LOG_SINKS
     # one CPU process: the intra-op thread count follows the cores actually free, measured
-    # as it trains (lmrs.cpu_threads); False keeps torch's count
+    # as it trains (lmrs.training.cpu_threads); False keeps torch's count
     adapt_threads: bool = True
 
     def validate(self) -> None:

@@ -4,7 +4,7 @@ lmrs started from a README whose API read ``BytePairEncoding.add_to_corpus(src, 
 extensions)``, ``BytePairEncoding.compress(corpus, 5000)`` → vocab,
 ``Tokenizer.from_vocab(vocab)``, ``Tokenizer.encode(tok, text, add_special_tokens=True)``
 and ``Transformer.create_model / train / generate / evaluate``. These aliases keep that
-code working; each does exactly what the lmrs call beside it does (README: "Coming from
+code working; each does exactly what the lmrs call beside it does (docs/seed-api.md: "Coming from
 the seed API"). ``Tokenizer.from_vocab`` and ``Tokenizer.encode(...,
 add_special_tokens=True)`` are lmrs's own spelling already.
 
@@ -17,8 +17,8 @@ import os
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from lmrs.corpus import AddResult, add_to_corpus
-from lmrs.tokenizer import Tokenizer
+from lmrs.corpus.files import AddResult, add_to_corpus
+from lmrs.tokenizer.core import Tokenizer
 
 __all__ = ["BytePairEncoding", "Transformer", "compress"]
 
@@ -71,27 +71,27 @@ class Transformer:
     @staticmethod
     def create_model(*args: Any, **kwargs: Any) -> Any:
         """``lmrs.create_model(vocab_size, max_seq_len, embed_dim, ...)``."""
-        from lmrs.model import create_model
+        from lmrs.model.gpt import create_model
 
         return create_model(*args, **kwargs)
 
     @staticmethod
     def train(*args: Any, **kwargs: Any) -> Any:
         """``lmrs.train(model, data, config, ...)``."""
-        from lmrs.train import train
+        from lmrs.training.trainer import train
 
         return train(*args, **kwargs)
 
     @staticmethod
     def generate(*args: Any, **kwargs: Any) -> Any:
         """``lmrs.generate(model, prompt_ids, max_length, ...)``."""
-        from lmrs.generate import generate
+        from lmrs.model.generation import generate
 
         return generate(*args, **kwargs)
 
     @staticmethod
     def evaluate(*args: Any, **kwargs: Any) -> Any:
         """``lmrs.evaluate(model, data, ...)``."""
-        from lmrs.evaluate import evaluate
+        from lmrs.training.evaluation import evaluate
 
         return evaluate(*args, **kwargs)

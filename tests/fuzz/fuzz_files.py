@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional, Sequence, TypeVar
 import numpy as np
 
 from lmrs import Tokenizer, TokenizerError, _lmrs
-from lmrs.data import DataError, TokenDataset
+from lmrs.data.tokens import DataError, TokenDataset
 
 T = TypeVar("T")
 
@@ -339,9 +339,9 @@ def checkpoint_template(root: Path, position: str) -> Path:
     if position not in _TEMPLATES:
         import torch
 
-        from lmrs.checkpoint import save_checkpoint
-        from lmrs.model import create_small_model
-        from lmrs.train import TrainConfig, create_optimizer
+        from lmrs.checkpoint.store import save_checkpoint
+        from lmrs.model.gpt import create_small_model
+        from lmrs.training.trainer import TrainConfig, create_optimizer
 
         model = create_small_model(
             300, max_seq_len=16, embed_dim=16, num_heads=2, num_layers=2, ff_dim=32,
@@ -388,8 +388,8 @@ def check_checkpoint(path: Path) -> str:
     """'loaded' or 'refused'; raises on anything else."""
     import torch
 
-    from lmrs.checkpoint import CheckpointError, load_checkpoint, load_model
-    from lmrs.train import TrainConfig, create_optimizer
+    from lmrs.checkpoint.store import CheckpointError, load_checkpoint, load_model
+    from lmrs.training.trainer import TrainConfig, create_optimizer
 
     try:
         model, saved = load_model(path)
