@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 SIMD_KERNELS = ("avx512bf16", "avx2")  # Rust kernels faster than the torch engine
 
-# How the Rust engine treats every ModelConfig field (tests/test_engine_matrix.py checks
+# How the Rust engine treats every ModelConfig field (tests/model/test_engine_matrix.py checks
 # that each field is here): SHAPE is read through the engine spec whatever its value,
 # TRAINING_ONLY changes nothing at inference, and a tuple lists the values the engine
 # runs (any other value is refused; a new choice added to options.py is refused until the

@@ -12,7 +12,7 @@ scale two precomputed gradients (the same trick as Liger Kernel's fused linear
 cross-entropy). Memory for the logits drops from the whole batch to one chunk.
 
 It computes the same function as :meth:`lmrs.model.GPT.forward` followed by
-``F.cross_entropy``; ``tests/test_fused_loss.py`` checks loss and gradients against that.
+``F.cross_entropy``; ``tests/model/test_fused_loss.py`` checks loss and gradients against that.
 """
 
 from __future__ import annotations

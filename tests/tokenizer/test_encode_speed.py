@@ -97,7 +97,7 @@ def test_generated_text_gives_tiktoken_ids(pair: tuple[Tokenizer, object], text:
 
 
 def _bench_module(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_tokenizer.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_tokenizer.py"
     spec = importlib.util.spec_from_file_location("bench_tokenizer", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

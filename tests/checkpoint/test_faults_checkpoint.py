@@ -78,7 +78,7 @@ def leftovers(directory: Path) -> list[str]:
 
 def test_every_python_point_is_listed_and_reached(tmp_path: Path) -> None:
     assert set(STEP_AFTER_CRASH) == set(CHECKPOINT_POINTS)
-    source = Path(__file__).parent.parent / "python" / "lmrs"
+    source = Path(__file__).resolve().parents[2] / "python" / "lmrs"
     text = "".join(p.read_text() for p in sorted(source.rglob("*.py")))
     for point in PYTHON_FAULT_POINTS:
         assert f'fault_point("{point}")' in text, point
