@@ -568,8 +568,6 @@ def train_command(
             dropout=dropout,
             explicit=explicit,
         )
-    if int(os.environ.get("RANK", "0") or 0) == 0:  # every check passed: the run is on
-        write_run_config(click.get_current_context(), out_dir)
     under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
 
     token_path = Path(tokens) if tokens else out_dir / "tokens.bin"
@@ -614,6 +612,8 @@ def train_command(
     finally:
         distributed.cleanup(ctx)
     if ctx.is_main:
+        # written once the run has trained: a refused or failed command leaves OUT as it was
+        write_run_config(click.get_current_context(), out_dir)
         if quiet:
             click.echo(result.summary())
         click.echo(f"checkpoint in {out_dir / 'checkpoint'}; try: lmrs sample --checkpoint {out}")

@@ -1,7 +1,9 @@
 """``lmrs train --config run.toml``, and the ``OUT/config.toml`` every run writes.
 
-A run's configuration is its command's options: the file names them as the flags do (``-``
-written ``_``: ``embed_dim = 192``, ``time_budget = "10m"``, ``tokenizer = "tok.json"``),
+A run that trained writes OUT/config.toml at its end (a refused or failed command leaves
+OUT as it was). A run's configuration is its command's options: the file names them as the
+flags do (``-`` written ``_``: ``embed_dim = 192``, ``time_budget = "10m"``,
+``tokenizer = "tok.json"``),
 click takes them as defaults (``Context.default_map``, so every value is checked by the
 option's own type and range), and a flag on the command line wins. The file a run writes
 holds every option it ran with (defaults included) except where it ran and what it replaced
