@@ -5,6 +5,7 @@ save removes the debris. See lmrs/faults.py for the crash points."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -84,11 +85,22 @@ def test_every_python_point_is_listed_and_reached(tmp_path: Path) -> None:
         assert f'fault_point("{point}")' in text, point
 
 
+@pytest.fixture(scope="module")
+def saved_at_5(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run whose checkpoint was saved at step 5 by a child process: made once, copied by
+    each crash test (a child costs seconds: it imports torch)."""
+    run = tmp_path_factory.mktemp("saved") / "run"
+    assert save_in_child(run / "checkpoint", 5) == 0
+    return run
+
+
 @pytest.mark.parametrize("action", ["exit", "kill"])
 @pytest.mark.parametrize("point", CHECKPOINT_POINTS)
-def test_crash_at_each_checkpoint_point(tmp_path: Path, point: str, action: str) -> None:
+def test_crash_at_each_checkpoint_point(
+    tmp_path: Path, saved_at_5: Path, point: str, action: str
+) -> None:
     final = tmp_path / "run" / "checkpoint"
-    assert save_in_child(final, 5) == 0
+    shutil.copytree(saved_at_5, tmp_path / "run")
     code = save_in_child(final, 10, point, action)
     assert code == (-9 if action == "kill" else FAULT_EXIT_CODE)
 
@@ -105,9 +117,11 @@ def test_crash_at_each_checkpoint_point(tmp_path: Path, point: str, action: str)
     assert load_checkpoint(tmp_path / "run").step == 15
 
 
-def test_resume_after_a_crash_continues_from_the_newest_complete_state(tmp_path: Path) -> None:
+def test_resume_after_a_crash_continues_from_the_newest_complete_state(
+    tmp_path: Path, saved_at_5: Path
+) -> None:
     final = tmp_path / "run" / "checkpoint"
-    assert save_in_child(final, 5) == 0
+    shutil.copytree(saved_at_5, tmp_path / "run")
     assert save_in_child(final, 10, "checkpoint.old_renamed") == FAULT_EXIT_CODE
     assert not final.exists()
     model, _ = load_model(tmp_path / "run")
