@@ -471,7 +471,10 @@ def train_command(
             f"{out_dir}: already holds a trained run; pass --resume {out_dir} to continue it "
             "or --overwrite to replace it"
         )
-    if int(os.environ.get("RANK", "0") or 0) == 0:  # a save interrupted between its renames
+    # a save interrupted between its renames: put its checkpoint back, in one process only
+    # (--nproc recovers here before it launches; the ranks of a torchrun job may already be
+    # reading the copy where it is, which they resolve by themselves)
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
         recover_checkpoint(out_dir / "checkpoint")
     from lmrs.options import TrainConfig
 
